@@ -1,0 +1,287 @@
+/*
+ * Module init and the Context class.
+ *
+ * The addon is context-aware: it may be loaded by several worker threads
+ * at once, each with its own napi_env.  Everything mutable hangs off the
+ * per-env Addon instance or a Context object; there is no static mutable
+ * state.  A Context belongs to the thread that created it (the io_uring
+ * backend relies on that for SINGLE_ISSUER/DEFER_TASKRUN).
+ *
+ * Teardown paths, all funnelled into Context::Teardown(), idempotent:
+ *   - close() from JavaScript;
+ *   - an env cleanup hook, for a Context still open when its worker
+ *     thread exits (the kernel may still be writing into the pool: drain
+ *     before the SharedArrayBuffer can go away);
+ *   - the destructor, when a forgotten Context is garbage-collected.
+ */
+#include <fcntl.h>
+#include <napi.h>
+
+#include <cerrno>
+#include <climits>
+#include <cmath>
+#include <memory>
+
+#include "backend.h"
+#include "ops.h"
+#include "probe.h"
+
+namespace rf {
+
+namespace {
+
+/* Raw view of a typed array; data already includes byteOffset. */
+struct View {
+    void *data = nullptr;
+    size_t length = 0; /* elements */
+};
+
+/*
+ * napi_get_typedarray_info rather than the ArrayBuffer: Node 20 cannot
+ * hand out a SharedArrayBuffer through napi_get_arraybuffer_info, but the
+ * typed array path works for both kinds.
+ */
+bool typed_view(napi_env env, napi_value v, napi_typedarray_type want, View *out) {
+    bool is = false;
+    if (napi_is_typedarray(env, v, &is) != napi_ok || !is)
+        return false;
+    napi_typedarray_type type;
+    if (napi_get_typedarray_info(env, v, &type, &out->length, &out->data, nullptr,
+                                 nullptr) != napi_ok)
+        return false;
+    return type == want;
+}
+
+class Context : public Napi::ObjectWrap<Context> {
+ public:
+    static Napi::Function DefineClass(Napi::Env env) {
+        return ObjectWrap<Context>::DefineClass(
+            env, "Context",
+            {
+                InstanceMethod<&Context::Pump>("pump"),
+                InstanceMethod<&Context::SetFile>("setFile"),
+                InstanceMethod<&Context::ClearFile>("clearFile"),
+                InstanceMethod<&Context::Inflight>("inflight"),
+                InstanceMethod<&Context::Info>("info"),
+                InstanceMethod<&Context::Close>("close"),
+            });
+    }
+
+    explicit Context(const Napi::CallbackInfo &info) : ObjectWrap<Context>(info) {
+        Napi::Env env = info.Env();
+        if (!info[0].IsObject())
+            throw Napi::TypeError::New(env, "Context: options object required");
+        Napi::Object opts = info[0].As<Napi::Object>();
+
+        Napi::Value b = opts.Get("backend");
+        if (!b.IsString())
+            throw Napi::TypeError::New(env, "Context: backend must be 'io_uring', 'libaio' or 'sync'");
+        std::string backend = b.As<Napi::String>().Utf8Value();
+
+        BackendConfig cfg;
+        cfg.depth = uint32_t(int_arg(env, opts.Get("depth"), "Context: depth", DEPTH_MIN, DEPTH_MAX));
+
+        View pool, batch, compl_;
+        Napi::Value v = opts.Get("pool");
+        if (!typed_view(env, v, napi_uint8_array, &pool))
+            throw Napi::TypeError::New(env, "Context: pool must be a Uint8Array (over a SharedArrayBuffer)");
+        pool_ref_ = Napi::Persistent(v.As<Napi::Object>());
+        cfg.pool.base = static_cast<uint8_t *>(pool.data);
+        cfg.pool.size = pool.length;
+
+        v = opts.Get("batch");
+        if (!typed_view(env, v, napi_int32_array, &batch) || batch.length < ENTRY_WORDS)
+            throw Napi::TypeError::New(env, "Context: batch must be an Int32Array of at least 8 elements");
+        batch_ref_ = Napi::Persistent(v.As<Napi::Object>());
+        batch_cap_ = uint32_t(batch.length / ENTRY_WORDS);
+
+        v = opts.Get("completions");
+        if (!typed_view(env, v, napi_int32_array, &compl_))
+            throw Napi::TypeError::New(env, "Context: completions must be an Int32Array");
+        compl_ref_ = Napi::Persistent(v.As<Napi::Object>());
+        compl_cap_ = uint32_t(compl_.length / COMPL_WORDS);
+        /* One pump produces at most (ops in flight) + (batch entries). */
+        if (uint64_t(compl_cap_) < uint64_t(cfg.depth) + batch_cap_)
+            throw Napi::RangeError::New(
+                env, "Context: completions holds " + std::to_string(compl_cap_) +
+                         " entries; need at least depth + batch capacity = " +
+                         std::to_string(cfg.depth + batch_cap_));
+
+        cfg.doorbell_fd = int(int_arg(env, opts.Get("doorbellFd"), "Context: doorbellFd", 0, INT_MAX));
+        if (fcntl(cfg.doorbell_fd, F_GETFD) < 0)
+            throw Napi::Error::New(env, "Context: doorbellFd " + std::to_string(cfg.doorbell_fd) +
+                                            " is not open: " + errno_name(errno));
+        v = opts.Get("emulateWindowUs");
+        if (!v.IsUndefined())
+            cfg.emulate_window_us = uint32_t(int_arg(env, v, "Context: emulateWindowUs", 0, 60000000));
+
+        try {
+            if (backend == "io_uring")
+                backend_ = make_uring_backend(cfg);
+            else if (backend == "libaio")
+                backend_ = make_aio_backend(cfg);
+            else if (backend == "sync")
+                backend_ = make_sync_backend(cfg);
+            else
+                throw Napi::TypeError::New(env, "Context: unknown backend '" + backend +
+                                                    "' (expected 'io_uring', 'libaio' or 'sync')");
+        } catch (const BackendError &e) {
+            throw Napi::Error::New(env, e.what());
+        } catch (const std::bad_alloc &) {
+            throw Napi::Error::New(env, "Context: out of memory (depth " +
+                                            std::to_string(cfg.depth) + ")");
+        }
+        depth_ = cfg.depth;
+        backend_->fill_info(&info_);
+
+        env_ = env;
+        napi_add_env_cleanup_hook(env, &Context::EnvCleanup, this);
+        hooked_ = true;
+    }
+
+    ~Context() override { Teardown(); }
+
+ private:
+    static void EnvCleanup(void *arg) {
+        auto *self = static_cast<Context *>(arg);
+        self->hooked_ = false; /* the hook is consumed by running */
+        self->Teardown();
+    }
+
+    /* Drain and release the kernel side.  Touches no JS values. */
+    void Teardown() {
+        if (backend_) {
+            backend_->shutdown();
+            backend_.reset();
+        }
+        if (hooked_) {
+            napi_remove_env_cleanup_hook(env_, &Context::EnvCleanup, this);
+            hooked_ = false;
+        }
+    }
+
+    void CheckOpen(const Napi::Env &env, const char *what) {
+        if (!backend_)
+            throw Napi::Error::New(env, std::string(what) + ": Context is closed");
+    }
+
+    /*
+     * The hot path.  Re-fetching the two views costs two N-API calls and
+     * means a detached (transferred) array is caught instead of written.
+     */
+    Napi::Value Pump(const Napi::CallbackInfo &info) {
+        Napi::Env env = info.Env();
+        CheckOpen(env, "pump");
+        uint32_t n = uint32_t(int_arg(env, info[0], "pump: nSubmit", 0, batch_cap_));
+        Napi::Value w = info[1];
+        int wait_ms = 0;
+        if (!w.IsUndefined()) {
+            if (!w.IsNumber())
+                throw Napi::TypeError::New(env, "pump: waitMs must be a number");
+            double d = w.As<Napi::Number>().DoubleValue();
+            wait_ms = d > 0 ? (d >= double(INT_MAX) ? INT_MAX : int(std::ceil(d))) : 0;
+        }
+
+        View batch, compl_;
+        if (!typed_view(env, batch_ref_.Value(), napi_int32_array, &batch) ||
+            !typed_view(env, compl_ref_.Value(), napi_int32_array, &compl_) ||
+            batch.length / ENTRY_WORDS < batch_cap_ || compl_.length / COMPL_WORDS < compl_cap_)
+            throw Napi::Error::New(env, "pump: batch or completions array was detached");
+
+        CompletionSink sink(static_cast<int32_t *>(compl_.data), compl_cap_);
+        backend_->pump(static_cast<const int32_t *>(batch.data), n, sink, wait_ms);
+        return Napi::Number::New(env, sink.count());
+    }
+
+    Napi::Value SetFile(const Napi::CallbackInfo &info) {
+        Napi::Env env = info.Env();
+        CheckOpen(env, "setFile");
+        uint32_t id = uint32_t(int_arg(env, info[0], "setFile: id", 0, MAX_FILES - 1));
+        int fd = int(int_arg(env, info[1], "setFile: fd", 0, INT_MAX));
+        if (fcntl(fd, F_GETFD) < 0)
+            throw Napi::Error::New(env, "setFile: fd " + std::to_string(fd) +
+                                            " is not open: " + errno_name(errno));
+        backend_->set_file(id, fd);
+        return env.Undefined();
+    }
+
+    Napi::Value ClearFile(const Napi::CallbackInfo &info) {
+        Napi::Env env = info.Env();
+        CheckOpen(env, "clearFile");
+        uint32_t id = uint32_t(int_arg(env, info[0], "clearFile: id", 0, MAX_FILES - 1));
+        backend_->clear_file(id);
+        return env.Undefined();
+    }
+
+    Napi::Value Inflight(const Napi::CallbackInfo &info) {
+        return Napi::Number::New(info.Env(), backend_ ? backend_->inflight() : 0);
+    }
+
+    Napi::Value Info(const Napi::CallbackInfo &info) {
+        Napi::Env env = info.Env();
+        Napi::Object o = Napi::Object::New(env);
+        auto strings = [&env](const std::vector<std::string> &v) {
+            Napi::Array a = Napi::Array::New(env, v.size());
+            for (size_t i = 0; i < v.size(); i++)
+                a.Set(uint32_t(i), v[i]);
+            return a;
+        };
+        o.Set("backend", info_.backend);
+        o.Set("depth", depth_);
+        o.Set("fixedBuffers", info_.fixed_buffers);
+        o.Set("fixedFiles", info_.fixed_files);
+        o.Set("setupFlags", strings(info_.setup_flags));
+        o.Set("asyncFtruncate", info_.async_ftruncate);
+        o.Set("syncOps", strings(info_.sync_ops));
+        return o;
+    }
+
+    /* Blocks until in-flight ops finish; their results are dropped. */
+    Napi::Value Close(const Napi::CallbackInfo &info) {
+        Teardown();
+        pool_ref_.Reset();
+        batch_ref_.Reset();
+        compl_ref_.Reset();
+        return info.Env().Undefined();
+    }
+
+    std::unique_ptr<Backend> backend_;
+    BackendInfo info_;
+    uint32_t depth_ = 0;
+    uint32_t batch_cap_ = 0;
+    uint32_t compl_cap_ = 0;
+    /* Keep the arrays (and so the pool the kernel writes into) alive. */
+    Napi::ObjectReference pool_ref_, batch_ref_, compl_ref_;
+    napi_env env_ = nullptr;
+    bool hooked_ = false;
+};
+
+/* Per-env instance data: the module's exports and the Context class. */
+class Addon : public Napi::Addon<Addon> {
+ public:
+    Addon(Napi::Env env, Napi::Object exports) {
+        Napi::Function ctor = Context::DefineClass(env);
+        context_ctor_ = Napi::Persistent(ctor);
+        DefineAddon(exports,
+                    {
+                        InstanceValue("probe", Napi::Function::New(env, Probe, "probe"), napi_enumerable),
+                        InstanceValue("createDoorbell", Napi::Function::New(env, CreateDoorbell, "createDoorbell"), napi_enumerable),
+                        InstanceValue("ring", Napi::Function::New(env, Ring, "ring"), napi_enumerable),
+                        InstanceValue("closeFd", Napi::Function::New(env, CloseFd, "closeFd"), napi_enumerable),
+                        InstanceValue("dioAlign", Napi::Function::New(env, DioAlign, "dioAlign"), napi_enumerable),
+                        InstanceValue("Context", ctor, napi_enumerable),
+                        InstanceValue("MAX_FILES", Napi::Number::New(env, MAX_FILES), napi_enumerable),
+                        InstanceValue("IOV_MAX", Napi::Number::New(env, RF_IOV_MAX), napi_enumerable),
+                    });
+    }
+
+ private:
+    Napi::FunctionReference context_ctor_;
+};
+
+}  // namespace
+
+}  // namespace rf
+
+using RingfenceAddon = rf::Addon;
+NODE_API_ADDON(RingfenceAddon)

@@ -1,0 +1,644 @@
+// The main-thread side of the engine: options, workers, the submission path, the
+// completion loop and the buffer pool. See docs/ARCHITECTURE.md.
+import { fileURLToPath } from 'node:url';
+import { MessageChannel, type MessagePort } from 'node:worker_threads';
+import { availableParallelism, release as osRelease } from 'node:os';
+import { Piscina } from 'piscina';
+import { loadAddon, PACKAGE_ROOT } from './addon.js';
+import { BufferPool, PAGE } from './pool.js';
+import {
+  COMPL_WORDS, ENTRY_WORDS, E_AUX, E_BUF, E_FILE, E_LEN, E_OFF_HI, E_OFF_LO, E_OP, E_TAG, MAX_FILES, Op,
+} from './protocol.js';
+import {
+  CQ_ENTRY, CTRL_STRIDE, CTRL_WORDS, MAIN_AWAKE, MAIN_SLEEPING, MAIN_STATE, MAX_WORKERS, RING_HDR_WORDS, RING_HEAD,
+  RING_TAIL, SQ_ENTRY, WAKE_CONTROL, WAKE_SUBMIT, WSTAT_WORDS, WS_BATCHES, WS_BYTES, WS_ERRORS, WS_INFLIGHT, WS_OPS,
+  WS_WAKEUPS, createRing, wakeWorker,
+} from './shm.js';
+import { RingfenceError, closedError, errnoError } from './errors.js';
+import {
+  validateBoolean, validateInteger, validateKnownKeys, validateObject, validateOneOf, validateString,
+  invalidArg,
+} from './validators.js';
+import { parseFaultSpec } from './faults.js';
+import type {
+  BackendChoice, BackendName, ControlMessage, NativeAddon, NativeContextInfo, ProbeResult, WorkaroundPolicy, WorkerInit,
+  WorkerReady,
+} from './types.js';
+import { File, openFile, type OpenOptions } from './file.js';
+
+export interface EngineOptions {
+  /** Worker threads, each owning one kernel I/O context. Default: min(4, cores). */
+  workers?: number;
+  /** 'auto' picks io_uring, then libaio, then sync, per worker. Default 'auto'. */
+  backend?: BackendChoice;
+  /** In-flight requests per worker (io_uring SQ size / libaio nr_events). Default 128. */
+  queueDepth?: number;
+  /** Size of the shared, 4 KiB-aligned buffer pool. Default 64 MiB. */
+  bufferPoolBytes?: number;
+  /** Serialise post-EOF zero-writes (the XFS workaround): per-file default. Default 'auto'. */
+  xfsWorkaround?: WorkaroundPolicy;
+  /** Execute zero-writes/fallocate with the pre-5.5 XFS semantics (tests, stress tool). */
+  emulateXfsFallocateBug?: boolean | { windowUs?: number };
+  /** Track requests in the per-file table (default true). Off only for benchmarks. */
+  trackRequests?: boolean;
+  /** Slots per file table. Default 256. */
+  tableCapacity?: number;
+  /** Fault injection for tests: "WORKER:exit|throw|hang:AFTER,...". Also RINGFENCE_FAULTS. */
+  faults?: string;
+}
+
+export interface ResolvedOptions {
+  workers: number;
+  backend: BackendChoice;
+  queueDepth: number;
+  bufferPoolBytes: number;
+  xfsWorkaround: WorkaroundPolicy;
+  emulateWindowUs: number;
+  emulate: boolean;
+  trackRequests: boolean;
+  tableCapacity: number;
+  faults: string | null;
+}
+
+const OPTION_KEYS = [
+  'workers', 'backend', 'queueDepth', 'bufferPoolBytes', 'xfsWorkaround', 'emulateXfsFallocateBug', 'trackRequests',
+  'tableCapacity', 'faults',
+] as const;
+
+export function resolveOptions(options: unknown): ResolvedOptions {
+  const o = options === undefined ? {} : validateObject(options, 'options');
+  validateKnownKeys(o, 'options', OPTION_KEYS);
+  const workers = o.workers === undefined ? Math.min(4, availableParallelism()) : validateInteger(o.workers, 'options.workers', 1, MAX_WORKERS);
+  const backend = o.backend === undefined ? 'auto' : validateOneOf(o.backend, 'options.backend', ['auto', 'io_uring', 'libaio', 'sync'] as const);
+  const queueDepth = o.queueDepth === undefined ? 128 : validateInteger(o.queueDepth, 'options.queueDepth', 1, 4096);
+  const bufferPoolBytes = o.bufferPoolBytes === undefined ? 64 << 20 : validateInteger(o.bufferPoolBytes, 'options.bufferPoolBytes', PAGE, 2 ** 32 - PAGE);
+  if (bufferPoolBytes % PAGE !== 0) throw invalidArg('options.bufferPoolBytes', `must be a multiple of ${PAGE}`, bufferPoolBytes);
+  const xfsWorkaround = o.xfsWorkaround === undefined ? 'auto' : validateOneOf(o.xfsWorkaround, 'options.xfsWorkaround', ['auto', 'always', 'never'] as const);
+  let emulate = false, emulateWindowUs = 0;
+  const em = o.emulateXfsFallocateBug;
+  if (em !== undefined && em !== false) {
+    emulate = true;
+    emulateWindowUs = 2000;
+    if (em !== true) {
+      const eo = validateObject(em, 'options.emulateXfsFallocateBug');
+      validateKnownKeys(eo, 'options.emulateXfsFallocateBug', ['windowUs']);
+      if (eo.windowUs !== undefined) emulateWindowUs = validateInteger(eo.windowUs, 'options.emulateXfsFallocateBug.windowUs', 0, 10_000_000);
+    }
+  }
+  const trackRequests = o.trackRequests === undefined ? true : validateBoolean(o.trackRequests, 'options.trackRequests');
+  const tableCapacity = o.tableCapacity === undefined ? 256 : validateInteger(o.tableCapacity, 'options.tableCapacity', 2, 65536);
+  let faults: string | null = null;
+  const fs = o.faults ?? process.env.RINGFENCE_FAULTS;
+  if (fs !== undefined && fs !== '') {
+    faults = validateString(fs, 'options.faults');
+    parseFaultSpec(faults);
+  }
+  return { workers, backend, queueDepth, bufferPoolBytes, xfsWorkaround, emulate, emulateWindowUs, trackRequests, tableCapacity, faults };
+}
+
+interface WorkerSlot {
+  index: number;
+  sq: Int32Array;
+  sqCap: number;
+  sqTail: number;
+  sqHeadCache: number;
+  cq: Int32Array;
+  cqCap: number;
+  doorbell: number;
+  port: MessagePort;
+  task: Promise<unknown>;
+  ready: WorkerReady | null;
+  /** Request ids waiting for room in this worker's submission ring. */
+  overflow: number[];
+  overflowHead: number;
+  dirty: boolean;
+  ringFullEvents: number;
+}
+
+/** Per-request bookkeeping on the main thread, in parallel arrays indexed by request id. */
+const K_FREE = 0, K_SINGLE = 1, K_BATCH = 2;
+
+export interface BatchState {
+  results: (number | RingfenceError)[];
+  remaining: number;
+  firstError: RingfenceError | null;
+  resolve: (v: number[]) => void;
+  reject: (e: unknown) => void;
+}
+
+export interface EngineInfo {
+  kernel: string;
+  ioUringDisabled: number;
+  ioUring: ProbeResult['ioUring'];
+  libaio: ProbeResult['libaio'];
+  workers: { index: number; backend: BackendName; refused: Record<string, string>; info: NativeContextInfo }[];
+  options: ResolvedOptions;
+}
+
+export interface EngineStats {
+  ops: number;
+  bytes: number;
+  inFlight: number;
+  queued: number;
+  ringFullEvents: number;
+  pool: { size: number; used: number; peak: number };
+  workers: { index: number; ops: number; bytes: number; batches: number; wakeups: number; inFlight: number; errors: number; ringFullEvents: number }[];
+  files: ReturnType<File['stats']>[];
+}
+
+export class Engine {
+  readonly options: ResolvedOptions;
+  /** @internal */ readonly addon: NativeAddon;
+  /** @internal */ readonly pool: BufferPool;
+  private readonly piscina: Piscina;
+  private readonly ctrl: Int32Array;
+  private readonly workerStats: Float64Array;
+  private readonly workers: WorkerSlot[] = [];
+  private readonly probeResult: ProbeResult;
+  private closed = false;
+  private closing: Promise<void> | null = null;
+
+  // Requests.
+  private reqKind = new Uint8Array(1024);
+  private reqEntry = new Int32Array(1024 * ENTRY_WORDS);
+  private reqResolve: (((n: number) => void) | null)[] = new Array(1024).fill(null);
+  private reqReject: (((e: unknown) => void) | null)[] = new Array(1024).fill(null);
+  private reqBatch: (BatchState | null)[] = new Array(1024).fill(null);
+  private reqBatchIndex = new Int32Array(1024);
+  private reqFile: (File | null)[] = new Array(1024).fill(null);
+  /** Completion hook: copies bounce buffers back and frees them (null when zero-copy). */
+  private reqDone: (((res: number) => void) | null)[] = new Array(1024).fill(null);
+  private freeIds: number[] = [];
+  private nextId = 0;
+  private outstanding = 0;
+  private queued = 0;
+  private flushScheduled = false;
+  private polling = false;
+  private readonly keepAlive: NodeJS.Timeout;
+  private rr = 0;
+  private seq = 0;
+  private acks = new Map<number, () => void>();
+  private poolWaiters: (() => boolean)[] = [];
+  private readonly files = new Set<File>();
+  /** @internal */ readonly identities = new Map<string, { table: SharedArrayBuffer | null; stats: SharedArrayBuffer; refs: number }>();
+  private freeFileIds: number[] = [];
+  private nextFileId = 0;
+  private readonly registry: FinalizationRegistry<number>;
+  private readonly allocated = new Map<number, WeakRef<Uint8Array>>();
+
+  private constructor(options: ResolvedOptions) {
+    this.options = options;
+    this.addon = loadAddon();
+    this.probeResult = this.addon.probe();
+    this.pool = new BufferPool(options.bufferPoolBytes);
+    this.ctrl = new Int32Array(new SharedArrayBuffer(CTRL_WORDS * 4));
+    this.workerStats = new Float64Array(new SharedArrayBuffer(MAX_WORKERS * WSTAT_WORDS * 8));
+    const workerFile = fileURLToPath(new URL('../workers/worker.js', import.meta.url));
+    this.piscina = new Piscina({
+      filename: workerFile,
+      minThreads: options.workers,
+      maxThreads: options.workers,
+      // Each worker runs one task for its whole life: it must never be reaped as idle,
+      // and must not block its event loop in Atomics.wait between tasks.
+      idleTimeout: Infinity,
+      atomics: 'disabled',
+      concurrentTasksPerWorker: 1,
+      maxQueue: 0,
+    });
+    this.keepAlive = setInterval(() => this.watch(), 1000);
+    this.keepAlive.unref();
+    this.registry = new FinalizationRegistry((off: number) => {
+      if (this.allocated.has(off)) { this.allocated.delete(off); this.releasePool(off); }
+    });
+  }
+
+  /** Starts the workers and waits until each has a kernel I/O context. */
+  static async start(options?: EngineOptions): Promise<Engine> {
+    const opts = resolveOptions(options);
+    const engine = new Engine(opts);
+    try {
+      await engine.startWorkers();
+    } catch (err) {
+      await engine.destroy();
+      throw err;
+    }
+    return engine;
+  }
+
+  private async startWorkers(): Promise<void> {
+    const o = this.options;
+    const doorbells: number[] = [];
+    for (let i = 0; i < o.workers; i++) doorbells.push(this.addon.createDoorbell());
+    const sqCap = nextPow2(Math.max(64, o.queueDepth * 2));
+    const cqCap = nextPow2(Math.max(128, (o.queueDepth * 2 + 16) * 2));
+    const readies: Promise<WorkerReady>[] = [];
+    for (let i = 0; i < o.workers; i++) {
+      const sq = createRing(sqCap, SQ_ENTRY), cq = createRing(cqCap, CQ_ENTRY);
+      const { port1, port2 } = new MessageChannel();
+      const init: WorkerInit = {
+        index: i, backend: o.backend, depth: o.queueDepth, sq, sqCapacity: sqCap, cq, cqCapacity: cqCap,
+        ctrl: this.ctrl.buffer as SharedArrayBuffer, pool: this.pool.sab, workerStats: this.workerStats.buffer as SharedArrayBuffer,
+        doorbells, emulateWindowUs: o.emulateWindowUs, faults: o.faults, port: port2,
+      };
+      const slot: WorkerSlot = {
+        index: i, sq: new Int32Array(sq), sqCap, sqTail: 0, sqHeadCache: 0, cq: new Int32Array(cq), cqCap,
+        doorbell: doorbells[i], port: port1, task: Promise.resolve(), ready: null, overflow: [], overflowHead: 0,
+        dirty: false, ringFullEvents: 0,
+      };
+      let failed: (e: unknown) => void = () => {};
+      readies.push(new Promise<WorkerReady>((resolve, reject) => {
+        failed = reject;
+        port1.on('message', (m: WorkerReady | { type: 'ack'; seq: number }) => {
+          if (m.type === 'ready') { slot.ready = m; resolve(m); }
+          else if (m.type === 'ack') { const a = this.acks.get(m.seq); this.acks.delete(m.seq); a?.(); }
+        });
+      }));
+      slot.task = this.piscina.run(init, { transferList: [port2] as never }).then(
+        () => undefined,
+        (err: unknown) => { failed(err); this.workerLost(slot, err); },
+      );
+      port1.unref();
+      this.workers.push(slot);
+    }
+    await Promise.all(readies);
+  }
+
+  /** Stops when the worker task dies: every request it held fails; see issue "worker faults". */
+  private workerLost(slot: WorkerSlot, err: unknown): void {
+    if (this.closed) return;
+    // Without a live worker, requests routed to it would wait forever: fail them now.
+    const why = (err as Error)?.message ?? String(err);
+    for (let id = 0; id < this.nextId; id++) {
+      if (this.reqKind[id] === K_FREE || this.reqEntry[id * ENTRY_WORDS + E_TAG] !== slot.index) continue;
+      this.settle(id, -1, new RingfenceError(
+        `worker ${slot.index} died (${why}) with this request in flight; for a write, the data state is unknown: re-write or re-read it`,
+        { code: 'ERR_RINGFENCE_WORKER_LOST', op: opName(this.reqEntry[id * ENTRY_WORDS + E_OP] & 0xff) },
+      ));
+    }
+  }
+
+  private watch(): void {
+    // Periodic safety net: drains completions even if a wake-up were ever missed.
+    if (this.outstanding > 0) this.drain();
+  }
+
+  // ---- Files -------------------------------------------------------------------------
+
+  /** Opens `path` for I/O through the engine. See OpenOptions. */
+  async open(path: string, options?: OpenOptions): Promise<File> {
+    this.assertOpen('open');
+    const file = await openFile(this, path, options);
+    this.files.add(file);
+    return file;
+  }
+
+  /** @internal */ allocFileId(): number {
+    const id = this.freeFileIds.pop() ?? this.nextFileId++;
+    if (id >= MAX_FILES) throw new RingfenceError(`too many open files (max ${MAX_FILES}); close some first`, { code: 'ERR_RINGFENCE_TOO_MANY_FILES', op: 'open' });
+    return id;
+  }
+
+  /** @internal Sends a control message to every worker and waits for all acks. */
+  async broadcast(make: (seq: number) => ControlMessage): Promise<void> {
+    const waits: Promise<void>[] = [];
+    for (const w of this.workers) {
+      const seq = ++this.seq;
+      waits.push(new Promise<void>((resolve) => this.acks.set(seq, resolve)));
+      w.port.ref();
+      w.port.postMessage(make(seq));
+      wakeWorker(this.ctrl, w.index, WAKE_CONTROL, this.addon.ring, w.doorbell);
+    }
+    try { await Promise.all(waits); } finally { for (const w of this.workers) w.port.unref(); }
+  }
+
+  /** @internal */ forgetFile(file: File, id: number): void {
+    this.files.delete(file);
+    this.freeFileIds.push(id);
+  }
+
+  // ---- Buffers -----------------------------------------------------------------------
+
+  /**
+   * A zero-copy, 4 KiB-aligned buffer from the shared pool. Return it with free(), or let
+   * it be garbage-collected. Rejects when the pool has no block that large free right now.
+   */
+  alloc(size: number): Uint8Array {
+    this.assertOpen('alloc');
+    validateInteger(size, 'size', 1, this.pool.maxAlloc);
+    const off = this.pool.alloc(size);
+    if (off < 0) {
+      throw new RingfenceError(`alloc(${size}): the buffer pool (${this.pool.size} bytes, ${this.pool.used} in use) has no free block that large; free buffers or start the engine with a larger bufferPoolBytes`, { code: 'ERR_RINGFENCE_POOL_EXHAUSTED', op: 'alloc', length: size });
+    }
+    const view = new Uint8Array(this.pool.sab, off, size);
+    this.allocated.set(off, new WeakRef(view));
+    this.registry.register(view, off, view);
+    return view;
+  }
+
+  /** Returns a buffer from alloc() to the pool. The caller must not use it afterwards. */
+  free(buf: Uint8Array): void {
+    if (!(buf instanceof Uint8Array) || buf.buffer !== this.pool.sab || !this.allocated.has(buf.byteOffset)) {
+      throw invalidArg('buf', 'is not a buffer returned by engine.alloc() (or it was freed already)', buf);
+    }
+    this.allocated.delete(buf.byteOffset);
+    this.registry.unregister(buf);
+    this.releasePool(buf.byteOffset);
+  }
+
+  /** @internal Is `buf` inside the pool (zero-copy capable)? Returns its pool offset or -1. */
+  poolOffset(buf: Uint8Array): number {
+    return buf.buffer === this.pool.sab ? buf.byteOffset : -1;
+  }
+
+  /** @internal Allocates a bounce buffer now, or queues `retry` until pool memory frees up. */
+  allocBounce(size: number, op: string): number {
+    if (size > this.pool.maxAlloc) {
+      throw new RingfenceError(`${op}: ${size} bytes does not fit in the buffer pool (largest block ${this.pool.maxAlloc}); split the request or start the engine with a larger bufferPoolBytes`, { code: 'ERR_RINGFENCE_TOO_LARGE', op, length: size });
+    }
+    return this.pool.alloc(size);
+  }
+
+  /** @internal */ waitForPool(retry: () => boolean): void {
+    this.poolWaiters.push(retry);
+    this.holdOpen(1);
+  }
+
+  /** @internal */ releasePool(off: number): void {
+    this.pool.free(off);
+    while (this.poolWaiters.length > 0) {
+      if (!this.poolWaiters[0]()) break;
+      this.poolWaiters.shift();
+      this.holdOpen(-1);
+    }
+  }
+
+  // ---- Submission --------------------------------------------------------------------
+
+  private newId(): number {
+    let id = this.freeIds.pop();
+    if (id === undefined) {
+      id = this.nextId++;
+      if (id >= this.reqKind.length) this.grow();
+    }
+    return id;
+  }
+
+  private grow(): void {
+    const n = this.reqKind.length * 2;
+    const k = new Uint8Array(n); k.set(this.reqKind); this.reqKind = k;
+    const e = new Int32Array(n * ENTRY_WORDS); e.set(this.reqEntry); this.reqEntry = e;
+    const bi = new Int32Array(n); bi.set(this.reqBatchIndex); this.reqBatchIndex = bi;
+    for (const arr of [this.reqResolve, this.reqReject, this.reqBatch, this.reqFile, this.reqDone] as unknown[][]) {
+      arr.length = n;
+      arr.fill(null, n / 2);
+    }
+  }
+
+  /**
+   * @internal Queues one request. `done` runs on completion before the promise settles
+   * (bounce copy-back and pool release). offset is split into two int32 words.
+   */
+  submit(file: File, op: Op, offLo: number, offHi: number, len: number, buf: number, aux: number,
+    done: ((res: number) => void) | null, resolve: ((n: number) => void) | null, reject: ((e: unknown) => void) | null,
+    batch: BatchState | null, batchIndex: number): void {
+    const id = this.newId();
+    const e = id * ENTRY_WORDS, E = this.reqEntry;
+    E[e + E_OP] = op; E[e + E_FILE] = file.id; E[e + E_OFF_LO] = offLo; E[e + E_OFF_HI] = offHi;
+    E[e + E_LEN] = len; E[e + E_BUF] = buf; E[e + E_AUX] = aux;
+    this.reqKind[id] = batch === null ? K_SINGLE : K_BATCH;
+    this.reqResolve[id] = resolve; this.reqReject[id] = reject; this.reqDone[id] = done;
+    this.reqBatch[id] = batch; this.reqBatchIndex[id] = batchIndex; this.reqFile[id] = file;
+    this.holdOpen(1);
+    // Spread requests over all workers: the tracked-request table keeps them safe.
+    const w = this.workers[this.rr];
+    this.rr = this.rr + 1 === this.workers.length ? 0 : this.rr + 1;
+    E[e + E_TAG] = w.index; // which worker holds it (worker-loss accounting); replaced by the id on the ring
+    if (w.overflow.length - w.overflowHead > 0 || !this.push(w, id)) {
+      w.overflow.push(id);
+      w.ringFullEvents++;
+      this.queued++;
+    }
+    if (!this.flushScheduled) {
+      this.flushScheduled = true;
+      queueMicrotask(this.flush);
+    }
+  }
+
+  /** Writes request `id` into w's submission ring if there is room (not yet published). */
+  private push(w: WorkerSlot, id: number): boolean {
+    if (((w.sqTail - w.sqHeadCache) | 0) >= w.sqCap) {
+      w.sqHeadCache = Atomics.load(w.sq, RING_HEAD);
+      if (((w.sqTail - w.sqHeadCache) | 0) >= w.sqCap) return false;
+    }
+    const dst = RING_HDR_WORDS + (w.sqTail & (w.sqCap - 1)) * SQ_ENTRY, src = id * ENTRY_WORDS;
+    const sq = w.sq, E = this.reqEntry;
+    for (let i = 0; i < ENTRY_WORDS; i++) sq[dst + i] = E[src + i];
+    sq[dst + E_TAG] = id;
+    w.sqTail = (w.sqTail + 1) | 0;
+    w.dirty = true;
+    return true;
+  }
+
+  /** Publishes every ring written this tick and wakes sleeping workers: one wake per batch. */
+  private readonly flush = (): void => {
+    this.flushScheduled = false;
+    for (const w of this.workers) {
+      if (!w.dirty) continue;
+      w.dirty = false;
+      Atomics.store(w.sq, RING_TAIL, w.sqTail);
+      wakeWorker(this.ctrl, w.index, 0, this.addon.ring, w.doorbell);
+    }
+    if (!this.polling && this.outstanding > 0) void this.poll();
+  };
+
+  /** Moves queued requests into rings that have room again. */
+  private feed(): void {
+    if (this.queued === 0) return;
+    for (const w of this.workers) {
+      while (w.overflowHead < w.overflow.length && this.push(w, w.overflow[w.overflowHead])) {
+        w.overflowHead++;
+        this.queued--;
+      }
+      if (w.overflowHead === w.overflow.length) { w.overflow.length = 0; w.overflowHead = 0; }
+      else if (w.overflowHead > 4096) { w.overflow.splice(0, w.overflowHead); w.overflowHead = 0; }
+    }
+    if (!this.flushScheduled) this.flush();
+  }
+
+  /** The completion loop: runs while requests are outstanding, sleeps in Atomics.waitAsync. */
+  private async poll(): Promise<void> {
+    this.polling = true;
+    const ctrl = this.ctrl;
+    try {
+      while (this.outstanding > 0) {
+        if (this.drain() > 0) {
+          // Let the continuations of the settled promises run (and submit more) first.
+          await null;
+          continue;
+        }
+        Atomics.store(ctrl, MAIN_STATE, MAIN_SLEEPING);
+        if (this.pending()) { Atomics.store(ctrl, MAIN_STATE, MAIN_AWAKE); continue; }
+        const r = Atomics.waitAsync(ctrl, MAIN_STATE, MAIN_SLEEPING, 200);
+        if (r.async) await r.value;
+        Atomics.store(ctrl, MAIN_STATE, MAIN_AWAKE);
+      }
+    } finally {
+      this.polling = false;
+    }
+  }
+
+  private pending(): boolean {
+    for (const w of this.workers) if (Atomics.load(w.cq, RING_TAIL) !== Atomics.load(w.cq, RING_HEAD)) return true;
+    return false;
+  }
+
+  /** Settles every completion in every completion ring. Returns how many. */
+  private drain(): number {
+    let total = 0;
+    for (const w of this.workers) {
+      const cq = w.cq;
+      let head = Atomics.load(cq, RING_HEAD);
+      const tail = Atomics.load(cq, RING_TAIL);
+      while (head !== tail) {
+        const src = RING_HDR_WORDS + (head & (w.cqCap - 1)) * CQ_ENTRY;
+        const id = cq[src], res = cq[src + 1];
+        head = (head + 1) | 0;
+        // An id the main thread does not have in flight would be memory corruption: ignore it.
+        if (id >= 0 && id < this.nextId && this.reqKind[id] !== K_FREE) this.settle(id, res, null);
+        total++;
+      }
+      Atomics.store(cq, RING_HEAD, head);
+    }
+    if (total > 0) this.feed();
+    return total;
+  }
+
+  private settle(id: number, res: number, error: RingfenceError | null): void {
+    const done = this.reqDone[id];
+    if (done !== null) done(res);
+    const kind = this.reqKind[id];
+    let err: RingfenceError | null = error;
+    if (err === null && res < 0) {
+      const e = id * ENTRY_WORDS, E = this.reqEntry;
+      const op = E[e + E_OP] & 0xff;
+      const off = BigInt(E[e + E_OFF_HI]) * 4294967296n + BigInt(E[e + E_OFF_LO] >>> 0);
+      const len = op === Op.FALLOCATE ? BigInt(E[e + E_BUF] >>> 0) * 4294967296n + BigInt(E[e + E_LEN] >>> 0) : BigInt(E[e + E_LEN] >>> 0);
+      err = errnoError(res, opName(op), this.reqFile[id]?.path, off, op === Op.FSYNC || op === Op.TRUNCATE ? undefined : len);
+    }
+    if (kind === K_SINGLE) {
+      if (err !== null) this.reqReject[id]!(err); else this.reqResolve[id]!(res);
+    } else if (kind === K_BATCH) {
+      const b = this.reqBatch[id]!;
+      b.results[this.reqBatchIndex[id]] = err ?? res;
+      if (err !== null && b.firstError === null) b.firstError = err;
+      if (--b.remaining === 0) {
+        if (b.firstError !== null) {
+          (b.firstError as RingfenceError & { results?: unknown }).results = b.results;
+          b.reject(b.firstError);
+        } else b.resolve(b.results as number[]);
+      }
+    }
+    this.reqKind[id] = K_FREE;
+    this.reqResolve[id] = null; this.reqReject[id] = null; this.reqDone[id] = null; this.reqBatch[id] = null; this.reqFile[id] = null;
+    this.freeIds.push(id);
+    this.holdOpen(-1);
+  }
+
+  /** Keeps the process alive while requests are outstanding (and lets it exit when idle). */
+  private holdOpen(delta: number): void {
+    const before = this.outstanding;
+    this.outstanding += delta;
+    if (before === 0 && this.outstanding > 0) this.keepAlive.ref();
+    else if (before > 0 && this.outstanding === 0) this.keepAlive.unref();
+  }
+
+  /** @internal Resolves when no request is outstanding. */
+  async idle(): Promise<void> {
+    while (this.outstanding > 0) await new Promise((r) => setTimeout(r, 1));
+  }
+
+  // ---- Introspection -----------------------------------------------------------------
+
+  /** Backends per worker (and why others were refused), kernel release, io_uring features. */
+  info(): EngineInfo {
+    const p = this.probeResult;
+    return {
+      kernel: p.kernel, ioUringDisabled: p.ioUringDisabled, ioUring: p.ioUring, libaio: p.libaio,
+      workers: this.workers.map((w) => ({ index: w.index, backend: w.ready!.backend, refused: w.ready!.refused, info: w.ready!.info })),
+      options: { ...this.options },
+    };
+  }
+
+  /** Counters: ops, bytes, in flight, ring-full events, per worker and per file. */
+  stats(): EngineStats {
+    const workers = this.workers.map((w) => {
+      const s = this.workerStats.subarray(w.index * WSTAT_WORDS, (w.index + 1) * WSTAT_WORDS);
+      return { index: w.index, ops: s[WS_OPS], bytes: s[WS_BYTES], batches: s[WS_BATCHES], wakeups: s[WS_WAKEUPS], inFlight: s[WS_INFLIGHT], errors: s[WS_ERRORS], ringFullEvents: w.ringFullEvents };
+    });
+    return {
+      ops: workers.reduce((a, w) => a + w.ops, 0),
+      bytes: workers.reduce((a, w) => a + w.bytes, 0),
+      inFlight: this.outstanding,
+      queued: this.queued,
+      ringFullEvents: workers.reduce((a, w) => a + w.ringFullEvents, 0),
+      pool: { size: this.pool.size, used: this.pool.used, peak: this.pool.peak },
+      workers,
+      files: [...this.files].map((f) => f.stats()),
+    };
+  }
+
+  /** @internal */ get workerCount(): number { return this.workers.length; }
+  /** @internal */ get kernelRelease(): string { return this.probeResult.kernel || osRelease(); }
+
+  /** @internal */ assertOpen(op: string): void {
+    if (this.closed) throw closedError('engine', op);
+  }
+  get isClosed(): boolean { return this.closed; }
+
+  /**
+   * Waits for every in-flight request, closes every file, stops the workers (each drains and
+   * tears down its ring) and frees the doorbells. Later calls reject with ERR_RINGFENCE_CLOSED.
+   */
+  close(): Promise<void> {
+    if (this.closing) return this.closing;
+    this.closed = true;
+    this.closing = (async () => {
+      await this.idle();
+      for (const f of [...this.files]) await f.close().catch(() => {});
+      await this.destroy();
+    })();
+    return this.closing;
+  }
+
+  private async destroy(): Promise<void> {
+    this.closed = true;
+    for (const w of this.workers) {
+      try { w.port.postMessage({ type: 'stop' } satisfies ControlMessage); } catch { /* port closed */ }
+      wakeWorker(this.ctrl, w.index, WAKE_CONTROL, this.addon.ring, w.doorbell);
+    }
+    await Promise.race([
+      Promise.all(this.workers.map((w) => w.task)),
+      new Promise((r) => setTimeout(r, 5000).unref()),
+    ]);
+    await this.piscina.destroy();
+    for (const w of this.workers) { w.port.close(); this.addon.closeFd(w.doorbell); }
+    clearInterval(this.keepAlive);
+  }
+}
+
+export function opName(op: number): string {
+  switch (op) {
+    case Op.READ: return 'read';
+    case Op.WRITE: return 'write';
+    case Op.READV: return 'readv';
+    case Op.WRITEV: return 'writev';
+    case Op.FALLOCATE: return 'fallocate';
+    case Op.FSYNC: return 'flush';
+    case Op.TRUNCATE: return 'truncate';
+    default: return 'nop';
+  }
+}
+
+function nextPow2(n: number): number { return 2 ** Math.ceil(Math.log2(n)); }
+
+void PACKAGE_ROOT; void COMPL_WORDS; void MAIN_AWAKE; void WS_BATCHES; void CTRL_STRIDE;

@@ -1,0 +1,49 @@
+// Wire formats shared by the main thread, the workers and the native addon.
+// Every number here is mirrored in native/ops.h; change both together.
+
+/** Operation codes carried in ring entries and native batch entries (low 8 bits of word 0). */
+export const enum Op {
+  READ = 1,
+  WRITE = 2,
+  READV = 3,
+  WRITEV = 4,
+  FALLOCATE = 5,
+  FSYNC = 6,
+  TRUNCATE = 7,
+  NOP = 8,
+}
+export const OP_MAX = 8;
+
+/** Flags in bits 8..15 of word 0. */
+export const enum OpFlag {
+  /** Execute a FALLOCATE with the pre-5.5 XFS semantics (see native/emulate.cc). */
+  EMULATE_XFS_BUG = 0x100,
+}
+
+/**
+ * One request: 8 int32 words. Used for the submission rings (main -> worker) and,
+ * with `tag` holding the worker's local slot, for native batch entries (worker -> addon).
+ *   0 op | flags
+ *   1 file id
+ *   2 offset, low 32 bits      3 offset, high 32 bits (int64, must be >= 0)
+ *   4 length (READ/WRITE/READV/WRITEV: bytes, 1..2^31-1; FALLOCATE: length low 32 bits)
+ *   5 pool byte offset of the buffer or iovec table (FALLOCATE: length high 32 bits)
+ *   6 tag: request id on the ring, local slot in a native batch
+ *   7 aux: FALLOCATE mode; FSYNC 1 = fdatasync; READV/WRITEV iovec count
+ */
+export const ENTRY_WORDS = 8;
+export const E_OP = 0, E_FILE = 1, E_OFF_LO = 2, E_OFF_HI = 3, E_LEN = 4, E_BUF = 5, E_TAG = 6, E_AUX = 7;
+
+/** Completion entries: 4 int32 words: tag, result (bytes or -errno), 2 reserved. */
+export const COMPL_WORDS = 4;
+
+/** READV/WRITEV iovec descriptors in the pool: 2 uint32 each (pool byte offset, length). */
+export const IOV_MAX = 64;
+
+/** Allowed fallocate modes (linux/falloc.h). */
+export const FALLOC_FL_KEEP_SIZE = 0x01;
+export const FALLOC_FL_PUNCH_HOLE = 0x02;
+export const FALLOC_FL_ZERO_RANGE = 0x10;
+
+/** Largest file id + 1 that a worker accepts. */
+export const MAX_FILES = 4096;

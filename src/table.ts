@@ -1,0 +1,386 @@
+// Lock-free tracked-request table (QEMU block/io.c "tracked requests" semantics)
+// shared by every worker of one file identity through a SharedArrayBuffer.
+//
+// Two requests conflict exactly when their overlap ranges intersect and at
+// least one of them is serialising; a request is not handed to the kernel while
+// an OLDER conflicting one is in flight, and a newer one never blocks an older
+// one.  Age is a global ticket drawn AFTER the slot is claimed and its range is
+// published; waits only go from newer to older tickets (or to a ticket that is
+// about to be published), so the wait-for graph has no cycle.  There is no
+// mutex and no spin: a scanner that must wait registers interest in the slot's
+// waiter mask, re-checks the slot's state word and returns BLOCKED; whoever
+// changes that state word afterwards hands the mask back to its caller, which
+// rings the doorbells.  docs/TABLE.md has the full argument.
+//
+// Memory model: every shared access goes through SharedWords, whose production
+// implementation (AtomicWords) uses Atomics.* on an Int32Array.  All Atomics
+// operations are sequentially consistent, which is what the Dekker-style
+// "store my state, then load your interest" / "publish my interest, then load
+// your state" pairs below rely on.
+//
+// Hot path: no allocation, no BigInt, no closures.
+
+/** Shared 32-bit words. Production: AtomicWords. The interleaving checker supplies its own. */
+export interface SharedWords {
+  load(i: number): number;
+  store(i: number, v: number): void;
+  add(i: number, v: number): number;
+  sub(i: number, v: number): number;
+  or(i: number, v: number): number;
+  exchange(i: number, v: number): number;
+  /** Returns the old value; the swap happened iff it equals `expected`. */
+  cas(i: number, expected: number, replacement: number): number;
+}
+
+/** SharedWords over an Int32Array (normally on a SharedArrayBuffer) with Atomics.*. */
+export class AtomicWords implements SharedWords {
+  readonly i32: Int32Array;
+  constructor(i32: Int32Array) {
+    this.i32 = i32;
+  }
+  load(i: number): number { return Atomics.load(this.i32, i); }
+  store(i: number, v: number): void { Atomics.store(this.i32, i, v); }
+  add(i: number, v: number): number { return Atomics.add(this.i32, i, v); }
+  sub(i: number, v: number): number { return Atomics.sub(this.i32, i, v); }
+  or(i: number, v: number): number { return Atomics.or(this.i32, i, v); }
+  exchange(i: number, v: number): number { return Atomics.exchange(this.i32, i, v); }
+  cas(i: number, expected: number, replacement: number): number {
+    return Atomics.compareExchange(this.i32, i, expected, replacement);
+  }
+}
+
+export const enum ReqType { READ = 1, WRITE = 2, ZERO = 3, TRUNCATE = 4 }
+
+/** tryAdmit results. register() returns FULL when no slot is free. */
+export const ADMITTED = 0, BLOCKED = 1, FULL = -1;
+
+// ---------------------------------------------------------------------------
+// Layout (int32 words).  See docs/TABLE.md for the diagram.
+
+/** Header: counters and the table-level (FULL) waiter mask. One cache line. */
+export const HEADER_WORDS = 16;
+export const H_SER_IN_FLIGHT = 0; // # serialising entries between enterSerialising and leaveSerialising
+export const H_TICKET = 1;        // next ticket (wraps; compared modulo 2^32)
+export const H_IN_FLIGHT = 2;     // # claimed slots
+export const H_HIGH_WATER = 3;    // max H_IN_FLIGHT ever observed
+export const H_FULL_WAITERS = 4;  // workers that got FULL
+export const H_CAPACITY = 5;      // informational
+
+/** One slot per in-flight request, padded to a 64-byte cache line. */
+export const SLOT_WORDS = 16;
+export const S_STATE = 0;     // gen << GEN_SHIFT | serialising << 2 | state
+export const S_TICKET = 1;    // valid while state == ACTIVE
+export const S_START_HI = 2;  // overlap range [start, end), int64 as (hi, lo)
+export const S_START_LO = 3;
+export const S_END_HI = 4;
+export const S_END_LO = 5;
+export const S_WAITERS = 6;   // bit per worker waiting for this slot's state word to change
+export const S_TYPE = 7;      // ReqType (diagnostics only; conflicts ignore it)
+
+/** Slot states (low 2 bits of the state word). */
+export const ST_FREE = 0, ST_CLAIMED = 1, ST_RANGED = 2, ST_ACTIVE = 3;
+export const ST_MASK = 3;
+export const SER_BIT = 4;
+export const GEN_SHIFT = 3;
+/** Generation width: handle = gen << SLOT_BITS | slot must stay a non-negative int32. */
+export const GEN_BITS = 23;
+export const GEN_MASK = (1 << GEN_BITS) - 1;
+export const SLOT_BITS = 8;
+export const SLOT_MASK = (1 << SLOT_BITS) - 1;
+export const MAX_CAPACITY = 1 << SLOT_BITS;
+export const MAX_WORKERS = 31;
+
+/** int64 (hi, lo) strictly less than. hi is signed (offsets are non-negative), lo unsigned. */
+function lt64(ahi: number, alo: number, bhi: number, blo: number): boolean {
+  return ahi < bhi || (ahi === bhi && (alo >>> 0) < (blo >>> 0));
+}
+
+export class TrackedTable {
+  readonly mem: SharedWords;
+  readonly capacity: number;
+
+  // Thread-local copy of the entries this instance registered (indexed by
+  // slot). Only the owner ever writes a non-FREE slot's fields, so the copy is
+  // authoritative and tryAdmit/release need no shared loads for their own entry.
+  private readonly ownGen: Int32Array;   // generation + 1 of the live own entry in that slot, 0 = none
+  private readonly ownTicket: Int32Array;
+  private readonly ownRange: Int32Array; // 4 words per slot
+  private readonly ownSer: Uint8Array;
+  private hint = 0;        // where claimSlot starts looking
+  private claimedWord = 0; // state word written by the last successful claimSlot
+  private regWake = 0;     // workers to wake after the last register()
+
+  static wordsFor(capacity: number): number {
+    return HEADER_WORDS + capacity * SLOT_WORDS;
+  }
+
+  static create(capacity: number): SharedArrayBuffer {
+    TrackedTable.checkCapacity(capacity);
+    const sab = new SharedArrayBuffer(TrackedTable.wordsFor(capacity) * 4);
+    new Int32Array(sab)[H_CAPACITY] = capacity; // all slots FREE, generation 0
+    return sab;
+  }
+
+  private static checkCapacity(capacity: number): void {
+    if (!Number.isInteger(capacity) || capacity < 1 || capacity > MAX_CAPACITY) {
+      throw new RangeError(`capacity must be 1..${MAX_CAPACITY}`);
+    }
+  }
+
+  constructor(mem: SharedWords, capacity: number) {
+    TrackedTable.checkCapacity(capacity);
+    this.mem = mem;
+    this.capacity = capacity;
+    this.ownGen = new Int32Array(capacity);
+    this.ownTicket = new Int32Array(capacity);
+    this.ownRange = new Int32Array(capacity * 4);
+    this.ownSer = new Uint8Array(capacity);
+  }
+
+  // -------------------------------------------------------------------------
+  // Public API
+
+  /**
+   * Claims a slot, publishes the overlap range [start, end) and the flags,
+   * then draws the ticket.  Returns a handle (gen << 8 | slot, non-negative)
+   * or FULL, in which case the caller's worker bit is in the table-level
+   * waiter mask: park, and call register() again when woken.
+   *
+   * After a successful register() the caller MUST ring takeWakeups(): scanners
+   * that found this slot RANGED (ticket not yet published) parked on it.
+   */
+  register(worker: number, type: ReqType, serialising: boolean,
+           startHi: number, startLo: number, endHi: number, endLo: number): number {
+    if (lt64(endHi, endLo, startHi, startLo) || startHi < 0) throw new RangeError('bad range');
+    let slot = this.claimSlot();
+    if (slot < 0) {
+      // Register interest BEFORE the second look: a release() that frees a
+      // slot after our first look either is seen by the re-check below or
+      // loads H_FULL_WAITERS after our or() and wakes us.
+      this.registerFullInterest(1 << worker);
+      slot = this.claimSlot();
+      if (slot < 0) return FULL;
+    }
+    const base = HEADER_WORDS + slot * SLOT_WORDS;
+    const gen = (this.claimedWord >>> GEN_SHIFT) & GEN_MASK;
+    this.writeFields(base, type, startHi, startLo, endHi, endLo);
+    this.countInFlight();
+    if (serialising) {
+      // Must come before drawTicket(): a non-serialising request that draws
+      // a later ticket reads the counter after its own draw (fast path) and
+      // therefore sees this increment.
+      this.enterSerialising();
+    }
+    // The range must be visible (RANGED) before the ticket is drawn: a
+    // scanner holding any later ticket then sees us, and one that sees us
+    // CLAIMED may ignore us because our ticket will be later than its own.
+    this.publishRange(base, gen, serialising);
+    const ticket = this.drawTicket();
+    this.publishTicket(base, gen, serialising, ticket);
+    // Scanners that found us RANGED and conflicting parked on our slot;
+    // publishTicket() changed the state word, so wake them to re-scan.
+    this.regWake = this.takeSlotWaiters(base);
+
+    this.ownGen[slot] = gen + 1;
+    this.ownTicket[slot] = ticket;
+    const r = slot * 4;
+    this.ownRange[r] = startHi;
+    this.ownRange[r + 1] = startLo;
+    this.ownRange[r + 2] = endHi;
+    this.ownRange[r + 3] = endLo;
+    this.ownSer[slot] = serialising ? 1 : 0;
+    return (gen << SLOT_BITS) | slot;
+  }
+
+  /** Workers to wake after the last successful register() (read once; resets to 0). */
+  takeWakeups(): number {
+    const w = this.regWake;
+    this.regWake = 0;
+    return w;
+  }
+
+  /**
+   * ADMITTED when no older conflicting entry is in flight; otherwise BLOCKED
+   * with the caller's worker bit registered on the blocking slot: park and
+   * call again (with the same handle, keeping the ticket) when woken.
+   */
+  tryAdmit(worker: number, handle: number): number {
+    const slot = this.ownSlot(handle);
+    const ser = this.ownSer[slot] !== 0;
+    // Fast path (QEMU's serialising_in_flight): our ticket is already drawn,
+    // so every older serialising entry has already incremented the counter.
+    if (!ser && this.noSerialisingInFlight()) return ADMITTED;
+
+    const myTicket = this.ownTicket[slot];
+    const r = slot * 4;
+    const sHi = this.ownRange[r], sLo = this.ownRange[r + 1];
+    const eHi = this.ownRange[r + 2], eLo = this.ownRange[r + 3];
+    const bit = 1 << worker;
+    const mem = this.mem;
+    for (let i = 0; i < this.capacity; i++) {
+      if (i === slot) continue;
+      const base = HEADER_WORDS + i * SLOT_WORDS;
+      for (;;) {
+        const s = mem.load(base + S_STATE);
+        const st = s & ST_MASK;
+        if (this.ignorable(st)) break;
+        // Neither serialising: no conflict whatever the ranges.
+        if (!ser && (s & SER_BIT) === 0) break;
+        const oSHi = mem.load(base + S_START_HI), oSLo = mem.load(base + S_START_LO);
+        const oEHi = mem.load(base + S_END_HI), oELo = mem.load(base + S_END_LO);
+        const t = st === ST_ACTIVE ? mem.load(base + S_TICKET) : 0;
+        // Seqlock re-validation: the fields belong to the entry whose state
+        // word we read only if the word (generation included) is unchanged.
+        if (mem.load(base + S_STATE) !== s) continue;
+        if (!(lt64(sHi, sLo, oEHi, oELo) && lt64(oSHi, oSLo, eHi, eLo))) break;
+        // ACTIVE with a later ticket: newer, it waits for us, never the reverse.
+        if (st === ST_ACTIVE && ((t - myTicket) | 0) > 0) break;
+        // Older and conflicting, or RANGED (ticket unknown: might be older).
+        // Register interest, THEN re-check: the owner changes the state word
+        // before it takes the waiter mask, so either it sees our bit or we
+        // see its change.
+        this.registerInterest(base, bit);
+        if (this.recheckAfterInterest(base, s)) return BLOCKED;
+        // The entry moved on (ticket published, released, reused): re-examine.
+      }
+    }
+    return ADMITTED;
+  }
+
+  /** Frees the slot (generation + 1). Returns the bitmask of workers to wake. */
+  release(handle: number): number {
+    const slot = this.ownSlot(handle);
+    const base = HEADER_WORDS + slot * SLOT_WORDS;
+    const gen = (handle >>> SLOT_BITS) & GEN_MASK;
+    const ser = this.ownSer[slot] !== 0;
+    this.ownGen[slot] = 0;
+    // Free first, then look at interest (pairs with registerInterest +
+    // recheckAfterInterest in tryAdmit, and with registerFullInterest +
+    // second claimSlot in register).
+    this.freeSlot(base, gen);
+    if (ser) this.leaveSerialising();
+    const mem = this.mem;
+    mem.sub(H_IN_FLIGHT, 1);
+    let wake = this.takeSlotWaiters(base);
+    if (mem.load(H_FULL_WAITERS) !== 0) wake |= mem.exchange(H_FULL_WAITERS, 0);
+    return wake;
+  }
+
+  ticketOf(handle: number): number {
+    return this.ownTicket[this.ownSlot(handle)];
+  }
+  serialisingInFlight(): number { return this.mem.load(H_SER_IN_FLIGHT); }
+  highWater(): number { return this.mem.load(H_HIGH_WATER); }
+  inFlight(): number { return this.mem.load(H_IN_FLIGHT); }
+
+  // -------------------------------------------------------------------------
+  // Protocol steps.  Separate (and overridable) so that tests can weaken one
+  // step and check that the interleaving checker notices.
+
+  /** The own-entry cache index for a live handle of this instance. */
+  protected ownSlot(handle: number): number {
+    const slot = handle & SLOT_MASK;
+    if (slot >= this.capacity || this.ownGen[slot] !== ((handle >>> SLOT_BITS) & GEN_MASK) + 1) {
+      throw new Error(`stale or foreign handle ${handle}`);
+    }
+    return slot;
+  }
+
+  /** CAS a FREE slot to CLAIMED (same generation). Returns the slot or -1. */
+  protected claimSlot(): number {
+    const mem = this.mem;
+    const cap = this.capacity;
+    let i = this.hint;
+    for (let n = 0; n < cap; n++) {
+      const base = HEADER_WORDS + i * SLOT_WORDS;
+      const s = mem.load(base + S_STATE);
+      if ((s & ST_MASK) === ST_FREE) {
+        const claimed = (s & ~7) | ST_CLAIMED;
+        // Only FREE -> CLAIMED is contended; every later transition of this
+        // slot is made by us alone until freeSlot().
+        if (mem.cas(base + S_STATE, s, claimed) === s) {
+          this.hint = i;
+          this.claimedWord = claimed;
+          return i;
+        }
+      }
+      if (++i === cap) i = 0;
+    }
+    return -1;
+  }
+
+  protected registerFullInterest(bit: number): void {
+    this.mem.or(H_FULL_WAITERS, bit);
+  }
+
+  /** Plain stores: nobody interprets them until publishRange() makes the slot RANGED. */
+  protected writeFields(base: number, type: number, sHi: number, sLo: number, eHi: number, eLo: number): void {
+    const mem = this.mem;
+    mem.store(base + S_TYPE, type);
+    mem.store(base + S_START_HI, sHi);
+    mem.store(base + S_START_LO, sLo);
+    mem.store(base + S_END_HI, eHi);
+    mem.store(base + S_END_LO, eLo);
+  }
+
+  /** In-flight count and high-water mark (CAS only when exceeding the mark). */
+  protected countInFlight(): void {
+    const mem = this.mem;
+    const n = mem.add(H_IN_FLIGHT, 1) + 1;
+    let hw = mem.load(H_HIGH_WATER);
+    while (n > hw) {
+      const old = mem.cas(H_HIGH_WATER, hw, n);
+      if (old === hw) break;
+      hw = old;
+    }
+  }
+
+  protected enterSerialising(): void { this.mem.add(H_SER_IN_FLIGHT, 1); }
+  protected leaveSerialising(): void { this.mem.sub(H_SER_IN_FLIGHT, 1); }
+  protected noSerialisingInFlight(): boolean { return this.mem.load(H_SER_IN_FLIGHT) === 0; }
+
+  protected publishRange(base: number, gen: number, ser: boolean): void {
+    this.mem.store(base + S_STATE, (gen << GEN_SHIFT) | (ser ? SER_BIT : 0) | ST_RANGED);
+  }
+
+  protected drawTicket(): number { return this.mem.add(H_TICKET, 1); }
+
+  /** Ticket word first, then ACTIVE: a reader validating ACTIVE sees the ticket. */
+  protected publishTicket(base: number, gen: number, ser: boolean, ticket: number): void {
+    this.mem.store(base + S_TICKET, ticket);
+    this.mem.store(base + S_STATE, (gen << GEN_SHIFT) | (ser ? SER_BIT : 0) | ST_ACTIVE);
+  }
+
+  /**
+   * FREE and CLAIMED slots cannot hold up a scanner: a FREE one is nobody's;
+   * a CLAIMED one will draw its ticket after the scanner drew its own, so it
+   * is newer.  RANGED and ACTIVE ones must be examined.
+   */
+  protected ignorable(state: number): boolean {
+    return state === ST_FREE || state === ST_CLAIMED;
+  }
+
+  protected registerInterest(base: number, bit: number): void {
+    this.mem.or(base + S_WAITERS, bit);
+  }
+
+  /** True if the slot still holds the state word we decided to wait on. */
+  protected recheckAfterInterest(base: number, observed: number): boolean {
+    return this.mem.load(base + S_STATE) === observed;
+  }
+
+  /** Generation + 1 makes every earlier observation of this slot stale. */
+  protected freeSlot(base: number, gen: number): void {
+    this.mem.store(base + S_STATE, ((gen + 1) & GEN_MASK) << GEN_SHIFT);
+  }
+
+  /**
+   * Called right after a state-word change by the owner. A load first keeps
+   * the common no-waiter case free of a read-modify-write; it is safe because
+   * a waiter or()s its bit before re-reading the state word (Dekker pairing).
+   */
+  protected takeSlotWaiters(base: number): number {
+    if (this.mem.load(base + S_WAITERS) === 0) return 0;
+    return this.mem.exchange(base + S_WAITERS, 0);
+  }
+}

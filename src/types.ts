@@ -1,0 +1,81 @@
+import type { MessagePort } from 'node:worker_threads';
+
+export type BackendName = 'io_uring' | 'libaio' | 'sync';
+export type BackendChoice = BackendName | 'auto';
+export type WorkaroundPolicy = 'auto' | 'always' | 'never';
+
+export interface NativeContextOptions {
+  backend: BackendName;
+  depth: number;
+  pool: Uint8Array;
+  batch: Int32Array;
+  completions: Int32Array;
+  doorbellFd: number;
+  emulateWindowUs: number;
+}
+
+export interface NativeContextInfo {
+  backend: BackendName;
+  depth: number;
+  fixedBuffers: boolean;
+  fixedFiles: boolean;
+  setupFlags: string[];
+  asyncFtruncate: boolean;
+  syncOps: string[];
+}
+
+export interface NativeContext {
+  setFile(id: number, fd: number): void;
+  clearFile(id: number): void;
+  pump(nSubmit: number, waitMs: number): number;
+  inflight(): number;
+  info(): NativeContextInfo;
+  close(): void;
+}
+
+export interface ProbeResult {
+  kernel: string;
+  ioUringDisabled: number;
+  ioUring: { ok: boolean; reason: string; setupFlags: string[]; features: string[]; ops: Record<string, boolean> };
+  libaio: { ok: boolean; reason: string };
+}
+
+export interface NativeAddon {
+  Context: new (opts: NativeContextOptions) => NativeContext;
+  probe(): ProbeResult;
+  createDoorbell(): number;
+  ring(fd: number): void;
+  closeFd(fd: number): void;
+  dioAlign(fd: number): { mem: number; offset: number } | null;
+}
+
+export interface WorkerInit {
+  index: number;
+  backend: BackendChoice;
+  depth: number;
+  sq: SharedArrayBuffer;
+  sqCapacity: number;
+  cq: SharedArrayBuffer;
+  cqCapacity: number;
+  ctrl: SharedArrayBuffer;
+  pool: SharedArrayBuffer;
+  workerStats: SharedArrayBuffer;
+  doorbells: number[];
+  emulateWindowUs: number;
+  faults: string | null;
+  port: MessagePort;
+}
+
+export interface WorkerReady {
+  type: 'ready';
+  index: number;
+  backend: BackendName;
+  refused: Record<string, string>;
+  info: NativeContextInfo;
+}
+
+export type ControlMessage =
+  | { type: 'open'; seq: number; fileId: number; fd: number; path: string; table: SharedArrayBuffer | null; tableCapacity: number;
+      workaround: boolean; emulate: boolean; align: number; stats: SharedArrayBuffer }
+  | { type: 'close'; seq: number; fileId: number }
+  | { type: 'stop' };

@@ -1,0 +1,325 @@
+// Interleaving model checker for the tracked-request table.
+//
+// The PRODUCTION TrackedTable runs against an abstract shared memory.  Each
+// model thread is a deterministic synchronous program (a driver calling
+// register / tryAdmit / release, parking on a doorbell word and ringing other
+// threads' doorbells).  Threads are coroutines by replay: to learn thread t's
+// next atomic operation, its program is re-run from the start with a
+// SharedWords whose first k operations return the recorded results of t's
+// earlier steps without touching memory; operation k+1 is captured (not
+// performed) and a Suspend is thrown.  The scheduler then performs that one
+// operation against the shared memory and appends its result to t's history.
+// A thread's local state is a function of its history, so
+// (memory, histories) is an exact state key; DFS explores every interleaving
+// at every atomic operation, with undo (restore one word, pop one result).
+
+import { FULL, ADMITTED, TrackedTable, H_SER_IN_FLIGHT, H_IN_FLIGHT, H_TICKET, HEADER_WORDS, SLOT_WORDS, S_STATE, ST_MASK, ST_FREE }
+  from '../../dist/src/table.js';
+
+// Operation kinds.
+export const LOAD = 0, STORE = 1, ADD = 2, SUB = 3, OR = 4, XCHG = 5, CAS = 6, PARK = 7, EVENT = 8;
+const KIND_NAMES = ['load', 'store', 'add', 'sub', 'or', 'xchg', 'cas', 'PARK', 'EVENT'];
+// Events (EVENT operand `addr`).
+export const EV_ADMIT = 1, EV_RELEASE = 2;
+
+const SUSPEND = { suspend: true };
+
+export class CheckFailure extends Error {
+  constructor(kind, message, trace) {
+    super(`${kind}: ${message}${trace ? `\ntrace (last 60 steps):\n${trace}` : ''}`);
+    this.kind = kind;
+  }
+}
+
+/** SharedWords that replays a thread's history, then captures its next op. */
+class ReplayMem {
+  constructor() { this.hist = null; this.k = 0; this.pk = -1; this.pa = 0; this.pv = 0; this.pw = 0; }
+  op(kind, addr, v, w) {
+    if (this.k < this.hist.length) return this.hist[this.k++];
+    this.pk = kind; this.pa = addr; this.pv = v; this.pw = w;
+    throw SUSPEND;
+  }
+  load(i) { return this.op(LOAD, i, 0, 0); }
+  store(i, v) { this.op(STORE, i, v | 0, 0); }
+  add(i, v) { return this.op(ADD, i, v | 0, 0); }
+  sub(i, v) { return this.op(SUB, i, v | 0, 0); }
+  or(i, v) { return this.op(OR, i, v | 0, 0); }
+  exchange(i, v) { return this.op(XCHG, i, v | 0, 0); }
+  cas(i, e, r) { return this.op(CAS, i, e | 0, r | 0); }
+}
+
+const MASK63 = (1n << 63n) - 1n;
+/** int64 -> [hi, lo] int32 pair. */
+export function split64(x) {
+  return [Number(BigInt.asIntN(32, x >> 32n)), Number(BigInt.asIntN(32, x))];
+}
+/** 2^63-1 aligned down (the XFS post-EOF overlap end). */
+export const END_MAX = (align) => MASK63 - (MASK63 % BigInt(align));
+
+export function conflicts(a, b) {
+  return (a.ser || b.ser) && a.start < b.end && b.start < a.end;
+}
+
+/**
+ * A scenario: { name, capacity, threads: [[req...]...], Table? }
+ * req: { start: bigint, end: bigint, ser: boolean, type?: number }
+ */
+export class Model {
+  constructor(scn) {
+    this.name = scn.name;
+    this.capacity = scn.capacity;
+    this.Table = scn.Table ?? TrackedTable;
+    this.nThreads = scn.threads.length;
+    this.tableWords = TrackedTable.wordsFor(this.capacity);
+    this.doorbell = this.tableWords; // doorbell of worker w at doorbell + w
+    this.mem = new Int32Array(this.tableWords + this.nThreads);
+    this.mem.set(new Int32Array(TrackedTable.create(this.capacity)));
+    this.reqs = [];
+    this.threadReqs = scn.threads.map((list) => list.map((r) => {
+      const [sHi, sLo] = split64(r.start), [eHi, eLo] = split64(r.end);
+      const q = { id: this.reqs.length, ...r, type: r.type ?? (r.ser ? 3 : 2), sHi, sLo, eHi, eLo };
+      this.reqs.push(q);
+      return q;
+    }));
+    const n = this.reqs.length;
+    this.conf = this.reqs.map((a) => this.reqs.map((b) => a !== b && conflicts(a, b)));
+    // Bookkeeping (a function of the histories, so not part of the state key).
+    this.ticket = new Array(n).fill(null); // ticket drawn by each request
+    this.status = new Int8Array(n);        // 0 pending, 1 admitted, 2 released
+    this.ticketsDrawn = new Int32Array(this.nThreads);
+    this.hist = Array.from({ length: this.nThreads }, () => []);
+    this.rm = Array.from({ length: this.nThreads }, () => new ReplayMem());
+    this.programs = this.threadReqs.map((list, w) => this.makeProgram(w, list));
+    this.next = []; // per thread: [kind, addr, v, w] or null when finished
+    for (let t = 0; t < this.nThreads; t++) this.next.push(this.peek(t));
+    this.trace = [];
+    this.parks = 0; this.fulls = 0; this.blocks = 0;
+  }
+
+  makeProgram(w, list) {
+    const { Table, capacity, doorbell } = this;
+    return (mem) => {
+      const table = new Table(mem, capacity);
+      const ring = (mask) => {
+        for (let b = 0; mask !== 0; b++, mask >>>= 1) if (mask & 1) mem.op(OR, doorbell + b, 1, 0);
+      };
+      for (const q of list) {
+        let h;
+        for (;;) {
+          h = table.register(w, q.type, q.ser, q.sHi, q.sLo, q.eHi, q.eLo);
+          if (h !== FULL) break;
+          mem.op(PARK, doorbell + w, 0, 0);
+        }
+        ring(table.takeWakeups());
+        while (table.tryAdmit(w, h) !== ADMITTED) mem.op(PARK, doorbell + w, 0, 0);
+        mem.op(EVENT, EV_ADMIT, q.id, table.ticketOf(h));
+        mem.op(EVENT, EV_RELEASE, q.id, 0);
+        ring(table.release(h));
+      }
+    };
+  }
+
+  /** Re-run thread t from the start; return its next op, or null if it finished. */
+  peek(t) {
+    const rm = this.rm[t];
+    rm.hist = this.hist[t]; rm.k = 0;
+    try {
+      this.programs[t](rm);
+    } catch (e) {
+      if (e === SUSPEND) return [rm.pk, rm.pa, rm.pv, rm.pw];
+      throw e;
+    }
+    if (rm.k !== rm.hist.length) throw new Error('nondeterministic thread program');
+    return null;
+  }
+
+  enabled(t) {
+    const op = this.next[t];
+    return op !== null && (op[0] !== PARK || this.mem[op[1]] !== 0);
+  }
+
+  /** Performs thread t's next op. Returns an undo record. Throws CheckFailure. */
+  step(t) {
+    const op = this.next[t];
+    const [kind, a, v, w] = op;
+    const m = this.mem;
+    const old = kind === EVENT ? 0 : m[a];
+    let res = 0, undo = null;
+    switch (kind) {
+      case LOAD: res = old; break;
+      case STORE: m[a] = v; break;
+      case ADD: res = old; m[a] = old + v; break;
+      case SUB: res = old; m[a] = old - v; break;
+      case OR: res = old; m[a] = old | v; break;
+      case XCHG: res = old; m[a] = v; break;
+      case CAS: res = old; if (old === v) m[a] = w; break;
+      case PARK: res = old; m[a] = 0; this.parks++; break;
+      case EVENT: undo = this.event(t, a, v, w); break;
+    }
+    if (kind === ADD && a === H_TICKET) {
+      // The n-th ticket drawn by a thread belongs to its n-th request.
+      const q = this.threadReqs[t][this.ticketsDrawn[t]++];
+      this.ticket[q.id] = old;
+      undo = () => { this.ticket[q.id] = null; this.ticketsDrawn[t]--; };
+    }
+    this.hist[t].push(res);
+    this.trace.push(t, op, res);
+    this.next[t] = this.peek(t);
+    return { t, a, old, op, undo };
+  }
+
+  unstep(u) {
+    if (u.op[0] !== EVENT) this.mem[u.a] = u.old;
+    if (u.undo) u.undo();
+    this.hist[u.t].pop();
+    this.trace.length -= 3;
+    this.next[u.t] = u.op;
+  }
+
+  event(t, kind, id, ticket) {
+    const q = this.reqs[id];
+    if (kind === EV_ADMIT) {
+      if (this.ticket[id] !== ticket) this.fail('bookkeeping', `req ${id} ticket ${ticket} != ${this.ticket[id]}`);
+      for (const o of this.reqs) {
+        if (o === q || !this.conf[id][o.id]) continue;
+        if (this.status[o.id] === 1) {
+          this.fail('conflicting admission', `req ${id}${q.ser ? ' (serialising)' : ''} admitted while conflicting req ${o.id}${o.ser ? ' (serialising)' : ''} is admitted`);
+        }
+        if (this.status[o.id] === 0 && this.ticket[o.id] !== null && ((this.ticket[o.id] - ticket) | 0) < 0) {
+          this.fail('order violation', `req ${id} (ticket ${ticket}) admitted before older conflicting req ${o.id} (ticket ${this.ticket[o.id]}) was released`);
+        }
+      }
+      // 3. A serialising entry excludes everything overlapping (type plays no part).
+      for (const o of this.reqs) {
+        if (o !== q && this.status[o.id] === 1 && (q.ser || o.ser) && q.start < o.end && o.start < q.end) {
+          this.fail('serialising exclusion', `req ${id} overlaps admitted req ${o.id}`);
+        }
+      }
+      this.status[id] = 1;
+      return () => { this.status[id] = 0; };
+    }
+    if (this.status[id] !== 1) this.fail('bookkeeping', `release of req ${id} not admitted`);
+    this.status[id] = 2;
+    return () => { this.status[id] = 1; };
+  }
+
+  done() { return this.next.every((op) => op === null); }
+
+  /** Checks at a final state: every request ran, the table is empty again. */
+  checkFinal() {
+    for (let i = 0; i < this.reqs.length; i++) if (this.status[i] !== 2) this.fail('lost request', `req ${i} never ran`);
+    const m = this.mem;
+    if (m[H_SER_IN_FLIGHT] !== 0 || m[H_IN_FLIGHT] !== 0) this.fail('counters', `serialisingInFlight ${m[H_SER_IN_FLIGHT]} inFlight ${m[H_IN_FLIGHT]} at the end`);
+    for (let s = 0; s < this.capacity; s++) {
+      if ((m[HEADER_WORDS + s * SLOT_WORDS + S_STATE] & ST_MASK) !== ST_FREE) this.fail('leak', `slot ${s} not free at the end`);
+    }
+  }
+
+  key() {
+    let k = this.mem.join(',');
+    for (let t = 0; t < this.nThreads; t++) k += '|' + this.hist[t].join(',');
+    return k;
+  }
+
+  fail(kind, msg) {
+    throw new CheckFailure(kind, `[${this.name}] ${msg}`, this.formatTrace());
+  }
+
+  formatTrace() {
+    const lines = [];
+    const tr = this.trace;
+    for (let i = Math.max(0, tr.length - 180); i < tr.length; i += 3) {
+      const [kind, a, v, w] = tr[i + 1];
+      lines.push(`  T${tr[i]} ${KIND_NAMES[kind]}(${a}${kind === STORE || kind >= ADD ? `, ${v}` : ''}${kind === CAS || kind === EVENT ? `, ${w}` : ''}) -> ${tr[i + 2]}`);
+    }
+    return lines.join('\n');
+  }
+}
+
+/**
+ * Exhaustive DFS with exact state matching.  Fails on: a conflicting
+ * admission, an order violation, a deadlock (unfinished threads all parked),
+ * a cycle (a state revisited while on the DFS stack), an execution longer
+ * than maxDepth steps.
+ */
+export function explore(scn, { maxDepth = 5000 } = {}) {
+  const m = new Model(scn);
+  const seen = new Map(); // key -> 1 on the DFS stack, 2 finished
+  let states = 0, transitions = 0, finals = 0, maxSeen = 0;
+  const t0 = performance.now();
+  const dfs = (depth) => {
+    const k = m.key();
+    const mark = seen.get(k);
+    if (mark === 1) m.fail('livelock', 'cycle in the state graph');
+    if (mark === 2) return;
+    seen.set(k, 1);
+    states++;
+    if (depth > maxSeen) maxSeen = depth;
+    if (depth > maxDepth) m.fail('livelock', `execution longer than ${maxDepth} steps`);
+    let any = false;
+    for (let t = 0; t < m.nThreads; t++) {
+      if (!m.enabled(t)) continue;
+      any = true;
+      transitions++;
+      const u = m.step(t);
+      dfs(depth + 1);
+      m.unstep(u);
+    }
+    if (!any) {
+      if (!m.done()) {
+        const parked = m.next.map((op, t) => (op === null ? `T${t} done` : `T${t} parked on doorbell ${op[1] - m.doorbell}`)).join(', ');
+        m.fail('deadlock', `no thread can run (${parked})`);
+      }
+      finals++;
+      m.checkFinal();
+    }
+    seen.set(k, 2);
+  };
+  dfs(0);
+  return { name: scn.name, states, transitions, finals, maxDepth: maxSeen, parks: m.parks, ms: Math.round(performance.now() - t0) };
+}
+
+/** Small deterministic PRNG (mulberry32). */
+export function rng(seed) {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6D2B79F5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+/**
+ * PCT (probabilistic concurrency testing, Burckhardt et al. 2010): random
+ * distinct thread priorities, d-1 random change points in [0, k) steps at which
+ * the running thread drops to the lowest priorities; always run the
+ * highest-priority enabled thread.  One execution per call.
+ */
+export function pctRun(scn, seed, { d = 3, k = 600, maxSteps = 20000 } = {}) {
+  const m = new Model(scn);
+  const r = rng(seed);
+  const n = m.nThreads;
+  const prio = Array.from({ length: n }, (_, i) => d + i);
+  for (let i = n - 1; i > 0; i--) { const j = Math.floor(r() * (i + 1)); [prio[i], prio[j]] = [prio[j], prio[i]]; }
+  const change = new Map();
+  for (let i = 1; i < d; i++) change.set(Math.floor(r() * k), d - i);
+  let steps = 0;
+  for (;;) {
+    let best = -1;
+    for (let t = 0; t < n; t++) if (m.enabled(t) && (best < 0 || prio[t] > prio[best])) best = t;
+    if (best < 0) {
+      if (!m.done()) m.fail('deadlock', 'no thread can run');
+      m.checkFinal();
+      return { steps, parks: m.parks };
+    }
+    if (change.has(steps)) {
+      prio[best] = change.get(steps);
+      best = -1;
+      for (let t = 0; t < n; t++) if (m.enabled(t) && (best < 0 || prio[t] > prio[best])) best = t;
+    }
+    m.step(best);
+    if (++steps > maxSteps) m.fail('livelock', `execution longer than ${maxSteps} steps`);
+  }
+}

@@ -1,0 +1,504 @@
+// Direct tests of the native addon (build/Release/ringfence.node).
+// Run: node test/native.test.mjs   (after `node-gyp rebuild`)
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import { createRequire } from 'node:module';
+import { Worker } from 'node:worker_threads';
+import { fileURLToPath } from 'node:url';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import crypto from 'node:crypto';
+
+const require = createRequire(import.meta.url);
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+const addon = require('node-gyp-build')(root);
+
+// Mirrors src/protocol.ts.
+const READ = 1, WRITE = 2, READV = 3, WRITEV = 4, FALLOCATE = 5, FSYNC = 6, TRUNCATE = 7, NOP = 8;
+const EMULATE_XFS_BUG = 0x100;
+const KEEP_SIZE = 0x01, PUNCH_HOLE = 0x02, ZERO_RANGE = 0x10;
+const { EINVAL, EBADF, EFAULT, EBUSY } = os.constants.errno;
+const BLK = 4096;
+const GiB = 2 ** 30;
+
+// ---- environment ---------------------------------------------------------
+
+const probe = addon.probe();
+console.log(`kernel ${probe.kernel}, io_uring_disabled=${probe.ioUringDisabled}`);
+console.log(`io_uring: ok=${probe.ioUring.ok} ${probe.ioUring.reason} flags=[${probe.ioUring.setupFlags}] ops=${JSON.stringify(probe.ioUring.ops)}`);
+console.log(`io_uring features: ${probe.ioUring.features.join(' ')}`);
+console.log(`libaio: ok=${probe.libaio.ok} ${probe.libaio.reason}`);
+
+const backends = [];
+for (const [name, ok, reason] of [
+  ['io_uring', probe.ioUring.ok, probe.ioUring.reason],
+  ['libaio', probe.libaio.ok, probe.libaio.reason],
+  ['sync', true, ''],
+]) {
+  if (ok) backends.push(name);
+  else console.log(`SKIP backend ${name}: ${reason}`);
+}
+
+// os.tmpdir() may be tmpfs, which rejects O_DIRECT: prefer /var/tmp, then cwd.
+function pickDir() {
+  for (const base of ['/var/tmp', process.cwd()]) {
+    let dir;
+    try {
+      dir = fs.mkdtempSync(path.join(base, 'ringfence-native-'));
+      const p = path.join(dir, 'probe');
+      const fd = fs.openSync(p, fs.constants.O_RDWR | fs.constants.O_CREAT | fs.constants.O_DIRECT, 0o600);
+      fs.closeSync(fd);
+      fs.unlinkSync(p);
+      return { dir, direct: true };
+    } catch {
+      if (dir) fs.rmSync(dir, { recursive: true, force: true });
+    }
+  }
+  console.log('NOTE: no directory accepts O_DIRECT; testing with buffered I/O');
+  return { dir: fs.mkdtempSync(path.join(os.tmpdir(), 'ringfence-native-')), direct: false };
+}
+const { dir, direct } = pickDir();
+console.log(`test dir ${dir} (O_DIRECT=${direct})`);
+process.on('exit', () => fs.rmSync(dir, { recursive: true, force: true }));
+
+let fileSeq = 0;
+function openTemp() {
+  const p = path.join(dir, `f${fileSeq++}`);
+  const flags = fs.constants.O_RDWR | fs.constants.O_CREAT | fs.constants.O_TRUNC | (direct ? fs.constants.O_DIRECT : 0);
+  return { path: p, fd: fs.openSync(p, flags, 0o600) };
+}
+
+// ---- helpers -------------------------------------------------------------
+
+const POOL = 1 << 20;
+const BATCH = 32;
+
+function makeCtx(backend, { depth = 16, emulateWindowUs = 0, doorbellFd } = {}) {
+  const sab = new SharedArrayBuffer(POOL, { maxByteLength: POOL }); // page-aligned
+  const pool = new Uint8Array(sab);
+  const batch = new Int32Array(BATCH * 8);
+  const completions = new Int32Array((depth + BATCH) * 4);
+  const bell = doorbellFd ?? addon.createDoorbell();
+  const ctx = new addon.Context({ backend, depth, pool, batch, completions, doorbellFd: bell, emulateWindowUs });
+  return { ctx, pool, batch, completions, bell, ownBell: doorbellFd === undefined };
+}
+
+function done(c) {
+  c.ctx.close();
+  if (c.ownBell) addon.closeFd(c.bell);
+}
+
+function put(batch, i, { op, flags = 0, file = 0, off = 0, len = 0, buf = 0, tag = i, aux = 0 }) {
+  const o = i * 8;
+  const off64 = BigInt.asUintN(64, BigInt(off));
+  batch[o] = op | flags;
+  batch[o + 1] = file;
+  batch[o + 2] = Number(off64 & 0xffffffffn) | 0;
+  batch[o + 3] = Number(off64 >> 32n) | 0;
+  batch[o + 4] = len | 0;
+  batch[o + 5] = buf | 0;
+  batch[o + 6] = tag;
+  batch[o + 7] = aux;
+}
+
+// FALLOCATE carries a 64-bit length in words 4 (low) and 5 (high).
+function fallocEntry({ file = 0, off, len, mode = 0, flags = 0, tag }) {
+  const l = BigInt(len);
+  return { op: FALLOCATE, flags, file, off, len: Number(l & 0xffffffffn) | 0, buf: Number(l >> 32n) | 0, aux: mode, tag };
+}
+
+/** Submit entries (tags must be unique), pump until all completed; returns Map tag -> result. */
+function run(c, entries) {
+  entries.forEach((e, i) => put(c.batch, i, { tag: i, ...e }));
+  const results = new Map();
+  const collect = (n) => {
+    for (let i = 0; i < n; i++) {
+      const tag = c.completions[i * 4], res = c.completions[i * 4 + 1];
+      assert.not.ok(results.has(tag), `duplicate completion for tag ${tag}`);
+      results.set(tag, res);
+    }
+  };
+  collect(c.ctx.pump(entries.length, 0));
+  const deadline = Date.now() + 10000;
+  while (results.size < entries.length) {
+    if (Date.now() > deadline) throw new Error(`timeout: ${results.size}/${entries.length} completed`);
+    collect(c.ctx.pump(0, 1000));
+  }
+  assert.is(c.ctx.inflight(), 0);
+  return results;
+}
+
+function fill(pool, off, len) {
+  const bytes = crypto.randomBytes(len);
+  pool.set(bytes, off);
+  return bytes;
+}
+
+function preadBuffered(p, pos, len) {
+  const fd = fs.openSync(p, 'r');
+  try {
+    const b = Buffer.alloc(len);
+    const n = fs.readSync(fd, b, 0, len, pos);
+    return b.subarray(0, n);
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+function runWorker(source, workerData) {
+  return new Promise((resolve, reject) => {
+    const w = new Worker(source, { eval: true, workerData });
+    let msg;
+    w.on('message', (m) => { msg = m; });
+    w.on('error', reject);
+    w.on('exit', (code) => (code === 0 ? resolve(msg) : reject(new Error(`worker exit ${code}`))));
+  });
+}
+
+// ---- module-level API ----------------------------------------------------
+
+test('probe shape', () => {
+  assert.type(probe.kernel, 'string');
+  assert.type(probe.ioUringDisabled, 'number');
+  assert.type(probe.ioUring.ok, 'boolean');
+  assert.ok(Array.isArray(probe.ioUring.setupFlags));
+  assert.ok(Array.isArray(probe.ioUring.features));
+  for (const k of ['fallocate', 'fsync', 'readFixed', 'ftruncate']) assert.type(probe.ioUring.ops[k], 'boolean');
+  assert.type(probe.libaio.ok, 'boolean');
+  assert.is(addon.MAX_FILES, 4096);
+  assert.is(addon.IOV_MAX, 64);
+});
+
+test('doorbell + dioAlign', () => {
+  const fd = addon.createDoorbell();
+  assert.ok(fd >= 0);
+  addon.ring(fd);
+  addon.ring(fd);
+  addon.closeFd(fd);
+  assert.throws(() => addon.ring(fd));
+  const f = openTemp();
+  const a = addon.dioAlign(f.fd);
+  console.log(`dioAlign: ${JSON.stringify(a)}`);
+  if (a !== null) {
+    assert.ok(a.mem > 0 && a.offset > 0);
+    assert.ok(a.offset <= BLK && a.mem <= BLK, 'test blocks are 4 KiB aligned');
+  }
+  fs.closeSync(f.fd);
+});
+
+test('Context constructor rejects bad options', () => {
+  const sab = new SharedArrayBuffer(POOL, { maxByteLength: POOL });
+  const bell = addon.createDoorbell();
+  const base = { backend: 'sync', depth: 4, pool: new Uint8Array(sab), batch: new Int32Array(64), completions: new Int32Array(4 * 12), doorbellFd: bell };
+  assert.throws(() => new addon.Context({ ...base, backend: 'nope' }), /unknown backend/);
+  assert.throws(() => new addon.Context({ ...base, depth: 0 }), RangeError);
+  assert.throws(() => new addon.Context({ ...base, depth: 4097 }), RangeError);
+  assert.throws(() => new addon.Context({ ...base, pool: new Int32Array(4) }), TypeError);
+  assert.throws(() => new addon.Context({ ...base, completions: new Int32Array(4 * 11) }), RangeError);
+  assert.throws(() => new addon.Context({ ...base, doorbellFd: 100000 }), /not open/);
+  const ctx = new addon.Context(base);
+  assert.throws(() => ctx.setFile(4096, 0), RangeError);
+  assert.throws(() => ctx.setFile(-1, 0), RangeError);
+  assert.throws(() => ctx.setFile(0, 100000), /not open/);
+  assert.throws(() => ctx.pump(9, 0), RangeError); // batch capacity is 8
+  ctx.close();
+  ctx.close(); // idempotent
+  assert.throws(() => ctx.pump(0, 0), /closed/);
+  addon.closeFd(bell);
+});
+
+// ---- per backend ---------------------------------------------------------
+
+for (const backend of backends) {
+  test(`${backend}: info`, () => {
+    const c = makeCtx(backend);
+    const info = c.ctx.info();
+    console.log(`${backend} info: ${JSON.stringify(info)}`);
+    assert.is(info.backend, backend);
+    assert.is(info.depth, 16);
+    assert.type(info.fixedBuffers, 'boolean');
+    assert.type(info.fixedFiles, 'boolean');
+    assert.type(info.asyncFtruncate, 'boolean');
+    assert.ok(Array.isArray(info.setupFlags) && Array.isArray(info.syncOps));
+    if (backend === 'libaio') assert.ok(info.syncOps.includes('fallocate') && info.syncOps.includes('fsync'));
+    done(c);
+  });
+
+  test(`${backend}: write/read at random offsets incl. beyond 4 GiB`, () => {
+    const c = makeCtx(backend);
+    const f = openTemp();
+    c.ctx.setFile(3, f.fd);
+    const offsets = [0, BLK * 7, BLK * (1 + crypto.randomInt(100000)), 5 * GiB + BLK * crypto.randomInt(1000), 4 * GiB - BLK];
+    const data = offsets.map((_, i) => fill(c.pool, i * 2 * BLK, 2 * BLK));
+    const w = run(c, offsets.map((off, i) => ({ op: WRITE, file: 3, off, len: 2 * BLK, buf: i * 2 * BLK })));
+    for (let i = 0; i < offsets.length; i++) assert.is(w.get(i), 2 * BLK, `write ${i}`);
+    assert.is(fs.fstatSync(f.fd).size, 5 * GiB + offsets[3] - 5 * GiB + 2 * BLK);
+
+    const rbase = 512 * 1024;
+    c.pool.fill(0, rbase, rbase + offsets.length * 2 * BLK);
+    const r = run(c, offsets.map((off, i) => ({ op: READ, file: 3, off, len: 2 * BLK, buf: rbase + i * 2 * BLK })));
+    for (let i = 0; i < offsets.length; i++) {
+      assert.is(r.get(i), 2 * BLK, `read ${i}`);
+      assert.ok(Buffer.from(c.pool.subarray(rbase + i * 2 * BLK, rbase + (i + 1) * 2 * BLK)).equals(data[i]), `pool data ${i}`);
+      assert.ok(preadBuffered(f.path, offsets[i], 2 * BLK).equals(data[i]), `file data ${i}`);
+    }
+    // A read past EOF returns 0 bytes.
+    const eof = run(c, [{ op: READ, file: 3, off: 6 * GiB, len: BLK, buf: 0 }]);
+    assert.is(eof.get(0), 0);
+    c.ctx.clearFile(3);
+    assert.is(run(c, [{ op: READ, file: 3, off: 0, len: BLK, buf: 0 }]).get(0), -EBADF);
+    done(c);
+    fs.closeSync(f.fd);
+  });
+
+  test(`${backend}: readv/writev`, () => {
+    const c = makeCtx(backend);
+    const f = openTemp();
+    c.ctx.setFile(0, f.fd);
+    const table = 256 * 1024; // 8-aligned descriptor table in the pool
+    const dv = new DataView(c.pool.buffer);
+    const segs = [[0, BLK], [3 * BLK, 2 * BLK], [10 * BLK, BLK]];
+    segs.forEach(([o, l], i) => { dv.setUint32(table + i * 8, o, true); dv.setUint32(table + i * 8 + 4, l, true); });
+    const expect = Buffer.concat(segs.map(([o, l]) => fill(c.pool, o, l)));
+    const total = expect.length;
+    const w = run(c, [{ op: WRITEV, file: 0, off: BLK * 4, len: total, buf: table, aux: segs.length }]);
+    assert.is(w.get(0), total);
+    const disk = fs.readFileSync(f.path);
+    assert.is(disk.length, BLK * 4 + total);
+    assert.ok(disk.subarray(BLK * 4).equals(expect));
+
+    // Scatter back into different buffers.
+    const rsegs = [[64 * BLK, 2 * BLK], [70 * BLK, 2 * BLK]];
+    rsegs.forEach(([o, l], i) => { dv.setUint32(table + 64 + i * 8, o, true); dv.setUint32(table + 64 + i * 8 + 4, l, true); });
+    const r = run(c, [{ op: READV, file: 0, off: BLK * 4, len: total, buf: table + 64, aux: rsegs.length }]);
+    assert.is(r.get(0), total);
+    const got = Buffer.concat(rsegs.map(([o, l]) => Buffer.from(c.pool.subarray(o, o + l))));
+    assert.ok(got.equals(expect));
+    done(c);
+    fs.closeSync(f.fd);
+  });
+
+  test(`${backend}: fallocate zero-range, fsync, truncate, nop`, () => {
+    const c = makeCtx(backend);
+    const f = openTemp();
+    c.ctx.setFile(1, f.fd);
+    fill(c.pool, 0, 8 * BLK);
+    assert.is(run(c, [{ op: WRITE, file: 1, off: 0, len: 8 * BLK, buf: 0 }]).get(0), 8 * BLK);
+    const res = run(c, [fallocEntry({ file: 1, off: 2 * BLK, len: 3 * BLK, mode: ZERO_RANGE, tag: 0 })]);
+    assert.is(res.get(0), 0);
+    c.pool.fill(0xff, 0, 8 * BLK);
+    assert.is(run(c, [{ op: READ, file: 1, off: 0, len: 8 * BLK, buf: 0 }]).get(0), 8 * BLK);
+    assert.ok(c.pool.subarray(2 * BLK, 5 * BLK).every((b) => b === 0), 'zeroed range reads back zeros');
+    assert.ok(preadBuffered(f.path, 2 * BLK, 3 * BLK).every((b) => b === 0));
+    assert.ok(!preadBuffered(f.path, 0, 2 * BLK).every((b) => b === 0), 'outside the range untouched');
+
+    // Plain fallocate extends the file; KEEP_SIZE does not.
+    assert.is(run(c, [fallocEntry({ file: 1, off: 8 * BLK, len: 8 * BLK, tag: 0 })]).get(0), 0);
+    assert.is(fs.fstatSync(f.fd).size, 16 * BLK);
+    assert.is(run(c, [fallocEntry({ file: 1, off: 16 * BLK, len: 8 * BLK, mode: KEEP_SIZE, tag: 0 })]).get(0), 0);
+    assert.is(fs.fstatSync(f.fd).size, 16 * BLK);
+    assert.is(run(c, [fallocEntry({ file: 1, off: 0, len: BLK, mode: PUNCH_HOLE | KEEP_SIZE, tag: 0 })]).get(0), 0);
+    assert.ok(preadBuffered(f.path, 0, BLK).every((b) => b === 0), 'punched hole reads zeros');
+
+    const s = run(c, [
+      { op: FSYNC, file: 1, aux: 0 },
+      { op: FSYNC, file: 1, aux: 1 },
+      { op: NOP },
+    ]);
+    assert.equal([s.get(0), s.get(1), s.get(2)], [0, 0, 0]);
+
+    assert.is(run(c, [{ op: TRUNCATE, file: 1, off: 12345 }]).get(0), 0);
+    assert.is(fs.fstatSync(f.fd).size, 12345);
+    assert.is(run(c, [{ op: TRUNCATE, file: 1, off: 0 }]).get(0), 0);
+    assert.is(fs.fstatSync(f.fd).size, 0);
+    done(c);
+    fs.closeSync(f.fd);
+  });
+
+  test(`${backend}: invalid entries fail alone`, () => {
+    const c = makeCtx(backend);
+    const f = openTemp();
+    c.ctx.setFile(0, f.fd);
+    const table = 128 * 1024;
+    const dv = new DataView(c.pool.buffer);
+    const setDesc = (at, o, l) => { dv.setUint32(at, o, true); dv.setUint32(at + 4, l, true); };
+    setDesc(table, 0, BLK);            // good descriptor
+    setDesc(table + 8, 0, 0);          // zero-length descriptor
+    setDesc(table + 16, POOL - 100, BLK); // past the pool end
+    const good = fill(c.pool, 0, BLK);
+    const cases = [
+      [{ op: WRITE, file: 0, off: 0, len: BLK, buf: 0 }, BLK, 'good write'],
+      [{ op: 9, file: 0, len: BLK }, -EINVAL, 'op 9'],
+      [{ op: 0, file: 0, len: BLK }, -EINVAL, 'op 0'],
+      [{ op: WRITE, file: 5, len: BLK }, -EBADF, 'file id not set'],
+      [{ op: WRITE, file: 4096, len: BLK }, -EBADF, 'file id out of range'],
+      [{ op: WRITE, file: -1, len: BLK }, -EBADF, 'negative file id'],
+      [{ op: WRITE, file: 0, len: BLK, buf: POOL - 100 }, -EFAULT, 'buffer past pool end'],
+      [{ op: READ, file: 0, len: BLK, buf: -1 }, -EFAULT, 'pool offset 0xffffffff'],
+      [{ op: WRITE, file: 0, off: -4096, len: BLK }, -EINVAL, 'negative offset'],
+      [{ op: WRITE, file: 0, off: 2n ** 63n - 10n, len: BLK }, -EINVAL, 'offset+len overflows'],
+      [{ op: WRITE, file: 0, len: 0 }, -EINVAL, 'zero length'],
+      [{ op: WRITE, file: 0, len: -5 }, -EINVAL, 'negative length'],
+      [{ op: WRITEV, file: 0, len: BLK, buf: table, aux: 0 }, -EINVAL, 'iov count 0'],
+      [{ op: WRITEV, file: 0, len: BLK, buf: table, aux: 65 }, -EINVAL, 'iov count 65'],
+      [{ op: WRITEV, file: 0, len: BLK, buf: table + 4, aux: 1 }, -EFAULT, 'iov table misaligned'],
+      [{ op: WRITEV, file: 0, len: 2 * BLK, buf: POOL - 8, aux: 2 }, -EFAULT, 'iov table past pool end'],
+      [{ op: WRITEV, file: 0, len: BLK, buf: table, aux: 2 }, -EINVAL, 'iov zero-length descriptor'],
+      [{ op: READV, file: 0, len: BLK, buf: table + 16, aux: 1 }, -EFAULT, 'iov descriptor past pool'],
+      [{ op: WRITEV, file: 0, len: 2 * BLK, buf: table, aux: 1 }, -EINVAL, 'iov sum != length'],
+      [fallocEntry({ file: 0, off: 0, len: BLK, mode: PUNCH_HOLE }), -EINVAL, 'punch hole without keep size'],
+      [fallocEntry({ file: 0, off: 0, len: BLK, mode: 0x40 }), -EINVAL, 'unknown mode'],
+      [fallocEntry({ file: 0, off: 0, len: 0 }), -EINVAL, 'fallocate length 0'],
+      [fallocEntry({ file: 0, off: 2n ** 62n, len: 2n ** 62n + 1n }), -EINVAL, 'fallocate end overflows'],
+      [{ op: FSYNC, file: 0, aux: 2 }, -EINVAL, 'fsync aux 2'],
+      [{ op: WRITE, flags: 0x200, file: 0, len: BLK }, -EINVAL, 'unknown flag'],
+      [{ op: WRITE, flags: 0x10000, file: 0, len: BLK }, -EINVAL, 'high bits'],
+      [{ op: WRITE, flags: EMULATE_XFS_BUG, file: 0, len: BLK }, -EINVAL, 'emulate flag on WRITE'],
+      [{ op: TRUNCATE, file: 0, off: -1 }, -EINVAL, 'negative truncate'],
+    ];
+    assert.ok(cases.length <= BATCH);
+    const res = run(c, cases.map(([e]) => e));
+    cases.forEach(([, want, what], i) => assert.is(res.get(i), want, what));
+    assert.ok(preadBuffered(f.path, 0, BLK).equals(good), 'good entry landed');
+    assert.is(fs.fstatSync(f.fd).size, BLK, 'nothing else touched the file');
+    done(c);
+    fs.closeSync(f.fd);
+  });
+
+  if (backend !== 'sync') {
+    test(`${backend}: never more than depth in flight (-EBUSY)`, () => {
+      const c = makeCtx(backend, { depth: 2 });
+      const f = openTemp();
+      c.ctx.setFile(0, f.fd);
+      fill(c.pool, 0, 3 * BLK);
+      const res = run(c, [0, 1, 2].map((i) => ({ op: WRITE, file: 0, off: i * BLK, len: BLK, buf: i * BLK })));
+      const vals = [res.get(0), res.get(1), res.get(2)].sort();
+      assert.equal(vals, [-EBUSY, BLK, BLK].sort());
+      done(c);
+      fs.closeSync(f.fd);
+    });
+
+    test(`${backend}: close() drains in-flight ops`, () => {
+      const c = makeCtx(backend, { depth: 16 });
+      const f = openTemp();
+      c.ctx.setFile(0, f.fd);
+      fill(c.pool, 0, 16 * BLK);
+      for (let i = 0; i < 16; i++) put(c.batch, i, { op: WRITE, file: 0, off: i * BLK * 16, len: BLK, buf: i * BLK, tag: i });
+      const n = c.ctx.pump(16, 0);
+      assert.ok(n <= 16);
+      c.ctx.close();
+      assert.is(c.ctx.inflight(), 0);
+      assert.throws(() => c.ctx.pump(0, 0), /closed/);
+      addon.closeFd(c.bell);
+      fs.closeSync(f.fd);
+    });
+  }
+
+  test(`${backend}: doorbell wakes pump(0, 5000)`, async () => {
+    const c = makeCtx(backend);
+    // Already rung: returns at once.
+    addon.ring(c.bell);
+    let t0 = Date.now();
+    assert.is(c.ctx.pump(0, 5000), 0);
+    assert.ok(Date.now() - t0 < 1000, 'pre-rung doorbell');
+
+    // Rung by another thread while we block.
+    const wake = new Int32Array(new SharedArrayBuffer(4));
+    const w = new Worker(`
+      const { workerData } = require('node:worker_threads');
+      const addon = require('node-gyp-build')(workerData.root);
+      Atomics.wait(workerData.wake, 0, 0);
+      Atomics.wait(workerData.wake, 0, 1, 150);
+      addon.ring(workerData.bell);
+    `, { eval: true, workerData: { root, bell: c.bell, wake } });
+    await new Promise((r) => w.once('online', r));
+    Atomics.store(wake, 0, 1);
+    Atomics.notify(wake, 0);
+    t0 = Date.now();
+    assert.is(c.ctx.pump(0, 5000), 0);
+    const elapsed = Date.now() - t0;
+    console.log(`${backend}: doorbell woke pump after ${elapsed} ms`);
+    assert.ok(elapsed < 2000, `woken in ${elapsed} ms`);
+    await new Promise((r) => w.once('exit', r));
+
+    // Without a ring it times out.
+    t0 = Date.now();
+    assert.is(c.ctx.pump(0, 50), 0);
+    assert.ok(Date.now() - t0 >= 40, 'timed wait');
+    done(c);
+  });
+
+  test(`${backend}: emulated XFS fallocate sets size to off+len after the window`, () => {
+    const c = makeCtx(backend, { emulateWindowUs: 20000 });
+    const f = openTemp();
+    c.ctx.setFile(2, f.fd);
+    const t0 = Date.now();
+    const res = run(c, [fallocEntry({ file: 2, off: BLK, len: 3 * BLK, mode: ZERO_RANGE, flags: EMULATE_XFS_BUG, tag: 0 })]);
+    assert.is(res.get(0), 0);
+    assert.ok(Date.now() - t0 >= 15, 'window elapsed');
+    assert.is(fs.fstatSync(f.fd).size, 4 * BLK);
+    // Inside EOF: no size change.
+    assert.is(run(c, [fallocEntry({ file: 2, off: 0, len: BLK, flags: EMULATE_XFS_BUG, tag: 0 })]).get(0), 0);
+    assert.is(fs.fstatSync(f.fd).size, 4 * BLK);
+    done(c);
+    fs.closeSync(f.fd);
+  });
+}
+
+// ---- the emulated bug actually loses data --------------------------------
+
+test('emulated XFS bug: a write past off+len during the window is truncated away', async () => {
+  const c = makeCtx('sync', { emulateWindowUs: 400000 });
+  const f = openTemp();
+  c.ctx.setFile(0, f.fd);
+  const flag = new Int32Array(new SharedArrayBuffer(8));
+  const w = new Worker(`
+    const { workerData } = require('node:worker_threads');
+    const fs = require('node:fs');
+    const fd = fs.openSync(workerData.path, 'r+');
+    Atomics.wait(workerData.flag, 0, 0);
+    Atomics.wait(workerData.flag, 1, 0, 100); // land inside the window
+    fs.writeSync(fd, Buffer.alloc(4096, 7), 0, 4096, 16 * 4096);
+    fs.fsyncSync(fd);
+    Atomics.store(workerData.flag, 1, 1);
+    fs.closeSync(fd);
+  `, { eval: true, workerData: { path: f.path, flag } });
+  await new Promise((r) => w.once('online', r));
+  Atomics.store(flag, 0, 1);
+  Atomics.notify(flag, 0);
+  const res = run(c, [fallocEntry({ file: 0, off: 0, len: 4 * BLK, flags: EMULATE_XFS_BUG, tag: 0 })]);
+  await new Promise((r) => w.once('exit', r));
+  assert.is(res.get(0), 0);
+  assert.is(Atomics.load(flag, 1), 1, 'the racing write completed');
+  assert.is(fs.fstatSync(f.fd).size, 4 * BLK, 'its data past off+len is gone');
+  done(c);
+  fs.closeSync(f.fd);
+});
+
+// ---- context-awareness: a worker exits with a Context still open ---------
+
+for (const backend of backends) {
+  test(`${backend}: worker exit with an open Context is cleaned up`, async () => {
+    const f = openTemp();
+    const msg = await runWorker(`
+      const { workerData, parentPort } = require('node:worker_threads');
+      const addon = require('node-gyp-build')(workerData.root);
+      const pool = new Uint8Array(new SharedArrayBuffer(1 << 16, { maxByteLength: 1 << 16 }));
+      const batch = new Int32Array(8 * 8), completions = new Int32Array(4 * 16);
+      const bell = addon.createDoorbell();
+      const ctx = new addon.Context({ backend: workerData.backend, depth: 8, pool, batch, completions, doorbellFd: bell });
+      ctx.setFile(0, workerData.fd);
+      for (let i = 0; i < 8; i++) batch.set([2, 0, i * 4096, 0, 4096, i * 4096, i, 0], i * 8);
+      ctx.pump(8, 0);
+      parentPort.postMessage({ inflight: ctx.inflight() });
+      // exit without close(): the env cleanup hook must drain and tear down
+    `, { root, backend, fd: f.fd });
+    assert.ok(msg.inflight >= 0);
+    // Every write finished before the worker's env went away.
+    assert.is(fs.fstatSync(f.fd).size, 8 * BLK);
+    fs.closeSync(f.fd);
+  });
+}
+
+test.run();

@@ -1,0 +1,477 @@
+// The worker: owns one kernel I/O context (io_uring, libaio or sync) and serves one
+// submission ring. It runs as one long-lived piscina task; see docs/ARCHITECTURE.md.
+//
+// Loop, per iteration: pull requests from the submission ring into local slots; register
+// each in its file's tracked-request table and either admit it (into the native batch) or
+// park it; make ONE native call that submits the batch and reaps completions; release the
+// completed requests' table entries (waking workers parked behind them) and publish their
+// completions; then sleep if there is nothing to do: in the kernel while I/O is in flight,
+// in Atomics.waitAsync when idle (so the event loop stays free for control messages).
+import { createRequire } from 'node:module';
+import { fstatSync } from 'node:fs';
+import type { MessagePort } from 'node:worker_threads';
+import {
+  COMPL_WORDS, ENTRY_WORDS, E_AUX, E_BUF, E_FILE, E_LEN, E_OFF_HI, E_OFF_LO, E_OP, E_TAG, MAX_FILES, Op, OpFlag,
+} from '../src/protocol.js';
+import {
+  CQ_ENTRY, CTRL_STRIDE, FSTAT_WORDS, FS_EMULATED, FS_FULL, FS_SERIALISING, FS_TRACKED, FS_WAITS, FS_WAIT_MAX_NS, FS_WAIT_NS,
+  MAIN_AWAKE, MAIN_SLEEPING, MAIN_STATE, RING_HDR_WORDS, RING_HEAD, RING_TAIL, SQ_ENTRY, STATE_RUNNING, STATE_SLEEP_FUTEX,
+  STATE_SLEEP_KERNEL, WAKE_CONTROL, WAKE_TABLE, WSTAT_WORDS, WS_BATCHES, WS_BYTES, WS_ERRORS, WS_INFLIGHT, WS_OPS, WS_WAKEUPS,
+  W_BUSY, W_HEARTBEAT, W_STATE, W_WAKE, wakeWorker,
+} from '../src/shm.js';
+import { ADMITTED, AtomicWords, BLOCKED, FULL, ReqType, TrackedTable } from '../src/table.js';
+import type { BackendName, NativeAddon, NativeContext, WorkerInit, WorkerReady, ControlMessage } from '../src/types.js';
+import { loadAddon } from '../src/addon.js';
+import { parseFaults, type FaultPlan } from '../src/faults.js';
+
+const require = createRequire(import.meta.url);
+void require;
+
+const EAGAIN_SLOT = -1;
+const INT64_MAX_ALIGNED_HI = 0x7fffffff;
+
+// Local slot states.
+const S_FREE = 0, S_READY = 1, S_PARKED = 2, S_FULLWAIT = 3, S_INFLIGHT = 4, S_DONE = 5;
+
+interface FileEntry {
+  fd: number;
+  path: string;
+  table: TrackedTable | null;
+  /** Serialise post-EOF zero-writes (the XFS workaround) for this file. */
+  workaround: boolean;
+  /** Run FALLOCATE with the emulated pre-5.5 XFS semantics. */
+  emulate: boolean;
+  /** O_DIRECT offset alignment, used to round serialising overlap ranges. */
+  align: number;
+  stats: Float64Array;
+}
+
+export default async function serve(init: WorkerInit): Promise<{ index: number; reason: string }> {
+  const w = new Worker(init);
+  return w.run();
+}
+
+class Worker {
+  private readonly index: number;
+  private readonly addon: NativeAddon;
+  private ctx!: NativeContext;
+  private readonly sq: Int32Array;
+  private readonly sqMask: number;
+  private readonly cq: Int32Array;
+  private readonly cqMask: number;
+  private readonly cqCap: number;
+  private readonly ctrl: Int32Array;
+  private readonly base: number;
+  private readonly doorbells: number[];
+  private readonly port: MessagePort;
+  private readonly depth: number;
+  private readonly files: (FileEntry | undefined)[] = new Array(MAX_FILES);
+  private readonly wstats: Float64Array;
+  private readonly faults: FaultPlan | null;
+
+  // Local slots: a copy of each request's entry plus bookkeeping, preallocated.
+  private readonly cap: number;
+  private readonly slotEntry: Int32Array;
+  private readonly slotState: Uint8Array;
+  private readonly slotHandle: Int32Array;
+  private readonly slotParkedAt: Float64Array;
+  private readonly freeSlots: Int32Array;
+  private nFree: number;
+  /** FIFO of local slots admitted but not yet given to the kernel (native capacity). */
+  private readonly readyQ: Int32Array;
+  private readyHead = 0;
+  private readyLen = 0;
+  /** Slots waiting on the table (parked or full): re-evaluated on a table wake. */
+  private readonly waitList: Int32Array;
+  private nWaiting = 0;
+  /** Completions that did not fit into the completion ring. */
+  private readonly doneQ: Int32Array;
+  private doneHead = 0;
+  private doneLen = 0;
+  private nativeInflight = 0;
+  private popped = 0;
+
+  private readonly batch: Int32Array;
+  private readonly compl: Int32Array;
+  private stopping = false;
+  private controlQueue: ControlMessage[] = [];
+
+  constructor(init: WorkerInit) {
+    this.index = init.index;
+    this.addon = loadAddon();
+    this.sq = new Int32Array(init.sq);
+    this.sqMask = init.sqCapacity - 1;
+    this.cq = new Int32Array(init.cq);
+    this.cqMask = init.cqCapacity - 1;
+    this.cqCap = init.cqCapacity;
+    this.ctrl = new Int32Array(init.ctrl);
+    this.base = init.index * CTRL_STRIDE;
+    this.doorbells = init.doorbells;
+    this.port = init.port;
+    this.depth = init.depth;
+    this.wstats = new Float64Array(init.workerStats, init.index * WSTAT_WORDS * 8, WSTAT_WORDS);
+    this.faults = parseFaults(init.faults, init.index);
+    this.cap = init.depth * 2 + 16;
+    this.slotEntry = new Int32Array(this.cap * ENTRY_WORDS);
+    this.slotState = new Uint8Array(this.cap);
+    this.slotHandle = new Int32Array(this.cap).fill(-1);
+    this.slotParkedAt = new Float64Array(this.cap);
+    this.freeSlots = new Int32Array(this.cap);
+    for (let i = 0; i < this.cap; i++) this.freeSlots[i] = this.cap - 1 - i;
+    this.nFree = this.cap;
+    this.readyQ = new Int32Array(this.cap);
+    this.waitList = new Int32Array(this.cap);
+    this.doneQ = new Int32Array(this.cap * 2);
+    this.batch = new Int32Array(init.depth * ENTRY_WORDS);
+    this.compl = new Int32Array((init.depth * 2 + 16) * COMPL_WORDS);
+    this.ctx = this.startBackend(init);
+    this.port.on('message', (m: ControlMessage) => this.onControl(m));
+  }
+
+  /** 'auto' tries io_uring, then libaio, then sync, and remembers why each was refused. */
+  private startBackend(init: WorkerInit): NativeContext {
+    const order: BackendName[] = init.backend === 'auto' ? ['io_uring', 'libaio', 'sync'] : [init.backend];
+    const refused: Record<string, string> = {};
+    for (const backend of order) {
+      try {
+        const ctx = this.addon.Context ? new this.addon.Context({
+          backend, depth: init.depth, pool: new Uint8Array(init.pool), batch: this.batch, completions: this.compl,
+          doorbellFd: init.doorbells[init.index], emulateWindowUs: init.emulateWindowUs,
+        }) : null;
+        if (!ctx) throw new Error('native addon has no Context');
+        const ready: WorkerReady = { type: 'ready', index: this.index, backend, refused, info: ctx.info() };
+        this.port.postMessage(ready);
+        return ctx;
+      } catch (err) {
+        refused[backend] = (err as Error).message;
+      }
+    }
+    const msg = Object.entries(refused).map(([b, r]) => `${b}: ${r}`).join('; ');
+    throw new Error(`worker ${this.index}: no I/O backend could start (${msg})`);
+  }
+
+  private onControl(m: ControlMessage): void {
+    this.controlQueue.push(m);
+  }
+
+  private handleControl(): void {
+    const q = this.controlQueue;
+    this.controlQueue = [];
+    for (const m of q) {
+      switch (m.type) {
+        case 'open': {
+          const table = m.table ? new TrackedTable(new AtomicWords(new Int32Array(m.table)), m.tableCapacity) : null;
+          this.files[m.fileId] = {
+            fd: m.fd, path: m.path, table, workaround: m.workaround, emulate: m.emulate, align: m.align,
+            stats: new Float64Array(m.stats, this.index * FSTAT_WORDS * 8, FSTAT_WORDS),
+          };
+          this.ctx.setFile(m.fileId, m.fd);
+          this.port.postMessage({ type: 'ack', seq: m.seq });
+          break;
+        }
+        case 'close':
+          this.ctx.clearFile(m.fileId);
+          this.files[m.fileId] = undefined;
+          this.port.postMessage({ type: 'ack', seq: m.seq });
+          break;
+        case 'stop':
+          this.stopping = true;
+          break;
+      }
+    }
+  }
+
+  async run(): Promise<{ index: number; reason: string }> {
+    const ctrl = this.ctrl, st = this.base + W_STATE;
+    try {
+      for (;;) {
+        Atomics.add(ctrl, this.base + W_HEARTBEAT, 1);
+        const wake = Atomics.exchange(ctrl, this.base + W_WAKE, 0);
+        if (wake & WAKE_CONTROL || this.controlQueue.length) {
+          // Let the event loop deliver control messages (open/close/stop).
+          await new Promise<void>((r) => setImmediate(r));
+          this.handleControl();
+        }
+        if (wake & WAKE_TABLE) this.retryWaiting();
+        if (this.stopping && this.popped === 0 && this.sqEmpty()) break;
+
+        let progress = this.pull();
+        progress = this.submitAndReap(0) || progress;
+        if (progress) continue;
+
+        // Nothing to do: publish that we sleep, then re-check (the producer stores the tail
+        // and then reads our state; we store our state and then read the tail: under
+        // sequential consistency at least one of us sees the other).
+        if (this.nativeInflight > 0 || this.doneLen > 0) {
+          Atomics.store(ctrl, st, STATE_SLEEP_KERNEL);
+          if (this.sqEmpty() && Atomics.load(ctrl, this.base + W_WAKE) === 0 && this.controlQueue.length === 0) {
+            this.wstats[WS_WAKEUPS]++;
+            this.submitAndReap(this.doneLen > 0 ? 1 : 100);
+          }
+          Atomics.store(ctrl, st, STATE_RUNNING);
+        } else {
+          Atomics.store(ctrl, st, STATE_SLEEP_FUTEX);
+          if (this.sqEmpty() && Atomics.load(ctrl, this.base + W_WAKE) === 0 && this.controlQueue.length === 0 && !this.stopping) {
+            this.wstats[WS_WAKEUPS]++;
+            const r = Atomics.waitAsync(ctrl, st, STATE_SLEEP_FUTEX, 1000);
+            if (r.async) await r.value;
+          }
+          Atomics.store(ctrl, st, STATE_RUNNING);
+          if (this.controlQueue.length === 0) await new Promise<void>((r) => setImmediate(r));
+        }
+      }
+      return { index: this.index, reason: 'stopped' };
+    } finally {
+      this.ctx.close();
+    }
+  }
+
+  private sqEmpty(): boolean {
+    return Atomics.load(this.sq, RING_TAIL) === Atomics.load(this.sq, RING_HEAD);
+  }
+
+  /** Pulls requests from the submission ring into local slots and routes each one. */
+  private pull(): boolean {
+    const sq = this.sq;
+    let head = Atomics.load(sq, RING_HEAD);
+    const tail = Atomics.load(sq, RING_TAIL);
+    if (head === tail || this.nFree === 0) return false;
+    while (head !== tail && this.nFree > 0) {
+      const slot = this.freeSlots[--this.nFree];
+      const src = RING_HDR_WORDS + (head & this.sqMask) * SQ_ENTRY;
+      const dst = slot * ENTRY_WORDS;
+      for (let i = 0; i < ENTRY_WORDS; i++) this.slotEntry[dst + i] = sq[src + i];
+      head = (head + 1) | 0;
+      this.popped++;
+      if (this.faults !== null) this.faults.onRequest();
+      this.route(slot);
+    }
+    Atomics.store(sq, RING_HEAD, head);
+    Atomics.store(this.ctrl, this.base + W_BUSY, this.popped);
+    return true;
+  }
+
+  /** Registers a freshly pulled request with its file's table, then admits or parks it. */
+  private route(slot: number): void {
+    const e = slot * ENTRY_WORDS;
+    const fileId = this.slotEntry[e + E_FILE];
+    const f = fileId >= 0 && fileId < MAX_FILES ? this.files[fileId] : undefined;
+    if (f === undefined) return this.finish(slot, -9 /* EBADF */);
+    const op = this.slotEntry[e + E_OP] & 0xff;
+    if (op === Op.FALLOCATE && f.emulate) {
+      this.slotEntry[e + E_OP] |= OpFlag.EMULATE_XFS_BUG;
+      f.stats[FS_EMULATED]++;
+    }
+    if (f.table === null || op === Op.FSYNC || op === Op.NOP || op < 1 || op > Op.NOP) return this.makeReady(slot);
+    const h = this.register(slot, f);
+    if (h === FULL) {
+      f.stats[FS_FULL]++;
+      this.slotState[slot] = S_FULLWAIT;
+      this.slotParkedAt[slot] = performance.now();
+      this.waitList[this.nWaiting++] = slot;
+      return;
+    }
+    this.slotHandle[slot] = h;
+    this.admitOrPark(slot, f, h);
+  }
+
+  private register(slot: number, f: FileEntry): number {
+    const e = slot * ENTRY_WORDS, E = this.slotEntry, table = f.table!;
+    const op = E[e + E_OP] & 0xff;
+    let offLo = E[e + E_OFF_LO], offHi = E[e + E_OFF_HI];
+    let type: ReqType, serialising = false;
+    let endLo: number, endHi: number;
+    if (op === Op.TRUNCATE || op === Op.FALLOCATE) {
+      const off = offHi * 4294967296 + (offLo >>> 0);
+      const len = op === Op.TRUNCATE ? 0 : E[e + E_LEN] >>> 0 | 0, lenHi = op === Op.TRUNCATE ? 0 : E[e + E_BUF];
+      const end = off + (len >>> 0) + lenHi * 4294967296;
+      if (op === Op.TRUNCATE) {
+        // A truncate changes EOF for everything beyond the smaller of the old and new sizes:
+        // serialise it from there to "infinity", like QEMU's growing truncate.
+        type = ReqType.TRUNCATE;
+        serialising = true;
+        const from = Math.min(off, this.sizeOf(f));
+        [offHi, offLo] = alignDownSplit(from, f.align);
+        endHi = INT64_MAX_ALIGNED_HI; endLo = -f.align | 0;
+      } else if (f.workaround && end > this.sizeOf(f)) {
+        // The XFS workaround (QEMU 292d06b925b2): a zero-write that may end beyond EOF is
+        // extended to "infinity" and serialised, so no write past it can be in flight while
+        // the kernel computes and sets the new size.
+        type = ReqType.ZERO;
+        serialising = true;
+        [offHi, offLo] = alignDownSplit(off, f.align);
+        endHi = INT64_MAX_ALIGNED_HI; endLo = -f.align | 0;
+      } else {
+        type = ReqType.ZERO;
+        [endHi, endLo] = split(end);
+      }
+    } else {
+      type = op === Op.READ || op === Op.READV ? ReqType.READ : ReqType.WRITE;
+      const lo = (offLo >>> 0) + (E[e + E_LEN] >>> 0);
+      endLo = lo | 0;
+      endHi = offHi + (lo > 0xffffffff ? 1 : 0);
+    }
+    const h = table.register(this.index, type, serialising, offHi, offLo, endHi, endLo);
+    if (h !== FULL) {
+      f.stats[FS_TRACKED]++;
+      if (serialising) f.stats[FS_SERIALISING]++;
+    }
+    return h;
+  }
+
+  private sizeOf(f: FileEntry): number {
+    try { return fstatSync(f.fd).size; } catch { return 0; }
+  }
+
+  private admitOrPark(slot: number, f: FileEntry, h: number): void {
+    if (f.table!.tryAdmit(this.index, h) === ADMITTED) {
+      if (this.slotState[slot] === S_PARKED || this.slotState[slot] === S_FULLWAIT) this.countWait(slot, f);
+      this.makeReady(slot);
+      return;
+    }
+    if (this.slotState[slot] !== S_PARKED && this.slotState[slot] !== S_FULLWAIT) this.slotParkedAt[slot] = performance.now();
+    this.slotState[slot] = S_PARKED;
+    this.waitList[this.nWaiting++] = slot;
+  }
+
+  private countWait(slot: number, f: FileEntry): void {
+    const ns = (performance.now() - this.slotParkedAt[slot]) * 1e6;
+    f.stats[FS_WAITS]++;
+    f.stats[FS_WAIT_NS] += ns;
+    if (ns > f.stats[FS_WAIT_MAX_NS]) f.stats[FS_WAIT_MAX_NS] = ns;
+  }
+
+  /** Re-evaluates every waiting request after a table wake (spurious wakes are harmless). */
+  private retryWaiting(): void {
+    const n = this.nWaiting;
+    if (n === 0) return;
+    const list = this.waitList.slice(0, n);
+    this.nWaiting = 0;
+    for (let i = 0; i < n; i++) {
+      const slot = list[i];
+      const f = this.files[this.slotEntry[slot * ENTRY_WORDS + E_FILE]];
+      if (f === undefined) { this.finish(slot, -9); continue; }
+      if (this.slotState[slot] === S_FULLWAIT) {
+        const h = this.register(slot, f);
+        if (h === FULL) { this.waitList[this.nWaiting++] = slot; continue; }
+        this.slotHandle[slot] = h;
+      }
+      this.admitOrPark(slot, f, this.slotHandle[slot]);
+    }
+  }
+
+  private makeReady(slot: number): void {
+    this.slotState[slot] = S_READY;
+    this.readyQ[(this.readyHead + this.readyLen) % this.cap] = slot;
+    this.readyLen++;
+  }
+
+  /** One native call: submit what fits, reap what completed. Returns whether anything happened. */
+  private submitAndReap(waitMs: number): boolean {
+    let n = 0;
+    const room = this.depth - this.nativeInflight;
+    const B = this.batch, E = this.slotEntry;
+    while (n < room && this.readyLen > 0) {
+      const slot = this.readyQ[this.readyHead];
+      this.readyHead = (this.readyHead + 1) % this.cap;
+      this.readyLen--;
+      const src = slot * ENTRY_WORDS, dst = n * ENTRY_WORDS;
+      for (let i = 0; i < ENTRY_WORDS; i++) B[dst + i] = E[src + i];
+      B[dst + E_TAG] = slot;
+      this.slotState[slot] = S_INFLIGHT;
+      n++;
+    }
+    if (n === 0 && waitMs === 0 && this.nativeInflight === 0 && this.doneLen === 0) return false;
+    this.nativeInflight += n;
+    const got = this.nativeInflight > 0 || n > 0 || waitMs > 0 ? this.ctx.pump(n, waitMs) : 0;
+    if (n > 0) this.wstats[WS_BATCHES]++;
+    const C = this.compl;
+    for (let i = 0; i < got; i++) {
+      const slot = C[i * COMPL_WORDS];
+      const res = C[i * COMPL_WORDS + 1];
+      if (slot < 0 || slot >= this.cap || this.slotState[slot] !== S_INFLIGHT) continue; // not ours: ignore
+      this.nativeInflight--;
+      this.complete(slot, res);
+    }
+    this.wstats[WS_INFLIGHT] = this.nativeInflight;
+    const flushed = this.flushDone();
+    return n > 0 || got > 0 || flushed;
+  }
+
+  /** A request finished in the kernel: release its table entry and post its completion. */
+  private complete(slot: number, res: number): void {
+    const h = this.slotHandle[slot];
+    if (h >= 0) {
+      const f = this.files[this.slotEntry[slot * ENTRY_WORDS + E_FILE]];
+      if (f !== undefined && f.table !== null) this.wake(f.table.release(h));
+      this.slotHandle[slot] = -1;
+    }
+    this.wstats[WS_OPS]++;
+    if (res > 0) this.wstats[WS_BYTES] += res;
+    else if (res < 0) this.wstats[WS_ERRORS]++;
+    this.finish(slot, res);
+  }
+
+  /** Queues a completion for the main thread and frees the local slot. */
+  private finish(slot: number, res: number): void {
+    const tag = this.slotEntry[slot * ENTRY_WORDS + E_TAG];
+    const q = (this.doneHead + this.doneLen) % this.cap;
+    this.doneQ[q * 2] = tag;
+    this.doneQ[q * 2 + 1] = res;
+    this.doneLen++;
+    this.slotState[slot] = S_FREE;
+    this.slotHandle[slot] = -1;
+    this.freeSlots[this.nFree++] = slot;
+    this.popped--;
+  }
+
+  /** Moves queued completions into the completion ring; wakes main once per batch if it sleeps. */
+  private flushDone(): boolean {
+    if (this.doneLen === 0) return false;
+    const cq = this.cq;
+    let tail = Atomics.load(cq, RING_TAIL);
+    const head = Atomics.load(cq, RING_HEAD);
+    let room = this.cqCap - ((tail - head) | 0);
+    if (room === 0) return false;
+    let moved = 0;
+    while (this.doneLen > 0 && room > 0) {
+      const q = this.doneHead;
+      const dst = RING_HDR_WORDS + (tail & this.cqMask) * CQ_ENTRY;
+      cq[dst] = this.doneQ[q * 2];
+      cq[dst + 1] = this.doneQ[q * 2 + 1];
+      this.doneHead = (this.doneHead + 1) % this.cap;
+      this.doneLen--;
+      tail = (tail + 1) | 0;
+      room--;
+      moved++;
+    }
+    Atomics.store(cq, RING_TAIL, tail);
+    Atomics.store(this.ctrl, this.base + W_BUSY, this.popped);
+    if (Atomics.load(this.ctrl, MAIN_STATE) === MAIN_SLEEPING &&
+        Atomics.compareExchange(this.ctrl, MAIN_STATE, MAIN_SLEEPING, MAIN_AWAKE) === MAIN_SLEEPING) {
+      Atomics.notify(this.ctrl, MAIN_STATE, 1);
+    }
+    return moved > 0;
+  }
+
+  /** Rings the workers in `mask` (from a table release) so they re-evaluate parked requests. */
+  private wake(mask: number): void {
+    if (mask === 0) return;
+    for (let b = 0; mask !== 0; b++, mask >>>= 1) {
+      if ((mask & 1) === 0) continue;
+      if (b === this.index) { Atomics.or(this.ctrl, this.base + W_WAKE, WAKE_TABLE); continue; }
+      wakeWorker(this.ctrl, b, WAKE_TABLE, this.addon.ring, this.doorbells[b]);
+    }
+  }
+}
+
+function split(v: number): [number, number] {
+  const hi = Math.floor(v / 4294967296);
+  return [hi, (v - hi * 4294967296) | 0];
+}
+
+function alignDownSplit(v: number, align: number): [number, number] {
+  return split(v - (v % align));
+}
+
+void EAGAIN_SLOT; void WS_OPS;
