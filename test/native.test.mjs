@@ -446,6 +446,54 @@ for (const backend of backends) {
   });
 }
 
+// ---- randomized: many overlapping batches against a model ---------------
+
+for (const backend of backends) {
+  test(`${backend}: random batches match a model`, () => {
+    const depth = 24;
+    const c = makeCtx(backend, { depth });
+    const f = openTemp();
+    c.ctx.setFile(7, f.fd);
+    const NBLK = 64; // file blocks
+    const model = Buffer.alloc(NBLK * BLK);
+    fs.ftruncateSync(f.fd, NBLK * BLK); // reads never hit EOF
+    const poolSlots = Math.floor(POOL / BLK) - 1;
+    let tag = 0, inflight = new Map(), busyBlocks = new Set(), freeSlots = [...Array(poolSlots).keys()];
+    const reap = (n) => {
+      for (let i = 0; i < n; i++) {
+        const t = c.completions[i * 4], r = c.completions[i * 4 + 1];
+        const op = inflight.get(t);
+        assert.ok(op, `unknown tag ${t}`);
+        inflight.delete(t);
+        assert.is(r, BLK, `op ${t} result`);
+        if (op.read) assert.ok(Buffer.from(c.pool.subarray(op.slot * BLK, (op.slot + 1) * BLK)).equals(model.subarray(op.blk * BLK, (op.blk + 1) * BLK)), `read ${t}`);
+        busyBlocks.delete(op.blk);
+        freeSlots.push(op.slot);
+      }
+    };
+    for (let round = 0; round < 60; round++) {
+      let n = 0;
+      const room = Math.min(BATCH, depth - inflight.size);
+      for (let k = 0; k < room && Math.random() < 0.9; k++) {
+        const blk = crypto.randomInt(NBLK);
+        if (busyBlocks.has(blk)) continue; // no overlapping ops on one block
+        const slot = freeSlots.pop();
+        const read = Math.random() < 0.4;
+        if (!read) model.set(fill(c.pool, slot * BLK, BLK), blk * BLK);
+        busyBlocks.add(blk);
+        inflight.set(tag, { blk, slot, read });
+        put(c.batch, n++, { op: read ? READ : WRITE, file: 7, off: blk * BLK, len: BLK, buf: slot * BLK, tag: tag++ });
+      }
+      reap(c.ctx.pump(n, Math.random() < 0.3 ? 5 : 0));
+    }
+    while (inflight.size) reap(c.ctx.pump(0, 1000));
+    const disk = fs.readFileSync(f.path);
+    assert.ok(disk.equals(model.subarray(0, disk.length)), 'file matches model');
+    done(c);
+    fs.closeSync(f.fd);
+  });
+}
+
 // ---- the emulated bug actually loses data --------------------------------
 
 test('emulated XFS bug: a write past off+len during the window is truncated away', async () => {
@@ -494,6 +542,7 @@ for (const backend of backends) {
       parentPort.postMessage({ inflight: ctx.inflight() });
       // exit without close(): the env cleanup hook must drain and tear down
     `, { root, backend, fd: f.fd });
+    console.log(`${backend}: worker exited with ${msg.inflight} op(s) in flight`);
     assert.ok(msg.inflight >= 0);
     // Every write finished before the worker's env went away.
     assert.is(fs.fstatSync(f.fd).size, 8 * BLK);

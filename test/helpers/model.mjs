@@ -33,7 +33,27 @@ export class CheckFailure extends Error {
 
 /** SharedWords that replays a thread's history, then captures its next op. */
 class ReplayMem {
-  constructor() { this.hist = null; this.k = 0; this.pk = -1; this.pa = 0; this.pv = 0; this.pw = 0; }
+  constructor() { this.hist = null; this.k = 0; this.pk = -1; this.pa = 0; this.pv = 0; this.pw = 0; this.cpK = 0; this.sum = []; }
+  /**
+   * Driver checkpoint between two API calls.  There the thread's whole local
+   * state is the driver's variables plus the TrackedTable instance's fields,
+   * so the state key can use that summary instead of the history before it
+   * (exact: equal summaries and equal later results mean equal local states).
+   * The summary of prefix length k is computed when the replay reaches the
+   * checkpoint at the end of the history, i.e. on the peek at that length.
+   */
+  cp(table, a, b, c) {
+    this.cpK = this.k;
+    if (this.k === this.hist.length) {
+      let s = `${a},${b},${c}`;
+      for (const f of Object.keys(table)) {
+        if (f === 'mem' || f === 'capacity') continue;
+        const v = table[f];
+        s += ';' + (ArrayBuffer.isView(v) ? v.join(',') : v);
+      }
+      this.sum[this.k] = s;
+    }
+  }
   op(kind, addr, v, w) {
     if (this.k < this.hist.length) return this.hist[this.k++];
     this.pk = kind; this.pa = addr; this.pv = v; this.pw = w;
@@ -103,19 +123,34 @@ export class Model {
       const ring = (mask) => {
         for (let b = 0; mask !== 0; b++, mask >>>= 1) if (mask & 1) mem.op(OR, doorbell + b, 1, 0);
       };
-      for (const q of list) {
+      for (let qi = 0; qi < list.length; qi++) {
+        const q = list[qi];
         let h;
         for (;;) {
+          mem.cp(table, qi, 0, 0);
           h = table.register(w, q.type, q.ser, q.sHi, q.sLo, q.eHi, q.eLo);
           if (h !== FULL) break;
+          mem.cp(table, qi, 1, 0);
           mem.op(PARK, doorbell + w, 0, 0);
         }
+        mem.cp(table, qi, 2, h);
         ring(table.takeWakeups());
-        while (table.tryAdmit(w, h) !== ADMITTED) mem.op(PARK, doorbell + w, 0, 0);
+        for (;;) {
+          mem.cp(table, qi, 3, h);
+          if (table.tryAdmit(w, h) === ADMITTED) break;
+          mem.cp(table, qi, 4, h);
+          mem.op(PARK, doorbell + w, 0, 0);
+        }
+        mem.cp(table, qi, 5, h);
         mem.op(EVENT, EV_ADMIT, q.id, table.ticketOf(h));
+        mem.cp(table, qi, 6, h);
         mem.op(EVENT, EV_RELEASE, q.id, 0);
-        ring(table.release(h));
+        mem.cp(table, qi, 7, h);
+        const wake = table.release(h);
+        mem.cp(table, qi, 8, wake);
+        ring(wake);
       }
+      mem.cp(table, list.length, 9, 0);
     };
   }
 
@@ -126,10 +161,11 @@ export class Model {
     try {
       this.programs[t](rm);
     } catch (e) {
-      if (e === SUSPEND) return [rm.pk, rm.pa, rm.pv, rm.pw];
+      if (e === SUSPEND) return [rm.pk, rm.pa, rm.pv, rm.pw, rm.cpK];
       throw e;
     }
     if (rm.k !== rm.hist.length) throw new Error('nondeterministic thread program');
+    rm.finalCp = rm.cpK;
     return null;
   }
 
@@ -217,7 +253,13 @@ export class Model {
 
   key() {
     let k = this.mem.join(',');
-    for (let t = 0; t < this.nThreads; t++) k += '|' + this.hist[t].join(',');
+    for (let t = 0; t < this.nThreads; t++) {
+      const h = this.hist[t];
+      const op = this.next[t];
+      const cpK = op === null ? this.rm[t].finalCp : op[4];
+      k += '|' + this.rm[t].sum[cpK];
+      for (let i = cpK; i < h.length; i++) k += ',' + h[i];
+    }
     return k;
   }
 
