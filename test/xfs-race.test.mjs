@@ -1,0 +1,61 @@
+// The fstests generic/586 pattern through the engine, with the pre-5.5 XFS semantics emulated:
+// per iteration truncate, then writeZeroes(0, bs) and write(bs, bs) concurrently on different
+// workers; afterwards the size must be 2*bs and both blocks must hold what was written.
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import { join } from 'node:path';
+import { Engine } from '../dist/src/index.js';
+import { scratchDir, pattern } from './helpers/env.mjs';
+
+const scratch = scratchDir('rf-586-');
+test.after(() => scratch.cleanup());
+const BS = 4096;
+
+async function run586(workaround, iterations, emulate = { windowUs: 1000 }) {
+  const engine = await Engine.start({ workers: 2, queueDepth: 8, xfsWorkaround: workaround, emulateXfsFallocateBug: emulate });
+  const f = await engine.open(join(scratch.dir, `586-${workaround}-${!!emulate}`), { create: true, truncate: true });
+  const data = engine.alloc(BS);
+  data.set(pattern(BS, 586));
+  const back = engine.alloc(2 * BS);
+  let failures = 0;
+  try {
+    for (let i = 0; i < iterations; i++) {
+      await f.truncate(0);
+      await Promise.all([f.writeZeroes(0, BS), f.write(data, BS)]);
+      const size = await f.size();
+      const n = await f.read(back, 0);
+      const ok = size === BigInt(2 * BS) && n === 2 * BS &&
+        back.subarray(0, BS).every((b) => b === 0) && Buffer.compare(back.subarray(BS), data) === 0;
+      if (!ok) failures++;
+    }
+    return { failures, info: f.info(), stats: f.stats() };
+  } finally { await f.close(); await engine.close(); }
+}
+
+test('emulated bug, workaround never: writes past EOF are lost (generic/586 fails)', async () => {
+  const r = await run586('never', 200);
+  console.log(`  never: ${r.failures}/200 iterations lost the write; rule: ${r.info.xfsWorkaround.rule}`);
+  assert.is(r.info.xfsWorkaround.enabled, false);
+  assert.ok(r.failures > 0, 'the emulated bug must be observable');
+});
+
+test('emulated bug, workaround always: no write is ever lost', async () => {
+  const r = await run586('always', 200);
+  console.log(`  always: ${r.failures}/200 failures; serialising ${r.stats.serialising}, waits ${r.stats.waits}`);
+  assert.is(r.failures, 0);
+  assert.ok(r.stats.serialising >= 200, 'every post-EOF zero-write was serialising');
+});
+
+test("emulated bug, workaround auto: 'auto' treats an emulated file as buggy", async () => {
+  const r = await run586('auto', 100);
+  assert.is(r.info.xfsWorkaround.enabled, true);
+  assert.match(r.info.xfsWorkaround.rule, /emulated/);
+  assert.is(r.failures, 0);
+});
+
+test('no emulation: the fixed kernel loses nothing even with the workaround off', async () => {
+  const r = await run586('never', 100, false);
+  assert.is(r.failures, 0);
+});
+
+test.run();
