@@ -23,7 +23,7 @@ try {
   console.log('read back equals:', back.every((b) => b === 7));
   console.log('size ->', await file.size());
   try {
-    await file.write(Buffer.alloc(100), 3); // not aligned for O_DIRECT
+    await file.writev([Buffer.alloc(100)], 3); // vectors cannot be padded: must be aligned for O_DIRECT
   } catch (err) {
     if (!(err instanceof RingfenceError)) throw err;
     console.log(`expected error: ${err.code}: ${err.message}`);

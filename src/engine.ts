@@ -167,7 +167,7 @@ export class Engine {
   private reqBatchIndex = new Int32Array(1024);
   private reqFile: (File | null)[] = new Array(1024).fill(null);
   /** Completion hook: copies bounce buffers back and frees them (null when zero-copy). */
-  private reqDone: (((res: number) => void) | null)[] = new Array(1024).fill(null);
+  private reqDone: (((res: number) => number | void) | null)[] = new Array(1024).fill(null);
   private freeIds: number[] = [];
   private nextId = 0;
   private outstanding = 0;
@@ -398,8 +398,8 @@ export class Engine {
    * @internal Queues one request. `done` runs on completion before the promise settles
    * (bounce copy-back and pool release). offset is split into two int32 words.
    */
-  submit(file: File, op: Op, offLo: number, offHi: number, len: number, buf: number, aux: number,
-    done: ((res: number) => void) | null, resolve: ((n: number) => void) | null, reject: ((e: unknown) => void) | null,
+  submit(file: File, op: number, offLo: number, offHi: number, len: number, buf: number, aux: number,
+    done: ((res: number) => number | void) | null, resolve: ((n: number) => void) | null, reject: ((e: unknown) => void) | null,
     batch: BatchState | null, batchIndex: number): void {
     const id = this.newId();
     const e = id * ENTRY_WORDS, E = this.reqEntry;
@@ -515,7 +515,11 @@ export class Engine {
 
   private settle(id: number, res: number, error: RingfenceError | null): void {
     const done = this.reqDone[id];
-    if (done !== null) done(res);
+    if (done !== null) {
+      // The hook may translate the result (a padded read reports the caller's bytes).
+      const r = done(res);
+      if (typeof r === 'number') res = r;
+    }
     const kind = this.reqKind[id];
     let err: RingfenceError | null = error;
     if (err === null && res < 0) {

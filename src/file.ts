@@ -1,7 +1,7 @@
 // File handles: argument validation at the API boundary, bouncing through the pool where
 // the caller's memory cannot be used directly, and the per-file workaround decision.
 import { closeSync, constants as fsc, fstatSync, openSync, readFileSync } from 'node:fs';
-import { FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE, IOV_MAX, Op } from './protocol.js';
+import { FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE, IOV_MAX, Op, OpFlag } from './protocol.js';
 import type { BatchState, Engine } from './engine.js';
 import { RingfenceError, closedError, errnoName } from './errors.js';
 import {
@@ -187,12 +187,11 @@ export class File {
       const len = buf.byteLength;
       if (len > 0x7fffffff) throw rangeError('buf.byteLength', '<= 2^31-1 (split larger requests)', len);
       if (hi * TWO32 + (lo >>> 0) + len > Number(INT64_MAX)) throw rangeError('offset + length', '<= 2^63-1', offset);
-      if (this.align > 1 && ((lo >>> 0) % this.align !== 0 || len % this.align !== 0)) {
-        throw new RingfenceError(
-          `${op === Op.WRITE ? 'write' : 'read'} on ${this.path}: offset ${offset} and length ${len} must be multiples of ${this.align} for O_DIRECT on this file (${this.meta.alignmentSource}); align them, or open the file with { direct: false }`,
-          { code: 'ERR_RINGFENCE_UNALIGNED', op: op === Op.WRITE ? 'write' : 'read', path: this.path, offset: joinOffset(lo, hi), length: len });
-      }
       const engine = this.engine;
+      if (this.align > 1 && ((lo >>> 0) % this.align !== 0 || len % this.align !== 0)) {
+        this.padded(op, buf, lo, hi, len, resolve, reject, batch, index);
+        return;
+      }
       let poolOff = engine.poolOffset(buf);
       if (poolOff >= 0 && poolOff % this.memAlign === 0) {
         // Zero-copy: the kernel reads or writes the caller's pool buffer directly.
@@ -219,6 +218,42 @@ export class File {
       if (batch !== null) { batch.results[index] = err as RingfenceError; batch.firstError ??= err as RingfenceError; if (--batch.remaining === 0) batch.reject(batch.firstError); }
       else reject(err);
     }
+  }
+
+  /**
+   * An O_DIRECT request whose offset or length is not a multiple of the alignment. A read
+   * reads the aligned superset into a bounce block and copies the caller's part out. A write
+   * is padded by read-modify-write on the worker, under a serialising table entry (QEMU's
+   * padding RMW), so concurrent unaligned writes into one block never lose bytes.
+   */
+  private padded(op: Op.READ | Op.WRITE, buf: Uint8Array, lo: number, hi: number, len: number,
+    resolve: ((n: number) => void) | null, reject: (e: unknown) => void, batch: BatchState | null, index: number): void {
+    const engine = this.engine, align = this.align;
+    const off = hi * TWO32 + (lo >>> 0);
+    const head = off % align, a0 = off - head, span = Math.ceil((off + len) / align) * align - a0;
+    const [a0lo, a0hi] = [(a0 % TWO32) | 0, Math.floor(a0 / TWO32)];
+    const name = op === Op.WRITE ? 'write' : 'read';
+    if (op === Op.WRITE && !this.meta.tracked) {
+      throw new RingfenceError(`write on ${this.path}: offset ${off} and length ${len} are not multiples of ${align}, and padding them needs request tracking (the engine was started with trackRequests: false); align them or open with { direct: false }`,
+        { code: 'ERR_RINGFENCE_UNALIGNED', op: name, path: this.path, offset: off, length: len });
+    }
+    const issue = (): boolean => {
+      const bounce = engine.allocBounce(op === Op.WRITE ? span + 2 * align : span, name);
+      if (bounce < 0) return false;
+      if (op === Op.READ) {
+        this.enqueue(Op.READ, a0lo, a0hi, span, bounce, 0, (res) => {
+          const n = res < 0 ? res : Math.max(0, Math.min(len, res - head));
+          if (n > 0) buf.set(engine.pool.bytes.subarray(bounce + head, bounce + head + n));
+          engine.releasePool(bounce);
+          return n;
+        }, resolve, reject, batch, index);
+      } else {
+        engine.pool.bytes.set(buf, bounce + head);
+        this.enqueue(Op.WRITE | OpFlag.RMW, lo, hi, len, bounce, align, () => { engine.releasePool(bounce); }, resolve, reject, batch, index);
+      }
+      return true;
+    };
+    if (!issue()) engine.waitForPool(issue);
   }
 
   /** Scatter read into `bufs` starting at `offset`; resolves to total bytes read. */
@@ -360,12 +395,13 @@ export class File {
     });
   }
 
-  private enqueue(op: Op, lo: number, hi: number, len: number, buf: number, aux: number, done: ((res: number) => void) | null,
+  private enqueue(op: number, lo: number, hi: number, len: number, buf: number, aux: number, done: ((res: number) => number | void) | null,
     resolve: ((n: number) => void) | null, reject: ((e: unknown) => void) | null, batch: BatchState | null, index: number): void {
     this.inflight++;
     this.engine.submit(this, op, lo, hi, len, buf, aux, (res) => {
-      if (done !== null) done(res);
+      const r = done !== null ? done(res) : undefined;
       if (--this.inflight === 0 && this.drained !== null) this.drained();
+      return r;
     }, resolve, reject, batch, index);
   }
 

@@ -18,6 +18,14 @@ export const OP_MAX = 8;
 export const enum OpFlag {
   /** Execute a FALLOCATE with the pre-5.5 XFS semantics (see native/emulate.cc). */
   EMULATE_XFS_BUG = 0x100,
+  /**
+   * A WRITE whose offset or length is not aligned for O_DIRECT: the worker pads it by
+   * read-modify-write under a serialising table entry and never passes this flag to the
+   * addon. Word 5 is the pool offset of a bounce block laid out as
+   * [padded range (aligned end - aligned start)][scratch: 2 * alignment], with the caller's
+   * data at (offset - aligned start); word 7 is the alignment.
+   */
+  RMW = 0x200,
 }
 
 /**

@@ -193,7 +193,7 @@ test('errors carry code, errno, op, path, offset, length and say what to do', as
   const path = join(scratch.dir, 'errs');
   try {
     const f = await engine.open(path, { create: true, truncate: true, direct: true });
-    const e1 = await f.write(Buffer.alloc(100), 0).catch((e) => e);
+    const e1 = await f.writev([Buffer.alloc(100)], 0).catch((e) => e);
     assert.instance(e1, RingfenceError);
     assert.is(e1.code, 'ERR_RINGFENCE_UNALIGNED');
     assert.match(e1.message, /multiples of \d+/);

@@ -30,6 +30,10 @@ void require;
 const EAGAIN_SLOT = -1;
 const INT64_MAX_ALIGNED_HI = 0x7fffffff;
 
+// Sub-operations of a padded (read-modify-write) unaligned write, in the low 3 bits of a tag.
+const SUB_HEAD = 1, SUB_TAIL = 2, SUB_WRITE = 3, SUB_TRUNC = 4;
+const PH_ADMIT = 1, PH_READ = 2, PH_WRITE = 3, PH_TRUNC = 4;
+
 // Local slot states.
 const S_FREE = 0, S_READY = 1, S_PARKED = 2, S_FULLWAIT = 3, S_INFLIGHT = 4, S_DONE = 5;
 
@@ -75,11 +79,20 @@ class Worker {
   private readonly slotState: Uint8Array;
   private readonly slotHandle: Int32Array;
   private readonly slotParkedAt: Float64Array;
+  /** Read-modify-write state of a padded unaligned write (0 = a plain request). */
+  private readonly slotPhase: Uint8Array;
+  private readonly slotPending: Uint8Array;
+  private readonly slotResult: Int32Array;
+  /** Size to restore after a padded write that extended the file (-1: none). */
+  private readonly slotTrunc: Float64Array;
+  private readonly slotInf: Uint8Array;
+  private readonly poolBytes: Uint8Array;
   private readonly freeSlots: Int32Array;
   private nFree: number;
   /** FIFO of local slots admitted but not yet given to the kernel (native capacity). */
   private readonly readyQ: Int32Array;
   private readyHead = 0;
+  private readonly readyCap: number;
   private readyLen = 0;
   /** Slots waiting on the table (parked or full): re-evaluated on a table wake. */
   private readonly waitList: Int32Array;
@@ -115,11 +128,18 @@ class Worker {
     this.slotEntry = new Int32Array(this.cap * ENTRY_WORDS);
     this.slotState = new Uint8Array(this.cap);
     this.slotHandle = new Int32Array(this.cap).fill(-1);
+    this.readyCap = this.cap * 4;
     this.slotParkedAt = new Float64Array(this.cap);
+    this.slotPhase = new Uint8Array(this.cap);
+    this.slotPending = new Uint8Array(this.cap);
+    this.slotResult = new Int32Array(this.cap);
+    this.slotTrunc = new Float64Array(this.cap);
+    this.slotInf = new Uint8Array(this.cap);
+    this.poolBytes = new Uint8Array(init.pool);
     this.freeSlots = new Int32Array(this.cap);
     for (let i = 0; i < this.cap; i++) this.freeSlots[i] = this.cap - 1 - i;
     this.nFree = this.cap;
-    this.readyQ = new Int32Array(this.cap);
+    this.readyQ = new Int32Array(this.cap * 4);
     this.waitList = new Int32Array(this.cap);
     this.doneQ = new Int32Array(this.cap * 2);
     this.batch = new Int32Array(init.depth * ENTRY_WORDS);
@@ -258,11 +278,17 @@ class Worker {
     const f = fileId >= 0 && fileId < MAX_FILES ? this.files[fileId] : undefined;
     if (f === undefined) return this.finish(slot, -9 /* EBADF */);
     const op = this.slotEntry[e + E_OP] & 0xff;
+    this.slotPhase[slot] = 0;
+    this.slotInf[slot] = 0;
+    if (this.slotEntry[e + E_OP] & OpFlag.RMW) {
+      if (op !== Op.WRITE || !this.validRmw(slot)) return this.finish(slot, -22 /* EINVAL */);
+      this.slotPhase[slot] = PH_ADMIT;
+    }
     if (op === Op.FALLOCATE && f.emulate) {
       this.slotEntry[e + E_OP] |= OpFlag.EMULATE_XFS_BUG;
       f.stats[FS_EMULATED]++;
     }
-    if (f.table === null || op === Op.FSYNC || op === Op.NOP || op < 1 || op > Op.NOP) return this.makeReady(slot);
+    if (f.table === null || op === Op.FSYNC || op === Op.NOP || op < 1 || op > Op.NOP) return this.admitted(slot, f);
     const h = this.register(slot, f);
     if (h === FULL) {
       f.stats[FS_FULL]++;
@@ -305,6 +331,19 @@ class Worker {
         type = ReqType.ZERO;
         [endHi, endLo] = split(end);
       }
+    } else if (this.slotPhase[slot] !== 0) {
+      // Padded read-modify-write (QEMU's padding RMW): serialising over the aligned range,
+      // so two unaligned writes into one block never interleave their read and write. If
+      // the padded write may reach past EOF, the range extends to "infinity": the worker
+      // trims the size back afterwards, and nothing past it may be in flight meanwhile.
+      type = ReqType.WRITE;
+      serialising = true;
+      const align = E[e + E_AUX];
+      const off = offHi * 4294967296 + (offLo >>> 0), end = off + (E[e + E_LEN] >>> 0);
+      const a0 = off - (off % align), a1 = Math.ceil(end / align) * align;
+      [offHi, offLo] = split(a0);
+      if (a1 > this.sizeOf(f)) { this.slotInf[slot] = 1; endHi = INT64_MAX_ALIGNED_HI; endLo = -f.align | 0; }
+      else [endHi, endLo] = split(a1);
     } else {
       type = op === Op.READ || op === Op.READV ? ReqType.READ : ReqType.WRITE;
       const lo = (offLo >>> 0) + (E[e + E_LEN] >>> 0);
@@ -326,7 +365,7 @@ class Worker {
   private admitOrPark(slot: number, f: FileEntry, h: number): void {
     if (f.table!.tryAdmit(this.index, h) === ADMITTED) {
       if (this.slotState[slot] === S_PARKED || this.slotState[slot] === S_FULLWAIT) this.countWait(slot, f);
-      this.makeReady(slot);
+      this.admitted(slot, f);
       return;
     }
     if (this.slotState[slot] !== S_PARKED && this.slotState[slot] !== S_FULLWAIT) this.slotParkedAt[slot] = performance.now();
@@ -360,10 +399,108 @@ class Worker {
     }
   }
 
-  private makeReady(slot: number): void {
+  /** Queues sub-operation `sub` of a slot for the kernel (0: the request itself). */
+  private makeReady(slot: number, sub = 0): void {
     this.slotState[slot] = S_READY;
-    this.readyQ[(this.readyHead + this.readyLen) % this.cap] = slot;
+    this.readyQ[(this.readyHead + this.readyLen) % this.readyCap] = (slot << 3) | sub;
     this.readyLen++;
+  }
+
+  /** The table admitted the request: hand it to the kernel, or start its padding RMW. */
+  private admitted(slot: number, f: FileEntry): void {
+    if (this.slotPhase[slot] === 0) return this.makeReady(slot);
+    const e = slot * ENTRY_WORDS, E = this.slotEntry;
+    const align = E[e + E_AUX];
+    const off = E[e + E_OFF_HI] * 4294967296 + (E[e + E_OFF_LO] >>> 0), end = off + (E[e + E_LEN] >>> 0);
+    const a1 = Math.ceil(end / align) * align;
+    const size = this.sizeOf(f);
+    if (a1 > size && this.slotInf[slot] === 0 && this.slotHandle[slot] >= 0) {
+      // EOF moved below the padded end since registration (an older truncate completed):
+      // re-register with the range extended to infinity before trimming the size later.
+      this.wake(f.table!.release(this.slotHandle[slot]));
+      this.slotHandle[slot] = -1;
+      this.slotInf[slot] = 1;
+      const h = this.register(slot, f);
+      if (h === FULL) { this.slotState[slot] = S_FULLWAIT; this.waitList[this.nWaiting++] = slot; return; }
+      this.slotHandle[slot] = h;
+      return this.admitOrPark(slot, f, h);
+    }
+    this.slotTrunc[slot] = a1 > size && a1 > end ? Math.max(size, end) : -1;
+    this.slotResult[slot] = 0;
+    let pending = 0;
+    if (off % align !== 0) { this.makeReady(slot, SUB_HEAD); pending++; }
+    if (end % align !== 0 && (a1 - align !== off - (off % align) || off % align === 0)) { this.makeReady(slot, SUB_TAIL); pending++; }
+    this.slotPhase[slot] = PH_READ;
+    this.slotPending[slot] = pending;
+    if (pending === 0) this.rmwWrite(slot);
+  }
+
+  private validRmw(slot: number): boolean {
+    const e = slot * ENTRY_WORDS, E = this.slotEntry;
+    const align = E[e + E_AUX], len = E[e + E_LEN];
+    if (align < 512 || align > 65536 || (align & (align - 1)) !== 0 || len <= 0) return false;
+    const off = (E[e + E_OFF_HI] >= 0 ? E[e + E_OFF_HI] : -1) * 4294967296 + (E[e + E_OFF_LO] >>> 0);
+    if (off < 0) return false;
+    const a0 = off - (off % align), a1 = Math.ceil((off + len) / align) * align;
+    const buf = E[e + E_BUF] >>> 0;
+    return buf % 512 === 0 && buf + (a1 - a0) + 2 * align <= this.poolBytes.byteLength;
+  }
+
+  /** Both pad blocks are in scratch: merge them around the caller's data and write the aligned range. */
+  private rmwWrite(slot: number): void {
+    const e = slot * ENTRY_WORDS, E = this.slotEntry;
+    const align = E[e + E_AUX], buf = E[e + E_BUF] >>> 0;
+    const off = E[e + E_OFF_HI] * 4294967296 + (E[e + E_OFF_LO] >>> 0), end = off + (E[e + E_LEN] >>> 0);
+    const a0 = off - (off % align), a1 = Math.ceil(end / align) * align;
+    const scratch = buf + (a1 - a0), P = this.poolBytes;
+    if (off % align !== 0) P.copyWithin(buf, scratch, scratch + (off - a0));
+    if (end % align !== 0) {
+      const tailScratch = a1 - align === a0 && off % align !== 0 ? scratch : scratch + align;
+      const from = end - (a1 - align);
+      P.copyWithin(buf + (end - a0), tailScratch + from, tailScratch + align);
+    }
+    this.slotPhase[slot] = PH_WRITE;
+    this.slotPending[slot] = 1;
+    this.makeReady(slot, SUB_WRITE);
+  }
+
+  /** Writes the batch entry for sub-operation `sub` of `slot` at batch index `n`. */
+  private fillBatch(n: number, slot: number, sub: number): void {
+    const src = slot * ENTRY_WORDS, dst = n * ENTRY_WORDS, B = this.batch, E = this.slotEntry;
+    if (sub === 0) {
+      for (let i = 0; i < ENTRY_WORDS; i++) B[dst + i] = E[src + i];
+      B[dst + E_TAG] = slot << 3;
+      return;
+    }
+    const align = E[src + E_AUX], buf = E[src + E_BUF] >>> 0;
+    const off = E[src + E_OFF_HI] * 4294967296 + (E[src + E_OFF_LO] >>> 0), end = off + (E[src + E_LEN] >>> 0);
+    const a0 = off - (off % align), a1 = Math.ceil(end / align) * align;
+    let op = Op.READ, at = 0, len = align, where = buf + (a1 - a0), aux = 0;
+    if (sub === SUB_HEAD) at = a0;
+    else if (sub === SUB_TAIL) { at = a1 - align; where += align; }
+    else if (sub === SUB_WRITE) { op = Op.WRITE; at = a0; len = a1 - a0; where = buf; }
+    else { op = Op.TRUNCATE; at = this.slotTrunc[slot]; len = 0; where = 0; }
+    const [hi, lo] = split(at);
+    B[dst + E_OP] = op; B[dst + E_FILE] = E[src + E_FILE]; B[dst + E_OFF_LO] = lo; B[dst + E_OFF_HI] = hi;
+    B[dst + E_LEN] = len; B[dst + E_BUF] = where; B[dst + E_TAG] = (slot << 3) | sub; B[dst + E_AUX] = aux;
+  }
+
+  /** A sub-operation of a padded write completed. */
+  private rmwStep(slot: number, sub: number, res: number): void {
+    const E = this.slotEntry, e = slot * ENTRY_WORDS;
+    if (res < 0 && this.slotResult[slot] === 0) this.slotResult[slot] = res;
+    if (--this.slotPending[slot] > 0) return;
+    if (this.slotResult[slot] < 0) return this.complete(slot, this.slotResult[slot]);
+    if (sub === SUB_HEAD || sub === SUB_TAIL) return this.rmwWrite(slot);
+    if (sub === SUB_WRITE) {
+      const len = E[e + E_LEN];
+      if (res !== Math.ceil(((E[e + E_OFF_HI] * 4294967296 + (E[e + E_OFF_LO] >>> 0)) % E[e + E_AUX] + len) / E[e + E_AUX]) * E[e + E_AUX]) {
+        return this.complete(slot, res >= 0 ? -5 /* EIO: short padded write */ : res);
+      }
+      if (this.slotTrunc[slot] >= 0) { this.slotPhase[slot] = PH_TRUNC; this.slotPending[slot] = 1; this.makeReady(slot, SUB_TRUNC); return; }
+      return this.complete(slot, len);
+    }
+    this.complete(slot, E[e + E_LEN]);
   }
 
   /** One native call: submit what fits, reap what completed. Returns whether anything happened. */
@@ -372,30 +509,45 @@ class Worker {
     const room = this.depth - this.nativeInflight;
     const B = this.batch, E = this.slotEntry;
     while (n < room && this.readyLen > 0) {
-      const slot = this.readyQ[this.readyHead];
-      this.readyHead = (this.readyHead + 1) % this.cap;
+      const v = this.readyQ[this.readyHead];
+      this.readyHead = (this.readyHead + 1) % this.readyCap;
       this.readyLen--;
-      const src = slot * ENTRY_WORDS, dst = n * ENTRY_WORDS;
-      for (let i = 0; i < ENTRY_WORDS; i++) B[dst + i] = E[src + i];
-      B[dst + E_TAG] = slot;
+      const slot = v >> 3;
+      this.fillBatch(n, slot, v & 7);
       this.slotState[slot] = S_INFLIGHT;
       n++;
     }
+    void B; void E;
     if (n === 0 && waitMs === 0 && this.nativeInflight === 0 && this.doneLen === 0) return false;
     this.nativeInflight += n;
     const got = this.nativeInflight > 0 || n > 0 || waitMs > 0 ? this.ctx.pump(n, waitMs) : 0;
     if (n > 0) this.wstats[WS_BATCHES]++;
     const C = this.compl;
     for (let i = 0; i < got; i++) {
-      const slot = C[i * COMPL_WORDS];
+      const tag = C[i * COMPL_WORDS];
       const res = C[i * COMPL_WORDS + 1];
+      const slot = tag >> 3, sub = tag & 7;
       if (slot < 0 || slot >= this.cap || this.slotState[slot] !== S_INFLIGHT) continue; // not ours: ignore
       this.nativeInflight--;
-      this.complete(slot, res);
+      if (sub !== 0) {
+        if (sub === SUB_HEAD || sub === SUB_TAIL) this.zeroTail(slot, sub, res);
+        this.rmwStep(slot, sub, res);
+      } else this.complete(slot, res);
     }
     this.wstats[WS_INFLIGHT] = this.nativeInflight;
     const flushed = this.flushDone();
     return n > 0 || got > 0 || flushed;
+  }
+
+  /** A pad-block read that came back short (past EOF): the rest of the block reads as zeroes. */
+  private zeroTail(slot: number, sub: number, res: number): void {
+    const E = this.slotEntry, e = slot * ENTRY_WORDS;
+    const align = E[e + E_AUX];
+    if (res >= align || res < 0) return;
+    const buf = E[e + E_BUF] >>> 0;
+    const off = E[e + E_OFF_HI] * 4294967296 + (E[e + E_OFF_LO] >>> 0), end = off + (E[e + E_LEN] >>> 0);
+    const scratch = buf + (Math.ceil(end / align) * align - (off - (off % align))) + (sub === SUB_TAIL ? align : 0);
+    this.poolBytes.fill(0, scratch + res, scratch + align);
   }
 
   /** A request finished in the kernel: release its table entry and post its completion. */
