@@ -5,6 +5,7 @@ import { Command, CommanderError, Option } from 'commander';
 import { PACKAGE_ROOT } from './addon.js';
 import { defaultVolume, dirVolume, makeXfsVolume, parseSize, type Volume } from './volume.js';
 import { runDemo } from './demo.js';
+import { addStressCommand } from './stress/command.js';
 
 const pkg = JSON.parse(readFileSync(`${PACKAGE_ROOT}/package.json`, 'utf8')) as { version: string };
 
@@ -44,6 +45,8 @@ program.command('demo')
       vol.cleanup();
     }
   });
+
+addStressCommand(program, { pickVolume, UsageError });
 
 async function main(): Promise<void> {
   try {

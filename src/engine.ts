@@ -10,7 +10,7 @@ import {
   COMPL_WORDS, ENTRY_WORDS, E_AUX, E_BUF, E_FILE, E_LEN, E_OFF_HI, E_OFF_LO, E_OP, E_TAG, MAX_FILES, Op,
 } from './protocol.js';
 import {
-  CQ_ENTRY, CTRL_STRIDE, CTRL_WORDS, MAIN_AWAKE, MAIN_SLEEPING, MAIN_STATE, MAX_WORKERS, RING_HDR_WORDS, RING_HEAD,
+  CQ_ENTRY, CTRL_STRIDE, CTRL_WORDS, WAKE_TABLE, W_BUSY, W_HEARTBEAT, MAIN_AWAKE, MAIN_SLEEPING, MAIN_STATE, MAX_WORKERS, RING_HDR_WORDS, RING_HEAD,
   RING_TAIL, SQ_ENTRY, WAKE_CONTROL, WAKE_SUBMIT, WSTAT_WORDS, WS_BATCHES, WS_BYTES, WS_ERRORS, WS_INFLIGHT, WS_OPS,
   WS_WAKEUPS, createRing, wakeWorker,
 } from './shm.js';
@@ -25,6 +25,7 @@ import type {
   WorkerReady,
 } from './types.js';
 import { File, openFile, type OpenOptions } from './file.js';
+import { releaseOwnedBy } from './table.js';
 
 export interface EngineOptions {
   /** Worker threads, each owning one kernel I/O context. Default: min(4, cores). */
@@ -45,6 +46,8 @@ export interface EngineOptions {
   tableCapacity?: number;
   /** Fault injection for tests: "WORKER:exit|throw|hang:AFTER,...". Also RINGFENCE_FAULTS. */
   faults?: string;
+  /** A worker holding requests that makes no progress for this long is declared hung and replaced (ms, 0 = off). Default 30000. */
+  watchdogMs?: number;
 }
 
 export interface ResolvedOptions {
@@ -58,11 +61,12 @@ export interface ResolvedOptions {
   trackRequests: boolean;
   tableCapacity: number;
   faults: string | null;
+  watchdogMs: number;
 }
 
 const OPTION_KEYS = [
   'workers', 'backend', 'queueDepth', 'bufferPoolBytes', 'xfsWorkaround', 'emulateXfsFallocateBug', 'trackRequests',
-  'tableCapacity', 'faults',
+  'tableCapacity', 'faults', 'watchdogMs',
 ] as const;
 
 export function resolveOptions(options: unknown): ResolvedOptions {
@@ -86,14 +90,15 @@ export function resolveOptions(options: unknown): ResolvedOptions {
     }
   }
   const trackRequests = o.trackRequests === undefined ? true : validateBoolean(o.trackRequests, 'options.trackRequests');
-  const tableCapacity = o.tableCapacity === undefined ? 256 : validateInteger(o.tableCapacity, 'options.tableCapacity', 2, 65536);
+  const tableCapacity = o.tableCapacity === undefined ? 256 : validateInteger(o.tableCapacity, 'options.tableCapacity', 2, 256);
   let faults: string | null = null;
   const fs = o.faults ?? process.env.RINGFENCE_FAULTS;
   if (fs !== undefined && fs !== '') {
     faults = validateString(fs, 'options.faults');
     parseFaultSpec(faults);
   }
-  return { workers, backend, queueDepth, bufferPoolBytes, xfsWorkaround, emulate, emulateWindowUs, trackRequests, tableCapacity, faults };
+  const watchdogMs = o.watchdogMs === undefined ? 30000 : validateInteger(o.watchdogMs, 'options.watchdogMs', 0, 2 ** 31 - 1);
+  return { workers, backend, queueDepth, bufferPoolBytes, xfsWorkaround, emulate, emulateWindowUs, trackRequests, tableCapacity, faults, watchdogMs };
 }
 
 interface WorkerSlot {
@@ -113,6 +118,11 @@ interface WorkerSlot {
   overflowHead: number;
   dirty: boolean;
   ringFullEvents: number;
+  /** Between the death of its worker and the replacement's start: requests wait in overflow. */
+  dead: boolean;
+  generation: number;
+  lastBeat: number;
+  lastBeatAt: number;
 }
 
 /** Per-request bookkeeping on the main thread, in parallel arrays indexed by request id. */
@@ -140,6 +150,7 @@ export interface EngineStats {
   bytes: number;
   inFlight: number;
   queued: number;
+  workerLosses: number;
   ringFullEvents: number;
   pool: { size: number; used: number; peak: number };
   workers: { index: number; ops: number; bytes: number; batches: number; wakeups: number; inFlight: number; errors: number; ringFullEvents: number }[];
@@ -184,6 +195,10 @@ export class Engine {
   private freeFileIds: number[] = [];
   private nextFileId = 0;
   private readonly registry: FinalizationRegistry<number>;
+  private readonly doorbells: number[] = [];
+  private readonly piscinaWorkers = new Set<object>();
+  private readonly fileOpeners = new Map<number, (seq: number) => ControlMessage>();
+  private workerLosses = 0;
   private readonly allocated = new Map<number, WeakRef<Uint8Array>>();
 
   private constructor(options: ResolvedOptions) {
@@ -203,9 +218,19 @@ export class Engine {
       idleTimeout: Infinity,
       atomics: 'disabled',
       concurrentTasksPerWorker: 1,
-      maxQueue: 0,
     });
-    this.keepAlive = setInterval(() => this.watch(), 1000);
+    // A worker that fails with no task running is reported as an 'error' event: the engine's
+    // own loss handling covers it, so the event must not crash the process.
+    this.piscina.on('error', () => {});
+    this.piscina.on('workerCreate', (w: object) => {
+      const sym = Object.getOwnPropertySymbols(w).find((x) => x.description === 'Piscina.kWorkerData');
+      if (sym !== undefined) this.piscinaWorkers.add((w as Record<symbol, object>)[sym]);
+    });
+    this.piscina.on('workerDestroy', (w: object) => {
+      const sym = Object.getOwnPropertySymbols(w).find((x) => x.description === 'Piscina.kWorkerData');
+      if (sym !== undefined) this.piscinaWorkers.delete((w as Record<symbol, object>)[sym]);
+    });
+    this.keepAlive = setInterval(() => this.watch(), Math.max(10, Math.min(1000, options.watchdogMs / 4 || 1000)));
     this.keepAlive.unref();
     this.registry = new FinalizationRegistry((off: number) => {
       if (this.allocated.has(off)) { this.allocated.delete(off); this.releasePool(off); }
@@ -227,59 +252,136 @@ export class Engine {
 
   private async startWorkers(): Promise<void> {
     const o = this.options;
-    const doorbells: number[] = [];
-    for (let i = 0; i < o.workers; i++) doorbells.push(this.addon.createDoorbell());
+    for (let i = 0; i < o.workers; i++) this.doorbells.push(this.addon.createDoorbell());
+    for (let i = 0; i < o.workers; i++) this.workers.push(this.makeSlot(i));
+    await Promise.all(this.workers.map((w) => this.launch(w)));
+    this.unrefPiscina();
+  }
+
+  private makeSlot(i: number): WorkerSlot {
+    const o = this.options;
     const sqCap = nextPow2(Math.max(64, o.queueDepth * 2));
     const cqCap = nextPow2(Math.max(128, (o.queueDepth * 2 + 16) * 2));
-    const readies: Promise<WorkerReady>[] = [];
-    for (let i = 0; i < o.workers; i++) {
-      const sq = createRing(sqCap, SQ_ENTRY), cq = createRing(cqCap, CQ_ENTRY);
-      const { port1, port2 } = new MessageChannel();
-      const init: WorkerInit = {
-        index: i, backend: o.backend, depth: o.queueDepth, sq, sqCapacity: sqCap, cq, cqCapacity: cqCap,
-        ctrl: this.ctrl.buffer as SharedArrayBuffer, pool: this.pool.sab, workerStats: this.workerStats.buffer as SharedArrayBuffer,
-        doorbells, emulateWindowUs: o.emulateWindowUs, faults: o.faults, port: port2,
-      };
-      const slot: WorkerSlot = {
-        index: i, sq: new Int32Array(sq), sqCap, sqTail: 0, sqHeadCache: 0, cq: new Int32Array(cq), cqCap,
-        doorbell: doorbells[i], port: port1, task: Promise.resolve(), ready: null, overflow: [], overflowHead: 0,
-        dirty: false, ringFullEvents: 0,
-      };
-      let failed: (e: unknown) => void = () => {};
-      readies.push(new Promise<WorkerReady>((resolve, reject) => {
-        failed = reject;
-        port1.on('message', (m: WorkerReady | { type: 'ack'; seq: number }) => {
-          if (m.type === 'ready') { slot.ready = m; resolve(m); }
-          else if (m.type === 'ack') { const a = this.acks.get(m.seq); this.acks.delete(m.seq); a?.(); }
-        });
-      }));
-      slot.task = this.piscina.run(init, { transferList: [port2] as never }).then(
-        () => undefined,
-        (err: unknown) => { failed(err); this.workerLost(slot, err); },
-      );
-      port1.unref();
-      this.workers.push(slot);
-    }
-    await Promise.all(readies);
+    return {
+      index: i, sq: new Int32Array(createRing(sqCap, SQ_ENTRY)), sqCap, sqTail: 0, sqHeadCache: 0,
+      cq: new Int32Array(createRing(cqCap, CQ_ENTRY)), cqCap, doorbell: this.doorbells[i], port: null as unknown as MessagePort,
+      task: Promise.resolve(), ready: null, overflow: [], overflowHead: 0, dirty: false, ringFullEvents: 0,
+      dead: false, generation: 0, lastBeat: -1, lastBeatAt: 0,
+    };
   }
 
-  /** Stops when the worker task dies: every request it held fails; see issue "worker faults". */
-  private workerLost(slot: WorkerSlot, err: unknown): void {
-    if (this.closed) return;
-    // Without a live worker, requests routed to it would wait forever: fail them now.
-    const why = (err as Error)?.message ?? String(err);
+  /** Starts the serve task of one worker slot; resolves once its kernel I/O context is up. */
+  private launch(slot: WorkerSlot): Promise<WorkerReady> {
+    const o = this.options;
+    const { port1, port2 } = new MessageChannel();
+    slot.port = port1;
+    const generation = ++slot.generation;
+    const base = slot.index * CTRL_STRIDE;
+    for (let k = 0; k < CTRL_STRIDE; k++) Atomics.store(this.ctrl, base + k, 0);
+    const init: WorkerInit = {
+      index: slot.index, backend: o.backend, depth: o.queueDepth, sq: slot.sq.buffer as SharedArrayBuffer, sqCapacity: slot.sqCap,
+      cq: slot.cq.buffer as SharedArrayBuffer, cqCapacity: slot.cqCap, ctrl: this.ctrl.buffer as SharedArrayBuffer, pool: this.pool.sab,
+      workerStats: this.workerStats.buffer as SharedArrayBuffer, doorbells: this.doorbells, emulateWindowUs: o.emulateWindowUs,
+      faults: generation === 1 ? o.faults : null, port: port2,
+    };
+    let failed: (e: unknown) => void = () => {};
+    const ready = new Promise<WorkerReady>((resolve, reject) => {
+      failed = reject;
+      port1.on('message', (m: WorkerReady | { type: 'ack'; seq: number }) => {
+        if (m.type === 'ready') { slot.ready = m; resolve(m); }
+        else if (m.type === 'ack') { const a = this.acks.get(m.seq); this.acks.delete(m.seq); a?.(); }
+      });
+    });
+    slot.task = this.piscina.run(init, { transferList: [port2] as never }).then(
+      () => { failed(new Error(`worker ${slot.index} stopped`)); this.workerGone(slot, generation, null); },
+      (err: unknown) => { failed(err); this.workerGone(slot, generation, err); },
+    );
+    port1.unref();
+    return ready;
+  }
+
+  /**
+   * piscina keeps its own port to a worker referenced while a task runs, and our serve tasks
+   * never end, so an engine left open would keep the process alive. The engine holds the
+   * process open itself while requests are outstanding (keepAlive), so piscina's reference is
+   * dropped. piscina exposes its per-worker record only behind kWorkerData: if that ever
+   * changes, the cost is only that an engine left open keeps the process alive until close().
+   */
+  private unrefPiscina(): void {
+    for (const w of this.piscinaWorkers) {
+      const port = (w as { port?: { unref?: () => void } }).port;
+      port?.unref?.();
+    }
+  }
+
+  /**
+   * A worker's task ended (crash, exit, exception, or the watchdog terminated it) while the
+   * engine is open. Everything it held fails with ERR_RINGFENCE_WORKER_LOST, its table entries
+   * are released so nobody waits for them forever, and a replacement takes over its slot.
+   */
+  private workerGone(slot: WorkerSlot, generation: number, err: unknown): void {
+    if (this.closed || generation !== slot.generation || slot.dead) return;
+    slot.dead = true;
+    const why = err === null ? 'its task returned' : (err as Error)?.message ?? String(err);
+    // 1. Its tracked-request entries: release them and wake whoever parked behind them.
+    for (const ident of this.identities.values()) {
+      if (ident.table === null) continue;
+      const mask = releaseOwnedBy(ident.table, this.options.tableCapacity, slot.index);
+      this.wakeMask(mask);
+    }
+    // 2. Requests handed to it (in its ring or pulled): their fate is unknown.
+    const inOverflow = new Set(slot.overflow.slice(slot.overflowHead));
     for (let id = 0; id < this.nextId; id++) {
-      if (this.reqKind[id] === K_FREE || this.reqEntry[id * ENTRY_WORDS + E_TAG] !== slot.index) continue;
+      if (this.reqKind[id] === K_FREE || this.reqEntry[id * ENTRY_WORDS + E_TAG] !== slot.index || inOverflow.has(id)) continue;
+      const op = this.reqEntry[id * ENTRY_WORDS + E_OP] & 0xff;
+      const writes = op === Op.WRITE || op === Op.WRITEV || op === Op.FALLOCATE || op === Op.TRUNCATE;
       this.settle(id, -1, new RingfenceError(
-        `worker ${slot.index} died (${why}) with this request in flight; for a write, the data state is unknown: re-write or re-read it`,
-        { code: 'ERR_RINGFENCE_WORKER_LOST', op: opName(this.reqEntry[id * ENTRY_WORDS + E_OP] & 0xff) },
+        `${opName(op)} on ${this.reqFile[id]?.path ?? 'a file'}: worker ${slot.index} died (${why}) while it held this request; ` +
+        (writes ? 'the data state of the range is unknown: write it again, or read it back to see what landed' : 'read it again'),
+        { code: 'ERR_RINGFENCE_WORKER_LOST', op: opName(op), path: this.reqFile[id]?.path },
       ));
     }
+    this.workerLosses++;
+    // 3. A replacement with fresh rings; it re-registers every open file, then takes the overflow.
+    const fresh = this.makeSlot(slot.index);
+    slot.sq = fresh.sq; slot.cq = fresh.cq; slot.sqTail = 0; slot.sqHeadCache = 0; slot.dirty = false;
+    slot.lastBeat = -1;
+    try { slot.port.close(); } catch { /* already closed */ }
+    void this.launch(slot).then(async () => {
+      this.unrefPiscina();
+      for (const make of this.fileOpeners.values()) await this.sendTo(slot, make);
+      slot.dead = false;
+      this.feed();
+      if (!this.flushScheduled) this.flush();
+    }, () => { /* workerGone runs again for the replacement */ });
   }
 
+  private wakeMask(mask: number): void {
+    for (let b = 0; mask !== 0; b++, mask >>>= 1) {
+      if ((mask & 1) !== 0 && b < this.workers.length) wakeWorker(this.ctrl, b, WAKE_TABLE, this.addon.ring, this.doorbells[b]);
+    }
+  }
+
+  /** Every second: a safety-net drain, and the watchdog for hung workers. */
   private watch(): void {
-    // Periodic safety net: drains completions even if a wake-up were ever missed.
     if (this.outstanding > 0) this.drain();
+    const limit = this.options.watchdogMs;
+    if (limit === 0) return;
+    const now = performance.now();
+    for (const w of this.workers) {
+      if (w.dead || w.ready === null) continue;
+      const base = w.index * CTRL_STRIDE;
+      // Busy: it holds requests, or requests wait in its ring that it has not pulled.
+      const beat = Atomics.load(this.ctrl, base + W_HEARTBEAT);
+      const busy = Atomics.load(this.ctrl, base + W_BUSY) + ((Atomics.load(w.sq, RING_TAIL) - Atomics.load(w.sq, RING_HEAD)) | 0);
+      if (beat !== w.lastBeat || busy === 0) { w.lastBeat = beat; w.lastBeatAt = now; continue; }
+      if (now - w.lastBeatAt < limit) continue;
+      // Busy, and no loop iteration for watchdogMs: hung. Terminating the thread makes
+      // piscina reject its task, which runs the worker-lost path above.
+      const thread = this.piscina.threads.find((t) => t.threadId === w.ready!.threadId);
+      w.lastBeatAt = now;
+      void thread?.terminate();
+    }
   }
 
   // ---- Files -------------------------------------------------------------------------
@@ -300,15 +402,27 @@ export class Engine {
 
   /** @internal Sends a control message to every worker and waits for all acks. */
   async broadcast(make: (seq: number) => ControlMessage): Promise<void> {
-    const waits: Promise<void>[] = [];
-    for (const w of this.workers) {
-      const seq = ++this.seq;
-      waits.push(new Promise<void>((resolve) => this.acks.set(seq, resolve)));
-      w.port.ref();
+    await Promise.all(this.workers.filter((w) => !w.dead).map((w) => this.sendTo(w, make)));
+  }
+
+  /** @internal Remembers how to announce an open file to a replacement worker. */
+  rememberFile(id: number, make: ((seq: number) => ControlMessage) | null): void {
+    if (make === null) this.fileOpeners.delete(id); else this.fileOpeners.set(id, make);
+  }
+
+  private async sendTo(w: WorkerSlot, make: (seq: number) => ControlMessage): Promise<void> {
+    const seq = ++this.seq;
+    const acked = new Promise<void>((resolve) => this.acks.set(seq, resolve));
+    w.port.ref();
+    try {
       w.port.postMessage(make(seq));
       wakeWorker(this.ctrl, w.index, WAKE_CONTROL, this.addon.ring, w.doorbell);
+      // A worker that dies before it acks must not hang open() or close().
+      await Promise.race([acked, w.task]);
+    } finally {
+      this.acks.delete(seq);
+      w.port.unref();
     }
-    try { await Promise.all(waits); } finally { for (const w of this.workers) w.port.unref(); }
   }
 
   /** @internal */ forgetFile(file: File, id: number): void {
@@ -413,7 +527,7 @@ export class Engine {
     const w = this.workers[this.rr];
     this.rr = this.rr + 1 === this.workers.length ? 0 : this.rr + 1;
     E[e + E_TAG] = w.index; // which worker holds it (worker-loss accounting); replaced by the id on the ring
-    if (w.overflow.length - w.overflowHead > 0 || !this.push(w, id)) {
+    if (w.dead || w.overflow.length - w.overflowHead > 0 || !this.push(w, id)) {
       w.overflow.push(id);
       w.ringFullEvents++;
       this.queued++;
@@ -443,7 +557,7 @@ export class Engine {
   private readonly flush = (): void => {
     this.flushScheduled = false;
     for (const w of this.workers) {
-      if (!w.dirty) continue;
+      if (!w.dirty || w.dead) continue;
       w.dirty = false;
       Atomics.store(w.sq, RING_TAIL, w.sqTail);
       wakeWorker(this.ctrl, w.index, 0, this.addon.ring, w.doorbell);
@@ -455,6 +569,7 @@ export class Engine {
   private feed(): void {
     if (this.queued === 0) return;
     for (const w of this.workers) {
+      if (w.dead) continue;
       while (w.overflowHead < w.overflow.length && this.push(w, w.overflow[w.overflowHead])) {
         w.overflowHead++;
         this.queued--;
@@ -584,6 +699,7 @@ export class Engine {
       bytes: workers.reduce((a, w) => a + w.bytes, 0),
       inFlight: this.outstanding,
       queued: this.queued,
+      workerLosses: this.workerLosses,
       ringFullEvents: workers.reduce((a, w) => a + w.ringFullEvents, 0),
       pool: { size: this.pool.size, used: this.pool.used, peak: this.pool.peak },
       workers,
@@ -620,12 +736,17 @@ export class Engine {
       try { w.port.postMessage({ type: 'stop' } satisfies ControlMessage); } catch { /* port closed */ }
       wakeWorker(this.ctrl, w.index, WAKE_CONTROL, this.addon.ring, w.doorbell);
     }
+    // A referenced timer keeps the process alive while the workers drain (piscina's own port
+    // reference was dropped), and bounds the wait for a worker that will not stop.
+    let timer: NodeJS.Timeout | undefined;
     await Promise.race([
       Promise.all(this.workers.map((w) => w.task)),
-      new Promise((r) => setTimeout(r, 5000).unref()),
+      new Promise((r) => { timer = setTimeout(r, 5000); }),
     ]);
+    clearTimeout(timer);
     await this.piscina.destroy();
-    for (const w of this.workers) { w.port.close(); this.addon.closeFd(w.doorbell); }
+    for (const w of this.workers) w.port?.close();
+    for (const fd of this.doorbells) this.addon.closeFd(fd);
     clearInterval(this.keepAlive);
   }
 }

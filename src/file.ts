@@ -10,7 +10,7 @@ import {
 } from './validators.js';
 import { decideWorkaround, statfsName, type WorkaroundDecision } from './policy.js';
 import { AtomicWords, TrackedTable } from './table.js';
-import type { WorkaroundPolicy } from './types.js';
+import type { ControlMessage, WorkaroundPolicy } from './types.js';
 import { FSTAT_WORDS, FS_EMULATED, FS_FULL, FS_SERIALISING, FS_TRACKED, FS_WAITS, FS_WAIT_MAX_NS, FS_WAIT_NS, MAX_WORKERS, fileStatsBytes } from './shm.js';
 
 export interface OpenOptions {
@@ -128,10 +128,12 @@ export async function openFile(engine: Engine, path: string, options?: OpenOptio
       path, fd, direct, readOnly, alignment, memoryAlignment, alignmentSource, dev: st.dev, ino: st.ino,
       tracked: ident.table !== null, xfsWorkaround: decision,
     }, new Float64Array(ident.stats));
-    await engine.broadcast((seq) => ({
+    const announce = (seq: number): ControlMessage => ({
       type: 'open', seq, fileId: id, fd, path, table: ident!.table, tableCapacity: engine.options.tableCapacity,
       workaround: decision.enabled, emulate: engine.options.emulate, align: Math.max(alignment, 512), stats: ident!.stats,
-    }));
+    });
+    engine.rememberFile(id, announce);
+    await engine.broadcast(announce);
     return file;
   } catch (err) {
     closeSync(fd);
@@ -436,6 +438,7 @@ export class File {
     if (this.closed) return;
     this.closed = true;
     if (this.inflight > 0) await new Promise<void>((r) => { this.drained = r; });
+    this.engine.rememberFile(this.id, null);
     await this.engine.broadcast((seq) => ({ type: 'close', seq, fileId: this.id }));
     closeSync(this.fd);
     const ident = this.engine.identities.get(this.key);

@@ -163,7 +163,9 @@ export class TrackedTable {
     }
     const base = HEADER_WORDS + slot * SLOT_WORDS;
     const gen = (this.claimedWord >>> GEN_SHIFT) & GEN_MASK;
-    this.writeFields(base, type, startHi, startLo, endHi, endLo);
+    // The owning worker rides in the type word (diagnostics only for the protocol), so that
+    // the main thread can release a dead worker's entries: releaseOwnedBy().
+    this.writeFields(base, type | (worker << 8), startHi, startLo, endHi, endLo);
     this.countInFlight();
     if (serialising) {
       // Must come before drawTicket(): a non-serialising request that draws
@@ -254,13 +256,15 @@ export class TrackedTable {
     const gen = (handle >>> SLOT_BITS) & GEN_MASK;
     const ser = this.ownSer[slot] !== 0;
     this.ownGen[slot] = 0;
+    const mem = this.mem;
+    // Before the slot can be reclaimed, so that H_IN_FLIGHT never exceeds
+    // the number of claimed slots (and the high-water mark the capacity).
+    mem.sub(H_IN_FLIGHT, 1);
     // Free first, then look at interest (pairs with registerInterest +
     // recheckAfterInterest in tryAdmit, and with registerFullInterest +
     // second claimSlot in register).
     this.freeSlot(base, gen);
     if (ser) this.leaveSerialising();
-    const mem = this.mem;
-    mem.sub(H_IN_FLIGHT, 1);
     let wake = this.takeSlotWaiters(base);
     if (mem.load(H_FULL_WAITERS) !== 0) wake |= mem.exchange(H_FULL_WAITERS, 0);
     return wake;
@@ -383,4 +387,29 @@ export class TrackedTable {
     if (this.mem.load(base + S_WAITERS) === 0) return 0;
     return this.mem.exchange(base + S_WAITERS, 0);
   }
+}
+
+/**
+ * Releases every entry owned by `worker`, which must be dead (its thread gone, its kernel
+ * I/O drained): nobody else writes those slots, so plain stores suffice, and requests parked
+ * behind them are woken through the returned mask. A slot the worker had only CLAIMED is
+ * freed too; one that died between entering the serialising count and publishing its range
+ * would leave the count one high, which only disables the fast path (never admits wrongly).
+ */
+export function releaseOwnedBy(sab: SharedArrayBuffer, capacity: number, worker: number): number {
+  const mem = new AtomicWords(new Int32Array(sab));
+  let wake = 0;
+  for (let i = 0; i < capacity; i++) {
+    const base = HEADER_WORDS + i * SLOT_WORDS;
+    const s = mem.load(base + S_STATE);
+    const st = s & ST_MASK;
+    if (st === ST_FREE || ((mem.load(base + S_TYPE) >>> 8) & 0xff) !== worker) continue;
+    const gen = (s >>> GEN_SHIFT) & GEN_MASK;
+    mem.store(base + S_STATE, ((gen + 1) & GEN_MASK) << GEN_SHIFT);
+    if ((s & SER_BIT) !== 0) mem.sub(H_SER_IN_FLIGHT, 1);
+    if (st !== ST_CLAIMED) mem.sub(H_IN_FLIGHT, 1);
+    wake |= mem.exchange(base + S_WAITERS, 0);
+  }
+  if (mem.load(H_FULL_WAITERS) !== 0) wake |= mem.exchange(H_FULL_WAITERS, 0);
+  return wake;
 }

@@ -72,6 +72,7 @@ export interface WorkerReady {
   backend: BackendName;
   refused: Record<string, string>;
   info: NativeContextInfo;
+  threadId: number;
 }
 
 export type ControlMessage =

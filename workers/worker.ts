@@ -9,7 +9,7 @@
 // in Atomics.waitAsync when idle (so the event loop stays free for control messages).
 import { createRequire } from 'node:module';
 import { fstatSync } from 'node:fs';
-import type { MessagePort } from 'node:worker_threads';
+import { threadId, type MessagePort } from 'node:worker_threads';
 import {
   COMPL_WORDS, ENTRY_WORDS, E_AUX, E_BUF, E_FILE, E_LEN, E_OFF_HI, E_OFF_LO, E_OP, E_TAG, MAX_FILES, Op, OpFlag,
 } from '../src/protocol.js';
@@ -159,7 +159,7 @@ class Worker {
           doorbellFd: init.doorbells[init.index], emulateWindowUs: init.emulateWindowUs,
         }) : null;
         if (!ctx) throw new Error('native addon has no Context');
-        const ready: WorkerReady = { type: 'ready', index: this.index, backend, refused, info: ctx.info() };
+        const ready: WorkerReady = { type: 'ready', index: this.index, backend, refused, info: ctx.info(), threadId };
         this.port.postMessage(ready);
         return ctx;
       } catch (err) {
@@ -352,6 +352,8 @@ class Worker {
     }
     const h = table.register(this.index, type, serialising, offHi, offLo, endHi, endLo);
     if (h !== FULL) {
+      // Scanners that saw this entry before its ticket was published parked on it.
+      this.wake(table.takeWakeups());
       f.stats[FS_TRACKED]++;
       if (serialising) f.stats[FS_SERIALISING]++;
     }

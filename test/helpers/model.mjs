@@ -13,7 +13,7 @@
 // (memory, histories) is an exact state key; DFS explores every interleaving
 // at every atomic operation, with undo (restore one word, pop one result).
 
-import { FULL, ADMITTED, TrackedTable, H_SER_IN_FLIGHT, H_IN_FLIGHT, H_TICKET, HEADER_WORDS, SLOT_WORDS, S_STATE, ST_MASK, ST_FREE }
+import { FULL, ADMITTED, TrackedTable, H_SER_IN_FLIGHT, H_IN_FLIGHT, H_HIGH_WATER, H_TICKET, HEADER_WORDS, SLOT_WORDS, S_STATE, ST_MASK, ST_FREE }
   from '../../dist/src/table.js';
 
 // Operation kinds.
@@ -108,6 +108,7 @@ export class Model {
     this.status = new Int8Array(n);        // 0 pending, 1 admitted, 2 released
     this.ticketsDrawn = new Int32Array(this.nThreads);
     this.hist = Array.from({ length: this.nThreads }, () => []);
+    this.ghost = Array.from({ length: this.nThreads }, () => []);
     this.rm = Array.from({ length: this.nThreads }, () => new ReplayMem());
     this.programs = this.threadReqs.map((list, w) => this.makeProgram(w, list));
     this.next = []; // per thread: [kind, addr, v, w] or null when finished
@@ -174,8 +175,35 @@ export class Model {
     return op !== null && (op[0] !== PARK || this.mem[op[1]] !== 0);
   }
 
-  /** Performs thread t's next op. Returns an undo record. Throws CheckFailure. */
+  /**
+   * Ops executed without a scheduling point before them (merged with the
+   * thread's previous op):
+   *  - ops on the statistics words H_IN_FLIGHT / H_HIGH_WATER.  They are ghost
+   *    variables for the properties checked: their values only ever flow into
+   *    other statistics ops (countInFlight's CAS loop), never into a slot,
+   *    ticket, mask or admission decision, so where they interleave cannot
+   *    change the projection of an execution onto the other ops.  For the
+   *    same reason they are left out of the state key.
+   *  - the ADMIT event: a pure check with no memory effect; running it at the
+   *    earliest possible moment (right after tryAdmit's last op) is the
+   *    strongest version of the check.
+   */
+  eager(op) {
+    return op !== null && ((op[0] === EVENT && op[1] === EV_ADMIT) || (op[0] !== PARK && op[0] !== EVENT && (op[1] === H_IN_FLIGHT || op[1] === H_HIGH_WATER)));
+  }
+
+  /** Performs thread t's next op (and any eager ops after it). Returns an undo record. Throws CheckFailure. */
   step(t) {
+    const undo = [this.step1(t)];
+    while (this.eager(this.next[t])) undo.push(this.step1(t));
+    return undo;
+  }
+
+  unstep(list) {
+    for (let i = list.length - 1; i >= 0; i--) this.unstep1(list[i]);
+  }
+
+  step1(t) {
     const op = this.next[t];
     const [kind, a, v, w] = op;
     const m = this.mem;
@@ -199,15 +227,17 @@ export class Model {
       undo = () => { this.ticket[q.id] = null; this.ticketsDrawn[t]--; };
     }
     this.hist[t].push(res);
+    this.ghost[t].push(kind !== EVENT && kind !== PARK && (a === H_IN_FLIGHT || a === H_HIGH_WATER));
     this.trace.push(t, op, res);
     this.next[t] = this.peek(t);
     return { t, a, old, op, undo };
   }
 
-  unstep(u) {
+  unstep1(u) {
     if (u.op[0] !== EVENT) this.mem[u.a] = u.old;
     if (u.undo) u.undo();
     this.hist[u.t].pop();
+    this.ghost[u.t].pop();
     this.trace.length -= 3;
     this.next[u.t] = u.op;
   }
@@ -252,13 +282,17 @@ export class Model {
   }
 
   key() {
-    let k = this.mem.join(',');
+    const m = this.mem;
+    const hiw = m[H_IN_FLIGHT], hhw = m[H_HIGH_WATER];
+    m[H_IN_FLIGHT] = 0; m[H_HIGH_WATER] = 0; // ghost words (see eager())
+    let k = m.join(',');
+    m[H_IN_FLIGHT] = hiw; m[H_HIGH_WATER] = hhw;
     for (let t = 0; t < this.nThreads; t++) {
-      const h = this.hist[t];
+      const h = this.hist[t], g = this.ghost[t];
       const op = this.next[t];
       const cpK = op === null ? this.rm[t].finalCp : op[4];
       k += '|' + this.rm[t].sum[cpK];
-      for (let i = cpK; i < h.length; i++) k += ',' + h[i];
+      for (let i = cpK; i < h.length; i++) if (!g[i]) k += ',' + h[i];
     }
     return k;
   }
@@ -284,7 +318,7 @@ export class Model {
  * a cycle (a state revisited while on the DFS stack), an execution longer
  * than maxDepth steps.
  */
-export function explore(scn, { maxDepth = 5000 } = {}) {
+export function explore(scn, { maxDepth = 5000, maxStates = Infinity } = {}) {
   const m = new Model(scn);
   const seen = new Map(); // key -> 1 on the DFS stack, 2 finished
   let states = 0, transitions = 0, finals = 0, maxSeen = 0;
@@ -295,7 +329,8 @@ export function explore(scn, { maxDepth = 5000 } = {}) {
     if (mark === 1) m.fail('livelock', 'cycle in the state graph');
     if (mark === 2) return;
     seen.set(k, 1);
-    states++;
+    if (++states > maxStates) throw new Error(`[${scn.name}] more than ${maxStates} states`);
+    if (states % 500000 === 0) console.log(`  ... ${states} states ${Math.round(performance.now() - t0)} ms`);
     if (depth > maxSeen) maxSeen = depth;
     if (depth > maxDepth) m.fail('livelock', `execution longer than ${maxDepth} steps`);
     let any = false;
@@ -365,3 +400,56 @@ export function pctRun(scn, seed, { d = 3, k = 600, maxSteps = 20000 } = {}) {
     if (++steps > maxSteps) m.fail('livelock', `execution longer than ${maxSteps} steps`);
   }
 }
+
+// ---------------------------------------------------------------------------
+// Real-threads hammer: a worker_threads body (started by table-check.test.mjs
+// with workerData.role === 'hammer').  Each worker loops register / tryAdmit /
+// park on its doorbell (Atomics.wait) / release, and while admitted marks the
+// 4 KiB units its overlap range covers in a shared occupancy array: a
+// serialising request adds 0x10000 per unit, a non-serialising one adds 1.  A
+// conflict is a serialising mark seeing any other mark, or any mark seeing a
+// serialising one.
+
+import { isMainThread, workerData, parentPort } from 'node:worker_threads';
+import { AtomicWords } from '../../dist/src/table.js';
+
+export const UNITS = 16;
+function hammer({ sab, bells, occ, stats, capacity, worker, iters, seed, serPct }) {
+  const table = new TrackedTable(new AtomicWords(new Int32Array(sab)), capacity);
+  const db = new Int32Array(bells);
+  const oc = new Int32Array(occ);
+  const st = new Int32Array(stats); // 0 conflicts, 1 blocked, 2 full, 3 done
+  const r = rng(seed);
+  const park = () => {
+    while (Atomics.exchange(db, worker, 0) === 0) Atomics.wait(db, worker, 0, 50);
+  };
+  const ring = (mask) => {
+    for (let b = 0; mask !== 0; b++, mask >>>= 1) {
+      if (mask & 1) { Atomics.store(db, b, 1); Atomics.notify(db, b); }
+    }
+  };
+  const MAXHI = 0x7fffffff, MAXLO = -4096; // 2^63-1 aligned down to 4096
+  let conflicts = 0, blocked = 0, full = 0;
+  for (let i = 0; i < iters; i++) {
+    const ser = r() * 100 < serPct;
+    const u0 = Math.floor(r() * UNITS);
+    const toEnd = ser && r() < 0.1; // XFS post-EOF workaround range
+    const u1 = toEnd ? UNITS : Math.min(UNITS, u0 + 1 + Math.floor(r() * 3));
+    const eHi = toEnd ? MAXHI : 0, eLo = toEnd ? MAXLO : u1 * 4096;
+    let h;
+    while ((h = table.register(worker, ser ? 3 : 1, ser, 0, u0 * 4096, eHi, eLo)) === FULL) { full++; park(); }
+    ring(table.takeWakeups());
+    while (table.tryAdmit(worker, h) !== ADMITTED) { blocked++; park(); }
+    const inc = ser ? 0x10000 : 1;
+    for (let u = u0; u < u1; u++) {
+      const old = Atomics.add(oc, u, inc);
+      if (ser ? old !== 0 : (old >>> 16) !== 0) conflicts++;
+    }
+    for (let u = u0; u < u1; u++) Atomics.sub(oc, u, inc);
+    ring(table.release(h));
+  }
+  Atomics.add(st, 0, conflicts); Atomics.add(st, 1, blocked); Atomics.add(st, 2, full);
+  parentPort.postMessage('done');
+}
+
+if (!isMainThread && workerData?.role === 'hammer') hammer(workerData);

@@ -1,0 +1,82 @@
+// Worker faults: a worker that exits, throws or hangs fails exactly the requests it held with
+// ERR_RINGFENCE_WORKER_LOST, its table entries are released (so nothing parked behind them waits
+// forever), a replacement takes over, and later I/O works.
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import { join } from 'node:path';
+import { readFileSync } from 'node:fs';
+import { Engine, RingfenceError } from '../dist/src/index.js';
+import { scratchDir, pattern } from './helpers/env.mjs';
+
+const scratch = scratchDir('rf-faults-');
+test.after(() => scratch.cleanup());
+const BS = 4096;
+
+async function afterFault(engine, f) {
+  // The replacement serves the file: write and read back through every worker.
+  for (let i = 0; i < 8; i++) {
+    const data = pattern(BS, 900 + i);
+    assert.is(await f.write(data, (100 + i) * BS), BS);
+    const back = Buffer.alloc(BS);
+    assert.is(await f.read(back, (100 + i) * BS), BS);
+    assert.equal(back, data);
+  }
+}
+
+for (const action of ['exit', 'throw']) {
+  test(`a worker that ${action}s: its requests reject with ERR_RINGFENCE_WORKER_LOST, others complete, a replacement serves`, async () => {
+    const engine = await Engine.start({ workers: 2, queueDepth: 8, faults: `0:${action}:5` });
+    const path = join(scratch.dir, `fault-${action}`);
+    try {
+      const f = await engine.open(path, { create: true, truncate: true });
+      const results = await Promise.allSettled(Array.from({ length: 40 }, (_, i) => f.write(pattern(BS, i + 1), i * BS)));
+      const lost = results.filter((r) => r.status === 'rejected');
+      assert.ok(lost.length > 0, 'some requests were held by the dead worker');
+      for (const r of lost) {
+        assert.instance(r.reason, RingfenceError);
+        assert.is(r.reason.code, 'ERR_RINGFENCE_WORKER_LOST');
+        assert.match(r.reason.message, /data state .* unknown/);
+      }
+      const file = readFileSync(path);
+      results.forEach((r, i) => {
+        if (r.status === 'fulfilled') assert.ok(file.subarray(i * BS, (i + 1) * BS).equals(pattern(BS, i + 1)), `acknowledged write ${i} is on disk`);
+      });
+      await afterFault(engine, f);
+      assert.is(engine.stats().workerLosses, 1);
+      await f.close();
+    } finally { await engine.close(); }
+  });
+}
+
+test('a hung worker is detected by the watchdog; a serialising request parked behind its entries completes', async () => {
+  const engine = await Engine.start({ workers: 2, queueDepth: 8, xfsWorkaround: 'always', faults: '0:hang:3', watchdogMs: 300 });
+  const path = join(scratch.dir, 'fault-hang');
+  try {
+    const f = await engine.open(path, { create: true, truncate: true });
+    // Requests 0, 2, 4, 6 go to worker 0, which registers 0 and 2 in the table, then hangs on 4;
+    // the zero-write below is the eighth request, so it goes to worker 1.
+    const first = Array.from({ length: 7 }, (_, i) => f.write(pattern(BS, i + 1), i * BS));
+    const settled = Promise.allSettled(first);
+    await new Promise((r) => setTimeout(r, 100));
+    // A post-EOF zero-write: serialising from its offset to "infinity", so it must wait for
+    // the older entries at blocks 0 and 2 that the hung worker holds.
+    const t0 = performance.now();
+    await f.writeZeroes(0, 16 * BS);
+    const waited = performance.now() - t0;
+    const results = await settled;
+    const lost = results.filter((r) => r.status === 'rejected');
+    assert.ok(lost.length >= 1, 'the hung worker held requests');
+    assert.ok(lost.every((r) => r.reason.code === 'ERR_RINGFENCE_WORKER_LOST'));
+    assert.ok(waited >= 150, `the zero-write waited for the dead worker's entries (${waited.toFixed(0)} ms)`);
+    assert.ok(f.stats().waits >= 1, 'it was parked');
+    await afterFault(engine, f);
+  } finally { await engine.close(); }
+});
+
+test('RINGFENCE_FAULTS is validated: a bad spec throws a RangeError that shows the format', async () => {
+  const err = await Engine.start({ faults: '0:explode:1' }).catch((e) => e);
+  assert.instance(err, RangeError);
+  assert.match(err.message, /WORKER:exit\|throw\|hang:AFTER_REQUESTS/);
+});
+
+test.run();
