@@ -182,6 +182,7 @@ export class Engine {
   private freeIds: number[] = [];
   private nextId = 0;
   private outstanding = 0;
+  private rawFileId = -1;
   private queued = 0;
   private flushScheduled = false;
   private polling = false;
@@ -517,7 +518,7 @@ export class Engine {
     batch: BatchState | null, batchIndex: number): void {
     const id = this.newId();
     const e = id * ENTRY_WORDS, E = this.reqEntry;
-    E[e + E_OP] = op; E[e + E_FILE] = file.id; E[e + E_OFF_LO] = offLo; E[e + E_OFF_HI] = offHi;
+    E[e + E_OP] = op; E[e + E_FILE] = this.rawFileId === -1 ? file.id : this.rawFileId; E[e + E_OFF_LO] = offLo; E[e + E_OFF_HI] = offHi;
     E[e + E_LEN] = len; E[e + E_BUF] = buf; E[e + E_AUX] = aux;
     this.reqKind[id] = batch === null ? K_SINGLE : K_BATCH;
     this.reqResolve[id] = resolve; this.reqReject[id] = reject; this.reqDone[id] = done;
@@ -669,6 +670,21 @@ export class Engine {
     this.outstanding += delta;
     if (before === 0 && this.outstanding > 0) this.keepAlive.ref();
     else if (before > 0 && this.outstanding === 0) this.keepAlive.unref();
+  }
+
+  /**
+   * @internal For the fuzz test only: queues one raw 8-word entry (words 0..7 as given, the
+   * request id filled in) through the real ring path and resolves to the raw result
+   * (bytes or -errno) without interpreting it. The file is only used for bookkeeping.
+   */
+  submitRaw(file: File, words: ArrayLike<number>): Promise<number> {
+    this.assertOpen('submitRaw');
+    return new Promise((resolve) => {
+      this.rawFileId = words[E_FILE] | 0; // the caller controls the file id word too
+      this.submit(file, words[E_OP] | 0, words[E_OFF_LO] | 0, words[E_OFF_HI] | 0, words[E_LEN] | 0, words[E_BUF] | 0, words[E_AUX] | 0,
+        (res) => { resolve(res); return 0; }, () => {}, () => {}, null, 0);
+      this.rawFileId = -1;
+    });
   }
 
   /** @internal Resolves when no request is outstanding. */

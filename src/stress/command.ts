@@ -135,7 +135,7 @@ async function stress(raw: RawOptions, deps: Deps): Promise<void> {
       workload: raw.workload, workaround: raw.workaround, emulate: raw.emulateXfsBug === true, windowUs, workers,
       backend: raw.backend, qd, durationS: duration, ops, seed, clusterSize, blockSize,
       progress: json || quiet ? 'none' : process.stdout.isTTY ? 'tty' : 'plain', signal: ac.signal,
-      log: info,
+      log: info, stallSeconds: Number(process.env.RINGFENCE_STALL_SECONDS) || undefined,
     });
   } finally {
     clearTimeout(watchdog);
