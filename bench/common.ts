@@ -1,5 +1,6 @@
 // Shared pieces of the end-to-end benchmarks: the data file, random offsets, timing.
-import { closeSync, openSync, writeSync, constants as fsc } from 'node:fs';
+import { closeSync, fsyncSync, openSync, writeSync, constants as fsc } from 'node:fs';
+import { execFileSync } from 'node:child_process';
 
 /** Creates (or reuses) a data file of `size` bytes with written (not sparse) data. */
 export function prepareFile(path: string, size: number): void {
@@ -7,7 +8,10 @@ export function prepareFile(path: string, size: number): void {
   try {
     const chunk = Buffer.alloc(1 << 20, 0x5a);
     for (let off = 0; off < size; off += chunk.length) writeSync(fd, chunk, 0, Math.min(chunk.length, size - off), off);
+    // Written and clean: O_DIRECT writes over dirty page cache would measure writeback.
+    fsyncSync(fd);
   } finally { closeSync(fd); }
+  try { execFileSync('sh', ['-c', 'echo 1 > /proc/sys/vm/drop_caches'], { stdio: 'ignore' }); } catch { /* not root */ }
 }
 
 /** xorshift32 stream of block indexes. */

@@ -10,7 +10,7 @@
 // mutex and no spin: a scanner that must wait registers interest in the slot's
 // waiter mask, re-checks the slot's state word and returns BLOCKED; whoever
 // changes that state word afterwards hands the mask back to its caller, which
-// rings the doorbells.  docs/TABLE.md has the full argument.
+// rings the doorbells.  docs/ARCHITECTURE.md ("Tracked-request table") has the full argument.
 //
 // Memory model: every shared access goes through SharedWords, whose production
 // implementation (AtomicWords) uses Atomics.* on an Int32Array.  All Atomics
@@ -55,7 +55,7 @@ export const enum ReqType { READ = 1, WRITE = 2, ZERO = 3, TRUNCATE = 4 }
 export const ADMITTED = 0, BLOCKED = 1, FULL = -1;
 
 // ---------------------------------------------------------------------------
-// Layout (int32 words).  See docs/TABLE.md for the diagram.
+// Layout (int32 words).  See docs/ARCHITECTURE.md for the diagram.
 
 /** Header: counters and the table-level (FULL) waiter mask. One cache line. */
 export const HEADER_WORDS = 16;
@@ -392,9 +392,9 @@ export class TrackedTable {
 /**
  * Releases every entry owned by `worker`, which must be dead (its thread gone, its kernel
  * I/O drained): nobody else writes those slots, so plain stores suffice, and requests parked
- * behind them are woken through the returned mask. A slot the worker had only CLAIMED is
- * freed too; one that died between entering the serialising count and publishing its range
- * would leave the count one high, which only disables the fast path (never admits wrongly).
+ * behind them are woken through the returned mask. A worker that died between entering the
+ * serialising count and publishing its range would leave the count one high, which only
+ * disables the fast path (never admits wrongly).
  */
 export function releaseOwnedBy(sab: SharedArrayBuffer, capacity: number, worker: number): number {
   const mem = new AtomicWords(new Int32Array(sab));
@@ -403,11 +403,14 @@ export function releaseOwnedBy(sab: SharedArrayBuffer, capacity: number, worker:
     const base = HEADER_WORDS + i * SLOT_WORDS;
     const s = mem.load(base + S_STATE);
     const st = s & ST_MASK;
-    if (st === ST_FREE || ((mem.load(base + S_TYPE) >>> 8) & 0xff) !== worker) continue;
+    // A CLAIMED slot's type word may still name its previous occupant: it cannot be
+    // attributed, so it is left alone (scanners ignore CLAIMED slots; at worst one slot
+    // of capacity is lost if the dead worker died between claim and publishing its range).
+    if (st === ST_FREE || st === ST_CLAIMED || ((mem.load(base + S_TYPE) >>> 8) & 0xff) !== worker) continue;
     const gen = (s >>> GEN_SHIFT) & GEN_MASK;
     mem.store(base + S_STATE, ((gen + 1) & GEN_MASK) << GEN_SHIFT);
     if ((s & SER_BIT) !== 0) mem.sub(H_SER_IN_FLIGHT, 1);
-    if (st !== ST_CLAIMED) mem.sub(H_IN_FLIGHT, 1);
+    mem.sub(H_IN_FLIGHT, 1);
     wake |= mem.exchange(base + S_WAITERS, 0);
   }
   if (mem.load(H_FULL_WAITERS) !== 0) wake |= mem.exchange(H_FULL_WAITERS, 0);

@@ -150,7 +150,8 @@ function json(r) {
 }
 
 const ringfenceMounts = () => readFileSync('/proc/mounts', 'utf8').split('\n').filter((l) => l.includes('/ringfence-'));
-const loops = () => execFileSync('losetup', ['-a'], { encoding: 'utf8' }).split('\n').filter(Boolean).sort();
+// Loop devices backed by a ringfence image (other users of this machine may attach their own).
+const loops = () => execFileSync('losetup', ['-a'], { encoding: 'utf8' }).split('\n').filter((l) => l.includes('/ringfence-')).sort();
 
 /** No ringfence mount and no loop device beyond `before` (loop autoclear can lag a little). */
 async function assertCleanedUp(before, what) {
