@@ -6,7 +6,8 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { Engine } from '../src/index.js';
 import { defaultVolume, dirVolume, makeXfsVolume, parseSize } from '../src/volume.js';
-import { blockStream, prepareFile } from './common.js';
+import { blockStream } from './common.js';
+import { prepareDataFile as prepareFile } from '../src/bench/data.js';
 
 const { values } = parseArgs({ options: {
   dir: { type: 'string' }, xfs: { type: 'string' }, seconds: { type: 'string', default: '3' },

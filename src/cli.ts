@@ -6,6 +6,7 @@ import { PACKAGE_ROOT } from './addon.js';
 import { defaultVolume, dirVolume, makeXfsVolume, parseSize, type Volume } from './volume.js';
 import { runDemo } from './demo.js';
 import { addStressCommand } from './stress/command.js';
+import { registerBench } from './bench/command.js';
 
 const pkg = JSON.parse(readFileSync(`${PACKAGE_ROOT}/package.json`, 'utf8')) as { version: string };
 
@@ -47,6 +48,7 @@ program.command('demo')
   });
 
 addStressCommand(program, { pickVolume, UsageError });
+registerBench(program, (msg) => { throw new UsageError(msg); });
 
 async function main(): Promise<void> {
   try {

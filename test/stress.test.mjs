@@ -289,7 +289,7 @@ xtest('SIGINT stops a running stress, verifies, unmounts, detaches the loop devi
   await new Promise((r) => setTimeout(r, 1500));
   const t0 = Date.now();
   child.kill('SIGINT');
-  const timeout = new Promise((r) => setTimeout(() => r('timeout'), 30_000));
+  const timeout = new Promise((r) => setTimeout(() => r('timeout'), 30_000).unref());
   const res = await Promise.race([exited, timeout]);
   if (res === 'timeout') { child.kill('SIGKILL'); await exited; }
   assert.is.not(res, 'timeout', `did not exit within 30 s of SIGINT; stderr: ${stderr}`);

@@ -132,15 +132,18 @@ export function logicalBlockSize(majorMinor: string): number | null {
 
 const IO_URING_DISABLED = ['0: io_uring is available to all processes', '1: io_uring is restricted to the io_uring_group (and CAP_SYS_ADMIN)', '2: io_uring is disabled for everyone'];
 
-/**
- * Gathers the static facts for `dir` (an existing directory). With a scratch directory, the
- * O_DIRECT alignment comes from statx STATX_DIOALIGN on a scratch file opened O_DIRECT;
- * without one (read-only directory) from the device's logical block size.
- */
-export function staticFacts(dir: string, scratch: Scratch | null, kernelRelease?: string): StaticFacts {
-  const addon = loadAddon();
-  const probe = addon.probe();
-  const release = kernelRelease ?? (probe.kernel || osRelease());
+export interface Identity {
+  realpath: string;
+  fs: string;
+  magic: number;
+  mount: StaticFacts['mount'];
+  device: string;
+  uuid: StaticFacts['uuid'];
+  fsId: string;
+}
+
+/** Which filesystem `dir` is on: statfs, mountinfo, st_dev and the UUID (the probe cache key). */
+export function identify(dir: string): Identity {
   const real = realpathSync(dir);
   const { fs, magic } = statfsName(real);
   const dev = devOf(statSync(real, { bigint: true }).dev);
@@ -151,6 +154,22 @@ export function staticFacts(dir: string, scratch: Scratch | null, kernelRelease?
   } catch { /* no /proc */ }
   const uuid = mount ? fsUuid(mount.source, mount.fstype) : { value: null, source: 'none: /proc/self/mountinfo unavailable' };
   const fsId = uuid.value ? `uuid:${uuid.value}` : `dev:${dev.text}`;
+  return { realpath: real, fs, magic, mount, device: dev.text, uuid, fsId };
+}
+
+/**
+ * Gathers the static facts for `dir` (an existing directory). With a scratch directory, the
+ * O_DIRECT alignment comes from statx STATX_DIOALIGN on a scratch file opened O_DIRECT;
+ * without one (read-only directory) from the device's logical block size.
+ */
+export function staticFacts(dir: string, scratch: Scratch | null, kernelRelease?: string): StaticFacts {
+  const addon = loadAddon();
+  const probe = addon.probe();
+  const release = kernelRelease ?? (probe.kernel || osRelease());
+  const id = identify(dir);
+  const { fs, magic, mount, uuid, fsId } = id;
+  const real = id.realpath;
+  const dev = { text: id.device };
   const k = kernelHasXfsFix(release);
 
   let directIo: StaticFacts['directIo'];

@@ -1,0 +1,231 @@
+// The engines `ringfence bench` measures, each on the same file with the same job.
+import { spawn } from 'node:child_process';
+import { open as fsOpen } from 'node:fs/promises';
+import { constants as fsc } from 'node:fs';
+import * as hdr from 'hdr-histogram-js';
+import { Engine } from '../engine.js';
+import type { File } from '../file.js';
+import { haveCommand } from '../volume.js';
+
+export type Rw = 'read' | 'write' | 'randread' | 'randwrite' | 'randrw';
+export const RW_VALUES: readonly Rw[] = ['read', 'write', 'randread', 'randwrite', 'randrw'];
+
+export interface Job { rw: Rw; bs: number; qd: number; seconds: number; path: string; size: number; direct: boolean }
+
+export interface Result {
+  engine: string;
+  rw: Rw;
+  qd: number;
+  bs: number;
+  ios: number;
+  seconds: number;
+  iops: number;
+  mibs: number;
+  p50us: number;
+  p99us: number;
+  p999us: number;
+  /** CPU time (user + system, all threads) per I/O, microseconds. */
+  cpuUsPerIo: number;
+}
+
+export interface BenchEngine {
+  name: string;
+  /** Why it cannot run this job (or at all), or null. */
+  skip(job: Job): string | null;
+  run(job: Job): Promise<Result>;
+}
+
+/** A per-loop offset stream: sequential loops share one cursor, random ones use xorshift. */
+function offsets(job: Job, seed: number, shared: { next: number }): () => number {
+  const blocks = Math.floor(job.size / job.bs);
+  if (job.rw === 'read' || job.rw === 'write') {
+    return () => { const b = shared.next; shared.next = (b + 1) % blocks; return b * job.bs; };
+  }
+  let s = seed >>> 0 || 1;
+  return () => { s ^= s << 13; s >>>= 0; s ^= s >>> 17; s ^= s << 5; s >>>= 0; return (s % blocks) * job.bs; };
+}
+
+function isWrite(job: Job, i: number): boolean {
+  return job.rw === 'write' || job.rw === 'randwrite' || (job.rw === 'randrw' && (i & 1) === 1);
+}
+
+function histogram(): hdr.Histogram {
+  return hdr.build({ lowestDiscernibleValue: 1, highestTrackableValue: 60e9, numberOfSignificantValueDigits: 3, useWebAssembly: false });
+}
+
+function result(engine: string, job: Job, ios: number, seconds: number, h: hdr.Histogram, cpuUs: number): Result {
+  return {
+    engine, rw: job.rw, qd: job.qd, bs: job.bs, ios, seconds, iops: ios / seconds, mibs: (ios * job.bs) / seconds / 2 ** 20,
+    p50us: h.getValueAtPercentile(50) / 1000, p99us: h.getValueAtPercentile(99) / 1000, p999us: h.getValueAtPercentile(99.9) / 1000,
+    cpuUsPerIo: ios > 0 ? cpuUs / ios : 0,
+  };
+}
+
+function cpuNow(): number { const c = process.cpuUsage(); return c.user + c.system; }
+
+/** ringfence through the per-request promise API: qd loops of read()/write(). */
+export function ringfencePerRequest(getEngine: () => Promise<Engine>): BenchEngine {
+  return {
+    name: 'ringfence',
+    skip: () => null,
+    async run(job) {
+      const engine = await getEngine();
+      const f = await engine.open(job.path, { direct: job.direct });
+      try {
+        const h = histogram();
+        const shared = { next: 0 };
+        const deadline = performance.now() + job.seconds * 1000;
+        let ios = 0;
+        const cpu0 = cpuNow(), t0 = performance.now();
+        await Promise.all(Array.from({ length: job.qd }, async (_, q) => {
+          const buf = engine.alloc(job.bs), next = offsets(job, q + 1, shared);
+          for (let i = q; performance.now() < deadline; i += job.qd) {
+            const t = performance.now();
+            await (isWrite(job, i) ? f.write(buf, next()) : f.read(buf, next()));
+            h.recordValue(Math.max(1, Math.round((performance.now() - t) * 1e6)));
+            ios++;
+          }
+          engine.free(buf);
+        }));
+        return result('ringfence', job, ios, (performance.now() - t0) / 1000, h, cpuNow() - cpu0);
+      } finally { await f.close(); }
+    },
+  };
+}
+
+/** ringfence through the batch API: qd/8 batches of 8 operations kept in flight. */
+export function ringfenceBatch(getEngine: () => Promise<Engine>): BenchEngine {
+  return {
+    name: 'ringfence-batch',
+    skip: (job) => (job.qd < 2 ? 'batches need QD >= 2' : null),
+    async run(job) {
+      const engine = await getEngine();
+      const f: File = await engine.open(job.path, { direct: job.direct });
+      try {
+        const h = histogram();
+        const shared = { next: 0 };
+        const per = Math.min(8, job.qd), loops = Math.max(1, Math.floor(job.qd / per));
+        const deadline = performance.now() + job.seconds * 1000;
+        let ios = 0;
+        const cpu0 = cpuNow(), t0 = performance.now();
+        await Promise.all(Array.from({ length: loops }, async (_, q) => {
+          const next = offsets(job, q + 1, shared);
+          const ops = Array.from({ length: per }, (_, k) => ({ op: isWrite(job, k) ? 'write' : 'read', buffer: engine.alloc(job.bs), offset: 0 } as { op: 'read' | 'write'; buffer: Uint8Array; offset: number }));
+          while (performance.now() < deadline) {
+            for (const o of ops) o.offset = next();
+            const t = performance.now();
+            await f.submit(ops);
+            const ns = Math.max(1, Math.round((performance.now() - t) * 1e6));
+            for (let k = 0; k < per; k++) h.recordValue(ns);
+            ios += per;
+          }
+          for (const o of ops) engine.free(o.buffer);
+        }));
+        return result('ringfence-batch', job, ios, (performance.now() - t0) / 1000, h, cpuNow() - cpu0);
+      } finally { await f.close(); }
+    },
+  };
+}
+
+/** node:fs/promises with its default threadpool: qd loops of FileHandle.read()/write(). */
+export function nodeFs(): BenchEngine {
+  return {
+    name: 'node:fs',
+    skip: () => null,
+    async run(job) {
+      const fh = await fsOpen(job.path, fsc.O_RDWR | (job.direct ? fsc.O_DIRECT : 0));
+      try {
+        // Node gives no buffer addresses: probe one Buffer for the first offset O_DIRECT accepts.
+        const big = Buffer.alloc(job.bs * (job.qd + 1) + 4096);
+        let shift = 0;
+        if (job.direct) {
+          for (; shift < 4096; shift += 16) {
+            try { await fh.read(big.subarray(shift, shift + job.bs), 0, job.bs, 0); break; } catch { /* misaligned */ }
+          }
+        }
+        const h = histogram();
+        const shared = { next: 0 };
+        const deadline = performance.now() + job.seconds * 1000;
+        let ios = 0;
+        const cpu0 = cpuNow(), t0 = performance.now();
+        await Promise.all(Array.from({ length: job.qd }, async (_, q) => {
+          const buf = big.subarray(shift + q * job.bs, shift + (q + 1) * job.bs), next = offsets(job, q + 1, shared);
+          for (let i = q; performance.now() < deadline; i += job.qd) {
+            const t = performance.now();
+            await (isWrite(job, i) ? fh.write(buf, 0, job.bs, next()) : fh.read(buf, 0, job.bs, next()));
+            h.recordValue(Math.max(1, Math.round((performance.now() - t) * 1e6)));
+            ios++;
+          }
+        }));
+        return result('node:fs', job, ios, (performance.now() - t0) / 1000, h, cpuNow() - cpu0);
+      } finally { await fh.close(); }
+    },
+  };
+}
+
+function runChild(cmd: string, args: string[]): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '', err = '';
+    child.stdout.on('data', (d) => { out += d; });
+    child.stderr.on('data', (d) => { err += d; });
+    child.on('error', reject);
+    child.on('close', (code) => (code === 0 ? resolve(out) : reject(new Error(`${cmd} exited with ${code}: ${err.trim().split('\n').slice(-3).join(' ')}`))));
+  });
+}
+
+interface FioSide { iops: number; bw_bytes: number; total_ios: number; clat_ns: { percentile?: Record<string, number> } }
+
+/** fio with the io_uring or libaio engine, parsed from --output-format=json. */
+export function fio(ioengine: 'io_uring' | 'libaio'): BenchEngine {
+  return {
+    name: `fio-${ioengine}`,
+    skip: () => (haveCommand('fio') ? null : 'fio is not installed (apt-get install fio)'),
+    async run(job) {
+      const out = await runChild('fio', [
+        '--name=bench', `--filename=${job.path}`, `--size=${job.size}`, `--rw=${job.rw}`, `--bs=${job.bs}`, `--ioengine=${ioengine}`,
+        `--direct=${job.direct ? 1 : 0}`, `--iodepth=${job.qd}`, `--runtime=${job.seconds}`, '--time_based', '--output-format=json',
+        '--percentile_list=50:99:99.9', '--randrepeat=0', '--norandommap',
+      ]);
+      const j = JSON.parse(out.slice(out.indexOf('{'))).jobs[0] as { read: FioSide; write: FioSide; usr_cpu: number; sys_cpu: number; job_runtime: number };
+      const sides = [j.read, j.write].filter((s) => s.total_ios > 0);
+      const ios = sides.reduce((a, s) => a + s.total_ios, 0);
+      const seconds = j.job_runtime / 1000;
+      const pct = (p: string): number => Math.max(...sides.map((s) => s.clat_ns.percentile?.[p] ?? 0)) / 1000;
+      const cpuUs = ((j.usr_cpu + j.sys_cpu) / 100) * seconds * 1e6;
+      return {
+        engine: `fio-${ioengine}`, rw: job.rw, qd: job.qd, bs: job.bs, ios, seconds, iops: ios / seconds,
+        mibs: (ios * job.bs) / seconds / 2 ** 20, p50us: pct('50.000000'), p99us: pct('99.000000'), p999us: pct('99.900000'),
+        cpuUsPerIo: ios > 0 ? cpuUs / ios : 0,
+      };
+    },
+  };
+}
+
+/** qemu-img bench (QEMU's block layer), io_uring, sequential workloads only. */
+export function qemuImg(): BenchEngine {
+  return {
+    name: 'qemu-img',
+    skip: (job) => (!haveCommand('qemu-img') ? 'qemu-img is not installed (apt-get install qemu-utils)'
+      : job.rw !== 'read' && job.rw !== 'write' ? 'qemu-img bench only does sequential I/O' : null),
+    async run(job) {
+      // Calibrate the request count to the runtime with one short run.
+      const once = async (count: number): Promise<{ secs: number; cpuUs: number }> => {
+        const args = ['bench', '-f', 'raw', '-t', job.direct ? 'none' : 'writeback', '-i', 'io_uring', '-c', String(count), '-d', String(job.qd),
+          '-s', String(job.bs), '-S', String(job.bs), ...(job.rw === 'write' ? ['-w'] : []), job.path];
+        // The shell reports its children's CPU time (cutime + cstime, fields 16-17 of /proc/$$/stat).
+        const out = await runChild('sh', ['-c', `qemu-img "$@" >/tmp/.rf-qemu-$$ 2>&1; rc=$?; cat /tmp/.rf-qemu-$$; rm -f /tmp/.rf-qemu-$$; echo; cat /proc/$$/stat; exit $rc`, 'sh', ...args]);
+        const m = /Run completed in ([\d.]+) seconds/.exec(out);
+        if (!m) throw new Error(`unexpected qemu-img output: ${out.slice(0, 200)}`);
+        const stat = out.trim().split('\n').pop()!.split(') ')[1].split(' ');
+        const ticks = Number(stat[13]) + Number(stat[14]);
+        return { secs: Number(m[1]), cpuUs: (ticks / 100) * 1e6 };
+      };
+      const probe = await once(8192);
+      const count = Math.max(8192, Math.round((8192 / Math.max(probe.secs, 1e-3)) * job.seconds));
+      const r = await once(count);
+      const h = histogram();
+      return { ...result('qemu-img', job, count, r.secs, h, r.cpuUs), p50us: NaN, p99us: NaN, p999us: NaN };
+    },
+  };
+}
