@@ -63,6 +63,7 @@ export interface WorkerInit {
   doorbells: number[];
   emulateWindowUs: number;
   faults: string | null;
+  spinUs: number;
   port: MessagePort;
 }
 

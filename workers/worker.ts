@@ -69,6 +69,7 @@ class Worker {
   private readonly doorbells: number[];
   private readonly port: MessagePort;
   private readonly depth: number;
+  private readonly spinUs: number;
   private readonly files: (FileEntry | undefined)[] = new Array(MAX_FILES);
   private readonly wstats: Float64Array;
   private readonly faults: FaultPlan | null;
@@ -122,6 +123,7 @@ class Worker {
     this.doorbells = init.doorbells;
     this.port = init.port;
     this.depth = init.depth;
+    this.spinUs = init.spinUs;
     this.wstats = new Float64Array(init.workerStats, init.index * WSTAT_WORDS * 8, WSTAT_WORDS);
     this.faults = parseFaults(init.faults, init.index);
     this.cap = init.depth * 2 + 16;
@@ -230,20 +232,34 @@ class Worker {
           }
           Atomics.store(ctrl, st, STATE_RUNNING);
         } else {
+          // Idle. A request often follows the last completion within microseconds (a caller
+          // awaiting one request at a time): poll the ring briefly before paying for a futex
+          // sleep and a wake-up through the event loop.
+          if (this.spinUs > 0 && this.spin()) continue;
           Atomics.store(ctrl, st, STATE_SLEEP_FUTEX);
           if (this.sqEmpty() && Atomics.load(ctrl, this.base + W_WAKE) === 0 && this.controlQueue.length === 0 && !this.stopping) {
             this.wstats[WS_WAKEUPS]++;
+            // The event loop runs while we wait: control messages are delivered here.
             const r = Atomics.waitAsync(ctrl, st, STATE_SLEEP_FUTEX, 1000);
             if (r.async) await r.value;
           }
           Atomics.store(ctrl, st, STATE_RUNNING);
-          if (this.controlQueue.length === 0) await new Promise<void>((r) => setImmediate(r));
         }
       }
       return { index: this.index, reason: 'stopped' };
     } finally {
       this.ctx.close();
     }
+  }
+
+  /** Polls for work for up to spinUs; true when some arrived. */
+  private spin(): boolean {
+    const until = performance.now() + this.spinUs / 1000;
+    const ctrl = this.ctrl, wake = this.base + W_WAKE;
+    do {
+      if (!this.sqEmpty() || Atomics.load(ctrl, wake) !== 0) return true;
+    } while (performance.now() < until);
+    return false;
   }
 
   private sqEmpty(): boolean {

@@ -10,7 +10,7 @@ function table(rows: [string, string][]): string {
 function raceLine(r: RaceResult): string {
   if (r.notApplicable !== null) return `not run: ${r.notApplicable}`;
   const k = r.kinds;
-  return `${r.lost} lost of ${r.trials} trials in ${(r.elapsedMs / 1000).toFixed(1)} s ` +
+  return `${r.lost} lost of ${r.trials} trials in ${(r.elapsedMs / 1000).toFixed(1)} s (slowest ${r.maxTrialMs} ms, set-up ${r.setupMs} ms) ` +
     `(generic/586 ${k['generic/586'].lost}/${k['generic/586'].trials}, qcow2 ${k.qcow2.lost}/${k.qcow2.trials}; ` +
     `bs ${r.blockSize}, cluster ${r.clusterSize}, ${r.direct ? 'O_DIRECT' : 'buffered'}, backends ${r.backends.join('+')}` +
     `${r.emulated ? `, emulated window ${r.windowUs} us` : ''})`;
