@@ -152,12 +152,17 @@ function json(r) {
 const ringfenceMounts = () => readFileSync('/proc/mounts', 'utf8').split('\n').filter((l) => l.includes('/ringfence-'));
 // Loop devices backed by a ringfence image (other users of this machine may attach their own).
 const loops = () => execFileSync('losetup', ['-a'], { encoding: 'utf8' }).split('\n').filter((l) => l.includes('/ringfence-')).sort();
+/** Ringfence mounts and loop devices that exist right now (the baseline for a cleanup check). */
+const snapshot = () => [...ringfenceMounts(), ...loops()];
 
-/** No ringfence mount and no loop device beyond `before` (loop autoclear can lag a little). */
+/**
+ * No ringfence mount and no ringfence loop device beyond those in `before` (another process on
+ * this machine may hold its own ringfence volume; loop autoclear can lag a little).
+ */
 async function assertCleanedUp(before, what) {
   let m = [], extra = [];
   for (let i = 0; i < 50; i++) {
-    m = ringfenceMounts();
+    m = ringfenceMounts().filter((l) => !before.includes(l));
     extra = loops().filter((l) => !before.includes(l));
     if (m.length === 0 && extra.length === 0) return;
     await new Promise((r) => setTimeout(r, 100));
@@ -188,7 +193,7 @@ test('usage errors exit 2 with a message that says the fix', async () => {
 });
 
 xtest('qcow2-alloc with the emulated bug and --workaround never: lost writes, exit 1, full JSON', async () => {
-  const before = loops();
+  const before = snapshot();
   const r = await run([...XFS, '--emulate-xfs-bug', '--workaround', 'never', '--duration', '4', '--json']);
   assert.is(r.code, 1, r.stderr);
   const j = json(r);
@@ -212,7 +217,7 @@ xtest('qcow2-alloc with the emulated bug and --workaround never: lost writes, ex
 });
 
 xtest('qcow2-alloc with the emulated bug and --workaround always: clean, exit 0, requests serialised', async () => {
-  const before = loops();
+  const before = snapshot();
   const r = await run([...XFS, '--emulate-xfs-bug', '--workaround', 'always', '--duration', '3', '--json']);
   assert.is(r.code, 0, r.stderr + r.stdout);
   const j = json(r);
@@ -223,7 +228,7 @@ xtest('qcow2-alloc with the emulated bug and --workaround always: clean, exit 0,
 });
 
 xtest('append-race with the emulated bug and --workaround never: lost writes and wrong sizes, exit 1', async () => {
-  const before = loops();
+  const before = snapshot();
   const r = await run([...XFS, '--workload', 'append-race', '--emulate-xfs-bug', '--workaround', 'never', '--duration', '3', '--json']);
   assert.is(r.code, 1, r.stderr);
   const j = json(r);
@@ -234,7 +239,7 @@ xtest('append-race with the emulated bug and --workaround never: lost writes and
 });
 
 xtest('append-race with the emulated bug and --workaround auto: auto enables the workaround, exit 0', async () => {
-  const before = loops();
+  const before = snapshot();
   const r = await run([...XFS, '--workload', 'append-race', '--emulate-xfs-bug', '--duration', '3', '--json']);
   assert.is(r.code, 0, r.stderr + r.stdout);
   const j = json(r);
@@ -245,7 +250,7 @@ xtest('append-race with the emulated bug and --workaround auto: auto enables the
 });
 
 xtest('no emulation, --workaround never on this kernel: clean (mixed, table output, progress on stderr)', async () => {
-  const before = loops();
+  const before = snapshot();
   const r = await run([...XFS, '--workload', 'mixed', '--workaround', 'never', '--duration', '5.5']);
   assert.is(r.code, 0, r.stderr + r.stdout);
   assert.match(r.stdout, /verdict\s+CLEAN/);
@@ -264,7 +269,7 @@ xtest('eof-extend runs clean without emulation (O_DIRECT sub-block writes, or bu
 });
 
 xtest('--seed reproduces the operation stream; another seed does not', async () => {
-  const before = loops();
+  const before = snapshot();
   const args = [...XFS, '--workload', 'qcow2-alloc', '--ops', '3000', '--json', '--quiet'];
   const [a, b, c] = [json(await run([...args, '--seed', '42'])), json(await run([...args, '--seed', '42'])), json(await run([...args, '--seed', '43']))];
   assert.is(a.seed, 42); assert.is(c.seed, 43);
@@ -278,14 +283,15 @@ xtest('--seed reproduces the operation stream; another seed does not', async () 
 });
 
 xtest('SIGINT stops a running stress, verifies, unmounts, detaches the loop device and exits', async () => {
-  const before = loops();
+  const before = snapshot();
   const child = spawn(process.execPath, [CLI, 'stress', ...XFS, '--duration', '60'], { stdio: ['ignore', 'pipe', 'pipe'] });
   let stdout = '', stderr = '';
   child.stdout.on('data', (d) => { stdout += d; });
   child.stderr.on('data', (d) => { stderr += d; });
   const exited = new Promise((r) => child.on('close', (code, signal) => r({ code, signal })));
-  for (let i = 0; i < 100 && ringfenceMounts().length === 0; i++) await new Promise((r) => setTimeout(r, 100));
-  assert.ok(ringfenceMounts().length > 0, 'the volume was mounted');
+  const ours = () => ringfenceMounts().filter((l) => !before.includes(l));
+  for (let i = 0; i < 100 && ours().length === 0; i++) await new Promise((r) => setTimeout(r, 100));
+  assert.ok(ours().length > 0, 'the volume was mounted');
   await new Promise((r) => setTimeout(r, 1500));
   const t0 = Date.now();
   child.kill('SIGINT');

@@ -228,7 +228,7 @@ class Worker {
           Atomics.store(ctrl, st, STATE_SLEEP_KERNEL);
           if (this.sqEmpty() && Atomics.load(ctrl, this.base + W_WAKE) === 0 && this.controlQueue.length === 0) {
             this.wstats[WS_WAKEUPS]++;
-            this.submitAndReap(this.doneLen > 0 ? 1 : 100);
+            if (!this.submitAndReap(this.doneLen > 0 ? 1 : 100)) this.retryWaiting();
           }
           Atomics.store(ctrl, st, STATE_RUNNING);
         } else {
@@ -240,8 +240,10 @@ class Worker {
           if (this.sqEmpty() && Atomics.load(ctrl, this.base + W_WAKE) === 0 && this.controlQueue.length === 0 && !this.stopping) {
             this.wstats[WS_WAKEUPS]++;
             // The event loop runs while we wait: control messages are delivered here.
-            const r = Atomics.waitAsync(ctrl, st, STATE_SLEEP_FUTEX, 1000);
-            if (r.async) await r.value;
+            const r = Atomics.waitAsync(ctrl, st, STATE_SLEEP_FUTEX, this.nWaiting > 0 ? 100 : 1000);
+            // A request parked on the table is re-evaluated on every wake; a sleep that
+            // times out re-evaluates them too, as a backstop (the protocol needs no polling).
+            if ((r.async ? await r.value : r.value) === 'timed-out') this.retryWaiting();
           }
           Atomics.store(ctrl, st, STATE_RUNNING);
         }
@@ -321,7 +323,7 @@ class Worker {
     const e = slot * ENTRY_WORDS, E = this.slotEntry, table = f.table!;
     const op = E[e + E_OP] & 0xff;
     let offLo = E[e + E_OFF_LO], offHi = E[e + E_OFF_HI];
-    let type: ReqType, serialising = false;
+    let type: ReqType, serialising = false, eof = 0;
     let endLo: number, endHi: number;
     if (op === Op.TRUNCATE || op === Op.FALLOCATE) {
       const off = offHi * 4294967296 + (offLo >>> 0);
@@ -335,13 +337,16 @@ class Worker {
         const from = Math.min(off, this.sizeOf(f));
         [offHi, offLo] = alignDownSplit(from, f.align);
         endHi = INT64_MAX_ALIGNED_HI; endLo = -f.align | 0;
-      } else if (f.workaround && end > this.sizeOf(f)) {
+      } else if (f.workaround && end > (eof = this.sizeOf(f))) {
         // The XFS workaround (QEMU 292d06b925b2): a zero-write that may end beyond EOF is
         // extended to "infinity" and serialised, so no write past it can be in flight while
-        // the kernel computes and sets the new size.
+        // the kernel computes and sets the new size. Unlike QEMU, the range starts at EOF when
+        // EOF is below the zero-write: raising the size zeroes [old EOF, new size) (XFS's
+        // truncate-up path reads the old size before it waits for direct I/O), so a write
+        // in flight in that gap is as exposed as one past the zero-write's end.
         type = ReqType.ZERO;
         serialising = true;
-        [offHi, offLo] = alignDownSplit(off, f.align);
+        [offHi, offLo] = alignDownSplit(Math.min(off, eof), f.align);
         endHi = INT64_MAX_ALIGNED_HI; endLo = -f.align | 0;
       } else {
         type = ReqType.ZERO;
