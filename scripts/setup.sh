@@ -33,6 +33,6 @@ npm ci --no-audit --no-fund
 npm run build --silent
 
 if [ "$run_main" = 1 ]; then
-  echo "==> main job: node dist/src/cli.js demo $*"
-  node dist/src/cli.js demo "$@"
+  echo "==> main job: node dist/src/cli.js stress $* (the embedded default volume; see docs/STRESS.md)"
+  node dist/src/cli.js stress "$@"
 fi
