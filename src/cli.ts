@@ -7,6 +7,7 @@ import { defaultVolume, dirVolume, makeXfsVolume, parseSize, type Volume } from 
 import { runDemo } from './demo.js';
 import { addStressCommand } from './stress/command.js';
 import { registerBench } from './bench/command.js';
+import { registerProbe } from './probe/command.js';
 
 const pkg = JSON.parse(readFileSync(`${PACKAGE_ROOT}/package.json`, 'utf8')) as { version: string };
 
@@ -49,6 +50,7 @@ program.command('demo')
 
 addStressCommand(program, { pickVolume, UsageError });
 registerBench(program, (msg) => { throw new UsageError(msg); });
+registerProbe(program);
 
 async function main(): Promise<void> {
   try {

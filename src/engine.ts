@@ -80,7 +80,7 @@ export function resolveOptions(options: unknown): ResolvedOptions {
   const queueDepth = o.queueDepth === undefined ? 128 : validateInteger(o.queueDepth, 'options.queueDepth', 1, 4096);
   const bufferPoolBytes = o.bufferPoolBytes === undefined ? 64 << 20 : validateInteger(o.bufferPoolBytes, 'options.bufferPoolBytes', PAGE, 2 ** 32 - PAGE);
   if (bufferPoolBytes % PAGE !== 0) throw invalidArg('options.bufferPoolBytes', `must be a multiple of ${PAGE}`, bufferPoolBytes);
-  const xfsWorkaround = o.xfsWorkaround === undefined ? 'auto' : validateOneOf(o.xfsWorkaround, 'options.xfsWorkaround', ['auto', 'always', 'never'] as const);
+  const xfsWorkaround = o.xfsWorkaround === undefined ? 'auto' : validateOneOf(o.xfsWorkaround, 'options.xfsWorkaround', ['auto', 'always', 'never', 'probe'] as const);
   let emulate = false, emulateWindowUs = 0;
   const em = o.emulateXfsFallocateBug;
   if (em !== undefined && em !== false) {

@@ -8,7 +8,7 @@ import {
   INT64_MAX, invalidArg, rangeError, validateBoolean, validateBuffer, validateKnownKeys, validateLength, validateObject,
   validateOffset, validateOneOf, validateString,
 } from './validators.js';
-import { decideWorkaround, statfsName, type WorkaroundDecision } from './policy.js';
+import { decideFromProbe, decideWorkaround, statfsName, type WorkaroundDecision } from './policy.js';
 import { AtomicWords, TrackedTable } from './table.js';
 import type { ControlMessage, WorkaroundPolicy } from './types.js';
 import { FSTAT_WORDS, FS_EMULATED, FS_FULL, FS_SERIALISING, FS_TRACKED, FS_WAITS, FS_WAIT_MAX_NS, FS_WAIT_NS, MAX_WORKERS, fileStatsBytes } from './shm.js';
@@ -79,7 +79,7 @@ export async function openFile(engine: Engine, path: string, options?: OpenOptio
   const readOnly = o.readOnly === undefined ? false : validateBoolean(o.readOnly, 'options.readOnly');
   const direct = o.direct === undefined ? true : validateBoolean(o.direct, 'options.direct');
   const policy = o.xfsWorkaround === undefined ? engine.options.xfsWorkaround
-    : validateOneOf(o.xfsWorkaround, 'options.xfsWorkaround', ['auto', 'always', 'never'] as const);
+    : validateOneOf(o.xfsWorkaround, 'options.xfsWorkaround', ['auto', 'always', 'never', 'probe'] as const);
   if (readOnly && (create || truncate)) throw invalidArg('options', 'cannot combine readOnly with create or truncate', o);
 
   let flags = readOnly ? fsc.O_RDONLY : fsc.O_RDWR;
@@ -111,7 +111,12 @@ export async function openFile(engine: Engine, path: string, options?: OpenOptio
       }
     }
     const { magic } = statfsName(path);
-    const decision = decideWorkaround(policy, magic, engine.kernelRelease, engine.options.emulate);
+    let decision = decideWorkaround(policy, magic, engine.kernelRelease, engine.options.emulate);
+    if (policy === 'probe' && !engine.options.emulate) {
+      // Loaded on demand: the probe starts an engine of its own for its race check.
+      const { resolveProbePolicy } = await import('./probe/cache.js');
+      decision = decideFromProbe(magic, engine.kernelRelease, false, await resolveProbePolicy(path, engine.kernelRelease));
+    }
     const key = `${st.dev}:${st.ino}`;
     let ident = engine.identities.get(key);
     if (ident === undefined) {

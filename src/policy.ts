@@ -66,6 +66,8 @@ export interface WorkaroundDecision {
   kernel: string;
   emulated: boolean;
   rule: string;
+  /** With policy 'probe': the dynamic check's verdict and whether it came from the cache. */
+  probe?: { cached: boolean; verdict: string | null };
 }
 
 export function fsNameOf(magic: number): string {
@@ -84,6 +86,11 @@ export function decideWorkaround(policy: WorkaroundPolicy, magic: number, kernel
   const base = { policy, fs, magic: '0x' + (magic >>> 0).toString(16), kernel, emulated };
   if (policy === 'always') return { ...base, enabled: true, rule: 'policy "always"' };
   if (policy === 'never') return { ...base, enabled: false, rule: 'policy "never"' };
+  if (policy === 'probe' && !emulated) {
+    // Without a probe result (see decideFromProbe), 'probe' decides like 'auto'.
+    const auto = decideWorkaround('auto', magic, kernel, emulated);
+    return { ...auto, policy, rule: `probe not run: ${auto.rule}` };
+  }
   if (emulated) return { ...base, enabled: true, rule: 'auto: the buggy XFS semantics are emulated, so the file is treated as on an unfixed kernel' };
   if (fs === 'xfs') {
     const k = kernelHasXfsFix(kernel);
@@ -92,4 +99,14 @@ export function decideWorkaround(policy: WorkaroundPolicy, magic: number, kernel
   if (REMOTE.has(fs)) return { ...base, enabled: true, rule: `auto: ${fs} is a network or FUSE filesystem: the kernel that serves it is unknown (QEMU's reasoning)` };
   if (LOCAL_SAFE.has(fs)) return { ...base, enabled: false, rule: `auto: ${fs} is a local filesystem without the XFS fallocate/AIO+DIO race` };
   return { ...base, enabled: true, rule: `auto: unrecognised filesystem (magic ${base.magic}): assuming it may have the bug` };
+}
+
+/** The decision for policy 'probe' from the dynamic check's result (src/probe/cache.ts). */
+export function decideFromProbe(magic: number, kernel: string, emulated: boolean,
+  probe: { enabled: boolean; rule: string; cached: boolean; verdict: string | null }): WorkaroundDecision {
+  if (emulated) return decideWorkaround('auto', magic, kernel, true);
+  return {
+    enabled: probe.enabled, policy: 'probe', fs: fsNameOf(magic), magic: '0x' + (magic >>> 0).toString(16), kernel, emulated,
+    rule: probe.rule, probe: { cached: probe.cached, verdict: probe.verdict },
+  };
 }

@@ -41,6 +41,8 @@ export const W_WAKE = 1;
 export const W_HEARTBEAT = 2;
 /** Number of requests the worker has popped and not completed yet (for the watchdog). */
 export const W_BUSY = 3;
+/** Requests the worker has in the kernel when it goes to sleep there (see wakeWorker). */
+export const W_KINFLIGHT = 4;
 
 export const STATE_RUNNING = 0;
 /** Sleeping in Atomics.waitAsync on W_STATE: wake with CAS to RUNNING + Atomics.notify. */
@@ -84,6 +86,10 @@ export function wakeWorker(ctrl: Int32Array, b: number, reason: number, ring: (f
       Atomics.notify(ctrl, base + W_STATE, 1);
     }
   } else if (s === STATE_SLEEP_KERNEL) {
+    // New submissions need not interrupt a worker that sleeps on two or more requests in the
+    // kernel: a completion wakes it within microseconds, and it pulls the ring then. That saves
+    // an eventfd write here and a wake-up there per batch. Table and control wakes always ring.
+    if (reason === 0 && Atomics.load(ctrl, base + W_KINFLIGHT) >= 2) return;
     if (Atomics.compareExchange(ctrl, base + W_STATE, STATE_SLEEP_KERNEL, STATE_RUNNING) === STATE_SLEEP_KERNEL) {
       ring(doorbell);
     }

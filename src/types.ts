@@ -2,7 +2,7 @@ import type { MessagePort } from 'node:worker_threads';
 
 export type BackendName = 'io_uring' | 'libaio' | 'sync';
 export type BackendChoice = BackendName | 'auto';
-export type WorkaroundPolicy = 'auto' | 'always' | 'never';
+export type WorkaroundPolicy = 'auto' | 'always' | 'never' | 'probe';
 
 export interface NativeContextOptions {
   backend: BackendName;

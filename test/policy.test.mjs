@@ -72,4 +72,31 @@ test('on a loop-mounted XFS volume with this (fixed) kernel, auto turns the work
   } finally { await engine.close(); vol.cleanup(); }
 });
 
+test("xfsWorkaround 'probe': the dynamic check decides once per filesystem and kernel, then the cache does", async () => {
+  const s = scratchDir('rf-probe-pol-');
+  const saved = process.env.XDG_CACHE_HOME;
+  process.env.XDG_CACHE_HOME = join(s.dir, 'cache');
+  const { clearProbeMemo } = await import('../dist/src/probe/cache.js');
+  try {
+    for (const round of [0, 1]) {
+      clearProbeMemo(); // a new process would have no in-memory memo: only the cache file is left
+      const engine = await Engine.start({ workers: 2, xfsWorkaround: 'probe' });
+      try {
+        const f = await engine.open(join(s.dir, `p${round}`), { create: true });
+        const d = f.info().xfsWorkaround;
+        assert.is(d.policy, 'probe');
+        assert.ok(d.probe, 'the decision carries the probe result');
+        assert.is(d.probe.cached, round === 1, `round ${round}: cached`);
+        assert.is(d.probe.verdict, 'clean', 'this kernel has the fix: no lost writes');
+        assert.match(d.rule, /^probe: no lost writes in \d+ trials/);
+        assert.is(d.enabled, false);
+        await f.close();
+      } finally { await engine.close(); }
+    }
+  } finally {
+    if (saved === undefined) delete process.env.XDG_CACHE_HOME; else process.env.XDG_CACHE_HOME = saved;
+    s.cleanup();
+  }
+});
+
 test.run();

@@ -17,7 +17,7 @@ import {
   CQ_ENTRY, CTRL_STRIDE, FSTAT_WORDS, FS_EMULATED, FS_FULL, FS_SERIALISING, FS_TRACKED, FS_WAITS, FS_WAIT_MAX_NS, FS_WAIT_NS,
   MAIN_AWAKE, MAIN_SLEEPING, MAIN_STATE, RING_HDR_WORDS, RING_HEAD, RING_TAIL, SQ_ENTRY, STATE_RUNNING, STATE_SLEEP_FUTEX,
   STATE_SLEEP_KERNEL, WAKE_CONTROL, WAKE_TABLE, WSTAT_WORDS, WS_BATCHES, WS_BYTES, WS_ERRORS, WS_INFLIGHT, WS_OPS, WS_WAKEUPS,
-  W_BUSY, W_HEARTBEAT, W_STATE, W_WAKE, wakeWorker,
+  W_BUSY, W_HEARTBEAT, W_KINFLIGHT, W_STATE, W_WAKE, wakeWorker,
 } from '../src/shm.js';
 import { ADMITTED, AtomicWords, BLOCKED, FULL, ReqType, TrackedTable } from '../src/table.js';
 import type { BackendName, NativeAddon, NativeContext, WorkerInit, WorkerReady, ControlMessage } from '../src/types.js';
@@ -174,6 +174,10 @@ class Worker {
 
   private onControl(m: ControlMessage): void {
     this.controlQueue.push(m);
+    // The message can arrive after run() consumed WAKE_CONTROL and went back to sleep in
+    // Atomics.waitAsync: wake it, or it would sleep until the timeout.
+    const st = this.base + W_STATE;
+    if (Atomics.compareExchange(this.ctrl, st, STATE_SLEEP_FUTEX, STATE_RUNNING) === STATE_SLEEP_FUTEX) Atomics.notify(this.ctrl, st);
   }
 
   private handleControl(): void {
@@ -225,6 +229,7 @@ class Worker {
         // and then reads our state; we store our state and then read the tail: under
         // sequential consistency at least one of us sees the other).
         if (this.nativeInflight > 0 || this.doneLen > 0) {
+          Atomics.store(ctrl, this.base + W_KINFLIGHT, this.nativeInflight);
           Atomics.store(ctrl, st, STATE_SLEEP_KERNEL);
           if (this.sqEmpty() && Atomics.load(ctrl, this.base + W_WAKE) === 0 && this.controlQueue.length === 0) {
             this.wstats[WS_WAKEUPS]++;
