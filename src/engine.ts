@@ -28,7 +28,7 @@ import { File, openFile, type OpenOptions } from './file.js';
 import { releaseOwnedBy } from './table.js';
 
 export interface EngineOptions {
-  /** Worker threads, each owning one kernel I/O context. Default: min(4, cores). */
+  /** Worker threads, each owning one kernel I/O context. Default: min(4, cores - 1), at least 1. */
   workers?: number;
   /** 'auto' picks io_uring, then libaio, then sync, per worker. Default 'auto'. */
   backend?: BackendChoice;
@@ -75,7 +75,8 @@ const OPTION_KEYS = [
 export function resolveOptions(options: unknown): ResolvedOptions {
   const o = options === undefined ? {} : validateObject(options, 'options');
   validateKnownKeys(o, 'options', OPTION_KEYS);
-  const workers = o.workers === undefined ? Math.min(4, availableParallelism()) : validateInteger(o.workers, 'options.workers', 1, MAX_WORKERS);
+  // One core is left for the main thread, which submits and completes every request.
+  const workers = o.workers === undefined ? Math.max(1, Math.min(4, availableParallelism() - 1)) : validateInteger(o.workers, 'options.workers', 1, MAX_WORKERS);
   const backend = o.backend === undefined ? 'auto' : validateOneOf(o.backend, 'options.backend', ['auto', 'io_uring', 'libaio', 'sync'] as const);
   const queueDepth = o.queueDepth === undefined ? 128 : validateInteger(o.queueDepth, 'options.queueDepth', 1, 4096);
   const bufferPoolBytes = o.bufferPoolBytes === undefined ? 64 << 20 : validateInteger(o.bufferPoolBytes, 'options.bufferPoolBytes', PAGE, 2 ** 32 - PAGE);

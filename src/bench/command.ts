@@ -82,7 +82,10 @@ export async function runBench(opts: BenchOptions, progress: (s: string) => void
   }
   let engine: Engine | null = null;
   try {
-    if (!existsSync(path) || statSync(path).size < opts.size) { progress(`preparing ${opts.size >> 20} MiB data file ${path}\n`); prepareDataFile(path, opts.size); created = !opts.file; }
+    const fresh = !existsSync(path) || statSync(path).size < opts.size;
+    progress(`${fresh ? 'preparing' : 'warming up'} ${opts.size >> 20} MiB data file ${path}\n`);
+    prepareDataFile(path, opts.size, fresh);
+    created = fresh && !opts.file;
     const getEngine = async (): Promise<Engine> => {
       engine ??= await Engine.start({ workers: opts.workers, backend: opts.backend, queueDepth: Math.max(...opts.qd, 8), bufferPoolBytes: 64 << 20 });
       return engine;

@@ -1,15 +1,16 @@
-// The benchmark's data file: written (not sparse, not unwritten extents), synced, and out of
-// the page cache, so that reads hit the device and O_DIRECT writes do not measure writeback.
-import { closeSync, fsyncSync, openSync, writeSync, constants as fsc } from 'node:fs';
-import { execFileSync } from 'node:child_process';
+// The benchmark's data file: written (not sparse, no unwritten extents) and synced, then read
+// once end to end. The read matters on loop devices, whose backing file is cached by the host:
+// without it, whichever engine runs first pays for a cold cache and the comparison is unfair.
+import { closeSync, fsyncSync, openSync, readSync, writeSync, constants as fsc } from 'node:fs';
 
-export function prepareDataFile(path: string, size: number): void {
-  const fd = openSync(path, fsc.O_CREAT | fsc.O_WRONLY, 0o644);
+export function prepareDataFile(path: string, size: number, write = true): void {
+  const fd = openSync(path, fsc.O_CREAT | fsc.O_RDWR, 0o644);
   try {
     const chunk = Buffer.alloc(1 << 20, 0x5a);
-    for (let off = 0; off < size; off += chunk.length) writeSync(fd, chunk, 0, Math.min(chunk.length, size - off), off);
-    fsyncSync(fd);
+    if (write) {
+      for (let off = 0; off < size; off += chunk.length) writeSync(fd, chunk, 0, Math.min(chunk.length, size - off), off);
+      fsyncSync(fd);
+    }
+    for (let off = 0; off < size; off += chunk.length) readSync(fd, chunk, 0, Math.min(chunk.length, size - off), off);
   } finally { closeSync(fd); }
-  // Dropping clean caches needs root; without it reads may be served from the cache at first.
-  try { execFileSync('sh', ['-c', 'echo 1 > /proc/sys/vm/drop_caches'], { stdio: 'ignore' }); } catch { /* not root */ }
 }
