@@ -664,6 +664,7 @@ export class Engine {
       }
     }
     this.reqKind[id] = K_FREE;
+    this.reqFile[id]?.settled();
     this.reqResolve[id] = null; this.reqReject[id] = null; this.reqDone[id] = null; this.reqBatch[id] = null; this.reqFile[id] = null;
     this.freeIds.push(id);
     this.holdOpen(-1);

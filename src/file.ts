@@ -405,11 +405,12 @@ export class File {
   private enqueue(op: number, lo: number, hi: number, len: number, buf: number, aux: number, done: ((res: number) => number | void) | null,
     resolve: ((n: number) => void) | null, reject: ((e: unknown) => void) | null, batch: BatchState | null, index: number): void {
     this.inflight++;
-    this.engine.submit(this, op, lo, hi, len, buf, aux, (res) => {
-      const r = done !== null ? done(res) : undefined;
-      if (--this.inflight === 0 && this.drained !== null) this.drained();
-      return r;
-    }, resolve, reject, batch, index);
+    this.engine.submit(this, op, lo, hi, len, buf, aux, done, resolve, reject, batch, index);
+  }
+
+  /** @internal The engine settled one of this file's requests. */
+  settled(): void {
+    if (--this.inflight === 0 && this.drained !== null) this.drained();
   }
 
   private check(op: string, writes: boolean): void {
