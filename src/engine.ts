@@ -125,6 +125,10 @@ interface WorkerSlot {
   ringFullEvents: number;
   /** Between the death of its worker and the replacement's start: requests wait in overflow. */
   dead: boolean;
+  /** Given up on after repeated failures right after start: requests go elsewhere. */
+  retired: boolean;
+  launchedAt: number;
+  quickDeaths: number;
   generation: number;
   lastBeat: number;
   lastBeatAt: number;
@@ -187,7 +191,8 @@ export class Engine {
   private freeIds: number[] = [];
   private nextId = 0;
   private outstanding = 0;
-  private rawFileId = -1;
+  private rawFileId = 0;
+  private rawFile = false;
   private queued = 0;
   private flushScheduled = false;
   private polling = false;
@@ -272,7 +277,7 @@ export class Engine {
       index: i, sq: new Int32Array(createRing(sqCap, SQ_ENTRY)), sqCap, sqTail: 0, sqHeadCache: 0,
       cq: new Int32Array(createRing(cqCap, CQ_ENTRY)), cqCap, doorbell: this.doorbells[i], port: null as unknown as MessagePort,
       task: Promise.resolve(), ready: null, overflow: [], overflowHead: 0, dirty: false, ringFullEvents: 0,
-      dead: false, generation: 0, lastBeat: -1, lastBeatAt: 0,
+      dead: false, retired: false, generation: 0, lastBeat: -1, lastBeatAt: 0, launchedAt: 0, quickDeaths: 0,
     };
   }
 
@@ -282,6 +287,7 @@ export class Engine {
     const { port1, port2 } = new MessageChannel();
     slot.port = port1;
     const generation = ++slot.generation;
+    slot.launchedAt = performance.now();
     const base = slot.index * CTRL_STRIDE;
     for (let k = 0; k < CTRL_STRIDE; k++) Atomics.store(this.ctrl, base + k, 0);
     const init: WorkerInit = {
@@ -326,8 +332,12 @@ export class Engine {
    * are released so nobody waits for them forever, and a replacement takes over its slot.
    */
   private workerGone(slot: WorkerSlot, generation: number, err: unknown): void {
-    if (this.closed || generation !== slot.generation || slot.dead) return;
+    // Each generation of a slot dies at most once; a replacement that dies before it was
+    // ready is handled like any other death (slot.dead is still true then).
+    if (this.closed || generation !== slot.generation) return;
     slot.dead = true;
+    const quick = performance.now() - slot.launchedAt < 1000;
+    slot.quickDeaths = quick ? slot.quickDeaths + 1 : 0;
     const why = err === null ? 'its task returned' : (err as Error)?.message ?? String(err);
     // 1. Its tracked-request entries: release them and wake whoever parked behind them.
     for (const ident of this.identities.values()) {
@@ -349,13 +359,27 @@ export class Engine {
     }
     this.workerLosses++;
     // 3. A replacement with fresh rings; it re-registers every open file, then takes the overflow.
+    // A slot whose workers keep dying within a second of starting is retired instead: its
+    // queued requests fail, and new ones go to the other workers.
+    if (slot.quickDeaths >= 3) {
+      slot.retired = true;
+      for (const id of slot.overflow.slice(slot.overflowHead)) {
+        this.queued--;
+        this.settle(id, -1, new RingfenceError(`worker ${slot.index} failed ${slot.quickDeaths} times in a row right after starting (${why}); its slot is retired and requests go to the other workers: check the kernel log and engine.info()`,
+          { code: 'ERR_RINGFENCE_WORKER_LOST', op: opName(this.reqEntry[id * ENTRY_WORDS + E_OP] & 0xff), path: this.reqFile[id]?.path }));
+      }
+      slot.overflow.length = 0; slot.overflowHead = 0;
+      return;
+    }
     const fresh = this.makeSlot(slot.index);
     slot.sq = fresh.sq; slot.cq = fresh.cq; slot.sqTail = 0; slot.sqHeadCache = 0; slot.dirty = false;
     slot.lastBeat = -1;
     try { slot.port.close(); } catch { /* already closed */ }
+    const gen = slot.generation + 1;
     void this.launch(slot).then(async () => {
       this.unrefPiscina();
       for (const make of this.fileOpeners.values()) await this.sendTo(slot, make);
+      if (slot.generation !== gen || this.closed) return; // it died while re-opening files
       slot.dead = false;
       this.feed();
       if (!this.flushScheduled) this.flush();
@@ -523,15 +547,16 @@ export class Engine {
     batch: BatchState | null, batchIndex: number): void {
     const id = this.newId();
     const e = id * ENTRY_WORDS, E = this.reqEntry;
-    E[e + E_OP] = op; E[e + E_FILE] = this.rawFileId === -1 ? file.id : this.rawFileId; E[e + E_OFF_LO] = offLo; E[e + E_OFF_HI] = offHi;
+    E[e + E_OP] = op; E[e + E_FILE] = this.rawFile ? this.rawFileId : file.id; E[e + E_OFF_LO] = offLo; E[e + E_OFF_HI] = offHi;
     E[e + E_LEN] = len; E[e + E_BUF] = buf; E[e + E_AUX] = aux;
     this.reqKind[id] = batch === null ? K_SINGLE : K_BATCH;
     this.reqResolve[id] = resolve; this.reqReject[id] = reject; this.reqDone[id] = done;
     this.reqBatch[id] = batch; this.reqBatchIndex[id] = batchIndex; this.reqFile[id] = file;
     this.holdOpen(1);
     // Spread requests over all workers: the tracked-request table keeps them safe.
-    const w = this.workers[this.rr];
+    let w = this.workers[this.rr];
     this.rr = this.rr + 1 === this.workers.length ? 0 : this.rr + 1;
+    if (w.retired) w = this.liveWorker(id);
     E[e + E_TAG] = w.index; // which worker holds it (worker-loss accounting); replaced by the id on the ring
     if (w.dead || w.overflow.length - w.overflowHead > 0 || !this.push(w, id)) {
       w.overflow.push(id);
@@ -542,6 +567,18 @@ export class Engine {
       this.flushScheduled = true;
       queueMicrotask(this.flush);
     }
+  }
+
+  /** The next worker that is not retired (slow path: only after repeated worker failures). */
+  private liveWorker(id: number): WorkerSlot {
+    for (let k = 0; k < this.workers.length; k++) {
+      const w = this.workers[this.rr];
+      this.rr = this.rr + 1 === this.workers.length ? 0 : this.rr + 1;
+      if (!w.retired) return w;
+    }
+    void id;
+    throw new RingfenceError('every worker failed repeatedly right after starting, so the engine cannot do I/O: check the kernel log and engine.info(), then start a new engine',
+      { code: 'ERR_RINGFENCE_WORKER_LOST', op: 'submit' });
   }
 
   /** Writes request `id` into w's submission ring if there is room (not yet published). */
@@ -636,13 +673,19 @@ export class Engine {
 
   private settle(id: number, res: number, error: RingfenceError | null): void {
     const done = this.reqDone[id];
+    let hookError: RingfenceError | null = null;
     if (done !== null) {
-      // The hook may translate the result (a padded read reports the caller's bytes).
-      const r = done(res);
-      if (typeof r === 'number') res = r;
+      // The hook may translate the result (a padded read reports the caller's bytes), or
+      // fail this one request (the caller detached its buffer while the read was in flight).
+      try {
+        const r = done(res);
+        if (typeof r === 'number') res = r;
+      } catch (e) {
+        hookError = e instanceof RingfenceError ? e : new RingfenceError(String((e as Error)?.message ?? e), { code: 'ERR_RINGFENCE_INTERNAL', cause: e });
+      }
     }
     const kind = this.reqKind[id];
-    let err: RingfenceError | null = error;
+    let err: RingfenceError | null = error ?? hookError;
     if (err === null && res < 0) {
       const e = id * ENTRY_WORDS, E = this.reqEntry;
       const op = E[e + E_OP] & 0xff;
@@ -687,9 +730,10 @@ export class Engine {
     this.assertOpen('submitRaw');
     return new Promise((resolve) => {
       this.rawFileId = words[E_FILE] | 0; // the caller controls the file id word too
+      this.rawFile = true;
       this.submit(file, words[E_OP] | 0, words[E_OFF_LO] | 0, words[E_OFF_HI] | 0, words[E_LEN] | 0, words[E_BUF] | 0, words[E_AUX] | 0,
         (res) => { resolve(res); return 0; }, () => {}, () => {}, null, 0);
-      this.rawFileId = -1;
+      this.rawFile = false;
     });
   }
 

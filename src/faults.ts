@@ -10,7 +10,11 @@ export function parseFaultSpec(spec: string): FaultSpec[] {
   const out: FaultSpec[] = [];
   for (const part of spec.split(',').map((s) => s.trim()).filter(Boolean)) {
     const m = /^(\d+):(exit|throw|hang):(\d+)$/.exec(part);
-    if (!m) throw new RangeError(`bad fault spec "${part}": expected WORKER:exit|throw|hang:AFTER_REQUESTS, e.g. "0:exit:100"`);
+    if (!m) {
+      const err = new RangeError(`bad fault spec "${part}": each entry must be WORKER:exit|throw|hang:AFTER_REQUESTS, e.g. "0:exit:100"; fix options.faults or RINGFENCE_FAULTS`);
+      (err as RangeError & { code: string }).code = 'ERR_INVALID_ARG_VALUE';
+      throw err;
+    }
     out.push({ worker: Number(m[1]), action: m[2] as FaultAction, after: Number(m[3]) });
   }
   return out;

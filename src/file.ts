@@ -193,7 +193,7 @@ export class File {
       const lo = splitOffset(offset, 'offset'), hi = offHi;
       const len = buf.byteLength;
       if (len > 0x7fffffff) throw rangeError('buf.byteLength', '<= 2^31-1 (split larger requests)', len);
-      if (hi * TWO32 + (lo >>> 0) + len > Number(INT64_MAX)) throw rangeError('offset + length', '<= 2^63-1', offset);
+      if (hi === 0x7fffffff && (lo >>> 0) + len > 0x100000000) throw rangeError('offset + length', '<= 2^63-1', joinOffset(lo, hi) + BigInt(len));
       const engine = this.engine;
       if (this.align > 1 && ((lo >>> 0) % this.align !== 0 || len % this.align !== 0)) {
         this.padded(op, buf, lo, hi, len, resolve, reject, batch, index);
@@ -211,8 +211,9 @@ export class File {
         const bounce = poolOff;
         if (op === Op.WRITE) engine.pool.bytes.set(buf, bounce);
         this.enqueue(op, lo, hi, len, bounce, 0, (res) => {
-          if (op === Op.READ && res > 0) buf.set(engine.pool.bytes.subarray(bounce, bounce + res));
-          engine.releasePool(bounce);
+          try {
+            if (op === Op.READ && res > 0) copyOut(buf, engine.pool.bytes.subarray(bounce, bounce + res), 0);
+          } finally { engine.releasePool(bounce); }
         }, resolve, reject, batch, index);
         return true;
       };
@@ -250,8 +251,9 @@ export class File {
       if (op === Op.READ) {
         this.enqueue(Op.READ, a0lo, a0hi, span, bounce, 0, (res) => {
           const n = res < 0 ? res : Math.max(0, Math.min(len, res - head));
-          if (n > 0) buf.set(engine.pool.bytes.subarray(bounce + head, bounce + head + n));
-          engine.releasePool(bounce);
+          try {
+            if (n > 0) copyOut(buf, engine.pool.bytes.subarray(bounce + head, bounce + head + n), 0);
+          } finally { engine.releasePool(bounce); }
           return n;
         }, resolve, reject, batch, index);
       } else {
@@ -277,8 +279,10 @@ export class File {
       }
       let total = 0;
       bufs.forEach((b, i) => { validateBuffer(b, `bufs[${i}]`); total += b.byteLength; });
+      const lengths = bufs.map((b) => b.byteLength);
       const lo = splitOffset(offset, 'offset'), hi = offHi;
       if (total > 0x7fffffff) throw rangeError('total length', '<= 2^31-1', total);
+      if (hi === 0x7fffffff && (lo >>> 0) + total > 0x100000000) throw rangeError('offset + length', '<= 2^63-1', joinOffset(lo, hi) + BigInt(total));
       if (this.align > 1 && ((lo >>> 0) % this.align !== 0 || bufs.some((b) => b.byteLength % this.align !== 0))) {
         throw new RingfenceError(`${name} on ${this.path}: the offset and every buffer length must be multiples of ${this.align} for O_DIRECT; align them or open with { direct: false }`,
           { code: 'ERR_RINGFENCE_UNALIGNED', op: name, path: this.path, offset: joinOffset(lo, hi), length: total });
@@ -294,27 +298,32 @@ export class File {
         const bounce = bounceBytes > 0 ? engine.allocBounce(bounceBytes, name) : -1;
         if (bounceBytes > 0 && bounce < 0) { engine.releasePool(table); return false; }
         const dv = new DataView(engine.pool.sab, table, 8 * bufs.length);
-        const places: number[] = [];
+        const places: number[] = [], bounced: boolean[] = [];
         let cursor = bounce;
         bufs.forEach((b, i) => {
           let at: number;
-          if (this.zeroCopy(b)) at = b.byteOffset;
+          const copy = !this.zeroCopy(b);
+          if (!copy) at = b.byteOffset;
           else { at = cursor; cursor += roundUp(b.byteLength, 512); if (op === Op.WRITEV) engine.pool.bytes.set(b, at); }
           places.push(at);
+          bounced.push(copy);
           dv.setUint32(i * 8, at, true);
           dv.setUint32(i * 8 + 4, b.byteLength, true);
         });
         this.enqueue(op, lo, hi, total, table, bufs.length, (res) => {
-          if (op === Op.READV && res > 0) {
-            let left = res;
-            bufs.forEach((b, i) => {
-              const n = Math.min(left, b.byteLength);
-              if (n > 0 && places[i] !== b.byteOffset || !this.zeroCopy(b)) b.set(engine.pool.bytes.subarray(places[i], places[i] + n));
-              left -= n;
-            });
+          try {
+            if (op === Op.READV && res > 0) {
+              let left = res;
+              bufs.forEach((b, i) => {
+                const n = Math.min(left, lengths[i]);
+                if (n > 0 && bounced[i]) copyOut(b, engine.pool.bytes.subarray(places[i], places[i] + n), 0);
+                left -= n;
+              });
+            }
+          } finally {
+            engine.releasePool(table);
+            if (bounce >= 0) engine.releasePool(bounce);
           }
-          engine.releasePool(table);
-          if (bounce >= 0) engine.releasePool(bounce);
         }, resolve, reject, null, 0);
         return true;
       };
@@ -377,6 +386,8 @@ export class File {
       this.check('submit', false);
       if (!Array.isArray(ops)) throw invalidArg('ops', 'must be an array of operations', ops);
       if (ops.length === 0) { resolve([]); return; }
+      // Validate every operation before queueing any: a rejected batch must not half-run.
+      for (let i = 0; i < ops.length; i++) this.validateBatchOp(ops[i], i);
       const batch: BatchState = { results: new Array(ops.length), remaining: ops.length, firstError: null, resolve, reject };
       for (let i = 0; i < ops.length; i++) {
         const o = ops[i] as BatchOp;
@@ -400,6 +411,30 @@ export class File {
         }
       }
     });
+  }
+
+  private validateBatchOp(o: unknown, i: number): void {
+    if (o === null || typeof o !== 'object') throw invalidArg(`ops[${i}]`, 'must be an operation object', o);
+    const op = o as Record<string, unknown>;
+    switch (op.op) {
+      case 'read': case 'write': {
+        const buf = validateBuffer(op.buffer, `ops[${i}].buffer`);
+        const lo = splitOffset(op.offset, `ops[${i}].offset`), hi = offHi;
+        if (buf.byteLength > 0x7fffffff) throw rangeError(`ops[${i}].buffer.byteLength`, '<= 2^31-1 (split larger requests)', buf.byteLength);
+        if (hi === 0x7fffffff && (lo >>> 0) + buf.byteLength > 0x100000000) throw rangeError(`ops[${i}].offset + length`, '<= 2^63-1', op.offset);
+        if (op.op === 'write') this.check('submit', true);
+        break;
+      }
+      case 'writeZeroes': {
+        const off = validateOffset(op.offset, `ops[${i}].offset`);
+        validateLength(op.length, `ops[${i}].length`, off);
+        this.check('submit', true);
+        break;
+      }
+      case 'flush': break;
+      default:
+        throw invalidArg(`ops[${i}].op`, "must be one of 'read', 'write', 'writeZeroes', 'flush'", op.op);
+    }
   }
 
   private enqueue(op: number, lo: number, hi: number, len: number, buf: number, aux: number, done: ((res: number) => number | void) | null,
@@ -458,4 +493,14 @@ function tableHighWater(sab: SharedArrayBuffer, capacity: number): number {
 }
 
 function roundUp(n: number, a: number): number { return Math.ceil(n / a) * a; }
+
+/** Delivers read data into the caller's buffer, which may have been detached meanwhile. */
+function copyOut(dst: Uint8Array, src: Uint8Array, at: number): void {
+  try {
+    dst.set(src, at);
+  } catch (e) {
+    throw new RingfenceError('read: the destination buffer was detached (its ArrayBuffer transferred) while the read was in flight, so the data could not be delivered; keep the buffer untouched until the promise settles',
+      { code: 'ERR_RINGFENCE_BUFFER_DETACHED', op: 'read', cause: e });
+  }
+}
 void errnoName;

@@ -304,7 +304,8 @@ class Worker {
     this.slotPhase[slot] = 0;
     this.slotInf[slot] = 0;
     if (this.slotEntry[e + E_OP] & OpFlag.RMW) {
-      if (op !== Op.WRITE || !this.validRmw(slot)) return this.finish(slot, -22 /* EINVAL */);
+      // The RMW flag never reaches the addon, so its validation is ours: no other flag with it.
+      if (op !== Op.WRITE || (this.slotEntry[e + E_OP] & ~0xff) !== OpFlag.RMW || !this.validRmw(slot)) return this.finish(slot, -22 /* EINVAL */);
       this.slotPhase[slot] = PH_ADMIT;
     }
     if (op === Op.FALLOCATE && f.emulate) {
@@ -312,7 +313,11 @@ class Worker {
       f.stats[FS_EMULATED]++;
     }
     if (f.table === null || op === Op.FSYNC || op === Op.NOP || op < 1 || op > Op.NOP) return this.admitted(slot, f);
-    const h = this.register(slot, f);
+    // The entry came through shared memory: its range must make sense before it may occupy
+    // the table (the addon validates everything again before the kernel sees it).
+    if (!this.rangeValid(slot, op)) return this.finish(slot, -22 /* EINVAL */);
+    let h: number;
+    try { h = this.register(slot, f); } catch { return this.finish(slot, -22 /* EINVAL */); }
     if (h === FULL) {
       f.stats[FS_FULL]++;
       this.slotState[slot] = S_FULLWAIT;
@@ -322,6 +327,21 @@ class Worker {
     }
     this.slotHandle[slot] = h;
     this.admitOrPark(slot, f, h);
+  }
+
+  /** Non-negative offset, positive length, end <= 2^63-1 (for the ops the table tracks). */
+  private rangeValid(slot: number, op: number): boolean {
+    const e = slot * ENTRY_WORDS, E = this.slotEntry;
+    const hi = E[e + E_OFF_HI], lo = E[e + E_OFF_LO] >>> 0;
+    if (hi < 0) return false;
+    if (op === Op.TRUNCATE) return true;
+    if (op === Op.FALLOCATE) {
+      const lenHi = E[e + E_BUF], lenLo = E[e + E_LEN] >>> 0;
+      if (lenHi < 0 || (lenHi === 0 && lenLo === 0)) return false;
+      return hi * 4294967296 + lo + lenHi * 4294967296 + lenLo <= 9223372036854775807;
+    }
+    const len = E[e + E_LEN];
+    return len > 0 && !(hi === 0x7fffffff && lo + len > 0x100000000);
   }
 
   private register(slot: number, f: FileEntry): number {

@@ -1,0 +1,144 @@
+// Long open/close loops leak nothing: no file descriptors (counted in /proc/self/fd), no
+// io_uring rings or eventfds (fds whose link is anon_inode:[io_uring] / [eventfd]), no libaio
+// contexts (the [aio] mappings in /proc/self/maps), no worker threads, and no pool memory
+// (engine.stats().pool.used returns to its baseline).
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import { join } from 'node:path';
+import { readdirSync, readlinkSync, readFileSync, mkdirSync } from 'node:fs';
+import { Engine } from '../dist/src/index.js';
+import { loadAddon } from '../dist/src/addon.js';
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
+import { scratchDir, pattern } from './helpers/env.mjs';
+
+// A real GC, so that buffers dropped without free() can be seen coming back.
+setFlagsFromString('--expose-gc');
+const gc = globalThis.gc ?? runInNewContext('gc');
+
+const probe = loadAddon().probe();
+const BACKENDS = ['io_uring', 'libaio', 'sync'].filter((b) => {
+  const ok = b === 'sync' || (b === 'io_uring' ? probe.ioUring.ok : probe.libaio.ok);
+  if (!ok) console.log(`skip backend ${b}: ${b === 'io_uring' ? probe.ioUring.reason : probe.libaio.reason}`);
+  return ok;
+});
+const scratch = scratchDir('rf-leaks-');
+test.after(() => scratch.cleanup());
+
+function resources() {
+  const r = { fds: 0, io_uring: 0, eventfd: 0, aio: 0, threads: 0, files: 0 };
+  for (const fd of readdirSync('/proc/self/fd')) {
+    let link;
+    try { link = readlinkSync(`/proc/self/fd/${fd}`); } catch { continue; } // the dir fd itself
+    r.fds++;
+    if (link === 'anon_inode:[io_uring]') r.io_uring++;
+    else if (link === 'anon_inode:[eventfd]') r.eventfd++;
+    else if (link.startsWith(scratch.dir)) r.files++;
+  }
+  r.aio = readFileSync('/proc/self/maps', 'utf8').split('\n').filter((l) => l.includes('/[aio]')).length;
+  r.threads = Number(/^Threads:\s+(\d+)/m.exec(readFileSync('/proc/self/status', 'utf8'))[1]);
+  return r;
+}
+
+/** Resources settle asynchronously (thread exit): poll for up to 3 s until equal. */
+async function settled(base, label, ignore = []) {
+  let now;
+  base = { ...base };
+  for (const k of ignore) delete base[k];
+  for (let i = 0; i < 60; i++) {
+    now = resources();
+    for (const k of ignore) delete now[k];
+    if (JSON.stringify(now) === JSON.stringify(base)) return;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  assert.equal(now, base, `${label}: resources back to the baseline`);
+}
+
+test('300 open/close cycles (with I/O, failed opens, pooled and bounced buffers) leak no fd and no pool memory', async () => {
+  const engine = await Engine.start({ workers: 2, queueDepth: 16, bufferPoolBytes: 4 << 20 });
+  try {
+    mkdirSync(join(scratch.dir, 'adir'));
+    const path = (i) => join(scratch.dir, `f${i % 7}`);
+    const warm = await engine.open(path(0), { create: true });
+    await warm.close();
+    const base = resources();
+    const poolBase = engine.stats().pool.used;
+    assert.is(poolBase, 0);
+    const open = [];
+    // One cycle per call, so no stale local of a suspended async frame keeps a buffer alive.
+    const cycle = async (i) => {
+      const f = await engine.open(path(i), { create: true, direct: i % 3 !== 0 });
+      if (i % 5 === 0) {
+        const pooled = engine.alloc(8192); pooled.set(pattern(8192, i));
+        assert.is(await f.write(pooled, 0), 8192);
+        const back = Buffer.alloc(8192);
+        assert.is(await f.read(back, 0), 8192);
+        assert.ok(back.equals(pattern(8192, i)));
+        assert.is(await f.writev([pooled.subarray(0, 4096), Buffer.from(pattern(4096, i + 1))], 8192), 8192);
+        assert.is(await f.read(Buffer.alloc(100), 3), 100); // padded read
+        if (i % 2 === 0) engine.free(pooled); // the other half is left to the FinalizationRegistry
+      }
+      // Some files stay open across cycles, and are closed later (several per identity).
+      if (i % 10 === 0) open.push(f); else await f.close();
+      if (open.length > 4) await open.shift().close();
+      // Failed opens must not leak their fd.
+      if (i % 15 === 0) {
+        await engine.open(join(scratch.dir, 'missing')).catch(() => {});
+        await engine.open(join(scratch.dir, 'adir')).catch(() => {});
+        await engine.open(path(i), { bogus: 1 }).catch(() => {});
+      }
+    };
+    for (let i = 0; i < 300; i++) await cycle(i);
+    for (const f of open) await f.close();
+    await engine.idle();
+    // Buffers dropped without free() come back through the FinalizationRegistry after a GC.
+    { for (let i = 0; i < 40 && engine.stats().pool.used > poolBase; i++) { gc(); await new Promise((r) => setTimeout(r, 25)); } }
+    // Threads are not compared here: open/close creates none, and V8/libuv may start helper
+    // threads lazily (GC, the platform pool) during the loop. The start/close test checks them.
+    await settled(base, 'after 300 open/close cycles', ['threads']);
+    assert.is(engine.stats().files.length, 0, 'no file left registered');
+    assert.is(engine.identities.size, 0, 'no tracked-request table left');
+    assert.is(engine.stats().pool.used, poolBase, 'pool memory back to baseline (freed buffers, bounce blocks, and forgotten buffers after GC)');
+  } finally { await engine.close(); }
+});
+
+for (const backend of BACKENDS) {
+  test(`${backend}: 10 Engine.start/close cycles leak no fd, ring, eventfd, aio context or thread`, async () => {
+    // Warm-up: the first engine in a process loads the addon and starts lazily created threads.
+    await (await Engine.start({ backend, workers: 2 })).close();
+    const base = resources();
+    for (let i = 0; i < 10; i++) {
+      const engine = await Engine.start({ backend, workers: 2, queueDepth: 8, bufferPoolBytes: 1 << 20 });
+      const f = await engine.open(join(scratch.dir, `e${backend}`), { create: true });
+      const buf = engine.alloc(4096); buf.set(pattern(4096, i));
+      assert.is(await f.write(buf, i * 4096), 4096);
+      if (i === 0) {
+        // The counters do see what an engine holds, so a leak would show.
+        const during = resources();
+        assert.is(during.io_uring - base.io_uring, backend === 'io_uring' ? 2 : 0, 'one ring per worker');
+        // One doorbell per worker, plus one for each worker thread's own libuv loop.
+        assert.ok(during.eventfd - base.eventfd >= 2, `one doorbell per worker (${during.eventfd - base.eventfd} eventfds)`);
+        assert.is(during.aio - base.aio, backend === 'libaio' ? 2 : 0, 'one aio context per worker');
+        // >= : io_uring's kernel io-wq workers (iou-wrk-*) are threads of this process too.
+        assert.ok(during.threads - base.threads >= 2, `two worker threads (${during.threads - base.threads})`);
+        assert.is(during.files - base.files, 1, 'the open file');
+      }
+      if (i % 2 === 0) await f.close(); // otherwise engine.close() closes it
+      await engine.close();
+      assert.is(engine.stats().pool.used, 4096, 'pool accounting still sees the unfreed buffer (the pool itself is dropped with the engine)');
+    }
+    await settled(base, `${backend}: after 10 start/close cycles`);
+  });
+}
+
+test('engines that fail to start leak nothing either', async () => {
+  await (await Engine.start({ workers: 1 })).close();
+  const base = resources();
+  for (let i = 0; i < 5; i++) {
+    await Engine.start({ workers: 1, queueDepth: 0 }).catch(() => {});
+    await Engine.start({ workers: 1, faults: 'nonsense' }).catch(() => {});
+  }
+  await settled(base, 'after failed starts');
+});
+
+test.run();
