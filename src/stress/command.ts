@@ -45,7 +45,7 @@ export function addStressCommand(program: Command, deps: Deps): void {
     .addOption(new Option('--workaround <policy>', 'serialise post-EOF zero-writes: auto (by filesystem and kernel), always, never').choices(['auto', 'always', 'never']).default('auto'))
     .option('--emulate-xfs-bug', 'run zero-writes with the pre-Linux-5.5 XFS fallocate semantics (sample size, allocate, sleep, truncate)')
     .option('--window-us <n>', 'with --emulate-xfs-bug: the race window in microseconds (default 2000)')
-    .option('--workers <n>', 'engine worker threads (default min(4, cores))')
+    .option('--workers <n>', 'engine worker threads (default 2, or min(4, cores - 1) when larger: the races need requests on two workers at once)')
     .addOption(new Option('--backend <name>', 'kernel I/O interface').choices(['auto', 'io_uring', 'libaio', 'sync']).default('auto'))
     .option('--qd <n>', 'concurrency: writers (qcow2-alloc), files (append-race, eof-extend), ops per round (mixed); default 8, 4, 4, 8')
     .option('--duration <seconds>', 'how long to run (default 10; with --ops only, no time limit)')

@@ -1,6 +1,7 @@
 // `ringfence stress`: starts an engine on a volume, runs one workload, verifies, and returns
 // a result that the CLI prints as a table or as one JSON object.
 import { statfsSync } from 'node:fs';
+import { availableParallelism } from 'node:os';
 import { Engine } from '../engine.js';
 import type { BackendChoice, WorkaroundPolicy } from '../types.js';
 import type { Volume } from '../volume.js';
@@ -87,7 +88,9 @@ export async function runStress(vol: Volume, o: StressOptions): Promise<StressRe
   let pool = 64 << 20;
   while (pool < poolNeed) pool *= 2;
   const engine = await Engine.start({
-    workers: o.workers, backend: o.backend, queueDepth: Math.max(32, o.qd * 4), bufferPoolBytes: pool,
+    // At least two workers: the races this tool provokes need a zero-write and a write in
+    // flight at once, and a worker runs an emulated zero-write synchronously.
+    workers: o.workers ?? Math.max(2, Math.min(4, availableParallelism() - 1)), backend: o.backend, queueDepth: Math.max(32, o.qd * 4), bufferPoolBytes: pool,
     xfsWorkaround: o.workaround, emulateXfsFallocateBug: o.emulate ? { windowUs: o.windowUs } : false,
   });
   const ctx = new StressContext({
