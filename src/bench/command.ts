@@ -1,7 +1,7 @@
 // `ringfence bench`: ringfence next to fio, qemu-img and node:fs/promises, in one run.
 import { writeFileSync, existsSync, statSync, rmSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
-import { release } from 'node:os';
+import { availableParallelism, release } from 'node:os';
 import { Command, Option } from 'commander';
 import { Engine } from '../engine.js';
 import type { BackendChoice } from '../types.js';
@@ -31,7 +31,7 @@ export function registerBench(program: Command, usage: (msg: string) => never): 
     .option('--rw <list>', `workloads: ${RW_VALUES.join('|')}, comma-separated`, 'randread,randwrite')
     .option('--bs <size>', 'block size', '4k')
     .option('--qd <list>', 'queue depths, comma-separated (e.g. 1,4,16,32,64)', '1,32')
-    .option('--workers <n>', 'ringfence worker threads', '2')
+    .option('--workers <n>', 'ringfence worker threads (default: the engine default, min(4, cores - 1))')
     .addOption(new Option('--backend <name>', 'ringfence backend').choices(['auto', 'io_uring', 'libaio', 'sync']).default('auto'))
     .option('--no-direct', 'buffered I/O instead of O_DIRECT')
     .option('--size <size>', 'data file size', '512M')
@@ -52,7 +52,7 @@ Examples:
       const opts: BenchOptions = {
         rw: list(o.rw, (s) => { if (!(RW_VALUES as readonly string[]).includes(s)) usage(`--rw: unknown workload "${s}" (use ${RW_VALUES.join(', ')})`); return s as Rw; }),
         bs: parseSize(o.bs), qd: list(o.qd, (s) => { const n = Number(s); if (!Number.isInteger(n) || n < 1 || n > 1024) usage(`--qd: "${s}" is not a queue depth 1..1024`); return n; }),
-        workers: Number(o.workers), backend: o.backend, direct: o.direct !== false, size: parseSize(o.size), runtime: Number(o.runtime),
+        workers: o.workers === undefined ? Math.max(1, Math.min(4, availableParallelism() - 1)) : Number(o.workers), backend: o.backend, direct: o.direct !== false, size: parseSize(o.size), runtime: Number(o.runtime),
         file: o.file, xfs: o.xfs, dir: o.dir, json: !!o.json, chart: o.chart, engines: o.engines ? list(o.engines, String) : undefined,
         repeat: Number(o.repeat),
       };

@@ -174,7 +174,7 @@ function runChild(cmd: string, args: string[]): Promise<string> {
   });
 }
 
-interface FioSide { iops: number; bw_bytes: number; total_ios: number; clat_ns: { percentile?: Record<string, number> } }
+interface FioSide { iops: number; bw_bytes: number; total_ios: number; lat_ns: { percentile?: Record<string, number> } }
 
 /** fio with the io_uring or libaio engine, parsed from --output-format=json. */
 export function fio(ioengine: 'io_uring' | 'libaio'): BenchEngine {
@@ -185,13 +185,15 @@ export function fio(ioengine: 'io_uring' | 'libaio'): BenchEngine {
       const out = await runChild('fio', [
         '--name=bench', `--filename=${job.path}`, `--size=${job.size}`, `--rw=${job.rw}`, `--bs=${job.bs}`, `--ioengine=${ioengine}`,
         `--direct=${job.direct ? 1 : 0}`, `--iodepth=${job.qd}`, `--runtime=${job.seconds}`, '--time_based', '--output-format=json',
-        '--percentile_list=50:99:99.9', '--randrepeat=0', '--norandommap',
+        // Total latency (submission to completion), like the other engines' figures: fio's
+        // default percentiles are completion latency only, which excludes the submit call.
+        '--percentile_list=50:99:99.9', '--lat_percentiles=1', '--randrepeat=0', '--norandommap',
       ]);
       const j = JSON.parse(out.slice(out.indexOf('{'))).jobs[0] as { read: FioSide; write: FioSide; usr_cpu: number; sys_cpu: number; job_runtime: number };
       const sides = [j.read, j.write].filter((s) => s.total_ios > 0);
       const ios = sides.reduce((a, s) => a + s.total_ios, 0);
       const seconds = j.job_runtime / 1000;
-      const pct = (p: string): number => Math.max(...sides.map((s) => s.clat_ns.percentile?.[p] ?? 0)) / 1000;
+      const pct = (p: string): number => Math.max(...sides.map((s) => s.lat_ns.percentile?.[p] ?? 0)) / 1000;
       const cpuUs = ((j.usr_cpu + j.sys_cpu) / 100) * seconds * 1e6;
       return {
         engine: `fio-${ioengine}`, rw: job.rw, qd: job.qd, bs: job.bs, ios, seconds, iops: ios / seconds,
