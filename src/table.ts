@@ -57,14 +57,19 @@ export const ADMITTED = 0, BLOCKED = 1, FULL = -1;
 // ---------------------------------------------------------------------------
 // Layout (int32 words).  See docs/ARCHITECTURE.md for the diagram.
 
-/** Header: counters and the table-level (FULL) waiter mask. One cache line. */
-export const HEADER_WORDS = 16;
+/**
+ * Header: three 64-byte lines. Every registration writes the ticket counter and the in-flight
+ * statistics, while the fast path only reads serialisingInFlight (and release() reads the
+ * FULL waiter mask): keeping the written words off the read-mostly line spares the readers a
+ * cache miss on every registration by another worker.
+ */
+export const HEADER_WORDS = 48;
 export const H_SER_IN_FLIGHT = 0; // # serialising entries between enterSerialising and leaveSerialising
-export const H_TICKET = 1;        // next ticket (wraps; compared modulo 2^32)
-export const H_IN_FLIGHT = 2;     // # claimed slots
-export const H_HIGH_WATER = 3;    // max H_IN_FLIGHT ever observed
-export const H_FULL_WAITERS = 4;  // workers that got FULL
-export const H_CAPACITY = 5;      // informational
+export const H_FULL_WAITERS = 1;  // workers that got FULL
+export const H_CAPACITY = 2;      // informational
+export const H_TICKET = 16;       // next ticket (wraps; compared modulo 2^32)
+export const H_IN_FLIGHT = 32;    // # claimed slots
+export const H_HIGH_WATER = 33;   // max H_IN_FLIGHT ever observed
 
 /** One slot per in-flight request, padded to a 64-byte cache line. */
 export const SLOT_WORDS = 16;
@@ -106,7 +111,7 @@ export class TrackedTable {
   private readonly ownTicket: Int32Array;
   private readonly ownRange: Int32Array; // 4 words per slot
   private readonly ownSer: Uint8Array;
-  private hint = 0;        // where claimSlot starts looking
+  private hint = -1;       // where claimSlot starts looking (-1: not chosen yet)
   private claimedWord = 0; // state word written by the last successful claimSlot
   private regWake = 0;     // workers to wake after the last register()
 
@@ -152,6 +157,9 @@ export class TrackedTable {
   register(worker: number, type: ReqType, serialising: boolean,
            startHi: number, startLo: number, endHi: number, endLo: number): number {
     if (lt64(endHi, endLo, startHi, startLo) || startHi < 0) throw new RangeError('bad range');
+    // Workers start claiming in different parts of the table, so that they rarely contend
+    // for the same free slot or the same cache lines.
+    if (this.hint < 0) this.hint = (worker * 97) % this.capacity;
     let slot = this.claimSlot();
     if (slot < 0) {
       // Register interest BEFORE the second look: a release() that frees a
@@ -303,7 +311,10 @@ export class TrackedTable {
         // Only FREE -> CLAIMED is contended; every later transition of this
         // slot is made by us alone until freeSlot().
         if (mem.cas(base + S_STATE, s, claimed) === s) {
-          this.hint = i;
+          // Next time start just past this slot: entries are released roughly in the order
+          // they were claimed, so the slot after the newest one is the likeliest to be free,
+          // and a scan from the slot just taken would first walk over every entry in flight.
+          this.hint = i + 1 === cap ? 0 : i + 1;
           this.claimedWord = claimed;
           return i;
         }
