@@ -4,14 +4,14 @@ import { fileURLToPath } from 'node:url';
 import { MessageChannel, type MessagePort } from 'node:worker_threads';
 import { availableParallelism, release as osRelease } from 'node:os';
 import { Piscina } from 'piscina';
-import { loadAddon, PACKAGE_ROOT } from './addon.js';
+import { loadAddon } from './addon.js';
 import { BufferPool, PAGE } from './pool.js';
 import {
-  COMPL_WORDS, ENTRY_WORDS, E_AUX, E_BUF, E_FILE, E_LEN, E_OFF_HI, E_OFF_LO, E_OP, E_TAG, MAX_FILES, Op,
+  ENTRY_WORDS, E_AUX, E_BUF, E_FILE, E_LEN, E_OFF_HI, E_OFF_LO, E_OP, E_TAG, MAX_FILES, Op,
 } from './protocol.js';
 import {
   CQ_ENTRY, CTRL_STRIDE, CTRL_WORDS, WAKE_TABLE, W_BUSY, W_HEARTBEAT, MAIN_AWAKE, MAIN_SLEEPING, MAIN_STATE, MAX_WORKERS, RING_HDR_WORDS, RING_HEAD,
-  RING_TAIL, SQ_ENTRY, WAKE_CONTROL, WAKE_SUBMIT, WSTAT_WORDS, WS_BATCHES, WS_BYTES, WS_ERRORS, WS_INFLIGHT, WS_OPS,
+  RING_TAIL, SQ_ENTRY, WAKE_CONTROL, WSTAT_WORDS, WS_BATCHES, WS_BYTES, WS_ERRORS, WS_INFLIGHT, WS_OPS,
   WS_WAKEUPS, createRing, wakeWorker,
 } from './shm.js';
 import { RingfenceError, closedError, errnoError } from './errors.js';
@@ -832,4 +832,3 @@ export function opName(op: number): string {
 
 function nextPow2(n: number): number { return 2 ** Math.ceil(Math.log2(n)); }
 
-void PACKAGE_ROOT; void COMPL_WORDS; void MAIN_AWAKE; void WS_BATCHES; void CTRL_STRIDE;

@@ -3,9 +3,9 @@
 import { closeSync, constants as fsc, fstatSync, openSync, readFileSync } from 'node:fs';
 import { FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE, IOV_MAX, Op, OpFlag } from './protocol.js';
 import type { BatchState, Engine } from './engine.js';
-import { RingfenceError, closedError, errnoName } from './errors.js';
+import { RingfenceError, closedError } from './errors.js';
 import {
-  INT64_MAX, invalidArg, rangeError, validateBoolean, validateBuffer, validateKnownKeys, validateLength, validateObject,
+  invalidArg, rangeError, validateBoolean, validateBuffer, validateKnownKeys, validateLength, validateObject,
   validateOffset, validateOneOf, validateString,
 } from './validators.js';
 import { decideFromProbe, decideWorkaround, statfsName, type WorkaroundDecision } from './policy.js';
@@ -503,4 +503,3 @@ function copyOut(dst: Uint8Array, src: Uint8Array, at: number): void {
       { code: 'ERR_RINGFENCE_BUFFER_DETACHED', op: 'read', cause: e });
   }
 }
-void errnoName;

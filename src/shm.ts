@@ -50,10 +50,8 @@ export const STATE_SLEEP_FUTEX = 1;
 /** Sleeping in the kernel (io_uring_enter / poll on its doorbell eventfd): wake with CAS + doorbell write. */
 export const STATE_SLEEP_KERNEL = 2;
 
-export const WAKE_SUBMIT = 1;
 export const WAKE_TABLE = 2;
 export const WAKE_CONTROL = 4;
-export const WAKE_CQ_SPACE = 8;
 
 /** Main thread's word: MAIN_SLEEPING while it waits in Atomics.waitAsync for completions. */
 export const MAIN_STATE = MAX_WORKERS * CTRL_STRIDE;

@@ -7,7 +7,6 @@
 // completed requests' table entries (waking workers parked behind them) and publish their
 // completions; then sleep if there is nothing to do: in the kernel while I/O is in flight,
 // in Atomics.waitAsync when idle (so the event loop stays free for control messages).
-import { createRequire } from 'node:module';
 import { fstatSync } from 'node:fs';
 import { threadId, type MessagePort } from 'node:worker_threads';
 import {
@@ -19,15 +18,11 @@ import {
   STATE_SLEEP_KERNEL, WAKE_CONTROL, WAKE_TABLE, WSTAT_WORDS, WS_BATCHES, WS_BYTES, WS_ERRORS, WS_INFLIGHT, WS_OPS, WS_WAKEUPS,
   W_BUSY, W_HEARTBEAT, W_KINFLIGHT, W_STATE, W_WAKE, wakeWorker,
 } from '../src/shm.js';
-import { ADMITTED, AtomicWords, BLOCKED, FULL, ReqType, TrackedTable } from '../src/table.js';
+import { ADMITTED, AtomicWords, FULL, ReqType, TrackedTable } from '../src/table.js';
 import type { BackendName, NativeAddon, NativeContext, WorkerInit, WorkerReady, ControlMessage } from '../src/types.js';
 import { loadAddon } from '../src/addon.js';
 import { parseFaults, type FaultPlan } from '../src/faults.js';
 
-const require = createRequire(import.meta.url);
-void require;
-
-const EAGAIN_SLOT = -1;
 const INT64_MAX_ALIGNED_HI = 0x7fffffff;
 
 // Sub-operations of a padded (read-modify-write) unaligned write, in the low 3 bits of a tag.
@@ -35,7 +30,7 @@ const SUB_HEAD = 1, SUB_TAIL = 2, SUB_WRITE = 3, SUB_TRUNC = 4;
 const PH_ADMIT = 1, PH_READ = 2, PH_WRITE = 3, PH_TRUNC = 4;
 
 // Local slot states.
-const S_FREE = 0, S_READY = 1, S_PARKED = 2, S_FULLWAIT = 3, S_INFLIGHT = 4, S_DONE = 5;
+const S_FREE = 0, S_READY = 1, S_PARKED = 2, S_FULLWAIT = 3, S_INFLIGHT = 4;
 
 interface FileEntry {
   fd: number;
@@ -674,4 +669,3 @@ function alignDownSplit(v: number, align: number): [number, number] {
   return split(v - (v % align));
 }
 
-void EAGAIN_SLOT; void WS_OPS;
