@@ -52,6 +52,11 @@ addStressCommand(program, { pickVolume, UsageError });
 registerBench(program, (msg) => { throw new UsageError(msg); });
 registerProbe(program);
 
+// Output piped into `head` and the like: a closed pipe ends the command quietly.
+for (const stream of [process.stdout, process.stderr]) {
+  stream.on('error', (err: NodeJS.ErrnoException) => { if (err.code === 'EPIPE') process.exit(process.exitCode ?? 0); throw err; });
+}
+
 async function main(): Promise<void> {
   try {
     await program.parseAsync(process.argv);
