@@ -14,7 +14,7 @@ import { probeVerdict, probeCounters, resolveProbePolicy, clearProbeMemo } from 
 import { loadAddon } from '../dist/src/addon.js';
 import { scratchDir, isRoot } from './helpers/env.mjs';
 
-const MAIN = fileURLToPath(new URL('../dist/src/probe/main.js', import.meta.url));
+const MAIN = fileURLToPath(new URL('../dist/src/cli.js', import.meta.url));
 const KERNEL = loadAddon().probe().kernel || release();
 const scratch = scratchDir('rf-probe-');
 test.after(() => scratch.cleanup());

@@ -29,7 +29,7 @@ if (!(runs >= 1) || !Number.isInteger(runs) || !(budget > 0)) {
 }
 const log = (s: string): void => { if (!values.json) process.stdout.write(s + '\n'); };
 const vol: Volume = values.dir ? dirVolume(values.dir) : values.xfs ? makeXfsVolume(parseSize(values.xfs)) : defaultVolume(undefined, 512 * 1024 ** 2);
-const main = join(dirname(fileURLToPath(import.meta.url)), 'main.js');
+const main = join(dirname(fileURLToPath(import.meta.url)), '..', 'cli.js');
 const rows: { run: number; exit: number | null; verdict: string; trials: number; lost: number; ms: number }[] = [];
 try {
   log(`probe --emulate-xfs-bug --budget ${budget}: ${runs} runs on ${vol.note}`);
