@@ -10,7 +10,7 @@ import {
   ENTRY_WORDS, E_AUX, E_BUF, E_FILE, E_LEN, E_OFF_HI, E_OFF_LO, E_OP, E_TAG, MAX_FILES, Op,
 } from './protocol.js';
 import {
-  CQ_ENTRY, CTRL_STRIDE, CTRL_WORDS, WAKE_TABLE, W_BUSY, W_HEARTBEAT, MAIN_AWAKE, MAIN_SLEEPING, MAIN_STATE, MAX_WORKERS, RING_HDR_WORDS, RING_HEAD,
+  CQ_ENTRY, CTRL_STRIDE, CTRL_WORDS, WAKE_TABLE, W_BUSY, W_CTRL_SEQ, W_HEARTBEAT, MAIN_AWAKE, MAIN_SLEEPING, MAIN_STATE, MAX_WORKERS, RING_HDR_WORDS, RING_HEAD,
   RING_TAIL, SQ_ENTRY, WAKE_CONTROL, WSTAT_WORDS, WS_BATCHES, WS_BYTES, WS_ERRORS, WS_INFLIGHT, WS_OPS,
   WS_WAKEUPS, createRing, wakeWorker,
 } from './shm.js';
@@ -192,6 +192,7 @@ export class Engine {
   private nextId = 0;
   private outstanding = 0;
   private rawFileId = 0;
+  private destroying = false;
   private rawFile = false;
   private queued = 0;
   private flushScheduled = false;
@@ -333,8 +334,10 @@ export class Engine {
    */
   private workerGone(slot: WorkerSlot, generation: number, err: unknown): void {
     // Each generation of a slot dies at most once; a replacement that dies before it was
-    // ready is handled like any other death (slot.dead is still true then).
-    if (this.closed || generation !== slot.generation) return;
+    // ready is handled like any other death (slot.dead is still true then). While close()
+    // waits for outstanding requests, a death is handled as usual: only the final teardown,
+    // where every task ends on purpose, is not a loss.
+    if (this.destroying || generation !== slot.generation) return;
     slot.dead = true;
     const quick = performance.now() - slot.launchedAt < 1000;
     slot.quickDeaths = quick ? slot.quickDeaths + 1 : 0;
@@ -345,7 +348,17 @@ export class Engine {
       const mask = releaseOwnedBy(ident.table, this.options.tableCapacity, slot.index);
       this.wakeMask(mask);
     }
-    // 2. Requests handed to it (in its ring or pulled): their fate is unknown.
+    // 2. Completions it delivered before it died are real results: settle them first.
+    this.drainOne(slot);
+    // Entries written into its ring but not yet published never reached it: queue them again.
+    const published = Atomics.load(slot.sq, RING_TAIL);
+    const unpublished: number[] = [];
+    for (let t = published; t !== slot.sqTail; t = (t + 1) | 0) unpublished.push(slot.sq[RING_HDR_WORDS + (t & (slot.sqCap - 1)) * SQ_ENTRY + E_TAG]);
+    if (unpublished.length > 0) {
+      slot.overflow.splice(slot.overflowHead, 0, ...unpublished);
+      this.queued += unpublished.length;
+    }
+    // The rest it held (in its ring or pulled): their fate is unknown.
     const inOverflow = new Set(slot.overflow.slice(slot.overflowHead));
     for (let id = 0; id < this.nextId; id++) {
       if (this.reqKind[id] === K_FREE || this.reqEntry[id * ENTRY_WORDS + E_TAG] !== slot.index || inOverflow.has(id)) continue;
@@ -361,6 +374,9 @@ export class Engine {
     // 3. A replacement with fresh rings; it re-registers every open file, then takes the overflow.
     // A slot whose workers keep dying within a second of starting is retired instead: its
     // queued requests fail, and new ones go to the other workers.
+    const fresh = this.makeSlot(slot.index);
+    slot.sq = fresh.sq; slot.cq = fresh.cq; slot.sqTail = 0; slot.sqHeadCache = 0; slot.dirty = false;
+    slot.lastBeat = -1;
     if (slot.quickDeaths >= 3) {
       slot.retired = true;
       for (const id of slot.overflow.slice(slot.overflowHead)) {
@@ -371,15 +387,12 @@ export class Engine {
       slot.overflow.length = 0; slot.overflowHead = 0;
       return;
     }
-    const fresh = this.makeSlot(slot.index);
-    slot.sq = fresh.sq; slot.cq = fresh.cq; slot.sqTail = 0; slot.sqHeadCache = 0; slot.dirty = false;
-    slot.lastBeat = -1;
     try { slot.port.close(); } catch { /* already closed */ }
     const gen = slot.generation + 1;
     void this.launch(slot).then(async () => {
       this.unrefPiscina();
       for (const make of this.fileOpeners.values()) await this.sendTo(slot, make);
-      if (slot.generation !== gen || this.closed) return; // it died while re-opening files
+      if (slot.generation !== gen || slot.retired || this.destroying) return; // it died while re-opening files
       slot.dead = false;
       this.feed();
       if (!this.flushScheduled) this.flush();
@@ -445,6 +458,7 @@ export class Engine {
     const acked = new Promise<void>((resolve) => this.acks.set(seq, resolve));
     w.port.ref();
     try {
+      Atomics.add(this.ctrl, w.index * CTRL_STRIDE + W_CTRL_SEQ, 1);
       w.port.postMessage(make(seq));
       wakeWorker(this.ctrl, w.index, WAKE_CONTROL, this.addon.ring, w.doorbell);
       // A worker that dies before it acks must not hang open() or close().
@@ -545,6 +559,11 @@ export class Engine {
   submit(file: File, op: number, offLo: number, offHi: number, len: number, buf: number, aux: number,
     done: ((res: number) => number | void) | null, resolve: ((n: number) => void) | null, reject: ((e: unknown) => void) | null,
     batch: BatchState | null, batchIndex: number): void {
+    // Spread requests over all workers: the tracked-request table keeps them safe. The worker
+    // is chosen first, so a refusal (every worker retired) leaves nothing allocated.
+    let w = this.workers[this.rr];
+    this.rr = this.rr + 1 === this.workers.length ? 0 : this.rr + 1;
+    if (w.retired) w = this.liveWorker();
     const id = this.newId();
     const e = id * ENTRY_WORDS, E = this.reqEntry;
     E[e + E_OP] = op; E[e + E_FILE] = this.rawFile ? this.rawFileId : file.id; E[e + E_OFF_LO] = offLo; E[e + E_OFF_HI] = offHi;
@@ -553,10 +572,6 @@ export class Engine {
     this.reqResolve[id] = resolve; this.reqReject[id] = reject; this.reqDone[id] = done;
     this.reqBatch[id] = batch; this.reqBatchIndex[id] = batchIndex; this.reqFile[id] = file;
     this.holdOpen(1);
-    // Spread requests over all workers: the tracked-request table keeps them safe.
-    let w = this.workers[this.rr];
-    this.rr = this.rr + 1 === this.workers.length ? 0 : this.rr + 1;
-    if (w.retired) w = this.liveWorker(id);
     E[e + E_TAG] = w.index; // which worker holds it (worker-loss accounting); replaced by the id on the ring
     if (w.dead || w.overflow.length - w.overflowHead > 0 || !this.push(w, id)) {
       w.overflow.push(id);
@@ -570,13 +585,12 @@ export class Engine {
   }
 
   /** The next worker that is not retired (slow path: only after repeated worker failures). */
-  private liveWorker(id: number): WorkerSlot {
+  private liveWorker(): WorkerSlot {
     for (let k = 0; k < this.workers.length; k++) {
       const w = this.workers[this.rr];
       this.rr = this.rr + 1 === this.workers.length ? 0 : this.rr + 1;
       if (!w.retired) return w;
     }
-    void id;
     throw new RingfenceError('every worker failed repeatedly right after starting, so the engine cannot do I/O: check the kernel log and engine.info(), then start a new engine',
       { code: 'ERR_RINGFENCE_WORKER_LOST', op: 'submit' });
   }
@@ -653,22 +667,27 @@ export class Engine {
   /** Settles every completion in every completion ring. Returns how many. */
   private drain(): number {
     let total = 0;
-    for (const w of this.workers) {
-      const cq = w.cq;
-      let head = Atomics.load(cq, RING_HEAD);
-      const tail = Atomics.load(cq, RING_TAIL);
-      while (head !== tail) {
-        const src = RING_HDR_WORDS + (head & (w.cqCap - 1)) * CQ_ENTRY;
-        const id = cq[src], res = cq[src + 1];
-        head = (head + 1) | 0;
-        // An id the main thread does not have in flight would be memory corruption: ignore it.
-        if (id >= 0 && id < this.nextId && this.reqKind[id] !== K_FREE) this.settle(id, res, null);
-        total++;
-      }
-      Atomics.store(cq, RING_HEAD, head);
-    }
+    for (const w of this.workers) total += this.drainOne(w);
     if (total > 0) this.feed();
     return total;
+  }
+
+  private drainOne(w: WorkerSlot): number {
+    const cq = w.cq;
+    let head = Atomics.load(cq, RING_HEAD);
+    const tail = Atomics.load(cq, RING_TAIL);
+    let n = 0;
+    while (head !== tail) {
+      const src = RING_HDR_WORDS + (head & (w.cqCap - 1)) * CQ_ENTRY;
+      const id = cq[src], res = cq[src + 1];
+      head = (head + 1) | 0;
+      // An id the main thread does not have in flight, or one now held by another worker,
+      // would be memory corruption or a stale ring: ignore it.
+      if (id >= 0 && id < this.nextId && this.reqKind[id] !== K_FREE && this.reqEntry[id * ENTRY_WORDS + E_TAG] === w.index) this.settle(id, res, null);
+      n++;
+    }
+    Atomics.store(cq, RING_HEAD, head);
+    return n;
   }
 
   private settle(id: number, res: number, error: RingfenceError | null): void {
@@ -798,8 +817,12 @@ export class Engine {
 
   private async destroy(): Promise<void> {
     this.closed = true;
+    this.destroying = true;
     for (const w of this.workers) {
-      try { w.port.postMessage({ type: 'stop' } satisfies ControlMessage); } catch { /* port closed */ }
+      try {
+        Atomics.add(this.ctrl, w.index * CTRL_STRIDE + W_CTRL_SEQ, 1);
+        w.port.postMessage({ type: 'stop' } satisfies ControlMessage);
+      } catch { /* port closed */ }
       wakeWorker(this.ctrl, w.index, WAKE_CONTROL, this.addon.ring, w.doorbell);
     }
     // A referenced timer keeps the process alive while the workers drain (piscina's own port

@@ -43,6 +43,8 @@ export const W_HEARTBEAT = 2;
 export const W_BUSY = 3;
 /** Requests the worker has in the kernel when it goes to sleep there (see wakeWorker). */
 export const W_KINFLIGHT = 4;
+/** Control messages the main thread has posted to this worker (the worker counts those it handled). */
+export const W_CTRL_SEQ = 5;
 
 export const STATE_RUNNING = 0;
 /** Sleeping in Atomics.waitAsync on W_STATE: wake with CAS to RUNNING + Atomics.notify. */

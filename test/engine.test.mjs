@@ -223,6 +223,29 @@ test('engine.info() reports the backend of each worker and why others were refus
   } finally { await engine.close(); }
 });
 
+test('completions that do not fit the completion ring wait, none lost: a long microtask chain keeps the main thread from draining', async () => {
+  // The main thread drains completions in a macrotask; a caller that keeps submitting from a
+  // chain of microtasks starves it, so the completion ring fills and the worker must hold
+  // completions back (and stop taking requests) without overwriting any.
+  const engine = await Engine.start({ workers: 1, queueDepth: 1, spinUs: 0 });
+  try {
+    const f = await engine.open(join(scratch.dir, 'cqfull'), { create: true, truncate: true, direct: false });
+    const buf = engine.alloc(4096);
+    const ps = [];
+    for (let i = 0; i < 2000; i++) {
+      ps.push(f.write(buf, (i % 64) * 4096));
+      await null;
+      const t = performance.now(); while (performance.now() - t < 0.2) { /* the caller is busy */ }
+    }
+    let timer;
+    const res = await Promise.race([Promise.allSettled(ps), new Promise((r) => { timer = setTimeout(() => r(null), 20000); })]);
+    clearTimeout(timer);
+    assert.ok(res !== null, `every request settles (in flight: ${engine.stats().inFlight})`);
+    assert.ok(res.every((r) => r.status === 'fulfilled' && r.value === 4096));
+    await f.close();
+  } finally { await engine.close(); }
+});
+
 function i32Even(i) { return i % 2 === 0; }
 
 test.run();

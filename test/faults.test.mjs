@@ -73,6 +73,20 @@ test('a hung worker is detected by the watchdog; a serialising request parked be
   } finally { await engine.close(); }
 });
 
+test('close() while a worker dies with requests in flight: they settle and close() returns', async () => {
+  const engine = await Engine.start({ workers: 2, queueDepth: 8, faults: '0:exit:5' });
+  const f = await engine.open(join(scratch.dir, 'fault-close'), { create: true, truncate: true });
+  const ps = Array.from({ length: 40 }, (_, i) => f.write(pattern(BS, i + 1), i * BS));
+  const closing = engine.close();
+  let timer;
+  const done = await Promise.race([Promise.allSettled(ps).then(() => closing).then(() => true), new Promise((r) => { timer = setTimeout(() => r(false), 15000); })]);
+  clearTimeout(timer);
+  assert.ok(done, 'close() returned after every request settled');
+  const r = await Promise.allSettled(ps);
+  assert.ok(r.some((x) => x.status === 'rejected' && x.reason.code === 'ERR_RINGFENCE_WORKER_LOST'), 'the dead worker\'s requests failed');
+  assert.ok(r.filter((x) => x.status === 'fulfilled').every((x) => x.value === BS));
+});
+
 test('RINGFENCE_FAULTS is validated: a bad spec throws a RangeError that shows the format', async () => {
   const err = await Engine.start({ faults: '0:explode:1' }).catch((e) => e);
   assert.instance(err, RangeError);

@@ -16,7 +16,7 @@ import {
   CQ_ENTRY, CTRL_STRIDE, FSTAT_WORDS, FS_EMULATED, FS_FULL, FS_SERIALISING, FS_TRACKED, FS_WAITS, FS_WAIT_MAX_NS, FS_WAIT_NS,
   MAIN_AWAKE, MAIN_SLEEPING, MAIN_STATE, RING_HDR_WORDS, RING_HEAD, RING_TAIL, SQ_ENTRY, STATE_RUNNING, STATE_SLEEP_FUTEX,
   STATE_SLEEP_KERNEL, WAKE_CONTROL, WAKE_TABLE, WSTAT_WORDS, WS_BATCHES, WS_BYTES, WS_ERRORS, WS_INFLIGHT, WS_OPS, WS_WAKEUPS,
-  W_BUSY, W_HEARTBEAT, W_KINFLIGHT, W_STATE, W_WAKE, wakeWorker,
+  W_BUSY, W_CTRL_SEQ, W_HEARTBEAT, W_KINFLIGHT, W_STATE, W_WAKE, wakeWorker,
 } from '../src/shm.js';
 import { ADMITTED, AtomicWords, FULL, ReqType, TrackedTable } from '../src/table.js';
 import type { BackendName, NativeAddon, NativeContext, WorkerInit, WorkerReady, ControlMessage } from '../src/types.js';
@@ -103,6 +103,8 @@ class Worker {
   private readonly batch: Int32Array;
   private readonly compl: Int32Array;
   private stopping = false;
+  /** Control messages handled so far (compared with the main thread's W_CTRL_SEQ). */
+  private ctrlHandled = 0;
   private controlQueue: ControlMessage[] = [];
 
   constructor(init: WorkerInit) {
@@ -178,6 +180,7 @@ class Worker {
   private handleControl(): void {
     const q = this.controlQueue;
     this.controlQueue = [];
+    this.ctrlHandled = (this.ctrlHandled + q.length) | 0;
     for (const m of q) {
       switch (m.type) {
         case 'open': {
@@ -208,13 +211,15 @@ class Worker {
       for (;;) {
         Atomics.add(ctrl, this.base + W_HEARTBEAT, 1);
         const wake = Atomics.exchange(ctrl, this.base + W_WAKE, 0);
-        if (wake & WAKE_CONTROL || this.controlQueue.length) {
-          // Let the event loop deliver control messages (open/close/stop).
+        if (wake & WAKE_CONTROL || this.controlQueue.length || Atomics.load(ctrl, this.base + W_CTRL_SEQ) !== this.ctrlHandled) {
+          // Let the event loop deliver control messages (open/close/stop). The main thread
+          // counts the messages it sent in W_CTRL_SEQ, so a busy worker keeps yielding, one
+          // turn per iteration, until every one of them has arrived and been handled.
           await new Promise<void>((r) => setImmediate(r));
           this.handleControl();
         }
         if (wake & WAKE_TABLE) this.retryWaiting();
-        if (this.stopping && this.popped === 0 && this.sqEmpty()) break;
+        if (this.stopping && this.popped === 0 && this.doneLen === 0 && this.sqEmpty()) break;
 
         let progress = this.pull();
         progress = this.submitAndReap(0) || progress;
@@ -238,6 +243,7 @@ class Worker {
           if (this.spinUs > 0 && this.spin()) continue;
           Atomics.store(ctrl, st, STATE_SLEEP_FUTEX);
           if (this.sqEmpty() && Atomics.load(ctrl, this.base + W_WAKE) === 0 && this.controlQueue.length === 0 && !this.stopping) {
+            // (A control message still on its way is delivered by the event loop during this wait.)
             this.wstats[WS_WAKEUPS]++;
             // The event loop runs while we wait: control messages are delivered here.
             const r = Atomics.waitAsync(ctrl, st, STATE_SLEEP_FUTEX, this.nWaiting > 0 ? 100 : 1000);
@@ -273,8 +279,10 @@ class Worker {
     const sq = this.sq;
     let head = Atomics.load(sq, RING_HEAD);
     const tail = Atomics.load(sq, RING_TAIL);
-    if (head === tail || this.nFree === 0) return false;
-    while (head !== tail && this.nFree > 0) {
+    // Every request pulled must be able to wait in doneQ (capacity: cap) if the completion
+    // ring is full, so requests held plus completions not yet delivered stay <= cap.
+    if (head === tail || this.nFree === 0 || this.popped + this.doneLen >= this.cap) return false;
+    while (head !== tail && this.nFree > 0 && this.popped + this.doneLen < this.cap) {
       const slot = this.freeSlots[--this.nFree];
       const src = RING_HDR_WORDS + (head & this.sqMask) * SQ_ENTRY;
       const dst = slot * ENTRY_WORDS;
@@ -383,7 +391,7 @@ class Worker {
       const off = offHi * 4294967296 + (offLo >>> 0), end = off + (E[e + E_LEN] >>> 0);
       const a0 = off - (off % align), a1 = Math.ceil(end / align) * align;
       [offHi, offLo] = split(a0);
-      if (a1 > this.sizeOf(f)) { this.slotInf[slot] = 1; endHi = INT64_MAX_ALIGNED_HI; endLo = -f.align | 0; }
+      if (this.slotInf[slot] === 1 || a1 > this.sizeOf(f)) { this.slotInf[slot] = 1; endHi = INT64_MAX_ALIGNED_HI; endLo = -f.align | 0; }
       else [endHi, endLo] = split(a1);
     } else {
       type = op === Op.READ || op === Op.READV ? ReqType.READ : ReqType.WRITE;
