@@ -7,6 +7,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { statfsName } from './policy.js';
 import { RingfenceError } from './errors.js';
+import { atExit } from './cleanup.js';
 
 export interface Volume {
   /** Directory to work in. */
@@ -20,26 +21,6 @@ export interface Volume {
   loopDevice?: string;
   /** Unmounts, detaches and deletes what was created. Safe to call twice. */
   cleanup(): void;
-}
-
-const live = new Set<Volume>();
-let handlersInstalled = false;
-
-function installHandlers(): void {
-  if (handlersInstalled) return;
-  handlersInstalled = true;
-  const cleanAll = (): void => { for (const v of [...live]) v.cleanup(); };
-  process.on('exit', cleanAll);
-  let signalled = 0;
-  for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
-    process.on(sig, () => {
-      signalled++;
-      // First and second Ctrl-C alike: clean up synchronously, then leave.
-      process.stderr.write(signalled === 1 ? `\n${sig}: cleaning up before exit...\n` : `\n${sig} again: cleaning up now\n`);
-      cleanAll();
-      process.exit(130);
-    });
-  }
 }
 
 export function isRoot(): boolean {
@@ -94,7 +75,7 @@ export function makeXfsVolume(size: number, opts: XfsOptions = {}): Volume {
     cleanup(): void {
       if (cleaned) return;
       cleaned = true;
-      live.delete(vol);
+      unregister();
       if (mounted) {
         // mount -o loop sets the loop device to autoclear: unmounting detaches it.
         try { run('umount', [mnt]); } catch { try { run('umount', ['-l', mnt]); } catch { /* reported below */ } }
@@ -104,8 +85,7 @@ export function makeXfsVolume(size: number, opts: XfsOptions = {}): Volume {
       else rmSync(mnt, { recursive: true, force: true });
     },
   };
-  installHandlers();
-  live.add(vol);
+  const unregister = atExit(() => vol.cleanup());
   try {
     if (keep && existsSync(image)) {
       const st = statSync(image);
@@ -159,10 +139,9 @@ export function tempVolume(why: string): Volume {
   const vol: Volume = {
     dir, fs, kind: 'tempdir',
     note: `a temporary directory ${dir} on ${fs}: NOT an XFS volume, because ${why}`,
-    cleanup(): void { if (!cleaned) { cleaned = true; live.delete(vol); rmSync(dir, { recursive: true, force: true }); } },
+    cleanup(): void { if (!cleaned) { cleaned = true; unregister(); rmSync(dir, { recursive: true, force: true }); } },
   };
-  installHandlers();
-  live.add(vol);
+  const unregister = atExit(() => vol.cleanup());
   return vol;
 }
 

@@ -3,6 +3,7 @@
 // so that Ctrl-C during a race does not leave files behind.
 import { mkdtempSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
+import { atExit } from '../cleanup.js';
 
 export interface Scratch {
   dir: string;
@@ -12,27 +13,8 @@ export interface Scratch {
   remove(): void;
 }
 
-const live = new Set<Scratch>();
-let installed = false;
-
-function install(): void {
-  if (installed) return;
-  installed = true;
-  const all = (): void => { for (const s of [...live]) s.remove(); };
-  process.on('exit', all);
-  for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
-    process.on(sig, () => {
-      all();
-      // Other handlers (volume.ts) may also be installed and exit; if none is, leave as the
-      // default disposition would have.
-      if (process.listenerCount(sig) <= 1) process.exit(130);
-    });
-  }
-}
-
 /** Makes `${dir}/.ringfence-probe-XXXXXX`. Throws what mkdtemp throws (EACCES, EROFS, ENOSPC...). */
 export function makeScratch(dir: string): Scratch {
-  install();
   const path = mkdtempSync(join(dir, '.ringfence-probe-'));
   let removed = false;
   const s: Scratch = {
@@ -44,10 +26,10 @@ export function makeScratch(dir: string): Scratch {
     remove(): void {
       if (removed) return;
       removed = true;
-      live.delete(s);
+      unregister();
       try { rmSync(path, { recursive: true, force: true }); } catch { /* reported by the caller's checks */ }
     },
   };
-  live.add(s);
+  const unregister = atExit(() => s.remove());
   return s;
 }
