@@ -63,6 +63,28 @@ function result(engine: string, job: Job, ios: number, seconds: number, h: hdr.H
 
 function cpuNow(): number { const c = process.cpuUsage(); return c.user + c.system; }
 
+/**
+ * job.qd concurrent loops, each awaiting one request at a time until the deadline, timing every
+ * request into one histogram. `io(loop, isWrite, offset)` issues one request of loop `q`.
+ */
+async function perRequestLoops(engine: string, job: Job, io: (q: number, write: boolean, offset: number) => Promise<unknown>): Promise<Result> {
+  const h = histogram();
+  const shared = { next: 0 };
+  const deadline = performance.now() + job.seconds * 1000;
+  let ios = 0;
+  const cpu0 = cpuNow(), t0 = performance.now();
+  await Promise.all(Array.from({ length: job.qd }, async (_, q) => {
+    const next = offsets(job, q + 1, shared);
+    for (let i = q; performance.now() < deadline; i += job.qd) {
+      const t = performance.now();
+      await io(q, isWrite(job, i), next());
+      h.recordValue(Math.max(1, Math.round((performance.now() - t) * 1e6)));
+      ios++;
+    }
+  }));
+  return result(engine, job, ios, (performance.now() - t0) / 1000, h, cpuNow() - cpu0);
+}
+
 /** ringfence through the per-request promise API: qd loops of read()/write(). */
 export function ringfencePerRequest(getEngine: () => Promise<Engine>): BenchEngine {
   return {
@@ -72,22 +94,10 @@ export function ringfencePerRequest(getEngine: () => Promise<Engine>): BenchEngi
       const engine = await getEngine();
       const f = await engine.open(job.path, { direct: job.direct });
       try {
-        const h = histogram();
-        const shared = { next: 0 };
-        const deadline = performance.now() + job.seconds * 1000;
-        let ios = 0;
-        const cpu0 = cpuNow(), t0 = performance.now();
-        await Promise.all(Array.from({ length: job.qd }, async (_, q) => {
-          const buf = engine.alloc(job.bs), next = offsets(job, q + 1, shared);
-          for (let i = q; performance.now() < deadline; i += job.qd) {
-            const t = performance.now();
-            await (isWrite(job, i) ? f.write(buf, next()) : f.read(buf, next()));
-            h.recordValue(Math.max(1, Math.round((performance.now() - t) * 1e6)));
-            ios++;
-          }
-          engine.free(buf);
-        }));
-        return result('ringfence', job, ios, (performance.now() - t0) / 1000, h, cpuNow() - cpu0);
+        const bufs = Array.from({ length: job.qd }, () => engine.alloc(job.bs));
+        const r = await perRequestLoops('ringfence', job, (q, write, off) => (write ? f.write(bufs[q], off) : f.read(bufs[q], off)));
+        for (const b of bufs) engine.free(b);
+        return r;
       } finally { await f.close(); }
     },
   };
@@ -143,21 +153,8 @@ export function nodeFs(): BenchEngine {
             try { await fh.read(big.subarray(shift, shift + job.bs), 0, job.bs, 0); break; } catch { /* misaligned */ }
           }
         }
-        const h = histogram();
-        const shared = { next: 0 };
-        const deadline = performance.now() + job.seconds * 1000;
-        let ios = 0;
-        const cpu0 = cpuNow(), t0 = performance.now();
-        await Promise.all(Array.from({ length: job.qd }, async (_, q) => {
-          const buf = big.subarray(shift + q * job.bs, shift + (q + 1) * job.bs), next = offsets(job, q + 1, shared);
-          for (let i = q; performance.now() < deadline; i += job.qd) {
-            const t = performance.now();
-            await (isWrite(job, i) ? fh.write(buf, 0, job.bs, next()) : fh.read(buf, 0, job.bs, next()));
-            h.recordValue(Math.max(1, Math.round((performance.now() - t) * 1e6)));
-            ios++;
-          }
-        }));
-        return result('node:fs', job, ios, (performance.now() - t0) / 1000, h, cpuNow() - cpu0);
+        const bufs = Array.from({ length: job.qd }, (_, q) => big.subarray(shift + q * job.bs, shift + (q + 1) * job.bs));
+        return await perRequestLoops('node:fs', job, (q, write, off) => (write ? fh.write(bufs[q], 0, job.bs, off) : fh.read(bufs[q], 0, job.bs, off)));
       } finally { await fh.close(); }
     },
   };
