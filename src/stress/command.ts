@@ -42,7 +42,7 @@ export function addStressCommand(program: Command, deps: Deps): void {
     .option('--image <path>', 'with --xfs: keep the image file at this path')
     .option('--force', 'with --image: overwrite an existing image file')
     .addOption(new Option('--workload <name>', 'what to run').choices(WORKLOADS as string[]).default('qcow2-alloc'))
-    .addOption(new Option('--workaround <policy>', 'serialise post-EOF zero-writes: auto (by filesystem and kernel), always, never').choices(['auto', 'always', 'never']).default('auto'))
+    .addOption(new Option('--workaround <policy>', 'serialise post-EOF zero-writes: auto (by filesystem and kernel), always, never, or probe (decided by ringfence probe\'s race check, cached per filesystem and kernel)').choices(['auto', 'always', 'never', 'probe']).default('auto'))
     .option('--emulate-xfs-bug', 'run zero-writes with the pre-Linux-5.5 XFS fallocate semantics (sample size, allocate, sleep, truncate)')
     .option('--window-us <n>', 'with --emulate-xfs-bug: the race window in microseconds (default 2000)')
     .option('--workers <n>', 'engine worker threads (default 2, or min(4, cores - 1) when larger: the races need requests on two workers at once)')
