@@ -83,6 +83,7 @@ class Worker {
   private readonly slotTrunc: Float64Array;
   private readonly slotInf: Uint8Array;
   private readonly poolBytes: Uint8Array;
+  private readonly slotFile: (FileEntry | undefined)[];
   private readonly freeSlots: Int32Array;
   private nFree: number;
   /** FIFO of local slots admitted but not yet given to the kernel (native capacity). */
@@ -135,6 +136,7 @@ class Worker {
     this.slotTrunc = new Float64Array(this.cap);
     this.slotInf = new Uint8Array(this.cap);
     this.poolBytes = new Uint8Array(init.pool);
+    this.slotFile = new Array(this.cap).fill(undefined);
     this.freeSlots = new Int32Array(this.cap);
     for (let i = 0; i < this.cap; i++) this.freeSlots[i] = this.cap - 1 - i;
     this.nFree = this.cap;
@@ -303,6 +305,7 @@ class Worker {
     const fileId = this.slotEntry[e + E_FILE];
     const f = fileId >= 0 && fileId < MAX_FILES ? this.files[fileId] : undefined;
     if (f === undefined) return this.finish(slot, -9 /* EBADF */);
+    this.slotFile[slot] = f;
     const op = this.slotEntry[e + E_OP] & 0xff;
     this.slotPhase[slot] = 0;
     this.slotInf[slot] = 0;
@@ -439,8 +442,7 @@ class Worker {
     this.nWaiting = 0;
     for (let i = 0; i < n; i++) {
       const slot = list[i];
-      const f = this.files[this.slotEntry[slot * ENTRY_WORDS + E_FILE]];
-      if (f === undefined) { this.finish(slot, -9); continue; }
+      const f = this.slotFile[slot]!;
       if (this.slotState[slot] === S_FULLWAIT) {
         const h = this.register(slot, f);
         if (h === FULL) { this.waitList[this.nWaiting++] = slot; continue; }
@@ -605,7 +607,9 @@ class Worker {
   private complete(slot: number, res: number): void {
     const h = this.slotHandle[slot];
     if (h >= 0) {
-      const f = this.files[this.slotEntry[slot * ENTRY_WORDS + E_FILE]];
+      // The file entry the request was registered through (kept per slot: the handle must be
+      // released in that table even if the file table changed meanwhile).
+      const f = this.slotFile[slot];
       if (f !== undefined && f.table !== null) this.wake(f.table.release(h));
       this.slotHandle[slot] = -1;
     }
@@ -624,6 +628,7 @@ class Worker {
     this.doneLen++;
     this.slotState[slot] = S_FREE;
     this.slotHandle[slot] = -1;
+    this.slotFile[slot] = undefined;
     this.freeSlots[this.nFree++] = slot;
     this.popped--;
   }
