@@ -241,6 +241,10 @@ export class File {
     const head = off % align, a0 = off - head, span = Math.ceil((off + len) / align) * align - a0;
     const [a0lo, a0hi] = [(a0 % TWO32) | 0, Math.floor(a0 / TWO32)];
     const name = op === Op.WRITE ? 'write' : 'read';
+    if (off + len + 2 * align > Number.MAX_SAFE_INTEGER) {
+      throw new RingfenceError(`${name} on ${this.path}: offset ${joinOffset(lo, hi)} and length ${len} are not multiples of ${align}, and padding them is supported only below 2^53; align the request for O_DIRECT, or open the file with { direct: false }`,
+        { code: 'ERR_RINGFENCE_UNALIGNED', op: name, path: this.path, offset: joinOffset(lo, hi), length: len });
+    }
     if (op === Op.WRITE && !this.meta.tracked) {
       throw new RingfenceError(`write on ${this.path}: offset ${off} and length ${len} are not multiples of ${align}, and padding them needs request tracking (the engine was started with trackRequests: false); align them or open with { direct: false }`,
         { code: 'ERR_RINGFENCE_UNALIGNED', op: name, path: this.path, offset: off, length: len });

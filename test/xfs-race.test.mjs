@@ -59,6 +59,28 @@ test('no emulation: the fixed kernel loses nothing even with the workaround off'
   assert.is(r.failures, 0);
 });
 
+test('offsets beyond 2^53 (sparse XFS file): zero-writes, writes and truncates are tracked exactly', async () => {
+  if (!isRoot) { console.log('  skip: needs root for an XFS loop volume'); return; }
+  const vol = makeXfsVolume(512 * 2 ** 20);
+  const engine = await Engine.start({ workers: 2, queueDepth: 8, xfsWorkaround: 'always' });
+  try {
+    const f = await engine.open(join(vol.dir, 'huge'), { create: true, truncate: true });
+    const base = (1n << 60n) + 4096n; // far beyond 2^53: doubles would round these offsets
+    const data = engine.alloc(BS), back = engine.alloc(BS);
+    data.set(pattern(BS, 60));
+    await Promise.all([f.writeZeroes(base, BS), f.write(data, base + BigInt(BS))]);
+    assert.is(await f.size(), base + BigInt(2 * BS));
+    assert.is(await f.read(back, base + BigInt(BS)), BS);
+    assert.equal(Buffer.from(back), Buffer.from(data));
+    assert.is(await f.read(back, base), BS);
+    assert.ok(back.every((b) => b === 0), 'the zero-write reads back as zeros');
+    await f.truncate(base + 1n);
+    assert.is(await f.size(), base + 1n);
+    assert.ok(f.stats().serialising >= 2, 'the zero-write and the truncate were serialising');
+    await f.close();
+  } finally { await engine.close(); vol.cleanup(); }
+});
+
 test('a post-EOF zero-write serialises from EOF, so a write in the gap below it is not zeroed by the size change', async () => {
   // The emulated zero-write raises the size with ftruncate, and XFS zeroes [old EOF, new size)
   // having read the old size before waiting for direct I/O: a write in flight in that gap

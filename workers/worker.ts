@@ -354,19 +354,21 @@ class Worker {
     const e = slot * ENTRY_WORDS, E = this.slotEntry, table = f.table!;
     const op = E[e + E_OP] & 0xff;
     let offLo = E[e + E_OFF_LO], offHi = E[e + E_OFF_HI];
-    let type: ReqType, serialising = false, eof = 0;
+    let type: ReqType, serialising = false, eof = 0n;
     let endLo: number, endHi: number;
     if (op === Op.TRUNCATE || op === Op.FALLOCATE) {
-      const off = offHi * 4294967296 + (offLo >>> 0);
-      const len = op === Op.TRUNCATE ? 0 : E[e + E_LEN] >>> 0 | 0, lenHi = op === Op.TRUNCATE ? 0 : E[e + E_BUF];
-      const end = off + (len >>> 0) + lenHi * 4294967296;
+      // Exact 64-bit arithmetic (offsets may exceed 2^53 on sparse files); these ops are rare.
+      const off = join64(offHi, offLo);
+      const end = op === Op.TRUNCATE ? off : off + join64(E[e + E_BUF], E[e + E_LEN]);
+      const align = BigInt(f.align);
       if (op === Op.TRUNCATE) {
         // A truncate changes EOF for everything beyond the smaller of the old and new sizes:
         // serialise it from there to "infinity", like QEMU's growing truncate.
         type = ReqType.TRUNCATE;
         serialising = true;
-        const from = Math.min(off, this.sizeOf(f));
-        [offHi, offLo] = alignDownSplit(from, f.align);
+        const size = this.sizeOf(f);
+        const from = off < size ? off : size;
+        [offHi, offLo] = split64(from - (from % align));
         endHi = INT64_MAX_ALIGNED_HI; endLo = -f.align | 0;
       } else if (f.workaround && end > (eof = this.sizeOf(f))) {
         // The XFS workaround (QEMU 292d06b925b2): a zero-write that may end beyond EOF is
@@ -377,11 +379,12 @@ class Worker {
         // in flight in that gap is as exposed as one past the zero-write's end.
         type = ReqType.ZERO;
         serialising = true;
-        [offHi, offLo] = alignDownSplit(Math.min(off, eof), f.align);
+        const from = off < eof ? off : eof;
+        [offHi, offLo] = split64(from - (from % align));
         endHi = INT64_MAX_ALIGNED_HI; endLo = -f.align | 0;
       } else {
         type = ReqType.ZERO;
-        [endHi, endLo] = split(end);
+        [endHi, endLo] = split64(end);
       }
     } else if (this.slotPhase[slot] !== 0) {
       // Padded read-modify-write (QEMU's padding RMW): serialising over the aligned range,
@@ -394,7 +397,7 @@ class Worker {
       const off = offHi * 4294967296 + (offLo >>> 0), end = off + (E[e + E_LEN] >>> 0);
       const a0 = off - (off % align), a1 = Math.ceil(end / align) * align;
       [offHi, offLo] = split(a0);
-      if (this.slotInf[slot] === 1 || a1 > this.sizeOf(f)) { this.slotInf[slot] = 1; endHi = INT64_MAX_ALIGNED_HI; endLo = -f.align | 0; }
+      if (this.slotInf[slot] === 1 || a1 > Number(this.sizeOf(f))) { this.slotInf[slot] = 1; endHi = INT64_MAX_ALIGNED_HI; endLo = -f.align | 0; }
       else [endHi, endLo] = split(a1);
     } else {
       type = op === Op.READ || op === Op.READV ? ReqType.READ : ReqType.WRITE;
@@ -412,8 +415,9 @@ class Worker {
     return h;
   }
 
-  private sizeOf(f: FileEntry): number {
-    try { return fstatSync(f.fd).size; } catch { return 0; }
+  /** The file's size now (0 if fstat fails: the request then fails in the kernel anyway). */
+  private sizeOf(f: FileEntry): bigint {
+    try { return fstatSync(f.fd, { bigint: true }).size; } catch { return 0n; }
   }
 
   private admitOrPark(slot: number, f: FileEntry, h: number): void {
@@ -466,7 +470,7 @@ class Worker {
     const align = E[e + E_AUX];
     const off = E[e + E_OFF_HI] * 4294967296 + (E[e + E_OFF_LO] >>> 0), end = off + (E[e + E_LEN] >>> 0);
     const a1 = Math.ceil(end / align) * align;
-    const size = this.sizeOf(f);
+    const size = Number(this.sizeOf(f));
     if (a1 > size && this.slotInf[slot] === 0 && this.slotHandle[slot] >= 0) {
       // EOF moved below the padded end since registration (an older truncate completed):
       // re-register with the range extended to infinity before trimming the size later.
@@ -493,7 +497,8 @@ class Worker {
     const align = E[e + E_AUX], len = E[e + E_LEN];
     if (align < 512 || align > 65536 || (align & (align - 1)) !== 0 || len <= 0) return false;
     const off = (E[e + E_OFF_HI] >= 0 ? E[e + E_OFF_HI] : -1) * 4294967296 + (E[e + E_OFF_LO] >>> 0);
-    if (off < 0) return false;
+    // The padding arithmetic is in doubles: exact below 2^53, which the API enforces too.
+    if (off < 0 || off + len + 2 * align > Number.MAX_SAFE_INTEGER) return false;
     const a0 = off - (off % align), a1 = Math.ceil((off + len) / align) * align;
     const buf = E[e + E_BUF] >>> 0;
     return buf % 512 === 0 && buf + (a1 - a0) + 2 * align <= this.poolBytes.byteLength;
@@ -673,12 +678,17 @@ class Worker {
   }
 }
 
+function join64(hi: number, lo: number): bigint {
+  return (BigInt(hi) << 32n) | BigInt(lo >>> 0);
+}
+
+function split64(v: bigint): [number, number] {
+  return [Number(v >> 32n) | 0, Number(v & 0xffffffffn) | 0];
+}
+
 function split(v: number): [number, number] {
   const hi = Math.floor(v / 4294967296);
   return [hi, (v - hi * 4294967296) | 0];
 }
 
-function alignDownSplit(v: number, align: number): [number, number] {
-  return split(v - (v % align));
-}
 
