@@ -73,7 +73,7 @@ export const H_HIGH_WATER = 33;   // max H_IN_FLIGHT ever observed
 
 /** One slot per in-flight request, padded to a 64-byte cache line. */
 export const SLOT_WORDS = 16;
-export const S_STATE = 0;     // gen << GEN_SHIFT | serialising << 2 | state
+export const S_STATE = 0;     // gen << GEN_SHIFT | owner << OWNER_SHIFT | serialising << 2 | state
 export const S_TICKET = 1;    // valid while state == ACTIVE
 export const S_START_HI = 2;  // overlap range [start, end), int64 as (hi, lo)
 export const S_START_LO = 3;
@@ -86,7 +86,10 @@ export const S_TYPE = 7;      // ReqType (diagnostics only; conflicts ignore it)
 export const ST_FREE = 0, ST_CLAIMED = 1, ST_RANGED = 2, ST_ACTIVE = 3;
 export const ST_MASK = 3;
 export const SER_BIT = 4;
-export const GEN_SHIFT = 3;
+/** The worker that claimed the slot (0..30), set by the claiming CAS itself. */
+export const OWNER_SHIFT = 3;
+export const OWNER_MASK = 0x1f;
+export const GEN_SHIFT = 8;
 /** Generation width: handle = gen << SLOT_BITS | slot must stay a non-negative int32. */
 export const GEN_BITS = 23;
 export const GEN_MASK = (1 << GEN_BITS) - 1;
@@ -112,6 +115,7 @@ export class TrackedTable {
   private readonly ownRange: Int32Array; // 4 words per slot
   private readonly ownSer: Uint8Array;
   private hint = -1;       // where claimSlot starts looking (-1: not chosen yet)
+  private owner = 0;       // worker << OWNER_SHIFT of the current register() call
   private claimedWord = 0; // state word written by the last successful claimSlot
   private regWake = 0;     // workers to wake after the last register()
 
@@ -160,6 +164,7 @@ export class TrackedTable {
     // Workers start claiming in different parts of the table, so that they rarely contend
     // for the same free slot or the same cache lines.
     if (this.hint < 0) this.hint = (worker * 97) % this.capacity;
+    this.owner = (worker & OWNER_MASK) << OWNER_SHIFT;
     let slot = this.claimSlot();
     if (slot < 0) {
       // Register interest BEFORE the second look: a release() that frees a
@@ -173,7 +178,7 @@ export class TrackedTable {
     const gen = (this.claimedWord >>> GEN_SHIFT) & GEN_MASK;
     // The owning worker rides in the type word (diagnostics only for the protocol), so that
     // the main thread can release a dead worker's entries: releaseOwnedBy().
-    this.writeFields(base, type | (worker << 8), startHi, startLo, endHi, endLo);
+    this.writeFields(base, type, startHi, startLo, endHi, endLo);
     this.countInFlight();
     if (serialising) {
       // Must come before drawTicket(): a non-serialising request that draws
@@ -307,7 +312,7 @@ export class TrackedTable {
       const base = HEADER_WORDS + i * SLOT_WORDS;
       const s = mem.load(base + S_STATE);
       if ((s & ST_MASK) === ST_FREE) {
-        const claimed = (s & ~7) | ST_CLAIMED;
+        const claimed = (s & ~0xff) | this.owner | ST_CLAIMED;
         // Only FREE -> CLAIMED is contended; every later transition of this
         // slot is made by us alone until freeSlot().
         if (mem.cas(base + S_STATE, s, claimed) === s) {
@@ -355,7 +360,7 @@ export class TrackedTable {
   protected noSerialisingInFlight(): boolean { return this.mem.load(H_SER_IN_FLIGHT) === 0; }
 
   protected publishRange(base: number, gen: number, ser: boolean): void {
-    this.mem.store(base + S_STATE, (gen << GEN_SHIFT) | (ser ? SER_BIT : 0) | ST_RANGED);
+    this.mem.store(base + S_STATE, (gen << GEN_SHIFT) | this.owner | (ser ? SER_BIT : 0) | ST_RANGED);
   }
 
   protected drawTicket(): number { return this.mem.add(H_TICKET, 1); }
@@ -363,7 +368,7 @@ export class TrackedTable {
   /** Ticket word first, then ACTIVE: a reader validating ACTIVE sees the ticket. */
   protected publishTicket(base: number, gen: number, ser: boolean, ticket: number): void {
     this.mem.store(base + S_TICKET, ticket);
-    this.mem.store(base + S_STATE, (gen << GEN_SHIFT) | (ser ? SER_BIT : 0) | ST_ACTIVE);
+    this.mem.store(base + S_STATE, (gen << GEN_SHIFT) | this.owner | (ser ? SER_BIT : 0) | ST_ACTIVE);
   }
 
   /**
@@ -403,9 +408,11 @@ export class TrackedTable {
 /**
  * Releases every entry owned by `worker`, which must be dead (its thread gone, its kernel
  * I/O drained): nobody else writes those slots, so plain stores suffice, and requests parked
- * behind them are woken through the returned mask. A worker that died between entering the
- * serialising count and publishing its range would leave the count one high, which only
- * disables the fast path (never admits wrongly).
+ * behind them are woken through the returned mask. The owner is part of the state word from
+ * the claiming CAS on, so even a slot the worker had only CLAIMED is found. A worker that
+ * died between entering the serialising count and publishing its range leaves that count one
+ * high (and one that died right after claiming, the in-flight count): that only disables the
+ * fast path, or skews a statistic; it never admits wrongly.
  */
 export function releaseOwnedBy(sab: SharedArrayBuffer, capacity: number, worker: number): number {
   const mem = new AtomicWords(new Int32Array(sab));
@@ -414,14 +421,13 @@ export function releaseOwnedBy(sab: SharedArrayBuffer, capacity: number, worker:
     const base = HEADER_WORDS + i * SLOT_WORDS;
     const s = mem.load(base + S_STATE);
     const st = s & ST_MASK;
-    // A CLAIMED slot's type word may still name its previous occupant: it cannot be
-    // attributed, so it is left alone (scanners ignore CLAIMED slots; at worst one slot
-    // of capacity is lost if the dead worker died between claim and publishing its range).
-    if (st === ST_FREE || st === ST_CLAIMED || ((mem.load(base + S_TYPE) >>> 8) & 0xff) !== worker) continue;
+    if (st === ST_FREE || ((s >>> OWNER_SHIFT) & OWNER_MASK) !== worker) continue;
     const gen = (s >>> GEN_SHIFT) & GEN_MASK;
     mem.store(base + S_STATE, ((gen + 1) & GEN_MASK) << GEN_SHIFT);
-    if ((s & SER_BIT) !== 0) mem.sub(H_SER_IN_FLIGHT, 1);
-    mem.sub(H_IN_FLIGHT, 1);
+    if (st !== ST_CLAIMED) {
+      if ((s & SER_BIT) !== 0) mem.sub(H_SER_IN_FLIGHT, 1);
+      mem.sub(H_IN_FLIGHT, 1);
+    }
     wake |= mem.exchange(base + S_WAITERS, 0);
   }
   if (mem.load(H_FULL_WAITERS) !== 0) wake |= mem.exchange(H_FULL_WAITERS, 0);

@@ -87,6 +87,31 @@ test('close() while a worker dies with requests in flight: they settle and close
   assert.ok(r.filter((x) => x.status === 'fulfilled').every((x) => x.value === BS));
 });
 
+test("releaseOwnedBy frees exactly the dead worker's slots, even one it had only claimed, and wakes their waiters", async () => {
+  const { TrackedTable, AtomicWords, releaseOwnedBy, HEADER_WORDS, SLOT_WORDS, S_STATE, ST_MASK, ST_FREE, ST_CLAIMED, OWNER_SHIFT, ADMITTED, BLOCKED } = await import('../dist/src/table.js');
+  const cap = 8, sab = TrackedTable.create(cap), i32 = new Int32Array(sab);
+  const dead = new TrackedTable(new AtomicWords(i32), cap), live = new TrackedTable(new AtomicWords(i32), cap);
+  const a = dead.register(3, 2, false, 0, 0, 0, 4096);               // admitted write, worker 3
+  assert.is(dead.tryAdmit(3, a), ADMITTED);
+  const z = live.register(1, 3, true, 0, 0, 0x7fffffff, -4096);       // serialising zero-write behind it, worker 1
+  assert.is(live.tryAdmit(1, z), BLOCKED, 'parked behind the dead worker\'s write');
+  const keep = live.register(1, 2, false, 0, 1 << 20, 0, (1 << 20) + 4096);
+  // Worker 3 dies right after claiming another slot (before publishing its range).
+  let claimed = -1;
+  for (let i = 0; i < cap && claimed < 0; i++) {
+    const at = HEADER_WORDS + i * SLOT_WORDS + S_STATE, st = Atomics.load(i32, at);
+    if ((st & ST_MASK) === ST_FREE && Atomics.compareExchange(i32, at, st, (st & ~0xff) | (3 << OWNER_SHIFT) | ST_CLAIMED) === st) claimed = i;
+  }
+  const wake = releaseOwnedBy(sab, cap, 3);
+  assert.ok(wake & (1 << 1), 'worker 1 is woken');
+  const states = Array.from({ length: cap }, (_, i) => Atomics.load(i32, HEADER_WORDS + i * SLOT_WORDS + S_STATE) & ST_MASK);
+  assert.is(states[claimed], ST_FREE, 'the claimed-only slot is free again');
+  assert.is(states.filter((st) => st !== ST_FREE).length, 2, "worker 1's two entries are untouched");
+  assert.is(live.tryAdmit(1, z), ADMITTED, 'the parked zero-write is admitted now');
+  live.release(z); live.release(keep);
+  assert.ok(Array.from({ length: cap }, (_, i) => Atomics.load(i32, HEADER_WORDS + i * SLOT_WORDS + S_STATE) & ST_MASK).every((st) => st === ST_FREE));
+});
+
 test('RINGFENCE_FAULTS is validated: a bad spec throws a RangeError that shows the format', async () => {
   const err = await Engine.start({ faults: '0:explode:1' }).catch((e) => e);
   assert.instance(err, RangeError);
