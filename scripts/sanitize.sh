@@ -26,8 +26,9 @@ rebuild_normal() {
 on_exit() {
   rebuild_normal
   rm -rf "$WORK"
+  if [ "$findings" -eq 0 ]; then rm -rf "$LOG"; echo "sanitize: PASS"; exit 0; fi
   echo "logs: $LOG"
-  if [ "$findings" -eq 0 ]; then echo "sanitize: PASS"; exit 0; else echo "sanitize: FAIL ($findings finding(s))"; exit 1; fi
+  echo "sanitize: FAIL ($findings finding(s))"; exit 1
 }
 trap on_exit EXIT
 trap 'echo interrupted; findings=$((findings + 1)); exit 1' INT TERM
