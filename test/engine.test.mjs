@@ -5,14 +5,10 @@ import { openSync, readSync, closeSync, statSync, writeFileSync, readFileSync, f
 import { join } from 'node:path';
 import { Engine, RingfenceError } from '../dist/src/index.js';
 import { loadAddon } from '../dist/src/addon.js';
-import { scratchDir, rng, pattern } from './helpers/env.mjs';
+import { scratchDir, rng, pattern, availableBackends } from './helpers/env.mjs';
 
 const probe = loadAddon().probe();
-const BACKENDS = ['io_uring', 'libaio', 'sync'].filter((b) => {
-  const ok = b === 'sync' || (b === 'io_uring' ? probe.ioUring.ok : probe.libaio.ok);
-  if (!ok) console.log(`skip backend ${b}: ${b === 'io_uring' ? probe.ioUring.reason : probe.libaio.reason}`);
-  return ok;
-});
+const BACKENDS = availableBackends(probe);
 const scratch = scratchDir();
 test.after(() => scratch.cleanup());
 

@@ -10,18 +10,14 @@ import { Engine } from '../dist/src/index.js';
 import { loadAddon } from '../dist/src/addon.js';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
-import { scratchDir, pattern } from './helpers/env.mjs';
+import { scratchDir, pattern, availableBackends } from './helpers/env.mjs';
 
 // A real GC, so that buffers dropped without free() can be seen coming back.
 setFlagsFromString('--expose-gc');
 const gc = globalThis.gc ?? runInNewContext('gc');
 
 const probe = loadAddon().probe();
-const BACKENDS = ['io_uring', 'libaio', 'sync'].filter((b) => {
-  const ok = b === 'sync' || (b === 'io_uring' ? probe.ioUring.ok : probe.libaio.ok);
-  if (!ok) console.log(`skip backend ${b}: ${b === 'io_uring' ? probe.ioUring.reason : probe.libaio.reason}`);
-  return ok;
-});
+const BACKENDS = availableBackends(probe);
 const scratch = scratchDir('rf-leaks-');
 test.after(() => scratch.cleanup());
 

@@ -24,3 +24,15 @@ export function pattern(len, seed) {
 }
 
 export const isRoot = typeof process.getuid === 'function' && process.getuid() === 0;
+
+/**
+ * The backends this machine can run (sync always), from the addon's probe; prints why the
+ * others are skipped. `probe` is `loadAddon().probe()`.
+ */
+export function availableBackends(probe) {
+  return ['io_uring', 'libaio', 'sync'].filter((b) => {
+    const ok = b === 'sync' || (b === 'io_uring' ? probe.ioUring.ok : probe.libaio.ok);
+    if (!ok) console.log(`skip backend ${b}: ${b === 'io_uring' ? probe.ioUring.reason : probe.libaio.reason}`);
+    return ok;
+  });
+}
