@@ -76,7 +76,9 @@ test('offsets beyond 2^53 (sparse XFS file): zero-writes, writes and truncates a
     assert.ok(back.every((b) => b === 0), 'the zero-write reads back as zeros');
     await f.truncate(base + 1n);
     assert.is(await f.size(), base + 1n);
-    assert.ok(f.stats().serialising >= 2, 'the zero-write and the truncate were serialising');
+    // The truncate is always serialising; the zero-write only if it registered before the
+    // write beyond it extended the file (otherwise it no longer ends past EOF).
+    assert.ok(f.stats().serialising >= 1, 'the truncate was serialising');
     await f.close();
   } finally { await engine.close(); vol.cleanup(); }
 });
