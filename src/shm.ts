@@ -24,8 +24,54 @@ export function createRing(capacity: number, entryWords: number): SharedArrayBuf
   return new SharedArrayBuffer(ringBytes(capacity, entryWords));
 }
 
-export const SQ_ENTRY = ENTRY_WORDS;
+/**
+ * Submission ring entries: the 8 request words (src/protocol.ts), then words the consumer
+ * checks before it trusts them, because ring memory is shared and may be corrupted or stale:
+ *   8  SQ_SEQ  the ring index the producer wrote the entry at (an entry left over from an
+ *              earlier lap, replayed by a corrupted tail, carries an older index)
+ *   9  SQ_GEN  allocation generation of the pool block the request's buffer lies in (0: none;
+ *              see the page-generation map below)
+ *   10 SQ_SUM  entrySum() of words 0..9: a scribbled word is caught before the kernel sees it
+ *   11..15 reserved (zero); an entry is one 64-byte line
+ * Completion ring entries:
+ *   0 CQ_ID request id   1 CQ_RES result   2 CQ_SEQ ring index   3 CQ_SUM entrySum() of 0..2
+ */
+export const SQ_ENTRY = 16;
+export const SQ_SEQ = ENTRY_WORDS, SQ_GEN = ENTRY_WORDS + 1, SQ_SUM = ENTRY_WORDS + 2;
 export const CQ_ENTRY = COMPL_WORDS;
+export const CQ_ID = 0, CQ_RES = 1, CQ_SEQ = 2, CQ_SUM = 3;
+
+/**
+ * A 32-bit check value over `n` words of `a` from `at` (FNV-1a-style, per word, with a final
+ * avalanche). Not cryptographic: it detects corruption (scribbled or stale words), not an
+ * adversary who can also compute it. No allocation.
+ */
+export function entrySum(a: Int32Array, at: number, n: number): number {
+  let h = 0x811c9dc5 | 0;
+  for (let i = 0; i < n; i++) {
+    h = Math.imul(h ^ a[at + i], 0x01000193);
+    h ^= h >>> 15;
+  }
+  h = Math.imul(h ^ (h >>> 16), 0x85ebca6b);
+  return (h ^ (h >>> 13)) | 0;
+}
+
+/**
+ * The pool's page-generation map (one SharedArrayBuffer, written only by the main thread's
+ * allocator): one int32 per 4 KiB pool page, 0 while the page is free, else the generation of
+ * the allocation that holds it (every page of one block carries the same, never-0 value; each
+ * allocation draws a new one). A worker accepts a request only if the first and the last page
+ * of every pool range it names carry the generation in the entry (SQ_GEN), so a stale or
+ * scribbled entry cannot make the kernel touch memory that is free or belongs to another
+ * allocation. Generations wrap after 2^31 allocations; a stale entry would have to survive that
+ * long and still pass its ring index and check value.
+ */
+export function poolRangeLive(pageGen: Int32Array, gen: number, off: number, len: number): boolean {
+  if (gen === 0 || len <= 0 || off < 0) return false;
+  const first = Math.floor(off / 4096), last = Math.floor((off + len - 1) / 4096);
+  if (last >= pageGen.length) return false;
+  return pageGen[first] === gen && pageGen[last] === gen;
+}
 
 /**
  * Engine control block: one Int32Array, CTRL_STRIDE words per worker slot, then main's words.
@@ -45,6 +91,14 @@ export const W_BUSY = 3;
 export const W_KINFLIGHT = 4;
 /** Control messages the main thread has posted to this worker (the worker counts those it handled). */
 export const W_CTRL_SEQ = 5;
+/**
+ * Written by the native context: incremented before and after every call that can block in
+ * the kernel for the device's sake (pread/pwrite/fallocate/fsync/ftruncate, io_submit, an
+ * io_uring submit). Odd: the worker is inside such a call. The watchdog tells "slow" (blocked
+ * in a syscall: the thread is alive and the call will return) from "dead" (no heartbeat and
+ * not in a syscall).
+ */
+export const W_STALL = 6;
 
 export const STATE_RUNNING = 0;
 /** Sleeping in Atomics.waitAsync on W_STATE: wake with CAS to RUNNING + Atomics.notify. */

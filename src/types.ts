@@ -12,6 +12,8 @@ export interface NativeContextOptions {
   completions: Int32Array;
   doorbellFd: number;
   emulateWindowUs: number;
+  /** Int32Array (over the control SharedArrayBuffer) of length >= 1: see W_STALL in src/shm.ts. */
+  stall?: Int32Array;
 }
 
 export interface NativeContextInfo {
@@ -47,6 +49,16 @@ export interface NativeAddon {
   ring(fd: number): void;
   closeFd(fd: number): void;
   dioAlign(fd: number): { mem: number; offset: number } | null;
+  /**
+   * An ArrayBuffer of its own (external, detachable) over bytes [offset, offset+length) of
+   * `pool`'s memory. It keeps the pool's SharedArrayBuffer alive until it is collected, so any
+   * view of it stays valid memory; the engine's FinalizationRegistry on it returns the block.
+   */
+  poolView(pool: Uint8Array, offset: number, length: number): ArrayBuffer;
+  /** Detaches an ArrayBuffer made by poolView(): every view of it becomes length 0. */
+  detach(ab: ArrayBuffer): void;
+  /** The address of `u8`'s first byte modulo `m` (checks the pool's page alignment). */
+  addressMod(u8: Uint8Array, m: number): number;
 }
 
 export interface WorkerInit {
@@ -59,6 +71,8 @@ export interface WorkerInit {
   cqCapacity: number;
   ctrl: SharedArrayBuffer;
   pool: SharedArrayBuffer;
+  /** The pool's page-generation map (src/shm.ts poolRangeLive). */
+  pageGen: SharedArrayBuffer;
   workerStats: SharedArrayBuffer;
   doorbells: number[];
   emulateWindowUs: number;
