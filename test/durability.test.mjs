@@ -14,8 +14,8 @@ import { spawn, spawnSync, execFileSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { readFileSync, existsSync } from 'node:fs';
 import { Engine, RingfenceError } from '../dist/src/index.js';
-import { makeXfsVolume, haveCommand } from '../dist/src/volume.js';
-import { scratchDir, pattern, isRoot } from './helpers/env.mjs';
+import { makeXfsVolume } from '../dist/src/volume.js';
+import { scratchDir, pattern, skipUnless, xfsVolumeUnavailable } from './helpers/env.mjs';
 
 const scratch = scratchDir('rf-durable-');
 test.after(() => scratch.cleanup());
@@ -64,9 +64,8 @@ for (const direct of [true, false]) {
   });
 }
 
-test('XFS shut down without log flush right after flush(): flushed blocks survive the "power cut"', async () => {
-  if (!isRoot) { console.log('  skip: needs root (loop-mounted XFS volume and xfs_io shutdown)'); return; }
-  if (!haveCommand('xfs_io') || !haveCommand('mkfs.xfs')) { console.log('  skip: xfsprogs (xfs_io, mkfs.xfs) not installed'); return; }
+// Root (loop-mounted XFS volume, xfs_io shutdown) and xfsprogs, decided before the test is defined.
+skipUnless(test, xfsVolumeUnavailable(['mkfs.xfs', 'xfs_io']))('XFS shut down without log flush right after flush(): flushed blocks survive the "power cut"', async () => {
   const vol = makeXfsVolume(300 * 2 ** 20);
   try {
     const path = join(vol.dir, 'data'), control = join(vol.dir, 'control');

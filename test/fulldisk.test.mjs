@@ -7,8 +7,8 @@ import * as assert from 'uvu/assert';
 import { join } from 'node:path';
 import { unlinkSync, statfsSync } from 'node:fs';
 import { Engine, RingfenceError } from '../dist/src/index.js';
-import { makeXfsVolume, haveCommand } from '../dist/src/volume.js';
-import { pattern, isRoot } from './helpers/env.mjs';
+import { makeXfsVolume } from '../dist/src/volume.js';
+import { pattern, skipUnless, xfsVolumeUnavailable } from './helpers/env.mjs';
 
 const MiB = 1 << 20;
 const base = pattern(MiB, 99);
@@ -18,9 +18,7 @@ function fillBlock(buf, k) {
   for (let p = 0; p < MiB; p += 4096) { buf[p] = k & 0xff; buf[p + 1] = (k >> 8) & 0xff; buf[p + 2] = 0xee; }
 }
 
-test('filling an XFS volume: ENOSPC with advice, acknowledged data intact, writes work again after space is freed', async () => {
-  if (!isRoot) { console.log('  skip: needs root (creates a loop-mounted XFS volume)'); return; }
-  if (!haveCommand('mkfs.xfs')) { console.log('  skip: mkfs.xfs not installed (apt-get install xfsprogs)'); return; }
+skipUnless(test, xfsVolumeUnavailable())('filling an XFS volume: ENOSPC with advice, acknowledged data intact, writes work again after space is freed', async () => {
   const vol = makeXfsVolume(300 * MiB);
   let engine;
   try {

@@ -36,3 +36,31 @@ export function availableBackends(probe) {
     return ok;
   });
 }
+
+/**
+ * A test that cannot run here must be COUNTED as skipped, not pass by returning early.
+ * Decides at definition time: returns `test` when `reason` is falsy, else a function that
+ * prints `skip "<name>": <reason>` once and defines the test with uvu's `test.skip`, which
+ * uvu reports in its "Skipped:" line. `test` is the uvu suite (`import { test } from 'uvu'`).
+ */
+export function skipUnless(test, reason) {
+  if (!reason) return test;
+  return (name, fn) => {
+    console.log(`  skip "${name}": ${reason}`);
+    test.skip(name, fn);
+  };
+}
+
+/** Why a loop-mounted XFS volume (src/volume.ts makeXfsVolume) cannot be made here, or null if it can. */
+export function xfsVolumeUnavailable(tools = ['mkfs.xfs']) {
+  if (!isRoot) return 'needs root (creates a loop-mounted XFS volume)';
+  const missing = tools.filter((c) => !haveTool(c));
+  if (missing.length) return `${missing.join(', ')} not installed (apt-get install xfsprogs)`;
+  if (!existsSync('/dev/loop-control')) return 'no loop devices (/dev/loop-control is missing)';
+  return null;
+}
+
+function haveTool(cmd) {
+  const dirs = (process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin').split(':').concat(['/usr/sbin', '/sbin']);
+  return dirs.some((d) => d && existsSync(join(d, cmd)));
+}
