@@ -25,32 +25,11 @@
 #include "backend.h"
 #include "ops.h"
 #include "probe.h"
+#include "views.h"
 
 namespace rf {
 
 namespace {
-
-/* Raw view of a typed array; data already includes byteOffset. */
-struct View {
-    void *data = nullptr;
-    size_t length = 0; /* elements */
-};
-
-/*
- * napi_get_typedarray_info rather than the ArrayBuffer: Node 20 cannot
- * hand out a SharedArrayBuffer through napi_get_arraybuffer_info, but the
- * typed array path works for both kinds.
- */
-bool typed_view(napi_env env, napi_value v, napi_typedarray_type want, View *out) {
-    bool is = false;
-    if (napi_is_typedarray(env, v, &is) != napi_ok || !is)
-        return false;
-    napi_typedarray_type type;
-    if (napi_get_typedarray_info(env, v, &type, &out->length, &out->data, nullptr,
-                                 nullptr) != napi_ok)
-        return false;
-    return type == want;
-}
 
 class Context : public Napi::ObjectWrap<Context> {
  public:
@@ -269,6 +248,9 @@ class Addon : public Napi::Addon<Addon> {
                         InstanceValue("ring", Napi::Function::New(env, Ring, "ring"), napi_enumerable),
                         InstanceValue("closeFd", Napi::Function::New(env, CloseFd, "closeFd"), napi_enumerable),
                         InstanceValue("dioAlign", Napi::Function::New(env, DioAlign, "dioAlign"), napi_enumerable),
+                        InstanceValue("poolView", Napi::Function::New(env, PoolView, "poolView"), napi_enumerable),
+                        InstanceValue("detach", Napi::Function::New(env, Detach, "detach"), napi_enumerable),
+                        InstanceValue("addressMod", Napi::Function::New(env, AddressMod, "addressMod"), napi_enumerable),
                         InstanceValue("Context", ctor, napi_enumerable),
                         InstanceValue("MAX_FILES", Napi::Number::New(env, MAX_FILES), napi_enumerable),
                         InstanceValue("IOV_MAX", Napi::Number::New(env, RF_IOV_MAX), napi_enumerable),

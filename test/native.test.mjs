@@ -4,6 +4,7 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { createRequire } from 'node:module';
 import { Worker } from 'node:worker_threads';
+import { spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -144,6 +145,37 @@ function preadBuffered(p, pos, len) {
   } finally {
     fs.closeSync(fd);
   }
+}
+
+// The io_uring instances of this process: one fd each. Self-contained (also sent to children).
+function ringFds() {
+  const fs = require('node:fs');
+  const out = [];
+  for (const n of fs.readdirSync('/proc/self/fd')) {
+    try { if (fs.readlinkSync(`/proc/self/fd/${n}`) === 'anon_inode:[io_uring]') out.push(Number(n)); } catch { /* closed meanwhile */ }
+  }
+  return out;
+}
+
+/**
+ * Runs `source` (CommonJS; `root` and ringFds() are defined for it) in a child `node`, which
+ * must print one JSON line last; resolves with that, or rejects with the child's output.
+ */
+function runChild(source, { flags = [], timeout = 40000 } = {}) {
+  const src = `const root = ${JSON.stringify(root)};\n${ringFds}\n${source}`;
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [...flags, '-e', src], { stdio: ['ignore', 'pipe', 'pipe'], timeout });
+    let out = '', err = '';
+    child.stdout.on('data', (d) => { out += d; });
+    child.stderr.on('data', (d) => { err += d; });
+    child.on('close', (code, signal) => {
+      const last = out.trim().split('\n').pop();
+      if (code === 0) {
+        try { return resolve(JSON.parse(last)); } catch { /* fall through */ }
+      }
+      reject(new Error(`child exit ${code} ${signal ?? ''}\nstdout: ${out}\nstderr: ${err}`));
+    });
+  });
 }
 
 function runWorker(source, workerData) {
@@ -549,5 +581,162 @@ for (const backend of backends) {
     fs.closeSync(f.fd);
   });
 }
+
+// ---- pool views: poolView / detach / addressMod -------------------------
+
+test('poolView: an ArrayBuffer of its own that aliases the pool bytes, both ways', () => {
+  const pool = new Uint8Array(new SharedArrayBuffer(POOL, { maxByteLength: POOL }));
+  const ab = addon.poolView(pool, 3 * BLK, 2 * BLK);
+  assert.ok(ab instanceof ArrayBuffer, 'a plain (detachable) ArrayBuffer, not the SharedArrayBuffer');
+  assert.is(ab.byteLength, 2 * BLK);
+  const u = new Uint8Array(ab);
+  pool.fill(0x11, 3 * BLK, 5 * BLK);
+  assert.ok(u.every((b) => b === 0x11), 'pool writes show in the view');
+  u[0] = 0xaa;
+  u[2 * BLK - 1] = 0xbb;
+  assert.is(pool[3 * BLK], 0xaa, 'view writes show in the pool (first byte)');
+  assert.is(pool[5 * BLK - 1], 0xbb, 'view writes show in the pool (last byte)');
+  assert.is(pool[3 * BLK - 1], 0, 'byte before the view untouched');
+  assert.is(pool[5 * BLK], 0, 'byte after the view untouched');
+  const again = addon.poolView(pool, 3 * BLK, 16);
+  assert.ok(again !== ab, 'each call makes a new ArrayBuffer');
+  assert.is(new Uint8Array(again)[0], 0xaa);
+  // The very last byte, and offsets relative to the Uint8Array given.
+  new Uint8Array(addon.poolView(pool, POOL - 1, 1))[0] = 0x42;
+  assert.is(pool[POOL - 1], 0x42);
+  new Uint8Array(addon.poolView(pool.subarray(7 * BLK), 5, 1))[0] = 0x43;
+  assert.is(pool[7 * BLK + 5], 0x43);
+});
+
+test('poolView: argument checks', () => {
+  const sab = new SharedArrayBuffer(POOL, { maxByteLength: POOL });
+  const pool = new Uint8Array(sab);
+  assert.throws(() => addon.poolView(new Int32Array(sab), 0, 4), (e) => e instanceof TypeError && /Uint8Array/.test(e.message));
+  assert.throws(() => addon.poolView(new Uint8Array(64), 0, 4), (e) => e instanceof TypeError && /SharedArrayBuffer/.test(e.message));
+  assert.throws(() => addon.poolView(sab, 0, 4), TypeError);
+  assert.throws(() => addon.poolView({}, 0, 4), TypeError);
+  assert.throws(() => addon.poolView(pool, '0', 4), TypeError);
+  assert.throws(() => addon.poolView(pool, 0), TypeError);
+  for (const [off, len, what] of [[-1, 4, 'negative offset'], [1.5, 4, 'fractional offset'], [NaN, 4, 'NaN offset'],
+    [0, 0, 'length 0'], [0, -4, 'negative length'], [0, 2.5, 'fractional length'], [0, Infinity, 'infinite length'],
+    [POOL, 1, 'offset at the end'], [POOL - 4, 5, 'one byte past the end'], [0, POOL + 1, 'longer than the pool'],
+    [2 ** 53, 1, 'offset 2^53']]) {
+    assert.throws(() => addon.poolView(pool, off, len), RangeError, what);
+  }
+  assert.is(addon.poolView(pool, 0, POOL).byteLength, POOL, 'the whole pool');
+});
+
+test('poolView: the view keeps the pool memory alive through GC, and releases it when it goes', async () => {
+  const r = await runChild(`
+    const addon = require('node-gyp-build')(root);
+    const { Worker } = require('node:worker_threads');
+    const sleep = (ms) => new Promise((res) => setTimeout(res, ms));
+    const collected = new Set();
+    const reg = new FinalizationRegistry((k) => collected.add(k));
+    async function gcUntil(key, rounds) {
+      for (let i = 0; i < rounds && !collected.has(key); i++) { global.gc(); await sleep(5); }
+      return collected.has(key);
+    }
+    const newPool = (key, fill) => {
+      const pool = new Uint8Array(new SharedArrayBuffer(1 << 20, { maxByteLength: 1 << 20 }));
+      reg.register(pool.buffer, key);
+      pool.fill(fill, 4096, 8192);
+      return pool;
+    };
+    (async () => {
+      const out = {};
+      // Control: an unreferenced pool is collected here, so "not collected" below means something.
+      (() => { newPool('control', 0); })();
+      out.control = await gcUntil('control', 100);
+      // Only the view remains: no Uint8Array, no SharedArrayBuffer reference in JavaScript.
+      let view = (() => addon.poolView(newPool('pool', 0xab), 4096, 4096))();
+      out.collectedWhileViewLives = await gcUntil('pool', 40);
+      for (let i = 0; i < 32; i++) new Uint8Array(new SharedArrayBuffer(1 << 20, { maxByteLength: 1 << 20 })).fill(0x5c);
+      global.gc();
+      let u = new Uint8Array(view);
+      out.readBack = u.every((b) => b === 0xab);
+      u.fill(0xcd);
+      out.writeBack = new Uint8Array(view).every((b) => b === 0xcd);
+      u = null;
+      view = null;
+      out.collectedAfterViewGone = await gcUntil('pool', 200);
+      // A detached view releases the pool too, while the (empty) ArrayBuffer itself lives on.
+      const detached = (() => addon.poolView(newPool('pool2', 1), 0, 4096))();
+      addon.detach(detached);
+      out.collectedAfterDetach = await gcUntil('pool2', 200);
+      out.detachedLength = detached.byteLength;
+      // A worker that exits with views alive (env teardown releases them); we go on.
+      await new Promise((res, rej) => {
+        const w = new Worker(\`
+          const addon = require('node-gyp-build')(\${JSON.stringify(root)});
+          const pool = new Uint8Array(new SharedArrayBuffer(1 << 16, { maxByteLength: 1 << 16 }));
+          globalThis.keep = [addon.poolView(pool, 0, 4096), addon.poolView(pool, 4096, 1)];
+          new Uint8Array(globalThis.keep[0]).fill(9);
+        \`, { eval: true });
+        w.on('error', rej);
+        w.on('exit', (code) => (code === 0 ? res() : rej(new Error('worker exit ' + code))));
+      });
+      global.gc();
+      out.afterWorker = true;
+      console.log(JSON.stringify(out));
+    })().catch((e) => { console.error(e); process.exit(1); });
+  `, { flags: ['--expose-gc'] });
+  console.log(`poolView gc: ${JSON.stringify(r)}`);
+  assert.ok(r.control, 'control pool collected (gc works in the child)');
+  assert.not.ok(r.collectedWhileViewLives, 'pool SharedArrayBuffer not collected while a view lives');
+  assert.ok(r.readBack, 'bytes read back through the view after GC');
+  assert.ok(r.writeBack, 'writes through the view after GC');
+  assert.ok(r.collectedAfterViewGone, 'the reference is released when the view is collected');
+  assert.ok(r.collectedAfterDetach, 'the reference is released when the view is detached');
+  assert.is(r.detachedLength, 0);
+  assert.ok(r.afterWorker);
+});
+
+test('detach: every view of a pool view becomes empty; detaching twice is a no-op', () => {
+  const pool = new Uint8Array(new SharedArrayBuffer(POOL, { maxByteLength: POOL }));
+  const ab = addon.poolView(pool, BLK, BLK);
+  const u = new Uint8Array(ab);
+  const sub = u.subarray(100, 200);
+  const dv = new DataView(ab);
+  pool[BLK + 150] = 7;
+  assert.is(sub[50], 7);
+  assert.is(dv.getUint8(150), 7);
+  addon.detach(ab);
+  assert.is(ab.byteLength, 0);
+  assert.is(u.byteLength, 0);
+  assert.is(u.length, 0);
+  assert.is(sub.byteLength, 0);
+  assert.is(sub.length, 0);
+  assert.is(u[150], undefined);
+  assert.throws(() => dv.getUint8(0), TypeError);
+  assert.is(pool[BLK + 150], 7, 'the pool itself is untouched');
+  pool[BLK + 150] = 8;
+  assert.is(pool[BLK + 150], 8);
+  addon.detach(ab); // harmless
+  // Any detachable ArrayBuffer works; other things are a TypeError.
+  const plain = new ArrayBuffer(16);
+  addon.detach(plain);
+  assert.is(plain.byteLength, 0);
+  assert.throws(() => addon.detach(new SharedArrayBuffer(16)), (e) => e instanceof TypeError && /ArrayBuffer/.test(e.message));
+  assert.throws(() => addon.detach(new Uint8Array(16)), TypeError);
+  assert.throws(() => addon.detach(undefined), TypeError);
+  assert.throws(() => addon.detach(new WebAssembly.Memory({ initial: 1 }).buffer), (e) => e instanceof TypeError && /not detachable/.test(e.message));
+});
+
+test('addressMod: address of the first byte modulo a power of two', () => {
+  const u = new Uint8Array(new SharedArrayBuffer(1 << 20, { maxByteLength: 1 << 20 }));
+  assert.is(addon.addressMod(u, 4096), 0, 'a growable SharedArrayBuffer is page-aligned');
+  assert.is(addon.addressMod(u.subarray(1), 4096), 1);
+  assert.is(addon.addressMod(u.subarray(4097), 4096), 1);
+  assert.is(addon.addressMod(u.subarray(3), 2), 1);
+  assert.is(addon.addressMod(u.subarray(3), 1), 0);
+  const base = addon.addressMod(u, 1 << 20);
+  assert.is(addon.addressMod(u.subarray(12345), 1 << 20), (base + 12345) % (1 << 20));
+  assert.is(addon.addressMod(new Uint8Array(addon.poolView(u, 8192 + 3, 16)), 4096), 3, 'a pool view aliases the pool');
+  for (const m of [0, 3, 4097, 2 ** 21, 1.5, -4096, NaN]) assert.throws(() => addon.addressMod(u, m), RangeError, `m = ${m}`);
+  assert.throws(() => addon.addressMod(u, '4096'), TypeError);
+  assert.throws(() => addon.addressMod(new Int32Array(4), 4096), TypeError);
+  assert.throws(() => addon.addressMod(new ArrayBuffer(4), 4096), TypeError);
+});
 
 test.run();
