@@ -130,7 +130,20 @@ class Context : public Napi::ObjectWrap<Context> {
     /* Drain and release the kernel side.  Touches no JS values. */
     void Teardown() {
         if (backend_) {
-            backend_->shutdown();
+            if (!backend_->shutdown()) {
+                /*
+                 * The backend gave up with ops possibly still in the
+                 * kernel, which may yet write into the pool and read the
+                 * backend's iovecs: leak both rather than free memory the
+                 * kernel may use.  The pool reference is never deleted, so
+                 * the SharedArrayBuffer lives as long as this env (Node
+                 * frees all references when the env itself goes away:
+                 * nothing an addon can do about that).
+                 */
+                backend_.release();
+                pool_ref_.SuppressDestruct();
+                pool_leaked_ = true;
+            }
             backend_.reset();
         }
         if (hooked_) {
@@ -215,10 +228,14 @@ class Context : public Napi::ObjectWrap<Context> {
         return o;
     }
 
-    /* Blocks until in-flight ops finish; their results are dropped. */
+    /*
+     * Blocks until in-flight ops finish; their results are dropped.  With
+     * io_uring, at most about 10 s: see UringBackend::shutdown().
+     */
     Napi::Value Close(const Napi::CallbackInfo &info) {
         Teardown();
-        pool_ref_.Reset();
+        if (!pool_leaked_)
+            pool_ref_.Reset();
         batch_ref_.Reset();
         compl_ref_.Reset();
         return info.Env().Undefined();
@@ -231,6 +248,7 @@ class Context : public Napi::ObjectWrap<Context> {
     uint32_t compl_cap_ = 0;
     /* Keep the arrays (and so the pool the kernel writes into) alive. */
     Napi::ObjectReference pool_ref_, batch_ref_, compl_ref_;
+    bool pool_leaked_ = false;
     napi_env env_ = nullptr;
     bool hooked_ = false;
 };

@@ -91,7 +91,11 @@ class AioBackend : public Backend {
     void set_file(uint32_t id, int fd) override { files_.fd[id] = fd; }
     void clear_file(uint32_t id) override { files_.fd[id] = -1; }
 
-    void shutdown() override {
+    /*
+     * Never gives up: io_destroy() itself waits for whatever is still in
+     * the kernel, so nothing can write into freed memory afterwards.
+     */
+    bool shutdown() override {
         /* Results are discarded: reap into a sink with no room. */
         while (slots_.inflight() > 0) {
             int got = io_getevents(ctx_, 1, long(events_.size()), events_.data(), nullptr);
@@ -102,6 +106,7 @@ class AioBackend : public Backend {
         }
         io_destroy(ctx_);
         ctx_ = nullptr;
+        return true;
     }
 
     void fill_info(BackendInfo *info) const override {

@@ -91,7 +91,7 @@ class SyncBackend : public Backend {
     uint32_t inflight() const override { return 0; }
     void set_file(uint32_t id, int fd) override { files_.fd[id] = fd; }
     void clear_file(uint32_t id) override { files_.fd[id] = -1; }
-    void shutdown() override {}
+    bool shutdown() override { return true; }
 
     void fill_info(BackendInfo *info) const override {
         info->backend = "sync";

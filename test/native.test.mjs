@@ -4,7 +4,7 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { createRequire } from 'node:module';
 import { Worker } from 'node:worker_threads';
-import { spawn } from 'node:child_process';
+import { spawn, execFileSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -738,5 +738,107 @@ test('addressMod: address of the first byte modulo a power of two', () => {
   assert.throws(() => addon.addressMod(new Int32Array(4), 4096), TypeError);
   assert.throws(() => addon.addressMod(new ArrayBuffer(4), 4096), TypeError);
 });
+
+// ---- io_uring: setup failure, submit failure, bounded shutdown ------------
+
+if (backends.includes('io_uring')) {
+  test('io_uring: a constructor failure after io_uring_queue_init leaks no ring (test hook)', () => {
+    const before = ringFds().length;
+    const bell = addon.createDoorbell();
+    const opts = { backend: 'io_uring', depth: 8, pool: new Uint8Array(new SharedArrayBuffer(POOL, { maxByteLength: POOL })),
+      batch: new Int32Array(64), completions: new Int32Array(4 * 16), doorbellFd: bell };
+    // RINGFENCE_TEST_URING_FAIL_AFTER_INIT: a documented test hook in native/uring_backend.cc.
+    process.env.RINGFENCE_TEST_URING_FAIL_AFTER_INIT = '1';
+    try {
+      for (let i = 0; i < 4; i++) assert.throws(() => new addon.Context(opts), /after io_uring_queue_init \(test hook/);
+    } finally {
+      delete process.env.RINGFENCE_TEST_URING_FAIL_AFTER_INIT;
+    }
+    assert.is(ringFds().length, before, 'no io_uring fd left behind');
+    const ctx = new addon.Context(opts);
+    assert.is(ringFds().length, before + 1, 'the count sees a live ring');
+    ctx.close();
+    assert.is(ringFds().length, before);
+    addon.closeFd(bell);
+  });
+
+  test('io_uring: a refused submit completes its entries with the error; shutdown is bounded and never spins', async () => {
+    const fifo = path.join(dir, 'fifo');
+    execFileSync('mkfifo', [fifo]);
+    const setup = `
+      const addon = require('node-gyp-build')(root);
+      const fs = require('node:fs');
+      const pool = new Uint8Array(new SharedArrayBuffer(1 << 16, { maxByteLength: 1 << 16 }));
+      const batch = new Int32Array(8 * 8), completions = new Int32Array(4 * 16);
+      const bell = addon.createDoorbell();
+      const ctx = new addon.Context({ backend: 'io_uring', depth: 8, pool, batch, completions, doorbellFd: bell });
+      const timed = (fn) => { const t0 = Date.now(), c0 = process.cpuUsage(); fn(); const c = process.cpuUsage(c0); return { ms: Date.now() - t0, cpuMs: (c.user + c.system) / 1000 }; };
+    `;
+    const settled = await Promise.allSettled([
+      // 1. The ring fd is closed under the Context (its mappings keep the ring alive, but every
+      //    io_uring_enter now fails with EBADF): queued entries must complete with -EBADF.
+      runChild(`${setup}
+        const fd = fs.openSync(${JSON.stringify(path.join(dir, 'refused'))}, 'w+');
+        ctx.setFile(0, fd);
+        const rings = ringFds();
+        if (rings.length !== 1) throw new Error('rings: ' + rings);
+        addon.closeFd(rings[0]);
+        for (let i = 0; i < 3; i++) batch.set([2, 0, i * 4096, 0, 4096, i * 4096, 100 + i, 0], i * 8);
+        const n = ctx.pump(3, 0);
+        const res = [];
+        for (let i = 0; i < n; i++) res.push([completions[i * 4], completions[i * 4 + 1]]);
+        const inflight = ctx.inflight();
+        const wait = timed(() => ctx.pump(0, 300));
+        addon.ring(bell);
+        const woken = timed(() => ctx.pump(0, 5000));
+        const close = timed(() => ctx.close());
+        console.log(JSON.stringify({ n, res, inflight, wait, woken, close, size: fs.fstatSync(fd).size }));
+      `),
+      // 2. The doorbell read is armed in the kernel and the ring can no longer be entered: it
+      //    can never be cancelled or completed, so close() must give up (and leak) in bounded time.
+      runChild(`${setup}
+        ctx.pump(0, 20); // arms the doorbell read, times out
+        addon.closeFd(ringFds()[0]);
+        const close = timed(() => ctx.close());
+        console.log(JSON.stringify({ close }));
+      `),
+      // 3. A read of a FIFO nobody writes to never completes on its own: close() cancels it after
+      //    the grace period and then tears the ring down properly.
+      runChild(`${setup}
+        ctx.setFile(0, fs.openSync(${JSON.stringify(fifo)}, 'r+'));
+        batch.set([1, 0, 0, 0, 4096, 0, 7, 0]);
+        const n = ctx.pump(1, 0) + ctx.pump(0, 100);
+        const inflight = ctx.inflight(), rings = ringFds().length;
+        const close = timed(() => ctx.close());
+        console.log(JSON.stringify({ n, inflight, rings, close, ringsAfter: ringFds().length }));
+      `),
+    ]);
+    const names = ['refused submit', 'unusable ring with the doorbell armed', 'FIFO read in flight'];
+    settled.forEach((s, i) => { if (s.status === 'rejected') console.log(`${names[i]}: ${s.reason.message}`); });
+    settled.forEach((s, i) => assert.is(s.status, 'fulfilled', `${names[i]}: the child finished (a hang is killed after 40 s)`));
+    const [refused, stuckRing, fifoRead] = settled.map((s) => s.value);
+    console.log(`io_uring refused submit: ${JSON.stringify(refused)}`);
+    console.log(`io_uring unusable ring, doorbell armed: ${JSON.stringify(stuckRing)}`);
+    console.log(`io_uring FIFO read in flight: ${JSON.stringify(fifoRead)}`);
+    const { EBADF: ebadf } = os.constants.errno;
+    assert.is(refused.n, 3, 'every queued entry completed in the same pump');
+    assert.equal(refused.res.sort(), [[100, -ebadf], [101, -ebadf], [102, -ebadf]]);
+    assert.is(refused.inflight, 0);
+    assert.ok(refused.wait.ms >= 250, `pump(0, 300) still waits (${refused.wait.ms} ms)`);
+    assert.ok(refused.woken.ms < 2000, `and the doorbell still wakes it (${refused.woken.ms} ms)`);
+    assert.ok(refused.close.ms < 2000, `nothing left to drain (${refused.close.ms} ms)`);
+    assert.is(refused.size, 0, 'nothing was written');
+
+    assert.ok(stuckRing.close.ms >= 9000 && stuckRing.close.ms < 20000, `gave up after ~10 s (${stuckRing.close.ms} ms)`);
+    assert.ok(stuckRing.close.cpuMs < stuckRing.close.ms / 4, `no busy loop (${stuckRing.close.cpuMs} ms CPU)`);
+
+    assert.is(fifoRead.n, 0);
+    assert.is(fifoRead.inflight, 1);
+    assert.is(fifoRead.rings, 1);
+    assert.ok(fifoRead.close.ms >= 4000 && fifoRead.close.ms < 9000, `cancelled after the grace period (${fifoRead.close.ms} ms)`);
+    assert.ok(fifoRead.close.cpuMs < fifoRead.close.ms / 4, `no busy loop (${fifoRead.close.cpuMs} ms CPU)`);
+    assert.is(fifoRead.ringsAfter, 0, 'then the ring was torn down, not leaked');
+  });
+}
 
 test.run();
