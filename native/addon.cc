@@ -94,6 +94,22 @@ class Context : public Napi::ObjectWrap<Context> {
         if (!v.IsUndefined())
             cfg.emulate_window_us = uint32_t(int_arg(env, v, "Context: emulateWindowUs", 0, 60000000));
 
+        /*
+         * The stall word (stall.h).  Written from pump() for the Context's
+         * whole life, so it must be a SharedArrayBuffer, which cannot be
+         * detached and freed under the pointer; the reference keeps it.
+         */
+        v = opts.Get("stall");
+        if (!v.IsUndefined()) {
+            View stall;
+            if (!typed_view(env, v, napi_int32_array, &stall) || stall.length < 1 ||
+                !over_shared(env, v))
+                throw Napi::TypeError::New(env, "Context: stall must be an Int32Array of at least 1 "
+                                                "element over a SharedArrayBuffer");
+            stall_ref_ = Napi::Persistent(v.As<Napi::Object>());
+            cfg.stall = static_cast<uint32_t *>(stall.data);
+        }
+
         try {
             if (backend == "io_uring")
                 backend_ = make_uring_backend(cfg);
@@ -238,6 +254,7 @@ class Context : public Napi::ObjectWrap<Context> {
             pool_ref_.Reset();
         batch_ref_.Reset();
         compl_ref_.Reset();
+        stall_ref_.Reset();
         return info.Env().Undefined();
     }
 
@@ -247,7 +264,7 @@ class Context : public Napi::ObjectWrap<Context> {
     uint32_t batch_cap_ = 0;
     uint32_t compl_cap_ = 0;
     /* Keep the arrays (and so the pool the kernel writes into) alive. */
-    Napi::ObjectReference pool_ref_, batch_ref_, compl_ref_;
+    Napi::ObjectReference pool_ref_, batch_ref_, compl_ref_, stall_ref_;
     bool pool_leaked_ = false;
     napi_env env_ = nullptr;
     bool hooked_ = false;

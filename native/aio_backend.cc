@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "backend.h"
+#include "stall.h"
 
 namespace rf {
 
@@ -163,7 +164,11 @@ class AioBackend : public Backend {
     void submit(uint32_t nq, CompletionSink &out) {
         uint32_t done = 0;
         while (done < nq) {
-            int rc = io_submit(ctx_, long(nq - done), &queue_[done]);
+            int rc;
+            {
+                StallMark m(cfg_.stall); /* may block in the block layer */
+                rc = io_submit(ctx_, long(nq - done), &queue_[done]);
+            }
             if (rc > 0) {
                 done += uint32_t(rc);
                 continue;

@@ -46,6 +46,8 @@ struct BackendConfig {
     Pool pool;
     int doorbell_fd = -1;           /* owned by the main thread: never close */
     uint32_t emulate_window_us = 0;
+    /* Word 0 of the stall Int32Array, or nullptr: see stall.h. */
+    uint32_t *stall = nullptr;
 };
 
 struct BackendInfo {

@@ -39,6 +39,7 @@
 #include <vector>
 
 #include "backend.h"
+#include "stall.h"
 
 namespace rf {
 
@@ -218,7 +219,7 @@ class UringBackend : public Backend {
 
         /* One enter in the normal case: submit and run deferred completions. */
         if (queued || slots_.inflight() > 0 || doorbell_armed_)
-            submit(&out);
+            submit(&out, queued);
         reap(&out);
 
         if (out.count() > 0 || wait_ms <= 0)
@@ -433,12 +434,18 @@ class UringBackend : public Backend {
      * it now: with the kernel's -errno for a hard error, with -EAGAIN for
      * the transient cases ("out of resources, retry"; not -EBUSY, which in
      * this protocol means "no free slot" and is an engine bug).
+     *
+     * mark: op SQEs were queued by this pump (see stall.h).
      */
-    void submit(CompletionSink *out) {
+    void submit(CompletionSink *out, bool mark) {
         int transient = 0;
         for (;;) {
             unsigned before = io_uring_sq_ready(r());
-            int rc = io_uring_submit_and_get_events(r());
+            int rc;
+            {
+                StallMark m(mark && before > 0 ? cfg_.stall : nullptr);
+                rc = io_uring_submit_and_get_events(r());
+            }
             unsigned left = io_uring_sq_ready(r());
             if (left == 0)
                 return;

@@ -75,13 +75,15 @@ function openTemp() {
 const POOL = 1 << 20;
 const BATCH = 32;
 
-function makeCtx(backend, { depth = 16, emulateWindowUs = 0, doorbellFd } = {}) {
+function makeCtx(backend, { depth = 16, emulateWindowUs = 0, doorbellFd, stall } = {}) {
   const sab = new SharedArrayBuffer(POOL, { maxByteLength: POOL }); // page-aligned
   const pool = new Uint8Array(sab);
   const batch = new Int32Array(BATCH * 8);
   const completions = new Int32Array((depth + BATCH) * 4);
   const bell = doorbellFd ?? addon.createDoorbell();
-  const ctx = new addon.Context({ backend, depth, pool, batch, completions, doorbellFd: bell, emulateWindowUs });
+  const opts = { backend, depth, pool, batch, completions, doorbellFd: bell, emulateWindowUs };
+  if (stall !== undefined) opts.stall = stall;
+  const ctx = new addon.Context(opts);
   return { ctx, pool, batch, completions, bell, ownBell: doorbellFd === undefined };
 }
 
@@ -737,6 +739,101 @@ test('addressMod: address of the first byte modulo a power of two', () => {
   assert.throws(() => addon.addressMod(u, '4096'), TypeError);
   assert.throws(() => addon.addressMod(new Int32Array(4), 4096), TypeError);
   assert.throws(() => addon.addressMod(new ArrayBuffer(4), 4096), TypeError);
+});
+
+// ---- the stall word ------------------------------------------------------
+
+test('Context: stall option checks', () => {
+  const bell = addon.createDoorbell();
+  const base = { backend: 'sync', depth: 4, pool: new Uint8Array(new SharedArrayBuffer(BLK)), batch: new Int32Array(64), completions: new Int32Array(4 * 12), doorbellFd: bell };
+  assert.throws(() => new addon.Context({ ...base, stall: new Int32Array(4) }), /SharedArrayBuffer/);
+  assert.throws(() => new addon.Context({ ...base, stall: new Int32Array(new SharedArrayBuffer(4), 4) }), TypeError);
+  assert.throws(() => new addon.Context({ ...base, stall: new Uint32Array(new SharedArrayBuffer(4)) }), TypeError);
+  assert.throws(() => new addon.Context({ ...base, stall: 5 }), TypeError);
+  new addon.Context({ ...base, stall: new Int32Array(new SharedArrayBuffer(4)) }).close();
+  new addon.Context({ ...base, stall: undefined }).close();
+  addon.closeFd(bell);
+});
+
+for (const backend of backends) {
+  test(`${backend}: the stall word is bumped around every blocking call, and only then`, () => {
+    const stall = new Int32Array(new SharedArrayBuffer(16));
+    stall[0] = 2 ** 31 - 2; // even, and about to wrap: parity must survive it
+    stall[1] = 12345;
+    const c = makeCtx(backend, { stall });
+    const f = openTemp();
+    c.ctx.setFile(0, f.fd);
+    const delta = (fn) => { const before = stall[0]; fn(); return (stall[0] - before) | 0; };
+    fill(c.pool, 0, 4 * BLK);
+    const table = 64 * BLK;
+    const dv = new DataView(c.pool.buffer);
+    dv.setUint32(table, 0, true);
+    dv.setUint32(table + 4, BLK, true);
+
+    const one = delta(() => assert.is(run(c, [{ op: WRITE, file: 0, off: 0, len: BLK, buf: 0 }]).get(0), BLK));
+    assert.is(one & 1, 0, `even after the call (${one})`);
+    if (backend === 'io_uring') assert.ok(one >= 2, `one write: +${one}`);
+    else assert.is(one, 2, 'one write: exactly one bracketed call (pwrite / io_submit)');
+
+    const ops = [
+      { op: READ, file: 0, off: 0, len: BLK, buf: BLK },
+      { op: WRITEV, file: 0, off: BLK, len: BLK, buf: table, aux: 1 },
+      { op: READV, file: 0, off: BLK, len: BLK, buf: table, aux: 1 },
+      fallocEntry({ file: 0, off: 0, len: 8 * BLK }),
+      { op: FSYNC, file: 0, aux: 0 },
+      { op: FSYNC, file: 0, aux: 1 },
+      { op: TRUNCATE, file: 0, off: 8 * BLK },
+    ];
+    const many = delta(() => { for (const [t, r] of run(c, ops)) assert.ok(r >= 0, `op ${t}: ${r}`); });
+    assert.is(many & 1, 0);
+    // sync: one call each; libaio: one io_submit for the 4 rw ops + 4 inline calls.
+    if (backend === 'sync') assert.is(many, 2 * ops.length);
+    else if (backend === 'libaio') assert.is(many, 2 * (1 + 4));
+    else assert.ok(many >= 2, `io_uring batch: +${many}`);
+
+    // Waits and non-blocking work do not count.
+    assert.is(delta(() => { for (let i = 0; i < 3; i++) c.ctx.pump(0, 20); }), 0, 'waiting for the doorbell');
+    assert.is(delta(() => run(c, [{ op: WRITE, file: 0, off: 0, len: 0, buf: 0 }])), 0, 'an invalid entry');
+    if (backend !== 'io_uring') assert.is(delta(() => run(c, [{ op: NOP }])), 0, 'a NOP');
+    assert.is(stall[0] & 1, 0);
+    assert.is(stall[1], 12345, 'only word 0 is written');
+    done(c);
+    fs.closeSync(f.fd);
+  });
+}
+
+test('sync: the stall word is odd while the worker is inside a blocking call', async () => {
+  const stall = new Int32Array(new SharedArrayBuffer(8));
+  const f = openTemp();
+  const w = new Worker(`
+    const { workerData, parentPort } = require('node:worker_threads');
+    const addon = require('node-gyp-build')(workerData.root);
+    const pool = new Uint8Array(new SharedArrayBuffer(1 << 16));
+    const batch = new Int32Array(8), completions = new Int32Array(4 * 8);
+    const bell = addon.createDoorbell();
+    const ctx = new addon.Context({ backend: 'sync', depth: 4, pool, batch, completions, doorbellFd: bell,
+                                    emulateWindowUs: 400000, stall: workerData.stall });
+    ctx.setFile(0, workerData.fd);
+    batch.set([${FALLOCATE | EMULATE_XFS_BUG}, 0, 0, 0, 4096, 0, 77, 0]); // a 400 ms emulated fallocate
+    const n = ctx.pump(1, 0);
+    parentPort.postMessage({ n, tag: completions[0], res: completions[1] });
+    ctx.close();
+    addon.closeFd(bell);
+  `, { eval: true, workerData: { root, stall, fd: f.fd } });
+  let msg;
+  w.on('message', (m) => { msg = m; });
+  await new Promise((r) => w.once('online', r));
+  const nap = new Int32Array(new SharedArrayBuffer(4));
+  let sawOdd = false;
+  for (const deadline = Date.now() + 5000; Date.now() < deadline && !sawOdd;) {
+    if (Atomics.load(stall, 0) & 1) sawOdd = true;
+    else Atomics.wait(nap, 0, 0, 2);
+  }
+  await new Promise((r) => w.once('exit', r));
+  assert.ok(sawOdd, 'odd seen while the fallocate ran');
+  assert.equal(msg, { n: 1, tag: 77, res: 0 });
+  assert.is(Atomics.load(stall, 0), 2, 'even again afterwards: one bracketed call');
+  fs.closeSync(f.fd);
 });
 
 // ---- io_uring: setup failure, submit failure, bounded shutdown ------------
