@@ -25,32 +25,11 @@
 #include "backend.h"
 #include "ops.h"
 #include "probe.h"
+#include "views.h"
 
 namespace rf {
 
 namespace {
-
-/* Raw view of a typed array; data already includes byteOffset. */
-struct View {
-    void *data = nullptr;
-    size_t length = 0; /* elements */
-};
-
-/*
- * napi_get_typedarray_info rather than the ArrayBuffer: Node 20 cannot
- * hand out a SharedArrayBuffer through napi_get_arraybuffer_info, but the
- * typed array path works for both kinds.
- */
-bool typed_view(napi_env env, napi_value v, napi_typedarray_type want, View *out) {
-    bool is = false;
-    if (napi_is_typedarray(env, v, &is) != napi_ok || !is)
-        return false;
-    napi_typedarray_type type;
-    if (napi_get_typedarray_info(env, v, &type, &out->length, &out->data, nullptr,
-                                 nullptr) != napi_ok)
-        return false;
-    return type == want;
-}
 
 class Context : public Napi::ObjectWrap<Context> {
  public:
@@ -115,6 +94,22 @@ class Context : public Napi::ObjectWrap<Context> {
         if (!v.IsUndefined())
             cfg.emulate_window_us = uint32_t(int_arg(env, v, "Context: emulateWindowUs", 0, 60000000));
 
+        /*
+         * The stall word (stall.h).  Written from pump() for the Context's
+         * whole life, so it must be a SharedArrayBuffer, which cannot be
+         * detached and freed under the pointer; the reference keeps it.
+         */
+        v = opts.Get("stall");
+        if (!v.IsUndefined()) {
+            View stall;
+            if (!typed_view(env, v, napi_int32_array, &stall) || stall.length < 1 ||
+                !over_shared(env, v))
+                throw Napi::TypeError::New(env, "Context: stall must be an Int32Array of at least 1 "
+                                                "element over a SharedArrayBuffer");
+            stall_ref_ = Napi::Persistent(v.As<Napi::Object>());
+            cfg.stall = static_cast<uint32_t *>(stall.data);
+        }
+
         try {
             if (backend == "io_uring")
                 backend_ = make_uring_backend(cfg);
@@ -151,7 +146,20 @@ class Context : public Napi::ObjectWrap<Context> {
     /* Drain and release the kernel side.  Touches no JS values. */
     void Teardown() {
         if (backend_) {
-            backend_->shutdown();
+            if (!backend_->shutdown()) {
+                /*
+                 * The backend gave up with ops possibly still in the
+                 * kernel, which may yet write into the pool and read the
+                 * backend's iovecs: leak both rather than free memory the
+                 * kernel may use.  The pool reference is never deleted, so
+                 * the SharedArrayBuffer lives as long as this env (Node
+                 * frees all references when the env itself goes away:
+                 * nothing an addon can do about that).
+                 */
+                backend_.release();
+                pool_ref_.SuppressDestruct();
+                pool_leaked_ = true;
+            }
             backend_.reset();
         }
         if (hooked_) {
@@ -236,12 +244,17 @@ class Context : public Napi::ObjectWrap<Context> {
         return o;
     }
 
-    /* Blocks until in-flight ops finish; their results are dropped. */
+    /*
+     * Blocks until in-flight ops finish; their results are dropped.  With
+     * io_uring, at most about 10 s: see UringBackend::shutdown().
+     */
     Napi::Value Close(const Napi::CallbackInfo &info) {
         Teardown();
-        pool_ref_.Reset();
+        if (!pool_leaked_)
+            pool_ref_.Reset();
         batch_ref_.Reset();
         compl_ref_.Reset();
+        stall_ref_.Reset();
         return info.Env().Undefined();
     }
 
@@ -251,7 +264,8 @@ class Context : public Napi::ObjectWrap<Context> {
     uint32_t batch_cap_ = 0;
     uint32_t compl_cap_ = 0;
     /* Keep the arrays (and so the pool the kernel writes into) alive. */
-    Napi::ObjectReference pool_ref_, batch_ref_, compl_ref_;
+    Napi::ObjectReference pool_ref_, batch_ref_, compl_ref_, stall_ref_;
+    bool pool_leaked_ = false;
     napi_env env_ = nullptr;
     bool hooked_ = false;
 };
@@ -269,6 +283,9 @@ class Addon : public Napi::Addon<Addon> {
                         InstanceValue("ring", Napi::Function::New(env, Ring, "ring"), napi_enumerable),
                         InstanceValue("closeFd", Napi::Function::New(env, CloseFd, "closeFd"), napi_enumerable),
                         InstanceValue("dioAlign", Napi::Function::New(env, DioAlign, "dioAlign"), napi_enumerable),
+                        InstanceValue("poolView", Napi::Function::New(env, PoolView, "poolView"), napi_enumerable),
+                        InstanceValue("detach", Napi::Function::New(env, Detach, "detach"), napi_enumerable),
+                        InstanceValue("addressMod", Napi::Function::New(env, AddressMod, "addressMod"), napi_enumerable),
                         InstanceValue("Context", ctor, napi_enumerable),
                         InstanceValue("MAX_FILES", Napi::Number::New(env, MAX_FILES), napi_enumerable),
                         InstanceValue("IOV_MAX", Napi::Number::New(env, RF_IOV_MAX), napi_enumerable),

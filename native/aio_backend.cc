@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "backend.h"
+#include "stall.h"
 
 namespace rf {
 
@@ -91,7 +92,11 @@ class AioBackend : public Backend {
     void set_file(uint32_t id, int fd) override { files_.fd[id] = fd; }
     void clear_file(uint32_t id) override { files_.fd[id] = -1; }
 
-    void shutdown() override {
+    /*
+     * Never gives up: io_destroy() itself waits for whatever is still in
+     * the kernel, so nothing can write into freed memory afterwards.
+     */
+    bool shutdown() override {
         /* Results are discarded: reap into a sink with no room. */
         while (slots_.inflight() > 0) {
             int got = io_getevents(ctx_, 1, long(events_.size()), events_.data(), nullptr);
@@ -102,6 +107,7 @@ class AioBackend : public Backend {
         }
         io_destroy(ctx_);
         ctx_ = nullptr;
+        return true;
     }
 
     void fill_info(BackendInfo *info) const override {
@@ -158,7 +164,11 @@ class AioBackend : public Backend {
     void submit(uint32_t nq, CompletionSink &out) {
         uint32_t done = 0;
         while (done < nq) {
-            int rc = io_submit(ctx_, long(nq - done), &queue_[done]);
+            int rc;
+            {
+                StallMark m(cfg_.stall); /* may block in the block layer */
+                rc = io_submit(ctx_, long(nq - done), &queue_[done]);
+            }
             if (rc > 0) {
                 done += uint32_t(rc);
                 continue;

@@ -46,6 +46,8 @@ struct BackendConfig {
     Pool pool;
     int doorbell_fd = -1;           /* owned by the main thread: never close */
     uint32_t emulate_window_us = 0;
+    /* Word 0 of the stall Int32Array, or nullptr: see stall.h. */
+    uint32_t *stall = nullptr;
 };
 
 struct BackendInfo {
@@ -98,21 +100,33 @@ struct Slot {
 
 class SlotPool {
  public:
-    explicit SlotPool(uint32_t depth) : slots_(depth), free_(depth), nfree_(depth) {
+    explicit SlotPool(uint32_t depth)
+        : slots_(depth), free_(depth), busy_(depth, 0), nfree_(depth) {
         for (uint32_t i = 0; i < depth; i++)
             free_[i] = depth - 1 - i;
     }
     bool empty() const { return nfree_ == 0; }
     /* The slot pop() would return; only valid when !empty(). */
     uint32_t peek() const { return free_[nfree_ - 1]; }
-    uint32_t pop() { return free_[--nfree_]; }
-    void push(uint32_t i) { free_[nfree_++] = i; }
+    uint32_t pop() {
+        uint32_t i = free_[--nfree_];
+        busy_[i] = 1;
+        return i;
+    }
+    void push(uint32_t i) {
+        busy_[i] = 0;
+        free_[nfree_++] = i;
+    }
     Slot &operator[](uint32_t i) { return slots_[i]; }
+    uint32_t size() const { return uint32_t(slots_.size()); }
+    /* Popped and not yet pushed back (e.g. to cancel what is in flight). */
+    bool busy(uint32_t i) const { return busy_[i] != 0; }
     uint32_t inflight() const { return uint32_t(slots_.size()) - nfree_; }
 
  private:
     std::vector<Slot> slots_;
     std::vector<uint32_t> free_;
+    std::vector<uint8_t> busy_;
     uint32_t nfree_;
 };
 
@@ -132,8 +146,13 @@ class Backend {
     /*
      * Wait for every in-flight op (results are discarded), then release
      * the kernel context.  Called exactly once, before destruction.
+     *
+     * Returns false if it had to give up with ops possibly still in the
+     * kernel (a backend may do so rather than block forever).  Then the
+     * kernel may still write into the pool and into this object: the
+     * caller must leak both, never destroy or free them.
      */
-    virtual void shutdown() = 0;
+    virtual bool shutdown() = 0;
 
     virtual void fill_info(BackendInfo *info) const = 0;
 };

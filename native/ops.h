@@ -4,9 +4,16 @@
  * Every constant here mirrors one in src/protocol.ts; change both together.
  * JavaScript builds batches of 8-int32 entries and hands them to
  * Context.pump(); the addon answers with 4-int32 completion entries.
+ * (The engine's shared rings in src/shm.ts carry wider entries with check
+ * words; the worker copies only the 8 request words into a batch, so the
+ * addon only ever sees these formats.)
+ *
  * Nothing here is trusted: the entries were copied out of a
  * SharedArrayBuffer that any thread may scribble on, so validate.cc checks
  * every field before anything reaches the kernel.
+ *
+ * The one other word the addon writes is the optional stall word
+ * (W_STALL in src/shm.ts): see stall.h.
  */
 #ifndef RINGFENCE_OPS_H
 #define RINGFENCE_OPS_H

@@ -19,6 +19,7 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdio>
+#include <memory>
 #include <string>
 
 #include "backend.h"
@@ -62,10 +63,14 @@ int read_io_uring_disabled() {
 Napi::Object probe_uring(Napi::Env env) {
     Napi::Object o = Napi::Object::New(env);
     Napi::Object ops = Napi::Object::New(env);
-    struct io_uring ring;
+    /*
+     * Owned: every o.Set() below can throw a JS exception (as a C++
+     * exception) and must not leak the ring when it does.
+     */
+    OwnedRing ring;
     struct io_uring_params p;
     unsigned flags = 0;
-    int rc = uring_init_best(4, &ring, &p, &flags);
+    int rc = ring.init_best(4, &p, &flags);
     bool ok = rc == 0;
     o.Set("ok", ok);
     o.Set("reason", ok ? std::string() : uring_init_error(rc));
@@ -73,17 +78,14 @@ Napi::Object probe_uring(Napi::Env env) {
                                              : std::vector<std::string>()));
     o.Set("features", string_array(env, ok ? uring_feature_names(p.features)
                                            : std::vector<std::string>()));
-    struct io_uring_probe *pr = ok ? io_uring_get_probe_ring(&ring) : nullptr;
-    auto has = [pr](unsigned op) { return pr && io_uring_opcode_supported(pr, int(op)); };
+    std::unique_ptr<struct io_uring_probe, void (*)(struct io_uring_probe *)> pr(
+        ok ? io_uring_get_probe_ring(ring.get()) : nullptr, io_uring_free_probe);
+    auto has = [&pr](unsigned op) { return pr && io_uring_opcode_supported(pr.get(), int(op)); };
     ops.Set("fallocate", has(IORING_OP_FALLOCATE));
     ops.Set("fsync", has(IORING_OP_FSYNC));
     ops.Set("readFixed", has(IORING_OP_READ_FIXED));
     ops.Set("ftruncate", has(RF_IORING_OP_FTRUNCATE));
     o.Set("ops", ops);
-    if (pr)
-        io_uring_free_probe(pr);
-    if (ok)
-        io_uring_queue_exit(&ring);
     return o;
 }
 

@@ -15,6 +15,7 @@
 
 #include "backend.h"
 #include "emulate.h"
+#include "stall.h"
 
 namespace rf {
 
@@ -29,37 +30,59 @@ int execute_sync(const Request &req, const struct iovec *iov,
                  const BackendConfig &cfg) {
     ssize_t rc;
     uint8_t *buf = cfg.pool.base + req.buf;
+    /*
+     * Each attempt is bracketed on its own (see stall.h): "odd" must mean
+     * "inside the call", not "between an EINTR and the retry".
+     */
+    uint32_t *stall = cfg.stall;
     switch (req.op) {
     case OP_READ:
-        do rc = pread(req.fd, buf, size_t(req.length), req.offset);
-        while (rc < 0 && errno == EINTR);
+        do {
+            StallMark m(stall);
+            rc = pread(req.fd, buf, size_t(req.length), req.offset);
+        } while (rc < 0 && errno == EINTR);
         return result(rc);
     case OP_WRITE:
-        do rc = pwrite(req.fd, buf, size_t(req.length), req.offset);
-        while (rc < 0 && errno == EINTR);
+        do {
+            StallMark m(stall);
+            rc = pwrite(req.fd, buf, size_t(req.length), req.offset);
+        } while (rc < 0 && errno == EINTR);
         return result(rc);
     case OP_READV:
-        do rc = preadv(req.fd, iov, int(req.iovcnt), req.offset);
-        while (rc < 0 && errno == EINTR);
+        do {
+            StallMark m(stall);
+            rc = preadv(req.fd, iov, int(req.iovcnt), req.offset);
+        } while (rc < 0 && errno == EINTR);
         return result(rc);
     case OP_WRITEV:
-        do rc = pwritev(req.fd, iov, int(req.iovcnt), req.offset);
-        while (rc < 0 && errno == EINTR);
+        do {
+            StallMark m(stall);
+            rc = pwritev(req.fd, iov, int(req.iovcnt), req.offset);
+        } while (rc < 0 && errno == EINTR);
         return result(rc);
     case OP_FALLOCATE:
-        if (req.flags & FLAG_EMULATE_XFS_BUG)
+        if (req.flags & FLAG_EMULATE_XFS_BUG) {
+            /* One emulated fallocate = one blocking call, window included. */
+            StallMark m(stall);
             return emulate_xfs_fallocate(req.fd, req.aux, req.offset,
                                          req.length, cfg.emulate_window_us);
-        do rc = fallocate(req.fd, req.aux, req.offset, req.length);
-        while (rc < 0 && errno == EINTR);
+        }
+        do {
+            StallMark m(stall);
+            rc = fallocate(req.fd, req.aux, req.offset, req.length);
+        } while (rc < 0 && errno == EINTR);
         return result(rc);
     case OP_FSYNC:
-        do rc = req.aux ? fdatasync(req.fd) : fsync(req.fd);
-        while (rc < 0 && errno == EINTR);
+        do {
+            StallMark m(stall);
+            rc = req.aux ? fdatasync(req.fd) : fsync(req.fd);
+        } while (rc < 0 && errno == EINTR);
         return result(rc);
     case OP_TRUNCATE:
-        do rc = ftruncate(req.fd, req.offset);
-        while (rc < 0 && errno == EINTR);
+        do {
+            StallMark m(stall);
+            rc = ftruncate(req.fd, req.offset);
+        } while (rc < 0 && errno == EINTR);
         return result(rc);
     case OP_NOP:
         return 0;
@@ -91,7 +114,7 @@ class SyncBackend : public Backend {
     uint32_t inflight() const override { return 0; }
     void set_file(uint32_t id, int fd) override { files_.fd[id] = fd; }
     void clear_file(uint32_t id) override { files_.fd[id] = -1; }
-    void shutdown() override {}
+    bool shutdown() override { return true; }
 
     void fill_info(BackendInfo *info) const override {
         info->backend = "sync";

@@ -30,6 +30,49 @@ std::vector<std::string> uring_feature_names(unsigned features);
 /* "io_uring_queue_init failed: EPERM (...); use backend ..." */
 std::string uring_init_error(int err);
 
+/*
+ * Owns one struct io_uring: io_uring_queue_exit() runs in the destructor
+ * unless the ring was never set up, already exited, or released.  It
+ * exists so that every path out of a function or constructor that set up
+ * a ring (a throw after io_uring_queue_init included) closes the ring fd
+ * and unmaps the rings exactly once.
+ */
+class OwnedRing {
+ public:
+    OwnedRing() = default;
+    ~OwnedRing() { exit(); }
+    OwnedRing(const OwnedRing &) = delete;
+    OwnedRing &operator=(const OwnedRing &) = delete;
+
+    /* uring_init_best() into this (not yet live) ring; 0 or -errno. */
+    int init_best(unsigned entries, struct io_uring_params *params, unsigned *flags) {
+        int rc = uring_init_best(entries, &ring_, params, flags);
+        live_ = rc == 0;
+        return rc;
+    }
+    struct io_uring *get() { return &ring_; }
+    const struct io_uring *get() const { return &ring_; }
+    bool live() const { return live_; }
+
+    /* Tear the ring down now (idempotent). */
+    void exit() {
+        if (live_)
+            io_uring_queue_exit(&ring_);
+        live_ = false;
+    }
+
+    /*
+     * Give up ownership without tearing down: the fd and the mappings stay
+     * for the life of the process.  For a ring the kernel may still write
+     * into (see UringBackend::shutdown()).
+     */
+    void release() { live_ = false; }
+
+ private:
+    struct io_uring ring_ = {};
+    bool live_ = false;
+};
+
 }  // namespace rf
 
 #endif

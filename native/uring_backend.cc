@@ -20,6 +20,11 @@
  *   - the whole pool as fixed buffers (<= 1 GiB per iovec: kernel limit),
  *     used by READ/WRITE whose range lies in one such chunk;
  *   - a sparse fixed file table of MAX_FILES, indexed by file id.
+ *
+ * Failure paths: a submit the kernel refuses never strands an entry (see
+ * submit()); shutdown() is bounded and would rather leak than free memory
+ * the kernel may still write (see there); the ring is an OwnedRing, so a
+ * constructor that throws after io_uring_queue_init still exits it.
  */
 #include "uring.h"
 
@@ -28,9 +33,13 @@
 
 #include <cerrno>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <ctime>
 #include <vector>
 
 #include "backend.h"
+#include "stall.h"
 
 namespace rf {
 
@@ -116,9 +125,41 @@ std::string uring_init_error(int err) {
 
 namespace {
 
-constexpr uint64_t UD_DOORBELL = ~uint64_t(0);
+/*
+ * Internal user_data values.  Not ~0: that is LIBURING_UDATA_TIMEOUT, the
+ * tag liburing puts on the timeout SQE it queues for a timed wait on
+ * kernels without IORING_FEAT_EXT_ARG (< 5.11); reap() skips those.
+ */
+constexpr uint64_t UD_DOORBELL = ~uint64_t(0) - 2;
 constexpr uint64_t UD_CANCEL = ~uint64_t(0) - 1;
+static_assert(LIBURING_UDATA_TIMEOUT == ~uint64_t(0), "reap() skips liburing's timeout CQEs");
 constexpr uint64_t kFixedChunk = uint64_t(1) << 30; /* kernel max per buffer */
+
+/* submit(): transient refusals retried within one pump before giving up. */
+constexpr int kSubmitRetries = 4;
+
+/* shutdown(): see there. */
+constexpr int64_t kShutdownCancelMs = 5000;
+constexpr int64_t kShutdownGiveUpMs = 10000;
+constexpr int64_t kShutdownStepMs = 100;
+
+int64_t now_ms() {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return int64_t(ts.tv_sec) * 1000 + ts.tv_nsec / 1000000;
+}
+
+/*
+ * TEST HOOK, not an interface: with RINGFENCE_TEST_URING_FAIL_AFTER_INIT
+ * set (non-empty, not "0") the constructor throws after the ring is fully
+ * set up, so test/native.test.mjs can check that a constructor failure
+ * leaks no ring.  Nothing real fails there today except std::bad_alloc,
+ * which a test cannot provoke.  Read once per Context, so it costs nothing.
+ */
+bool test_fail_after_init() {
+    const char *v = getenv("RINGFENCE_TEST_URING_FAIL_AFTER_INIT");
+    return v && *v && strcmp(v, "0") != 0;
+}
 
 class UringBackend : public Backend {
  public:
@@ -126,22 +167,21 @@ class UringBackend : public Backend {
         : cfg_(cfg), slots_(cfg.depth) {
         /* +1: the doorbell read may be queued next to a full batch. */
         struct io_uring_params p;
-        int rc = uring_init_best(cfg.depth + 1, &ring_, &p, &setup_flags_);
+        int rc = ring_.init_best(cfg.depth + 1, &p, &setup_flags_);
         if (rc < 0)
             throw BackendError(uring_init_error(rc));
+        /* From here on, a throw exits the ring through ~OwnedRing. */
         features_ = p.features;
 
-        if (struct io_uring_probe *probe = io_uring_get_probe_ring(&ring_)) {
+        if (struct io_uring_probe *probe = io_uring_get_probe_ring(r())) {
             async_ftruncate_ = io_uring_opcode_supported(probe, RF_IORING_OP_FTRUNCATE);
             io_uring_free_probe(probe);
         }
         register_pool();
-        fixed_files_ = io_uring_register_files_sparse(&ring_, MAX_FILES) == 0;
-    }
-
-    ~UringBackend() override {
-        if (live_)
-            io_uring_queue_exit(&ring_);
+        fixed_files_ = io_uring_register_files_sparse(r(), MAX_FILES) == 0;
+        if (test_fail_after_init())
+            throw BackendError("io_uring setup failed after io_uring_queue_init "
+                               "(test hook RINGFENCE_TEST_URING_FAIL_AFTER_INIT)");
     }
 
     void pump(const int32_t *batch, uint32_t n, CompletionSink &out,
@@ -166,7 +206,7 @@ class UringBackend : public Backend {
                 out.push(req.tag, execute_sync(req, iov, cfg_));
                 continue;
             }
-            struct io_uring_sqe *sqe = slots_.empty() ? nullptr : io_uring_get_sqe(&ring_);
+            struct io_uring_sqe *sqe = slots_.empty() ? nullptr : io_uring_get_sqe(r());
             if (!sqe) {
                 out.push(req.tag, -EBUSY);
                 continue;
@@ -177,13 +217,9 @@ class UringBackend : public Backend {
             queued = true;
         }
 
-        /*
-         * One enter: submit and run deferred completions.  Errors (EAGAIN,
-         * EBUSY, EINTR) leave unsubmitted SQEs in the ring; the next enter
-         * submits them, so there is nothing to undo here.
-         */
+        /* One enter in the normal case: submit and run deferred completions. */
         if (queued || slots_.inflight() > 0 || doorbell_armed_)
-            io_uring_submit_and_get_events(&ring_);
+            submit(&out, queued);
         reap(&out);
 
         if (out.count() > 0 || wait_ms <= 0)
@@ -198,7 +234,19 @@ class UringBackend : public Backend {
         ts.tv_sec = wait_ms / 1000;
         ts.tv_nsec = (long long)(wait_ms % 1000) * 1000000;
         struct io_uring_cqe *cqe;
-        io_uring_submit_and_wait_timeout(&ring_, &cqe, 1, &ts, nullptr);
+        int rc = io_uring_submit_and_wait_timeout(r(), &cqe, 1, &ts, nullptr);
+        if (rc < 0 && rc != -ETIME && rc != -EINTR) {
+            /*
+             * The ring refused the enter (see submit()), maybe with the
+             * doorbell read still in the SQ ring: take it back, and wait
+             * on the eventfd itself so that a caller looping on
+             * pump(0, wait) still sleeps and is still woken by a ring.
+             * Briefly only while ops are in flight: their completions do
+             * not show on the eventfd.
+             */
+            withdraw(rc, &out);
+            wait_doorbell(cfg_.doorbell_fd, slots_.inflight() > 0 && wait_ms > 10 ? 10 : wait_ms);
+        }
         reap(&out);
         doorbell_rang_ = false; /* returning now is the wake-up */
     }
@@ -209,39 +257,72 @@ class UringBackend : public Backend {
         clear_file(id);
         files_.fd[id] = fd;
         if (fixed_files_)
-            files_.fixed[id] = io_uring_register_files_update(&ring_, id, &fd, 1) == 1;
+            files_.fixed[id] = io_uring_register_files_update(r(), id, &fd, 1) == 1;
     }
 
     void clear_file(uint32_t id) override {
         if (files_.fixed[id]) {
             /* In-flight ops keep their own reference: this is safe. */
             int none = -1;
-            io_uring_register_files_update(&ring_, id, &none, 1);
+            io_uring_register_files_update(r(), id, &none, 1);
             files_.fixed[id] = false;
         }
         files_.fd[id] = -1;
     }
 
-    void shutdown() override {
-        while (slots_.inflight() > 0)
-            enter_and_discard();
-        /*
-         * The doorbell read points into this object: cancel it and see its
-         * CQE before the ring goes away, or a late ring could complete it
-         * into freed memory while the kernel tears the ring down.
-         */
-        if (doorbell_armed_) {
-            struct io_uring_sqe *sqe = io_uring_get_sqe(&ring_);
-            if (sqe) {
-                io_uring_prep_cancel64(sqe, UD_DOORBELL, 0);
-                io_uring_sqe_set_data64(sqe, UD_CANCEL);
-                cancel_pending_ = true;
+    /*
+     * Drain, with a bound.  Ops normally finish in milliseconds, but some
+     * never finish on their own: a read of a FIFO or socket nobody writes
+     * to, I/O to a hung NFS server or a dead device; and an unusable ring
+     * (an enter that fails, e.g. EBADF) never shows a completion at all.
+     * So:
+     *   1. wait for completions in steps of at most kShutdownStepMs (the
+     *      enter sleeps in the kernel; if the ring refuses to be entered,
+     *      sleep the step instead: never a busy loop);
+     *   2. once nothing else is in flight, cancel the doorbell read (it
+     *      points into this object) and see its CQE;
+     *   3. after kShutdownCancelMs, ask the kernel to cancel every op still
+     *      in flight (close() discards results, so nothing is lost that
+     *      was not already; only ops the kernel can cancel go, e.g. the
+     *      poll-driven FIFO read; a started disk write runs to its end);
+     *   4. after kShutdownGiveUpMs, give up: release the ring WITHOUT
+     *      io_uring_queue_exit() and return false, so that the caller
+     *      leaks this object and keeps the pool alive.
+     *
+     * Why leak instead of exit: an op the kernel still holds may complete
+     * later and write into the pool (reads), read the slot iovecs or
+     * doorbell_buf_ in this object, and post its CQE into the mmapped CQ
+     * ring.  io_uring_queue_exit() would unmap the rings and close the fd,
+     * and the caller would then free this object and drop the pool: any
+     * such late completion would write into freed memory, possibly
+     * memory reused by something else.  A leaked ring, object and pool
+     * keep every address the kernel may still touch valid, at the cost of
+     * a bounded leak in a case that is already broken.
+     */
+    bool shutdown() override {
+        const int64_t start = now_ms();
+        bool cancelled_ops = false;
+        for (;;) {
+            if (slots_.inflight() == 0 && doorbell_armed_ && !doorbell_cancel_queued_)
+                doorbell_cancel_queued_ = queue_cancel(UD_DOORBELL);
+            if (slots_.inflight() == 0 && !doorbell_armed_ && cancels_pending_ == 0)
+                break;
+            int64_t elapsed = now_ms() - start;
+            if (elapsed >= kShutdownGiveUpMs) {
+                ring_.release();
+                return false;
             }
-            while (doorbell_armed_ || cancel_pending_)
-                enter_and_discard();
+            if (!cancelled_ops && elapsed >= kShutdownCancelMs) {
+                for (uint32_t s = 0; s < slots_.size(); s++)
+                    if (slots_.busy(s))
+                        queue_cancel(s);
+                cancelled_ops = true;
+            }
+            int64_t step = kShutdownGiveUpMs - elapsed;
+            wait_step(int(step < kShutdownStepMs ? step : kShutdownStepMs));
         }
-        io_uring_queue_exit(&ring_);
-        live_ = false;
+        ring_.exit();
+        return true;
     }
 
     void fill_info(BackendInfo *info) const override {
@@ -256,6 +337,8 @@ class UringBackend : public Backend {
     }
 
  private:
+    struct io_uring *r() { return ring_.get(); }
+
     void register_pool() {
         if (cfg_.pool.size == 0)
             return;
@@ -266,7 +349,7 @@ class UringBackend : public Backend {
                 len = kFixedChunk;
             chunks.push_back({cfg_.pool.base + off, size_t(len)});
         }
-        fixed_buffers_ = io_uring_register_buffers(&ring_, chunks.data(),
+        fixed_buffers_ = io_uring_register_buffers(r(), chunks.data(),
                                                    unsigned(chunks.size())) == 0;
     }
 
@@ -323,6 +406,121 @@ class UringBackend : public Backend {
     }
 
     /*
+     * Hand every SQE in the ring to the kernel and flush completions: one
+     * io_uring_submit_and_get_events() in the normal case.
+     *
+     * What a failing submit does to the entries (liburing 2.3; Linux 5.x
+     * and 6.x io_submit_sqes()/io_uring_enter()):
+     *   - liburing first publishes its local SQ tail to the shared one,
+     *     then enters with to_submit = tail - head: every entry the kernel
+     *     has not consumed, including any an earlier failed enter left;
+     *   - the kernel consumes SQEs in order, moving the SQ head past each
+     *     one it takes.  One it takes but cannot start (bad fd, bad
+     *     opcode...) completes with a CQE carrying the error: not lost.
+     *     Without IORING_SETUP_SUBMIT_ALL it stops right after such an
+     *     entry and returns the number taken; the rest stay in the ring;
+     *   - a negative return means it took nothing: -EAGAIN (no memory for
+     *     a request), -EBUSY (CQ overflow backlog), -EINTR; or the ring is
+     *     unusable: -EBADF/-EOPNOTSUPP (fd), -EEXIST (SINGLE_ISSUER broken),
+     *     -EOWNERDEAD...
+     * So an entry is never dropped, but one the kernel did not take stays
+     * in the SQ ring, its slot counted in flight, until a later enter takes
+     * it.  After a hard error none ever will: JavaScript would wait
+     * forever for its completion, and shutdown() for the slot.
+     *
+     * Hence: go on while the kernel takes entries; retry a transient
+     * refusal a few times, reaping in between (that frees CQ room and
+     * requests); then take back whatever is left (withdraw()) and complete
+     * it now: with the kernel's -errno for a hard error, with -EAGAIN for
+     * the transient cases ("out of resources, retry"; not -EBUSY, which in
+     * this protocol means "no free slot" and is an engine bug).
+     *
+     * mark: op SQEs were queued by this pump (see stall.h).
+     */
+    void submit(CompletionSink *out, bool mark) {
+        int transient = 0;
+        for (;;) {
+            unsigned before = io_uring_sq_ready(r());
+            int rc;
+            {
+                StallMark m(mark && before > 0 ? cfg_.stall : nullptr);
+                rc = io_uring_submit_and_get_events(r());
+            }
+            unsigned left = io_uring_sq_ready(r());
+            if (left == 0)
+                return;
+            if (left < before)
+                continue; /* took some, stopped after a failed one: the rest */
+            bool retry = rc >= 0 || rc == -EINTR || rc == -EAGAIN || rc == -EBUSY;
+            if (retry && ++transient <= kSubmitRetries) {
+                reap(out);
+                continue;
+            }
+            withdraw(retry ? -EAGAIN : rc, out);
+            return;
+        }
+    }
+
+    /*
+     * Take back every SQE the kernel has not consumed: complete each op
+     * among them with err (out == nullptr: just free the slot), forget a
+     * doorbell read or cancel that was never submitted, and rewind the SQ
+     * tail to the head.
+     *
+     * Rewinding is safe only because nothing but our own io_uring_enter()
+     * reads the SQ ring: there is no SQPOLL thread (never requested), and
+     * a Context is entered only from its own thread.  Between two enters
+     * the entries past the head belong to us alone.  Only called right
+     * after an enter, so liburing has published every entry (the shared
+     * tail equals its local one) and the SQ array maps each of them.
+     */
+    void withdraw(int err, CompletionSink *out) {
+        struct io_uring_sq *sq = &r()->sq;
+        unsigned head = IO_URING_READ_ONCE(*sq->khead);
+        for (unsigned i = head; i != sq->sqe_tail; i++) {
+            const struct io_uring_sqe *sqe = &sq->sqes[sq->array[i & sq->ring_mask]];
+            uint64_t ud = sqe->user_data;
+            if (ud == UD_DOORBELL) {
+                doorbell_armed_ = false;
+            } else if (ud == UD_CANCEL) {
+                cancels_pending_--;
+            } else {
+                uint32_t s = uint32_t(ud);
+                if (out)
+                    out->push(slots_[s].tag, err);
+                slots_.push(s);
+            }
+        }
+        sq->sqe_head = sq->sqe_tail = head;
+        IO_URING_WRITE_ONCE(*sq->ktail, head);
+    }
+
+    /* One bounded wait of shutdown(). */
+    void wait_step(int ms) {
+        if (ms < 1)
+            ms = 1;
+        struct __kernel_timespec ts;
+        ts.tv_sec = ms / 1000;
+        ts.tv_nsec = (long long)(ms % 1000) * 1000000;
+        struct io_uring_cqe *cqe;
+        int rc = io_uring_submit_and_wait_timeout(r(), &cqe, 1, &ts, nullptr);
+        reap(nullptr);
+        if (rc < 0 && rc != -ETIME && rc != -EINTR)
+            poll(nullptr, 0, ms); /* the ring refuses the enter: sleep, do not spin */
+    }
+
+    /* Queue an ASYNC_CANCEL of the op tagged ud; false if the SQ is full. */
+    bool queue_cancel(uint64_t ud) {
+        struct io_uring_sqe *sqe = io_uring_get_sqe(r());
+        if (!sqe)
+            return false;
+        io_uring_prep_cancel64(sqe, ud, 0);
+        io_uring_sqe_set_data64(sqe, UD_CANCEL);
+        cancels_pending_++;
+        return true;
+    }
+
+    /*
      * Queue the doorbell read (or, on kernels without FAST_POLL where a
      * non-blocking read just fails with EAGAIN, a poll) unless one is
      * already armed.  Submitted by the caller's next enter.
@@ -330,7 +528,7 @@ class UringBackend : public Backend {
     void arm_doorbell() {
         if (doorbell_armed_ || doorbell_broken_)
             return;
-        struct io_uring_sqe *sqe = io_uring_get_sqe(&ring_);
+        struct io_uring_sqe *sqe = io_uring_get_sqe(r());
         if (!sqe)
             return; /* cannot happen: the SQ has depth + 1 entries */
         if (doorbell_poll_)
@@ -368,12 +566,14 @@ class UringBackend : public Backend {
     void reap(CompletionSink *out) {
         unsigned head, seen = 0;
         struct io_uring_cqe *cqe;
-        io_uring_for_each_cqe(&ring_, head, cqe) {
+        io_uring_for_each_cqe(r(), head, cqe) {
             uint64_t ud = cqe->user_data;
             if (ud == UD_DOORBELL) {
                 on_doorbell(cqe->res);
             } else if (ud == UD_CANCEL) {
-                cancel_pending_ = false;
+                cancels_pending_--;
+            } else if (ud == LIBURING_UDATA_TIMEOUT) {
+                /* liburing's own wait timeout (kernels < 5.11) */
             } else {
                 /* Bounded by construction (see CompletionSink); stop if not. */
                 if (out && out->room() == 0)
@@ -385,17 +585,11 @@ class UringBackend : public Backend {
             }
             seen++;
         }
-        io_uring_cq_advance(&ring_, seen);
-    }
-
-    void enter_and_discard() {
-        io_uring_submit_and_wait(&ring_, 1); /* EINTR: just loop */
-        reap(nullptr);
+        io_uring_cq_advance(r(), seen);
     }
 
     BackendConfig cfg_;
-    struct io_uring ring_;
-    bool live_ = true;
+    OwnedRing ring_;
     unsigned setup_flags_ = 0;
     unsigned features_ = 0;
     bool async_ftruncate_ = false;
@@ -410,7 +604,8 @@ class UringBackend : public Backend {
     bool doorbell_rang_ = false;
     bool doorbell_poll_ = false;
     bool doorbell_broken_ = false;
-    bool cancel_pending_ = false;
+    bool doorbell_cancel_queued_ = false;
+    uint32_t cancels_pending_ = 0;
 };
 
 }  // namespace

@@ -4,6 +4,7 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { createRequire } from 'node:module';
 import { Worker } from 'node:worker_threads';
+import { spawn, execFileSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -74,13 +75,15 @@ function openTemp() {
 const POOL = 1 << 20;
 const BATCH = 32;
 
-function makeCtx(backend, { depth = 16, emulateWindowUs = 0, doorbellFd } = {}) {
+function makeCtx(backend, { depth = 16, emulateWindowUs = 0, doorbellFd, stall } = {}) {
   const sab = new SharedArrayBuffer(POOL, { maxByteLength: POOL }); // page-aligned
   const pool = new Uint8Array(sab);
   const batch = new Int32Array(BATCH * 8);
   const completions = new Int32Array((depth + BATCH) * 4);
   const bell = doorbellFd ?? addon.createDoorbell();
-  const ctx = new addon.Context({ backend, depth, pool, batch, completions, doorbellFd: bell, emulateWindowUs });
+  const opts = { backend, depth, pool, batch, completions, doorbellFd: bell, emulateWindowUs };
+  if (stall !== undefined) opts.stall = stall;
+  const ctx = new addon.Context(opts);
   return { ctx, pool, batch, completions, bell, ownBell: doorbellFd === undefined };
 }
 
@@ -144,6 +147,37 @@ function preadBuffered(p, pos, len) {
   } finally {
     fs.closeSync(fd);
   }
+}
+
+// The io_uring instances of this process: one fd each. Self-contained (also sent to children).
+function ringFds() {
+  const fs = require('node:fs');
+  const out = [];
+  for (const n of fs.readdirSync('/proc/self/fd')) {
+    try { if (fs.readlinkSync(`/proc/self/fd/${n}`) === 'anon_inode:[io_uring]') out.push(Number(n)); } catch { /* closed meanwhile */ }
+  }
+  return out;
+}
+
+/**
+ * Runs `source` (CommonJS; `root` and ringFds() are defined for it) in a child `node`, which
+ * must print one JSON line last; resolves with that, or rejects with the child's output.
+ */
+function runChild(source, { flags = [], timeout = 40000 } = {}) {
+  const src = `const root = ${JSON.stringify(root)};\n${ringFds}\n${source}`;
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [...flags, '-e', src], { stdio: ['ignore', 'pipe', 'pipe'], timeout });
+    let out = '', err = '';
+    child.stdout.on('data', (d) => { out += d; });
+    child.stderr.on('data', (d) => { err += d; });
+    child.on('close', (code, signal) => {
+      const last = out.trim().split('\n').pop();
+      if (code === 0) {
+        try { return resolve(JSON.parse(last)); } catch { /* fall through */ }
+      }
+      reject(new Error(`child exit ${code} ${signal ?? ''}\nstdout: ${out}\nstderr: ${err}`));
+    });
+  });
 }
 
 function runWorker(source, workerData) {
@@ -547,6 +581,360 @@ for (const backend of backends) {
     // Every write finished before the worker's env went away.
     assert.is(fs.fstatSync(f.fd).size, 8 * BLK);
     fs.closeSync(f.fd);
+  });
+}
+
+// ---- pool views: poolView / detach / addressMod -------------------------
+
+test('poolView: an ArrayBuffer of its own that aliases the pool bytes, both ways', () => {
+  const pool = new Uint8Array(new SharedArrayBuffer(POOL, { maxByteLength: POOL }));
+  const ab = addon.poolView(pool, 3 * BLK, 2 * BLK);
+  assert.ok(ab instanceof ArrayBuffer, 'a plain (detachable) ArrayBuffer, not the SharedArrayBuffer');
+  assert.is(ab.byteLength, 2 * BLK);
+  const u = new Uint8Array(ab);
+  pool.fill(0x11, 3 * BLK, 5 * BLK);
+  assert.ok(u.every((b) => b === 0x11), 'pool writes show in the view');
+  u[0] = 0xaa;
+  u[2 * BLK - 1] = 0xbb;
+  assert.is(pool[3 * BLK], 0xaa, 'view writes show in the pool (first byte)');
+  assert.is(pool[5 * BLK - 1], 0xbb, 'view writes show in the pool (last byte)');
+  assert.is(pool[3 * BLK - 1], 0, 'byte before the view untouched');
+  assert.is(pool[5 * BLK], 0, 'byte after the view untouched');
+  const again = addon.poolView(pool, 3 * BLK, 16);
+  assert.ok(again !== ab, 'each call makes a new ArrayBuffer');
+  assert.is(new Uint8Array(again)[0], 0xaa);
+  // The very last byte, and offsets relative to the Uint8Array given.
+  new Uint8Array(addon.poolView(pool, POOL - 1, 1))[0] = 0x42;
+  assert.is(pool[POOL - 1], 0x42);
+  new Uint8Array(addon.poolView(pool.subarray(7 * BLK), 5, 1))[0] = 0x43;
+  assert.is(pool[7 * BLK + 5], 0x43);
+});
+
+test('poolView: argument checks', () => {
+  const sab = new SharedArrayBuffer(POOL, { maxByteLength: POOL });
+  const pool = new Uint8Array(sab);
+  assert.throws(() => addon.poolView(new Int32Array(sab), 0, 4), (e) => e instanceof TypeError && /Uint8Array/.test(e.message));
+  assert.throws(() => addon.poolView(new Uint8Array(64), 0, 4), (e) => e instanceof TypeError && /SharedArrayBuffer/.test(e.message));
+  assert.throws(() => addon.poolView(sab, 0, 4), TypeError);
+  assert.throws(() => addon.poolView({}, 0, 4), TypeError);
+  assert.throws(() => addon.poolView(pool, '0', 4), TypeError);
+  assert.throws(() => addon.poolView(pool, 0), TypeError);
+  for (const [off, len, what] of [[-1, 4, 'negative offset'], [1.5, 4, 'fractional offset'], [NaN, 4, 'NaN offset'],
+    [0, 0, 'length 0'], [0, -4, 'negative length'], [0, 2.5, 'fractional length'], [0, Infinity, 'infinite length'],
+    [POOL, 1, 'offset at the end'], [POOL - 4, 5, 'one byte past the end'], [0, POOL + 1, 'longer than the pool'],
+    [2 ** 53, 1, 'offset 2^53']]) {
+    assert.throws(() => addon.poolView(pool, off, len), RangeError, what);
+  }
+  assert.is(addon.poolView(pool, 0, POOL).byteLength, POOL, 'the whole pool');
+});
+
+test('poolView: the view keeps the pool memory alive through GC, and releases it when it goes', async () => {
+  const r = await runChild(`
+    const addon = require('node-gyp-build')(root);
+    const { Worker } = require('node:worker_threads');
+    const sleep = (ms) => new Promise((res) => setTimeout(res, ms));
+    const collected = new Set();
+    const reg = new FinalizationRegistry((k) => collected.add(k));
+    async function gcUntil(key, rounds) {
+      for (let i = 0; i < rounds && !collected.has(key); i++) { global.gc(); await sleep(5); }
+      return collected.has(key);
+    }
+    const newPool = (key, fill) => {
+      const pool = new Uint8Array(new SharedArrayBuffer(1 << 20, { maxByteLength: 1 << 20 }));
+      reg.register(pool.buffer, key);
+      pool.fill(fill, 4096, 8192);
+      return pool;
+    };
+    (async () => {
+      const out = {};
+      // Control: an unreferenced pool is collected here, so "not collected" below means something.
+      (() => { newPool('control', 0); })();
+      out.control = await gcUntil('control', 100);
+      // Only the view remains: no Uint8Array, no SharedArrayBuffer reference in JavaScript.
+      let view = (() => addon.poolView(newPool('pool', 0xab), 4096, 4096))();
+      out.collectedWhileViewLives = await gcUntil('pool', 40);
+      for (let i = 0; i < 32; i++) new Uint8Array(new SharedArrayBuffer(1 << 20, { maxByteLength: 1 << 20 })).fill(0x5c);
+      global.gc();
+      let u = new Uint8Array(view);
+      out.readBack = u.every((b) => b === 0xab);
+      u.fill(0xcd);
+      out.writeBack = new Uint8Array(view).every((b) => b === 0xcd);
+      u = null;
+      view = null;
+      out.collectedAfterViewGone = await gcUntil('pool', 200);
+      // A detached view releases the pool too, while the (empty) ArrayBuffer itself lives on.
+      const detached = (() => addon.poolView(newPool('pool2', 1), 0, 4096))();
+      addon.detach(detached);
+      out.collectedAfterDetach = await gcUntil('pool2', 200);
+      out.detachedLength = detached.byteLength;
+      // A worker that exits with views alive (env teardown releases them); we go on.
+      await new Promise((res, rej) => {
+        const w = new Worker(\`
+          const addon = require('node-gyp-build')(\${JSON.stringify(root)});
+          const pool = new Uint8Array(new SharedArrayBuffer(1 << 16, { maxByteLength: 1 << 16 }));
+          globalThis.keep = [addon.poolView(pool, 0, 4096), addon.poolView(pool, 4096, 1)];
+          new Uint8Array(globalThis.keep[0]).fill(9);
+        \`, { eval: true });
+        w.on('error', rej);
+        w.on('exit', (code) => (code === 0 ? res() : rej(new Error('worker exit ' + code))));
+      });
+      global.gc();
+      out.afterWorker = true;
+      console.log(JSON.stringify(out));
+    })().catch((e) => { console.error(e); process.exit(1); });
+  `, { flags: ['--expose-gc'] });
+  console.log(`poolView gc: ${JSON.stringify(r)}`);
+  assert.ok(r.control, 'control pool collected (gc works in the child)');
+  assert.not.ok(r.collectedWhileViewLives, 'pool SharedArrayBuffer not collected while a view lives');
+  assert.ok(r.readBack, 'bytes read back through the view after GC');
+  assert.ok(r.writeBack, 'writes through the view after GC');
+  assert.ok(r.collectedAfterViewGone, 'the reference is released when the view is collected');
+  assert.ok(r.collectedAfterDetach, 'the reference is released when the view is detached');
+  assert.is(r.detachedLength, 0);
+  assert.ok(r.afterWorker);
+});
+
+test('detach: every view of a pool view becomes empty; detaching twice is a no-op', () => {
+  const pool = new Uint8Array(new SharedArrayBuffer(POOL, { maxByteLength: POOL }));
+  const ab = addon.poolView(pool, BLK, BLK);
+  const u = new Uint8Array(ab);
+  const sub = u.subarray(100, 200);
+  const dv = new DataView(ab);
+  pool[BLK + 150] = 7;
+  assert.is(sub[50], 7);
+  assert.is(dv.getUint8(150), 7);
+  addon.detach(ab);
+  assert.is(ab.byteLength, 0);
+  assert.is(u.byteLength, 0);
+  assert.is(u.length, 0);
+  assert.is(sub.byteLength, 0);
+  assert.is(sub.length, 0);
+  assert.is(u[150], undefined);
+  assert.throws(() => dv.getUint8(0), TypeError);
+  assert.is(pool[BLK + 150], 7, 'the pool itself is untouched');
+  pool[BLK + 150] = 8;
+  assert.is(pool[BLK + 150], 8);
+  addon.detach(ab); // harmless
+  // Any detachable ArrayBuffer works; other things are a TypeError.
+  const plain = new ArrayBuffer(16);
+  addon.detach(plain);
+  assert.is(plain.byteLength, 0);
+  assert.throws(() => addon.detach(new SharedArrayBuffer(16)), (e) => e instanceof TypeError && /ArrayBuffer/.test(e.message));
+  assert.throws(() => addon.detach(new Uint8Array(16)), TypeError);
+  assert.throws(() => addon.detach(undefined), TypeError);
+  assert.throws(() => addon.detach(new WebAssembly.Memory({ initial: 1 }).buffer), (e) => e instanceof TypeError && /not detachable/.test(e.message));
+});
+
+test('addressMod: address of the first byte modulo a power of two', () => {
+  const u = new Uint8Array(new SharedArrayBuffer(1 << 20, { maxByteLength: 1 << 20 }));
+  assert.is(addon.addressMod(u, 4096), 0, 'a growable SharedArrayBuffer is page-aligned');
+  assert.is(addon.addressMod(u.subarray(1), 4096), 1);
+  assert.is(addon.addressMod(u.subarray(4097), 4096), 1);
+  assert.is(addon.addressMod(u.subarray(3), 2), 1);
+  assert.is(addon.addressMod(u.subarray(3), 1), 0);
+  const base = addon.addressMod(u, 1 << 20);
+  assert.is(addon.addressMod(u.subarray(12345), 1 << 20), (base + 12345) % (1 << 20));
+  assert.is(addon.addressMod(new Uint8Array(addon.poolView(u, 8192 + 3, 16)), 4096), 3, 'a pool view aliases the pool');
+  for (const m of [0, 3, 4097, 2 ** 21, 1.5, -4096, NaN]) assert.throws(() => addon.addressMod(u, m), RangeError, `m = ${m}`);
+  assert.throws(() => addon.addressMod(u, '4096'), TypeError);
+  assert.throws(() => addon.addressMod(new Int32Array(4), 4096), TypeError);
+  assert.throws(() => addon.addressMod(new ArrayBuffer(4), 4096), TypeError);
+});
+
+// ---- the stall word ------------------------------------------------------
+
+test('Context: stall option checks', () => {
+  const bell = addon.createDoorbell();
+  const base = { backend: 'sync', depth: 4, pool: new Uint8Array(new SharedArrayBuffer(BLK)), batch: new Int32Array(64), completions: new Int32Array(4 * 12), doorbellFd: bell };
+  assert.throws(() => new addon.Context({ ...base, stall: new Int32Array(4) }), /SharedArrayBuffer/);
+  assert.throws(() => new addon.Context({ ...base, stall: new Int32Array(new SharedArrayBuffer(4), 4) }), TypeError);
+  assert.throws(() => new addon.Context({ ...base, stall: new Uint32Array(new SharedArrayBuffer(4)) }), TypeError);
+  assert.throws(() => new addon.Context({ ...base, stall: 5 }), TypeError);
+  new addon.Context({ ...base, stall: new Int32Array(new SharedArrayBuffer(4)) }).close();
+  new addon.Context({ ...base, stall: undefined }).close();
+  addon.closeFd(bell);
+});
+
+for (const backend of backends) {
+  test(`${backend}: the stall word is bumped around every blocking call, and only then`, () => {
+    const stall = new Int32Array(new SharedArrayBuffer(16));
+    stall[0] = 2 ** 31 - 2; // even, and about to wrap: parity must survive it
+    stall[1] = 12345;
+    const c = makeCtx(backend, { stall });
+    const f = openTemp();
+    c.ctx.setFile(0, f.fd);
+    const delta = (fn) => { const before = stall[0]; fn(); return (stall[0] - before) | 0; };
+    fill(c.pool, 0, 4 * BLK);
+    const table = 64 * BLK;
+    const dv = new DataView(c.pool.buffer);
+    dv.setUint32(table, 0, true);
+    dv.setUint32(table + 4, BLK, true);
+
+    const one = delta(() => assert.is(run(c, [{ op: WRITE, file: 0, off: 0, len: BLK, buf: 0 }]).get(0), BLK));
+    assert.is(one & 1, 0, `even after the call (${one})`);
+    if (backend === 'io_uring') assert.ok(one >= 2, `one write: +${one}`);
+    else assert.is(one, 2, 'one write: exactly one bracketed call (pwrite / io_submit)');
+
+    const ops = [
+      { op: READ, file: 0, off: 0, len: BLK, buf: BLK },
+      { op: WRITEV, file: 0, off: BLK, len: BLK, buf: table, aux: 1 },
+      { op: READV, file: 0, off: BLK, len: BLK, buf: table, aux: 1 },
+      fallocEntry({ file: 0, off: 0, len: 8 * BLK }),
+      { op: FSYNC, file: 0, aux: 0 },
+      { op: FSYNC, file: 0, aux: 1 },
+      { op: TRUNCATE, file: 0, off: 8 * BLK },
+    ];
+    const many = delta(() => { for (const [t, r] of run(c, ops)) assert.ok(r >= 0, `op ${t}: ${r}`); });
+    assert.is(many & 1, 0);
+    // sync: one call each; libaio: one io_submit for the 4 rw ops + 4 inline calls.
+    if (backend === 'sync') assert.is(many, 2 * ops.length);
+    else if (backend === 'libaio') assert.is(many, 2 * (1 + 4));
+    else assert.ok(many >= 2, `io_uring batch: +${many}`);
+
+    // Waits and non-blocking work do not count.
+    assert.is(delta(() => { for (let i = 0; i < 3; i++) c.ctx.pump(0, 20); }), 0, 'waiting for the doorbell');
+    assert.is(delta(() => run(c, [{ op: WRITE, file: 0, off: 0, len: 0, buf: 0 }])), 0, 'an invalid entry');
+    if (backend !== 'io_uring') assert.is(delta(() => run(c, [{ op: NOP }])), 0, 'a NOP');
+    assert.is(stall[0] & 1, 0);
+    assert.is(stall[1], 12345, 'only word 0 is written');
+    done(c);
+    fs.closeSync(f.fd);
+  });
+}
+
+test('sync: the stall word is odd while the worker is inside a blocking call', async () => {
+  const stall = new Int32Array(new SharedArrayBuffer(8));
+  const f = openTemp();
+  const w = new Worker(`
+    const { workerData, parentPort } = require('node:worker_threads');
+    const addon = require('node-gyp-build')(workerData.root);
+    const pool = new Uint8Array(new SharedArrayBuffer(1 << 16));
+    const batch = new Int32Array(8), completions = new Int32Array(4 * 8);
+    const bell = addon.createDoorbell();
+    const ctx = new addon.Context({ backend: 'sync', depth: 4, pool, batch, completions, doorbellFd: bell,
+                                    emulateWindowUs: 400000, stall: workerData.stall });
+    ctx.setFile(0, workerData.fd);
+    batch.set([${FALLOCATE | EMULATE_XFS_BUG}, 0, 0, 0, 4096, 0, 77, 0]); // a 400 ms emulated fallocate
+    const n = ctx.pump(1, 0);
+    parentPort.postMessage({ n, tag: completions[0], res: completions[1] });
+    ctx.close();
+    addon.closeFd(bell);
+  `, { eval: true, workerData: { root, stall, fd: f.fd } });
+  let msg;
+  w.on('message', (m) => { msg = m; });
+  await new Promise((r) => w.once('online', r));
+  const nap = new Int32Array(new SharedArrayBuffer(4));
+  let sawOdd = false;
+  for (const deadline = Date.now() + 5000; Date.now() < deadline && !sawOdd;) {
+    if (Atomics.load(stall, 0) & 1) sawOdd = true;
+    else Atomics.wait(nap, 0, 0, 2);
+  }
+  await new Promise((r) => w.once('exit', r));
+  assert.ok(sawOdd, 'odd seen while the fallocate ran');
+  assert.equal(msg, { n: 1, tag: 77, res: 0 });
+  assert.is(Atomics.load(stall, 0), 2, 'even again afterwards: one bracketed call');
+  fs.closeSync(f.fd);
+});
+
+// ---- io_uring: setup failure, submit failure, bounded shutdown ------------
+
+if (backends.includes('io_uring')) {
+  test('io_uring: a constructor failure after io_uring_queue_init leaks no ring (test hook)', () => {
+    const before = ringFds().length;
+    const bell = addon.createDoorbell();
+    const opts = { backend: 'io_uring', depth: 8, pool: new Uint8Array(new SharedArrayBuffer(POOL, { maxByteLength: POOL })),
+      batch: new Int32Array(64), completions: new Int32Array(4 * 16), doorbellFd: bell };
+    // RINGFENCE_TEST_URING_FAIL_AFTER_INIT: a documented test hook in native/uring_backend.cc.
+    process.env.RINGFENCE_TEST_URING_FAIL_AFTER_INIT = '1';
+    try {
+      for (let i = 0; i < 4; i++) assert.throws(() => new addon.Context(opts), /after io_uring_queue_init \(test hook/);
+    } finally {
+      delete process.env.RINGFENCE_TEST_URING_FAIL_AFTER_INIT;
+    }
+    assert.is(ringFds().length, before, 'no io_uring fd left behind');
+    const ctx = new addon.Context(opts);
+    assert.is(ringFds().length, before + 1, 'the count sees a live ring');
+    ctx.close();
+    assert.is(ringFds().length, before);
+    addon.closeFd(bell);
+  });
+
+  test('io_uring: a refused submit completes its entries with the error; shutdown is bounded and never spins', async () => {
+    const fifo = path.join(dir, 'fifo');
+    execFileSync('mkfifo', [fifo]);
+    const setup = `
+      const addon = require('node-gyp-build')(root);
+      const fs = require('node:fs');
+      const pool = new Uint8Array(new SharedArrayBuffer(1 << 16, { maxByteLength: 1 << 16 }));
+      const batch = new Int32Array(8 * 8), completions = new Int32Array(4 * 16);
+      const bell = addon.createDoorbell();
+      const ctx = new addon.Context({ backend: 'io_uring', depth: 8, pool, batch, completions, doorbellFd: bell });
+      const timed = (fn) => { const t0 = Date.now(), c0 = process.cpuUsage(); fn(); const c = process.cpuUsage(c0); return { ms: Date.now() - t0, cpuMs: (c.user + c.system) / 1000 }; };
+    `;
+    const settled = await Promise.allSettled([
+      // 1. The ring fd is closed under the Context (its mappings keep the ring alive, but every
+      //    io_uring_enter now fails with EBADF): queued entries must complete with -EBADF.
+      runChild(`${setup}
+        const fd = fs.openSync(${JSON.stringify(path.join(dir, 'refused'))}, 'w+');
+        ctx.setFile(0, fd);
+        const rings = ringFds();
+        if (rings.length !== 1) throw new Error('rings: ' + rings);
+        addon.closeFd(rings[0]);
+        for (let i = 0; i < 3; i++) batch.set([2, 0, i * 4096, 0, 4096, i * 4096, 100 + i, 0], i * 8);
+        const n = ctx.pump(3, 0);
+        const res = [];
+        for (let i = 0; i < n; i++) res.push([completions[i * 4], completions[i * 4 + 1]]);
+        const inflight = ctx.inflight();
+        const wait = timed(() => ctx.pump(0, 300));
+        addon.ring(bell);
+        const woken = timed(() => ctx.pump(0, 5000));
+        const close = timed(() => ctx.close());
+        console.log(JSON.stringify({ n, res, inflight, wait, woken, close, size: fs.fstatSync(fd).size }));
+      `),
+      // 2. The doorbell read is armed in the kernel and the ring can no longer be entered: it
+      //    can never be cancelled or completed, so close() must give up (and leak) in bounded time.
+      runChild(`${setup}
+        ctx.pump(0, 20); // arms the doorbell read, times out
+        addon.closeFd(ringFds()[0]);
+        const close = timed(() => ctx.close());
+        console.log(JSON.stringify({ close }));
+      `),
+      // 3. A read of a FIFO nobody writes to never completes on its own: close() cancels it after
+      //    the grace period and then tears the ring down properly.
+      runChild(`${setup}
+        ctx.setFile(0, fs.openSync(${JSON.stringify(fifo)}, 'r+'));
+        batch.set([1, 0, 0, 0, 4096, 0, 7, 0]);
+        const n = ctx.pump(1, 0) + ctx.pump(0, 100);
+        const inflight = ctx.inflight(), rings = ringFds().length;
+        const close = timed(() => ctx.close());
+        console.log(JSON.stringify({ n, inflight, rings, close, ringsAfter: ringFds().length }));
+      `),
+    ]);
+    const names = ['refused submit', 'unusable ring with the doorbell armed', 'FIFO read in flight'];
+    settled.forEach((s, i) => { if (s.status === 'rejected') console.log(`${names[i]}: ${s.reason.message}`); });
+    settled.forEach((s, i) => assert.is(s.status, 'fulfilled', `${names[i]}: the child finished (a hang is killed after 40 s)`));
+    const [refused, stuckRing, fifoRead] = settled.map((s) => s.value);
+    console.log(`io_uring refused submit: ${JSON.stringify(refused)}`);
+    console.log(`io_uring unusable ring, doorbell armed: ${JSON.stringify(stuckRing)}`);
+    console.log(`io_uring FIFO read in flight: ${JSON.stringify(fifoRead)}`);
+    const { EBADF: ebadf } = os.constants.errno;
+    assert.is(refused.n, 3, 'every queued entry completed in the same pump');
+    assert.equal(refused.res.sort(), [[100, -ebadf], [101, -ebadf], [102, -ebadf]]);
+    assert.is(refused.inflight, 0);
+    assert.ok(refused.wait.ms >= 250, `pump(0, 300) still waits (${refused.wait.ms} ms)`);
+    assert.ok(refused.woken.ms < 2000, `and the doorbell still wakes it (${refused.woken.ms} ms)`);
+    assert.ok(refused.close.ms < 2000, `nothing left to drain (${refused.close.ms} ms)`);
+    assert.is(refused.size, 0, 'nothing was written');
+
+    assert.ok(stuckRing.close.ms >= 9000 && stuckRing.close.ms < 20000, `gave up after ~10 s (${stuckRing.close.ms} ms)`);
+    assert.ok(stuckRing.close.cpuMs < stuckRing.close.ms / 4, `no busy loop (${stuckRing.close.cpuMs} ms CPU)`);
+
+    assert.is(fifoRead.n, 0);
+    assert.is(fifoRead.inflight, 1);
+    assert.is(fifoRead.rings, 1);
+    assert.ok(fifoRead.close.ms >= 4000 && fifoRead.close.ms < 9000, `cancelled after the grace period (${fifoRead.close.ms} ms)`);
+    assert.ok(fifoRead.close.cpuMs < fifoRead.close.ms / 4, `no busy loop (${fifoRead.close.cpuMs} ms CPU)`);
+    assert.is(fifoRead.ringsAfter, 0, 'then the ring was torn down, not leaked');
   });
 }
 
