@@ -6,11 +6,12 @@ import { availableParallelism, release as osRelease } from 'node:os';
 import { Piscina } from 'piscina';
 import { loadAddon } from './addon.js';
 import { BufferPool, PAGE } from './pool.js';
+import { PoolBuffers, type PoolAllocation, type PoolWaiter } from './buffers.js';
 import {
   ENTRY_WORDS, E_AUX, E_BUF, E_FILE, E_LEN, E_OFF_HI, E_OFF_LO, E_OP, E_TAG, MAX_FILES, Op,
 } from './protocol.js';
 import {
-  CQ_ENTRY, CTRL_STRIDE, CTRL_WORDS, WAKE_TABLE, W_BUSY, W_CTRL_SEQ, W_HEARTBEAT, MAIN_AWAKE, MAIN_SLEEPING, MAIN_STATE, MAX_WORKERS, RING_HDR_WORDS, RING_HEAD,
+  CQ_ENTRY, CTRL_STRIDE, CTRL_WORDS, WAKE_TABLE, W_BUSY, W_CTRL_SEQ, W_HEARTBEAT, W_STALL, MAIN_AWAKE, MAIN_SLEEPING, MAIN_STATE, MAX_WORKERS, RING_HDR_WORDS, RING_HEAD,
   RING_TAIL, SQ_ENTRY, WAKE_CONTROL, WSTAT_WORDS, WS_BATCHES, WS_BYTES, WS_ERRORS, WS_INFLIGHT, WS_OPS,
   WS_WAKEUPS, createRing, wakeWorker,
 } from './shm.js';
@@ -24,8 +25,16 @@ import type {
   BackendChoice, BackendName, ControlMessage, NativeAddon, NativeContextInfo, ProbeResult, WorkaroundPolicy, WorkerInit,
   WorkerReady,
 } from './types.js';
-import { File, openFile, type OpenOptions } from './file.js';
+import { File, openFile, type IdentityRecord, type OpenOptions } from './file.js';
 import { releaseOwnedBy } from './table.js';
+
+export interface CloseOptions {
+  /**
+   * Milliseconds to wait for requests in flight. After that they reject with
+   * ERR_RINGFENCE_CLOSE_TIMEOUT and the workers are terminated. Default: wait as long as it takes.
+   */
+  deadlineMs?: number;
+}
 
 export interface EngineOptions {
   /** Worker threads, each owning one kernel I/O context. Default: min(4, cores - 1), at least 1. */
@@ -132,6 +141,13 @@ interface WorkerSlot {
   generation: number;
   lastBeat: number;
   lastBeatAt: number;
+  /** W_STALL as last seen: an odd value that does not change means one long system call. */
+  lastStall: number;
+  /** Generation the watchdog terminated (it terminates each generation once). */
+  killed: number;
+  stallWarned: boolean;
+  /** Control messages awaiting an ack: the port is referenced while this is non-zero. */
+  ctrlRefs: number;
 }
 
 /** Per-request bookkeeping on the main thread, in parallel arrays indexed by request id. */
@@ -188,6 +204,13 @@ export class Engine {
   private reqFile: (File | null)[] = new Array(1024).fill(null);
   /** Completion hook: copies bounce buffers back and frees them (null when zero-copy). */
   private reqDone: (((res: number) => number | void) | null)[] = new Array(1024).fill(null);
+  /**
+   * A zero-copy request's buffer and its pool allocation: the reference keeps the memory's
+   * ArrayBuffer alive and the allocation's inflight count keeps the block reserved until the
+   * request settles (the GC and free() both wait for that).
+   */
+  private reqBuf: (Uint8Array | null)[] = new Array(1024).fill(null);
+  private reqRec: (PoolAllocation | null)[] = new Array(1024).fill(null);
   private freeIds: number[] = [];
   private nextId = 0;
   private outstanding = 0;
@@ -201,23 +224,36 @@ export class Engine {
   private rr = 0;
   private seq = 0;
   private acks = new Map<number, () => void>();
-  private poolWaiters: (() => boolean)[] = [];
   private readonly files = new Set<File>();
-  /** @internal */ readonly identities = new Map<string, { table: SharedArrayBuffer | null; stats: SharedArrayBuffer; refs: number }>();
+  /** @internal */ readonly identities = new Map<string, IdentityRecord>();
   private freeFileIds: number[] = [];
   private nextFileId = 0;
-  private readonly registry: FinalizationRegistry<number>;
+  /** @internal */ readonly buffers: PoolBuffers;
+  /** engine.open() calls in progress: close() waits for them. */
+  private readonly opening = new Set<Promise<unknown>>();
   private readonly doorbells: number[] = [];
   private readonly piscinaWorkers = new Set<object>();
   private readonly fileOpeners = new Map<number, (seq: number) => ControlMessage>();
   private workerLosses = 0;
-  private readonly allocated = new Map<number, WeakRef<Uint8Array>>();
+  /**
+   * @internal Set when close() gave up on requests still in the kernel: file descriptors and
+   * doorbells are then never closed (a stuck thread could use the reused numbers).
+   */
+  fdsPinned = false;
 
   private constructor(options: ResolvedOptions) {
     this.options = options;
     this.addon = loadAddon();
     this.probeResult = this.addon.probe();
     this.pool = new BufferPool(options.bufferPoolBytes);
+    // O_DIRECT without a copy needs every block 4 KiB-aligned in memory: the blocks are
+    // aligned within the pool, so the pool must start on a page. V8 allocates growable
+    // SharedArrayBuffers page-aligned, but that is checked, not trusted.
+    const mis = this.addon.addressMod(this.pool.bytes, PAGE);
+    if (mis !== 0) {
+      throw new RingfenceError(`the buffer pool's memory starts ${mis} bytes past a ${PAGE}-byte boundary, so zero-copy O_DIRECT is impossible; this Node.js build allocates SharedArrayBuffers differently than expected: report it with \`node -p process.versions\``, { code: 'ERR_RINGFENCE_INTERNAL', op: 'start' });
+    }
+    this.buffers = new PoolBuffers(this.pool, this.addon, (d) => this.holdOpen(d));
     this.ctrl = new Int32Array(new SharedArrayBuffer(CTRL_WORDS * 4));
     this.workerStats = new Float64Array(new SharedArrayBuffer(MAX_WORKERS * WSTAT_WORDS * 8));
     const workerFile = fileURLToPath(new URL('../workers/worker.js', import.meta.url));
@@ -244,9 +280,6 @@ export class Engine {
     });
     this.keepAlive = setInterval(() => this.watch(), Math.max(10, Math.min(1000, options.watchdogMs / 4 || 1000)));
     this.keepAlive.unref();
-    this.registry = new FinalizationRegistry((off: number) => {
-      if (this.allocated.has(off)) { this.allocated.delete(off); this.releasePool(off); }
-    });
   }
 
   /** Starts the workers and waits until each has a kernel I/O context. */
@@ -279,6 +312,7 @@ export class Engine {
       cq: new Int32Array(createRing(cqCap, CQ_ENTRY)), cqCap, doorbell: this.doorbells[i], port: null as unknown as MessagePort,
       task: Promise.resolve(), ready: null, overflow: [], overflowHead: 0, dirty: false, ringFullEvents: 0,
       dead: false, retired: false, generation: 0, lastBeat: -1, lastBeatAt: 0, launchedAt: 0, quickDeaths: 0,
+      lastStall: 0, killed: 0, stallWarned: false, ctrlRefs: 0,
     };
   }
 
@@ -287,6 +321,7 @@ export class Engine {
     const o = this.options;
     const { port1, port2 } = new MessageChannel();
     slot.port = port1;
+    slot.ctrlRefs = 0;
     const generation = ++slot.generation;
     slot.launchedAt = performance.now();
     const base = slot.index * CTRL_STRIDE;
@@ -416,13 +451,29 @@ export class Engine {
       const base = w.index * CTRL_STRIDE;
       // Busy: it holds requests, or requests wait in its ring that it has not pulled.
       const beat = Atomics.load(this.ctrl, base + W_HEARTBEAT);
+      const stall = Atomics.load(this.ctrl, base + W_STALL);
       const busy = Atomics.load(this.ctrl, base + W_BUSY) + ((Atomics.load(w.sq, RING_TAIL) - Atomics.load(w.sq, RING_HEAD)) | 0);
-      if (beat !== w.lastBeat || busy === 0) { w.lastBeat = beat; w.lastBeatAt = now; continue; }
+      if (beat !== w.lastBeat || stall !== w.lastStall || busy === 0) {
+        w.lastBeat = beat; w.lastStall = stall; w.lastBeatAt = now; w.stallWarned = false;
+        continue;
+      }
       if (now - w.lastBeatAt < limit) continue;
-      // Busy, and no loop iteration for watchdogMs: hung. Terminating the thread makes
-      // piscina reject its task, which runs the worker-lost path above.
+      if ((stall & 1) === 1) {
+        // Slow, not dead: the native context is inside one system call (the device or the
+        // filesystem is stalled, e.g. frozen). Terminating the thread would not interrupt the
+        // call, and would report writes that then complete as lost: wait for it.
+        if (!w.stallWarned) {
+          w.stallWarned = true;
+          process.emitWarning(`ringfence: worker ${w.index} has been inside one system call for over ${limit} ms (the device or filesystem is stalled, e.g. frozen); its requests wait and are not lost. close({ deadlineMs }) bounds how long close() waits.`, { code: 'RINGFENCE_WORKER_STALLED' });
+        }
+        continue;
+      }
+      // Busy, no loop iteration and no system call in progress for watchdogMs: hung.
+      // Terminating the thread makes piscina reject its task, which runs the worker-lost
+      // path above. Once per generation: a second terminate() changes nothing.
+      if (w.killed === w.generation) continue;
+      w.killed = w.generation;
       const thread = this.piscina.threads.find((t) => t.threadId === w.ready!.threadId);
-      w.lastBeatAt = now;
       void thread?.terminate();
     }
   }
@@ -430,11 +481,22 @@ export class Engine {
   // ---- Files -------------------------------------------------------------------------
 
   /** Opens `path` for I/O through the engine. See OpenOptions. */
-  async open(path: string, options?: OpenOptions): Promise<File> {
-    this.assertOpen('open');
-    const file = await openFile(this, path, options);
-    this.files.add(file);
-    return file;
+  open(path: string | Buffer | URL, options?: OpenOptions): Promise<File> {
+    try { this.assertOpen('open'); } catch (err) { return Promise.reject(err); }
+    // close() waits for opens in progress, and an open that finishes after close() began
+    // closes its file again and rejects: no fd and no File outlive the engine.
+    const p = openFile(this, path, options).then(async (file) => {
+      if (this.closed) {
+        await file.close().catch(() => {});
+        throw closedError('engine', 'open');
+      }
+      this.files.add(file);
+      return file;
+    });
+    this.opening.add(p);
+    const forget = (): void => { this.opening.delete(p); };
+    p.then(forget, forget);
+    return p;
   }
 
   /** @internal */ allocFileId(): number {
@@ -445,6 +507,7 @@ export class Engine {
 
   /** @internal Sends a control message to every worker and waits for all acks. */
   async broadcast(make: (seq: number) => ControlMessage): Promise<void> {
+    if (this.destroying) return; // the workers are stopping or gone: nobody to tell
     await Promise.all(this.workers.filter((w) => !w.dead).map((w) => this.sendTo(w, make)));
   }
 
@@ -456,7 +519,10 @@ export class Engine {
   private async sendTo(w: WorkerSlot, make: (seq: number) => ControlMessage): Promise<void> {
     const seq = ++this.seq;
     const acked = new Promise<void>((resolve) => this.acks.set(seq, resolve));
-    w.port.ref();
+    // Counted: with two messages outstanding, the first ack must not unref the port while the
+    // second still waits (the process would exit under it, silently).
+    const port = w.port;
+    if (w.ctrlRefs++ === 0) port.ref();
     try {
       Atomics.add(this.ctrl, w.index * CTRL_STRIDE + W_CTRL_SEQ, 1);
       w.port.postMessage(make(seq));
@@ -465,8 +531,14 @@ export class Engine {
       await Promise.race([acked, w.task]);
     } finally {
       this.acks.delete(seq);
-      w.port.unref();
+      // A replacement worker has a new port (and a fresh count): only unref the one we ref'd.
+      if (port === w.port) { if (--w.ctrlRefs === 0) port.unref(); }
     }
+  }
+
+  /** @internal An id from allocFileId() that was never announced, or whose file is gone. */
+  releaseFileId(id: number): void {
+    this.freeFileIds.push(id);
   }
 
   /** @internal */ forgetFile(file: File, id: number): void {
@@ -478,56 +550,42 @@ export class Engine {
 
   /**
    * A zero-copy, 4 KiB-aligned buffer from the shared pool. Return it with free(), or let
-   * it be garbage-collected. Rejects when the pool has no block that large free right now.
+   * it be garbage-collected: the block returns to the pool only when no view of its memory
+   * is left (a subarray or any other view keeps it) and no request that uses it is in flight.
+   * Throws ERR_RINGFENCE_POOL_EXHAUSTED when the pool has no block that large free right now.
    */
   alloc(size: number): Uint8Array {
     this.assertOpen('alloc');
-    validateInteger(size, 'size', 1, this.pool.maxAlloc);
-    const off = this.pool.alloc(size);
-    if (off < 0) {
-      throw new RingfenceError(`alloc(${size}): the buffer pool (${this.pool.size} bytes, ${this.pool.used} in use) has no free block that large; free buffers or start the engine with a larger bufferPoolBytes`, { code: 'ERR_RINGFENCE_POOL_EXHAUSTED', op: 'alloc', length: size });
-    }
-    const view = new Uint8Array(this.pool.sab, off, size);
-    this.allocated.set(off, new WeakRef(view));
-    this.registry.register(view, off, view);
-    return view;
+    return this.buffers.alloc(size);
   }
 
-  /** Returns a buffer from alloc() to the pool. The caller must not use it afterwards. */
+  /**
+   * Returns a buffer from alloc() to the pool. Every view of it becomes empty at once; a
+   * request still in flight on it keeps the memory until it settles.
+   */
   free(buf: Uint8Array): void {
-    if (!(buf instanceof Uint8Array) || buf.buffer !== this.pool.sab || !this.allocated.has(buf.byteOffset)) {
-      throw invalidArg('buf', 'is not a buffer returned by engine.alloc() (or it was freed already)', buf);
-    }
-    this.allocated.delete(buf.byteOffset);
-    this.registry.unregister(buf);
-    this.releasePool(buf.byteOffset);
+    this.buffers.free(buf);
   }
 
-  /** @internal Is `buf` inside the pool (zero-copy capable)? Returns its pool offset or -1. */
+  /** @internal The pool byte offset of `buf`'s first byte, or -1 if it is not pool memory. */
   poolOffset(buf: Uint8Array): number {
-    return buf.buffer === this.pool.sab ? buf.byteOffset : -1;
+    const rec = this.buffers.lookup(buf);
+    return rec === undefined ? -1 : rec.off + buf.byteOffset;
   }
 
-  /** @internal Allocates a bounce buffer now, or queues `retry` until pool memory frees up. */
+  /** @internal Allocates a bounce block now (-1: none free); throws when it can never fit. */
   allocBounce(size: number, op: string): number {
-    if (size > this.pool.maxAlloc) {
-      throw new RingfenceError(`${op}: ${size} bytes does not fit in the buffer pool (largest block ${this.pool.maxAlloc}); split the request or start the engine with a larger bufferPoolBytes`, { code: 'ERR_RINGFENCE_TOO_LARGE', op, length: size });
-    }
-    return this.pool.alloc(size);
+    return this.buffers.allocBounce(size, op);
   }
 
-  /** @internal */ waitForPool(retry: () => boolean): void {
-    this.poolWaiters.push(retry);
-    this.holdOpen(1);
+  /** @internal Queues a request until pool memory frees up. */
+  waitForPool(w: PoolWaiter): void {
+    this.buffers.wait(w);
   }
 
-  /** @internal */ releasePool(off: number): void {
-    this.pool.free(off);
-    while (this.poolWaiters.length > 0) {
-      if (!this.poolWaiters[0]()) break;
-      this.poolWaiters.shift();
-      this.holdOpen(-1);
-    }
+  /** @internal Returns a bounce block (and lets waiting requests run). */
+  releasePool(off: number): void {
+    this.buffers.release(off);
   }
 
   // ---- Submission --------------------------------------------------------------------
@@ -546,7 +604,7 @@ export class Engine {
     const k = new Uint8Array(n); k.set(this.reqKind); this.reqKind = k;
     const e = new Int32Array(n * ENTRY_WORDS); e.set(this.reqEntry); this.reqEntry = e;
     const bi = new Int32Array(n); bi.set(this.reqBatchIndex); this.reqBatchIndex = bi;
-    for (const arr of [this.reqResolve, this.reqReject, this.reqBatch, this.reqFile, this.reqDone] as unknown[][]) {
+    for (const arr of [this.reqResolve, this.reqReject, this.reqBatch, this.reqFile, this.reqDone, this.reqBuf, this.reqRec] as unknown[][]) {
       arr.length = n;
       arr.fill(null, n / 2);
     }
@@ -558,12 +616,24 @@ export class Engine {
    */
   submit(file: File, op: number, offLo: number, offHi: number, len: number, buf: number, aux: number,
     done: ((res: number) => number | void) | null, resolve: ((n: number) => void) | null, reject: ((e: unknown) => void) | null,
-    batch: BatchState | null, batchIndex: number): void {
+    batch: BatchState | null, batchIndex: number, view: Uint8Array | null = null, rec: PoolAllocation | null = null): void {
     // Spread requests over all workers: the tracked-request table keeps them safe. The worker
     // is chosen first, so a refusal (every worker retired) leaves nothing allocated.
     let w = this.workers[this.rr];
     this.rr = this.rr + 1 === this.workers.length ? 0 : this.rr + 1;
-    if (w.retired) w = this.liveWorker();
+    if (w.retired) {
+      const live = this.liveWorker();
+      if (live === null) {
+        // Nothing was queued: release what the caller prepared and fail this request alone.
+        const err = new RingfenceError('every worker failed repeatedly right after starting, so the engine cannot do I/O: check the kernel log and engine.info(), then start a new engine',
+          { code: 'ERR_RINGFENCE_WORKER_LOST', op: opName(op & 0xff), path: file.path });
+        try { done?.(-5); } catch { /* the hook only releases memory here */ }
+        file.settled();
+        if (batch !== null) settleBatchOp(batch, batchIndex, 0, err); else reject?.(err);
+        return;
+      }
+      w = live;
+    }
     const id = this.newId();
     const e = id * ENTRY_WORDS, E = this.reqEntry;
     E[e + E_OP] = op; E[e + E_FILE] = this.rawFile ? this.rawFileId : file.id; E[e + E_OFF_LO] = offLo; E[e + E_OFF_HI] = offHi;
@@ -571,6 +641,8 @@ export class Engine {
     this.reqKind[id] = batch === null ? K_SINGLE : K_BATCH;
     this.reqResolve[id] = resolve; this.reqReject[id] = reject; this.reqDone[id] = done;
     this.reqBatch[id] = batch; this.reqBatchIndex[id] = batchIndex; this.reqFile[id] = file;
+    this.reqBuf[id] = view; this.reqRec[id] = rec;
+    if (rec !== null) this.buffers.hold(rec);
     this.holdOpen(1);
     E[e + E_TAG] = w.index; // which worker holds it (worker-loss accounting); replaced by the id on the ring
     if (w.dead || w.overflow.length - w.overflowHead > 0 || !this.push(w, id)) {
@@ -585,14 +657,13 @@ export class Engine {
   }
 
   /** The next worker that is not retired (slow path: only after repeated worker failures). */
-  private liveWorker(): WorkerSlot {
+  private liveWorker(): WorkerSlot | null {
     for (let k = 0; k < this.workers.length; k++) {
       const w = this.workers[this.rr];
       this.rr = this.rr + 1 === this.workers.length ? 0 : this.rr + 1;
       if (!w.retired) return w;
     }
-    throw new RingfenceError('every worker failed repeatedly right after starting, so the engine cannot do I/O: check the kernel log and engine.info(), then start a new engine',
-      { code: 'ERR_RINGFENCE_WORKER_LOST', op: 'submit' });
+    return null;
   }
 
   /** Writes request `id` into w's submission ring if there is room (not yet published). */
@@ -710,25 +781,23 @@ export class Engine {
       const op = E[e + E_OP] & 0xff;
       const off = BigInt(E[e + E_OFF_HI]) * 4294967296n + BigInt(E[e + E_OFF_LO] >>> 0);
       const len = op === Op.FALLOCATE ? BigInt(E[e + E_BUF] >>> 0) * 4294967296n + BigInt(E[e + E_LEN] >>> 0) : BigInt(E[e + E_LEN] >>> 0);
-      err = errnoError(res, opName(op), this.reqFile[id]?.path, off, op === Op.FSYNC || op === Op.TRUNCATE ? undefined : len);
+      // A flush has no offset; a truncate's offset word is the new size.
+      err = errnoError(res, opName(op), this.reqFile[id]?.path, op === Op.FSYNC ? undefined : off, op === Op.FSYNC || op === Op.TRUNCATE ? undefined : len);
     }
     if (kind === K_SINGLE) {
       if (err !== null) this.reqReject[id]!(err); else this.reqResolve[id]!(res);
     } else if (kind === K_BATCH) {
-      const b = this.reqBatch[id]!;
-      b.results[this.reqBatchIndex[id]] = err ?? res;
-      if (err !== null && b.firstError === null) b.firstError = err;
-      if (--b.remaining === 0) {
-        if (b.firstError !== null) {
-          (b.firstError as RingfenceError & { results?: unknown }).results = b.results;
-          b.reject(b.firstError);
-        } else b.resolve(b.results as number[]);
-      }
+      settleBatchOp(this.reqBatch[id]!, this.reqBatchIndex[id], res, err);
     }
     this.reqKind[id] = K_FREE;
-    this.reqFile[id]?.settled();
-    this.reqResolve[id] = null; this.reqReject[id] = null; this.reqDone[id] = null; this.reqBatch[id] = null; this.reqFile[id] = null;
+    const rec = this.reqRec[id];
+    this.reqResolve[id] = null; this.reqReject[id] = null; this.reqDone[id] = null; this.reqBatch[id] = null;
+    this.reqBuf[id] = null; this.reqRec[id] = null;
     this.freeIds.push(id);
+    if (rec !== null) this.buffers.unhold(rec);
+    const file = this.reqFile[id];
+    this.reqFile[id] = null;
+    file?.settled();
     this.holdOpen(-1);
   }
 
@@ -756,9 +825,13 @@ export class Engine {
     });
   }
 
-  /** @internal Resolves when no request is outstanding. */
-  async idle(): Promise<void> {
-    while (this.outstanding > 0) await new Promise((r) => setTimeout(r, 1));
+  /** @internal Resolves true when no request is outstanding, false if `deadline` (performance.now()) passes first. */
+  async idle(deadline = Infinity): Promise<boolean> {
+    while (this.outstanding > 0) {
+      if (performance.now() >= deadline) return false;
+      await new Promise((r) => setTimeout(r, 1));
+    }
+    return true;
   }
 
   // ---- Introspection -----------------------------------------------------------------
@@ -804,18 +877,61 @@ export class Engine {
    * Waits for every in-flight request, closes every file, stops the workers (each drains and
    * tears down its ring) and frees the doorbells. Later calls reject with ERR_RINGFENCE_CLOSED.
    */
-  close(): Promise<void> {
+  close(options?: CloseOptions): Promise<void> {
+    let deadlineMs = Infinity;
+    try {
+      const o = options === undefined ? {} : validateObject(options, 'options');
+      validateKnownKeys(o, 'options', ['deadlineMs']);
+      if (o.deadlineMs !== undefined) deadlineMs = validateInteger(o.deadlineMs, 'options.deadlineMs', 0, 2 ** 31 - 1);
+    } catch (err) { return Promise.reject(err); }
     if (this.closing) return this.closing;
     this.closed = true;
     this.closing = (async () => {
-      await this.idle();
+      const deadline = performance.now() + deadlineMs;
+      // Opens in progress finish first (they see the engine closed and close their file).
+      await Promise.allSettled([...this.opening]);
+      // Requests still waiting for pool memory never started: they could wait forever (the
+      // caller may hold the memory until close() resolves), so they are rejected.
+      this.buffers.cancel(null, () => new RingfenceError('the engine was closed while this request waited for buffer-pool memory, so it never started; nothing was read or written', { code: 'ERR_RINGFENCE_CLOSED', op: 'close' }));
+      const drained = await this.idle(deadline);
+      if (drained) {
+        for (const f of [...this.files]) await f.close().catch(() => {});
+        await this.destroy(5000);
+        return;
+      }
+      // Gave up: stop the workers first (a stuck one would never acknowledge a file's
+      // close), then drop the files without telling them.
+      this.fdsPinned = true;
+      this.abandon(deadlineMs);
+      await this.destroy(0);
       for (const f of [...this.files]) await f.close().catch(() => {});
-      await this.destroy();
     })();
     return this.closing;
   }
 
-  private async destroy(): Promise<void> {
+  /**
+   * close()'s deadline passed: every request still outstanding rejects with
+   * ERR_RINGFENCE_CLOSE_TIMEOUT. The kernel may still read or write their memory, so their
+   * bounce blocks and pool buffers are never handed out again (the engine is closing anyway).
+   */
+  private abandon(deadlineMs: number): void {
+    for (let id = 0; id < this.nextId; id++) {
+      if (this.reqKind[id] === K_FREE) continue;
+      const op = opName(this.reqEntry[id * ENTRY_WORDS + E_OP] & 0xff);
+      const path = this.reqFile[id]?.path;
+      // Not released: no copy-back, no return of memory the kernel may still write.
+      this.reqDone[id] = null;
+      this.reqRec[id] = null;
+      this.settle(id, -1, new RingfenceError(
+        `${op}${path ? ` on ${path}` : ''}: close() gave up after its deadline of ${deadlineMs} ms with this request still in the kernel ` +
+        '(the device or filesystem is stalled, e.g. frozen or hung); its outcome is unknown: read the range back after the device recovers, and do not reuse its buffer',
+        { code: 'ERR_RINGFENCE_CLOSE_TIMEOUT', op, path },
+      ));
+    }
+  }
+
+  /** Stops the workers. `graceMs`: how long they may take to drain before they are terminated. */
+  private async destroy(graceMs = 5000): Promise<void> {
     this.closed = true;
     this.destroying = true;
     for (const w of this.workers) {
@@ -828,15 +944,34 @@ export class Engine {
     // A referenced timer keeps the process alive while the workers drain (piscina's own port
     // reference was dropped), and bounds the wait for a worker that will not stop.
     let timer: NodeJS.Timeout | undefined;
-    await Promise.race([
-      Promise.all(this.workers.map((w) => w.task)),
-      new Promise((r) => { timer = setTimeout(r, 5000); }),
-    ]);
-    clearTimeout(timer);
-    await this.piscina.destroy();
+    const bounded = (p: Promise<unknown>, ms: number): Promise<unknown> => Promise.race([
+      p, new Promise((r) => { timer = setTimeout(r, ms); }),
+    ]).finally(() => clearTimeout(timer));
+    if (graceMs > 0) await bounded(Promise.all(this.workers.map((w) => w.task)), graceMs);
+    // A thread blocked in a system call ends only when the call returns: terminating it is
+    // asked for, but close() does not wait for it beyond a second.
+    await bounded(this.piscina.destroy(), graceMs > 0 ? 30000 : 1000);
     for (const w of this.workers) w.port?.close();
-    for (const fd of this.doorbells) this.addon.closeFd(fd);
+    // After an abandoned close, a thread stuck in the kernel may still ring a doorbell when its
+    // call returns: a closed, reused fd number would take that write. They stay open.
+    if (!this.fdsPinned) for (const fd of this.doorbells) this.addon.closeFd(fd);
     clearInterval(this.keepAlive);
+  }
+}
+
+/**
+ * One operation of a submit() batch settled (or never started). When the last one settles the
+ * batch resolves with every result, or rejects with the first error, whose `results` holds
+ * every outcome.
+ */
+export function settleBatchOp(b: BatchState, index: number, res: number, err: unknown): void {
+  b.results[index] = (err ?? res) as number | RingfenceError;
+  if (err !== null && err !== undefined && b.firstError === null) b.firstError = err as RingfenceError;
+  if (--b.remaining === 0) {
+    if (b.firstError !== null) {
+      (b.firstError as RingfenceError & { results?: unknown }).results = b.results;
+      b.reject(b.firstError);
+    } else b.resolve(b.results as number[]);
   }
 }
 

@@ -1,13 +1,14 @@
 // File handles: argument validation at the API boundary, bouncing through the pool where
 // the caller's memory cannot be used directly, and the per-file workaround decision.
-import { closeSync, constants as fsc, fstatSync, openSync, readFileSync } from 'node:fs';
+import { closeSync, constants as fsc, fstatSync, openSync, readFileSync, statSync, type Stats } from 'node:fs';
 import { FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE, IOV_MAX, Op, OpFlag } from './protocol.js';
-import type { BatchState, Engine } from './engine.js';
+import { settleBatchOp, type BatchState, type Engine } from './engine.js';
 import { RingfenceError, closedError } from './errors.js';
 import {
   invalidArg, rangeError, validateBoolean, validateBuffer, validateKnownKeys, validateLength, validateObject,
-  validateOffset, validateOneOf, validateString,
+  validateOffset, validateOneOf, validatePath,
 } from './validators.js';
+import { tooLarge, type PoolAllocation } from './buffers.js';
 import { decideFromProbe, decideWorkaround, statfsName, type WorkaroundDecision } from './policy.js';
 import { AtomicWords, TrackedTable } from './table.js';
 import type { ControlMessage, WorkaroundPolicy } from './types.js';
@@ -70,8 +71,23 @@ function joinOffset(lo: number, hi: number): bigint {
   return (BigInt(hi) << 32n) | BigInt(lo >>> 0);
 }
 
-export async function openFile(engine: Engine, path: string, options?: OpenOptions): Promise<File> {
-  validateString(path, 'path');
+/** What ringfence can do I/O on: regular files and block devices. Anything else is refused at open(). */
+function unsupportedKind(st: Stats): string | null {
+  if (st.isFile() || st.isBlockDevice()) return null;
+  if (st.isFIFO()) return 'a FIFO (named pipe)';
+  if (st.isSocket()) return 'a socket';
+  if (st.isCharacterDevice()) return 'a character device';
+  if (st.isDirectory()) return 'a directory';
+  return 'not a regular file or block device';
+}
+
+function unsupportedError(path: string, kind: string): RingfenceError {
+  return new RingfenceError(`cannot open ${path}: it is ${kind}; ringfence does positioned I/O on regular files and block devices only (a read from a pipe, socket or terminal could block an I/O thread forever): use node:fs streams for it`,
+    { code: 'ERR_RINGFENCE_UNSUPPORTED_FILE', op: 'open', path });
+}
+
+export async function openFile(engine: Engine, pathArg: string | Buffer | URL, options?: OpenOptions): Promise<File> {
+  const path = validatePath(pathArg, 'path');
   const o = options === undefined ? {} : validateObject(options, 'options');
   validateKnownKeys(o, 'options', OPEN_KEYS);
   const create = o.create === undefined ? false : validateBoolean(o.create, 'options.create');
@@ -86,6 +102,11 @@ export async function openFile(engine: Engine, path: string, options?: OpenOptio
   if (create) flags |= fsc.O_CREAT;
   if (truncate) flags |= fsc.O_TRUNC;
   if (direct) flags |= fsc.O_DIRECT;
+  // Checked before open(2) too: opening a FIFO read-only blocks until a writer appears.
+  let pre: Stats | undefined;
+  try { pre = statSync(path); } catch { /* open(2) reports it */ }
+  const preKind = pre === undefined ? null : unsupportedKind(pre);
+  if (preKind !== null && !pre!.isDirectory()) throw unsupportedError(path, preKind);
   let fd: number;
   try {
     fd = openSync(path, flags, 0o644);
@@ -98,8 +119,11 @@ export async function openFile(engine: Engine, path: string, options?: OpenOptio
       : e.code === 'EISDIR' ? 'the path is a directory: give a file path' : 'see the errno';
     throw new RingfenceError(`${e.code}: cannot open ${path}: ${hint}`, { code: e.code ?? 'EIO', errno: e.errno, op: 'open', path, cause: err });
   }
+  let ident: IdentityRecord | undefined, id = -1, counted = false;
   try {
     const st = fstatSync(fd);
+    const kind = unsupportedKind(st);
+    if (kind !== null) throw unsupportedError(path, kind);
     let alignment = 1, memoryAlignment = 1, alignmentSource = 'buffered I/O: no alignment needed';
     if (direct) {
       const dio = engine.addon.dioAlign(fd);
@@ -110,25 +134,34 @@ export async function openFile(engine: Engine, path: string, options?: OpenOptio
         alignmentSource = 'logical block size of the device (statx has no STATX_DIOALIGN here)';
       }
     }
-    const { magic } = statfsName(path);
-    let decision = decideWorkaround(policy, magic, engine.kernelRelease, engine.options.emulate);
+    const { magic, resolution } = statfsName(path);
+    let decision = decideWorkaround(policy, magic, engine.kernelRelease, engine.options.emulate, resolution);
     if (policy === 'probe' && !engine.options.emulate) {
       // Loaded on demand: the probe starts an engine of its own for its race check.
       const { resolveProbePolicy } = await import('./probe/cache.js');
       decision = decideFromProbe(magic, engine.kernelRelease, false, await resolveProbePolicy(path, engine.kernelRelease));
     }
     const key = `${st.dev}:${st.ino}`;
-    let ident = engine.identities.get(key);
+    ident = engine.identities.get(key);
+    if (ident !== undefined && ident.direct !== direct) {
+      // The table orders requests by byte range, but a buffered write dirties whole pages
+      // that an O_DIRECT request on a neighbouring range then has to invalidate: the kernel
+      // can fail that ("Page cache invalidation failure on direct I/O") and bytes are lost.
+      throw new RingfenceError(`cannot open ${path} ${direct ? 'with O_DIRECT' : 'buffered ({ direct: false })'}: this engine already has it open ${ident.direct ? 'with O_DIRECT' : 'buffered'} (same device and inode), and mixing the two on one file can lose bytes; open it { direct: ${ident.direct} } like the other handle, or close that handle first`,
+        { code: 'ERR_RINGFENCE_MIXED_IO_MODES', op: 'open', path });
+    }
     if (ident === undefined) {
       ident = {
         table: engine.options.trackRequests ? TrackedTable.create(engine.options.tableCapacity) : null,
         stats: new SharedArrayBuffer(fileStatsBytes()),
         refs: 0,
+        direct,
       };
       engine.identities.set(key, ident);
     }
     ident.refs++;
-    const id = engine.allocFileId();
+    counted = true;
+    id = engine.allocFileId();
     const file = new File(engine, id, fd, path, key, {
       path, fd, direct, readOnly, alignment, memoryAlignment, alignmentSource, dev: st.dev, ino: st.ino,
       tracked: ident.table !== null, xfsWorkaround: decision,
@@ -141,9 +174,27 @@ export async function openFile(engine: Engine, path: string, options?: OpenOptio
     await engine.broadcast(announce);
     return file;
   } catch (err) {
+    // Undo whatever was set up: the fd, the identity's reference and the file id.
+    if (id >= 0) {
+      engine.rememberFile(id, null);
+      await engine.broadcast((seq) => ({ type: 'close', seq, fileId: id })).catch(() => {});
+      engine.releaseFileId(id);
+    }
+    if (counted && --ident!.refs === 0) {
+      for (const [k, v] of engine.identities) if (v === ident) engine.identities.delete(k);
+    }
     closeSync(fd);
     throw err;
   }
+}
+
+/** Per file identity (device, inode) in one engine: its tracked-request table and statistics. */
+export interface IdentityRecord {
+  table: SharedArrayBuffer | null;
+  stats: SharedArrayBuffer;
+  refs: number;
+  /** Whether its handles are O_DIRECT: one engine never mixes the two on one identity. */
+  direct: boolean;
 }
 
 /** Logical block size of the device behind st_dev, from sysfs; 512 when unknown. */
@@ -166,8 +217,14 @@ export class File {
   private readonly align: number;
   private readonly memAlign: number;
   private closed = false;
-  private inflight = 0;
+  /**
+   * Requests of this file from the moment the call accepted them until they settle, waiting
+   * for pool memory included (Node's FileHandle kRef/kUnref): close() waits for every one,
+   * and the file id is not reused before they have all settled.
+   */
+  private refs = 0;
   private drained: (() => void) | null = null;
+  private closing: Promise<void> | null = null;
 
   /** @internal */
   constructor(engine: Engine, id: number, fd: number, path: string, key: string, meta: FileInfo, stats: Float64Array) {
@@ -177,55 +234,156 @@ export class File {
 
   /** Reads into `buf` at `offset`; resolves to the bytes read (fewer at EOF). */
   read(buf: Uint8Array, offset: number | bigint): Promise<number> {
-    return new Promise((resolve, reject) => this.rw(Op.READ, buf, offset, resolve, reject, null, 0));
+    return new Promise((resolve, reject) => {
+      const lo = this.checkRw(Op.READ, buf, offset, 'read', 'buf', 'offset'), hi = offHi;
+      this.issueRw(Op.READ, buf, lo, hi, resolve, reject, null, 0);
+    });
   }
 
   /** Writes `buf` at `offset`; resolves to the bytes written. */
   write(buf: Uint8Array, offset: number | bigint): Promise<number> {
-    return new Promise((resolve, reject) => this.rw(Op.WRITE, buf, offset, resolve, reject, null, 0));
+    return new Promise((resolve, reject) => {
+      const lo = this.checkRw(Op.WRITE, buf, offset, 'write', 'buf', 'offset'), hi = offHi;
+      this.issueRw(Op.WRITE, buf, lo, hi, resolve, reject, null, 0);
+    });
   }
 
-  private rw(op: Op.READ | Op.WRITE, buf: Uint8Array, offset: number | bigint, resolve: ((n: number) => void) | null,
-    reject: (e: unknown) => void, batch: BatchState | null, index: number): void {
-    try {
-      this.check(op === Op.WRITE ? 'write' : 'read', op === Op.WRITE);
-      if (!(buf instanceof Uint8Array) || buf.byteLength === 0) validateBuffer(buf, 'buf');
-      const lo = splitOffset(offset, 'offset'), hi = offHi;
-      const len = buf.byteLength;
-      if (len > 0x7fffffff) throw rangeError('buf.byteLength', '<= 2^31-1 (split larger requests)', len);
-      if (hi === 0x7fffffff && (lo >>> 0) + len > 0x100000000) throw rangeError('offset + length', '<= 2^63-1', joinOffset(lo, hi) + BigInt(len));
-      const engine = this.engine;
-      if (this.align > 1 && ((lo >>> 0) % this.align !== 0 || len % this.align !== 0)) {
-        this.padded(op, buf, lo, hi, len, resolve, reject, batch, index);
-        return;
+  // ---- Validation: every check a request needs, in one place per kind, run before anything
+  // is queued (by the single calls and by submit() for every op of a batch). The issue*
+  // functions after them do not validate again and do not throw for bad input.
+
+  /**
+   * Validates a read or write: buffer, offset, offset + length <= 2^63-1 exactly, that the
+   * file allows it, and that any bounce or padding block it will need fits in the pool.
+   * Returns the offset's low word and leaves the high word in `offHi`.
+   */
+  private checkRw(op: Op.READ | Op.WRITE, buf: unknown, offset: unknown, name: string, bufName: string, offName: string): number {
+    this.check(name, op === Op.WRITE);
+    const rec = buf instanceof Uint8Array ? this.engine.buffers.lookup(buf) : undefined;
+    if (rec !== undefined && rec.freed) throw freedError(name, this.path);
+    if (!(buf instanceof Uint8Array) || buf.byteLength === 0) validateBuffer(buf, bufName);
+    const b = buf as Uint8Array;
+    const lo = splitOffset(offset, offName), hi = offHi;
+    const len = b.byteLength;
+    if (len > 0x7fffffff) throw rangeError(`${bufName}.byteLength`, '<= 2^31-1 (split larger requests)', len);
+    if (hi === 0x7fffffff && (lo >>> 0) + len > 0xffffffff) throw rangeError(`${offName} + length`, '<= 2^63-1', joinOffset(lo, hi) + BigInt(len));
+    const align = this.align;
+    if (align > 1 && ((lo >>> 0) % align !== 0 || len % align !== 0)) {
+      const off = hi * TWO32 + (lo >>> 0);
+      if (off + len + 2 * align > Number.MAX_SAFE_INTEGER) {
+        throw new RingfenceError(`${name} on ${this.path}: offset ${joinOffset(lo, hi)} and length ${len} are not multiples of ${align}, and padding them is supported only below 2^53; align the request for O_DIRECT, or open the file with { direct: false }`,
+          { code: 'ERR_RINGFENCE_UNALIGNED', op: name, path: this.path, offset: joinOffset(lo, hi), length: len });
       }
-      let poolOff = engine.poolOffset(buf);
-      if (poolOff >= 0 && poolOff % this.memAlign === 0) {
-        // Zero-copy: the kernel reads or writes the caller's pool buffer directly.
-        this.enqueue(op, lo, hi, len, poolOff, 0, null, resolve, reject, batch, index);
-        return;
+      if (op === Op.WRITE && !this.meta.tracked) {
+        throw new RingfenceError(`write on ${this.path}: offset ${off} and length ${len} are not multiples of ${align}, and padding them needs request tracking (the engine was started with trackRequests: false); align them or open with { direct: false }`,
+          { code: 'ERR_RINGFENCE_UNALIGNED', op: name, path: this.path, offset: off, length: len });
       }
-      const issue = (): boolean => {
-        poolOff = engine.allocBounce(len, op === Op.WRITE ? 'write' : 'read');
-        if (poolOff < 0) return false;
-        const bounce = poolOff;
-        if (op === Op.WRITE) engine.pool.bytes.set(buf, bounce);
-        this.enqueue(op, lo, hi, len, bounce, 0, (res) => {
-          try {
-            if (op === Op.READ && res > 0) copyOut(buf, engine.pool.bytes.subarray(bounce, bounce + res), 0);
-          } finally { engine.releasePool(bounce); }
-        }, resolve, reject, batch, index);
-        return true;
-      };
-      if (!issue()) {
-        // Like node:fs, the caller's buffer must stay untouched until the promise settles,
-        // so waiting for pool memory needs no snapshot.
-        engine.waitForPool(issue);
-      }
-    } catch (err) {
-      if (batch !== null) { batch.results[index] = err as RingfenceError; batch.firstError ??= err as RingfenceError; if (--batch.remaining === 0) batch.reject(batch.firstError); }
-      else reject(err);
+      const span = padSpan(off, len, align);
+      this.checkFits(op === Op.WRITE ? span + 2 * align : span, name);
+    } else if (rec === undefined || (rec.off + b.byteOffset) % this.memAlign !== 0) {
+      this.checkFits(len, name);
     }
+    offHi = hi;
+    return lo;
+  }
+
+  private checkFits(bytes: number, name: string): void {
+    const max = this.engine.pool.maxAlloc;
+    if (bytes > max) throw tooLarge(name, bytes, max);
+  }
+
+  /** Validates readv/writev; returns the total length (offset words as for checkRw). */
+  private checkVec(op: Op.READV | Op.WRITEV, bufs: unknown, offset: unknown, name: string): number {
+    this.check(name, op === Op.WRITEV);
+    if (!Array.isArray(bufs) || bufs.length === 0 || bufs.length > IOV_MAX) {
+      throw invalidArg('bufs', `must be a non-empty array of at most ${IOV_MAX} Uint8Arrays`, bufs);
+    }
+    let total = 0, bounceBytes = 0;
+    for (let i = 0; i < bufs.length; i++) {
+      const rec = bufs[i] instanceof Uint8Array ? this.engine.buffers.lookup(bufs[i]) : undefined;
+      if (rec !== undefined && rec.freed) throw freedError(name, this.path);
+      const b = validateBuffer(bufs[i], `bufs[${i}]`);
+      if (!this.zeroCopy(b)) bounceBytes += roundUp(b.byteLength, 512);
+      total += b.byteLength;
+    }
+    const lo = splitOffset(offset, 'offset'), hi = offHi;
+    if (total > 0x7fffffff) throw rangeError('total length', '<= 2^31-1', total);
+    if (hi === 0x7fffffff && (lo >>> 0) + total > 0xffffffff) throw rangeError('offset + length', '<= 2^63-1', joinOffset(lo, hi) + BigInt(total));
+    if (this.align > 1 && ((lo >>> 0) % this.align !== 0 || (bufs as Uint8Array[]).some((b) => b.byteLength % this.align !== 0))) {
+      throw new RingfenceError(`${name} on ${this.path}: the offset and every buffer length must be multiples of ${this.align} for O_DIRECT; align them or open with { direct: false }`,
+        { code: 'ERR_RINGFENCE_UNALIGNED', op: name, path: this.path, offset: joinOffset(lo, hi), length: total });
+    }
+    if (bounceBytes > 0) this.checkFits(bounceBytes, name);
+    offHi = hi;
+    return lo;
+  }
+
+  /** Validates a fallocate; returns [offset, length] as bigints. */
+  private checkFallocate(offset: unknown, length: unknown, mode: unknown, name: string, prefix: string): [bigint, bigint] {
+    this.check(name, true);
+    const off = validateOffset(offset, `${prefix}offset`);
+    const len = validateLength(length, `${prefix}length`, off);
+    if (!FALLOC_MODES.includes(mode as number)) throw invalidArg(`${prefix}mode`, `must be one of ${FALLOC_MODES.join(', ')} (FALLOC_FL_* combinations)`, mode);
+    return [off, len];
+  }
+
+  /** One op of a submit() batch: the same checks as the call it stands for. */
+  private checkBatchOp(o: unknown, i: number): void {
+    if (o === null || typeof o !== 'object') throw invalidArg(`ops[${i}]`, 'must be an operation object', o);
+    const op = o as Record<string, unknown>;
+    switch (op.op) {
+      case 'read': case 'write':
+        this.checkRw(op.op === 'read' ? Op.READ : Op.WRITE, op.buffer, op.offset, 'submit', `ops[${i}].buffer`, `ops[${i}].offset`);
+        break;
+      case 'writeZeroes':
+        this.checkFallocate(op.offset, op.length, FALLOC_FL_ZERO_RANGE, 'submit', `ops[${i}].`);
+        break;
+      case 'flush': break;
+      default:
+        throw invalidArg(`ops[${i}].op`, "must be one of 'read', 'write', 'writeZeroes', 'flush'", op.op);
+    }
+  }
+
+  // ---- Issue: validated requests go to the engine, or wait for pool memory.
+
+  private issueRw(op: Op.READ | Op.WRITE, buf: Uint8Array, lo: number, hi: number, resolve: ((n: number) => void) | null,
+    reject: (e: unknown) => void, batch: BatchState | null, index: number): void {
+    const engine = this.engine, len = buf.byteLength;
+    this.refs++;
+    if (this.align > 1 && ((lo >>> 0) % this.align !== 0 || len % this.align !== 0)) {
+      this.issuePadded(op, buf, lo, hi, len, resolve, reject, batch, index);
+      return;
+    }
+    const rec = engine.buffers.lookup(buf);
+    if (rec !== undefined) {
+      const poolOff = rec.off + buf.byteOffset;
+      if (poolOff % this.memAlign === 0) {
+        // Zero-copy: the kernel reads or writes the caller's pool buffer directly; the engine
+        // keeps the buffer referenced and its block reserved until the request settles.
+        engine.submit(this, op, lo, hi, len, poolOff, 0, null, resolve, reject, batch, index, buf, rec);
+        return;
+      }
+    }
+    const name = op === Op.WRITE ? 'write' : 'read';
+    const issue = (): boolean => {
+      const bounce = engine.allocBounce(len, name);
+      if (bounce < 0) return false;
+      try {
+        if (op === Op.WRITE) engine.pool.bytes.set(buf, bounce);
+      } catch (err) {
+        engine.releasePool(bounce);
+        throw detachedError(name, this.path, err);
+      }
+      engine.submit(this, op, lo, hi, len, bounce, 0, (res) => {
+        try {
+          if (op === Op.READ && res > 0) copyOut(buf, engine.pool.bytes.subarray(bounce, bounce + res), 0);
+        } finally { engine.releasePool(bounce); }
+      }, resolve, reject, batch, index);
+      return true;
+    };
+    // Like node:fs, the caller's buffer must stay untouched until the promise settles, so
+    // waiting for pool memory needs no snapshot.
+    this.start(issue, reject, batch, index);
   }
 
   /**
@@ -234,26 +392,18 @@ export class File {
    * is padded by read-modify-write on the worker, under a serialising table entry (QEMU's
    * padding RMW), so concurrent unaligned writes into one block never lose bytes.
    */
-  private padded(op: Op.READ | Op.WRITE, buf: Uint8Array, lo: number, hi: number, len: number,
+  private issuePadded(op: Op.READ | Op.WRITE, buf: Uint8Array, lo: number, hi: number, len: number,
     resolve: ((n: number) => void) | null, reject: (e: unknown) => void, batch: BatchState | null, index: number): void {
     const engine = this.engine, align = this.align;
     const off = hi * TWO32 + (lo >>> 0);
-    const head = off % align, a0 = off - head, span = Math.ceil((off + len) / align) * align - a0;
-    const [a0lo, a0hi] = [(a0 % TWO32) | 0, Math.floor(a0 / TWO32)];
+    const head = off % align, a0 = off - head, span = padSpan(off, len, align);
+    const a0lo = (a0 % TWO32) | 0, a0hi = Math.floor(a0 / TWO32);
     const name = op === Op.WRITE ? 'write' : 'read';
-    if (off + len + 2 * align > Number.MAX_SAFE_INTEGER) {
-      throw new RingfenceError(`${name} on ${this.path}: offset ${joinOffset(lo, hi)} and length ${len} are not multiples of ${align}, and padding them is supported only below 2^53; align the request for O_DIRECT, or open the file with { direct: false }`,
-        { code: 'ERR_RINGFENCE_UNALIGNED', op: name, path: this.path, offset: joinOffset(lo, hi), length: len });
-    }
-    if (op === Op.WRITE && !this.meta.tracked) {
-      throw new RingfenceError(`write on ${this.path}: offset ${off} and length ${len} are not multiples of ${align}, and padding them needs request tracking (the engine was started with trackRequests: false); align them or open with { direct: false }`,
-        { code: 'ERR_RINGFENCE_UNALIGNED', op: name, path: this.path, offset: off, length: len });
-    }
     const issue = (): boolean => {
       const bounce = engine.allocBounce(op === Op.WRITE ? span + 2 * align : span, name);
       if (bounce < 0) return false;
       if (op === Op.READ) {
-        this.enqueue(Op.READ, a0lo, a0hi, span, bounce, 0, (res) => {
+        engine.submit(this, Op.READ, a0lo, a0hi, span, bounce, 0, (res) => {
           const n = res < 0 ? res : Math.max(0, Math.min(len, res - head));
           try {
             if (n > 0) copyOut(buf, engine.pool.bytes.subarray(bounce + head, bounce + head + n), 0);
@@ -261,12 +411,32 @@ export class File {
           return n;
         }, resolve, reject, batch, index);
       } else {
-        engine.pool.bytes.set(buf, bounce + head);
-        this.enqueue(Op.WRITE | OpFlag.RMW, lo, hi, len, bounce, align, () => { engine.releasePool(bounce); }, resolve, reject, batch, index);
+        try {
+          engine.pool.bytes.set(buf, bounce + head);
+        } catch (err) {
+          engine.releasePool(bounce);
+          throw detachedError(name, this.path, err);
+        }
+        engine.submit(this, Op.WRITE | OpFlag.RMW, lo, hi, len, bounce, align, () => { engine.releasePool(bounce); }, resolve, reject, batch, index);
       }
       return true;
     };
-    if (!issue()) engine.waitForPool(issue);
+    this.start(issue, reject, batch, index);
+  }
+
+  /**
+   * Runs `issue` for a request already counted in refs; if the pool has no memory for it now,
+   * it waits (in FIFO order; close() rejects it). An `issue` that throws fails only its request.
+   */
+  private start(issue: () => boolean, reject: (e: unknown) => void, batch: BatchState | null, index: number): void {
+    const fail = (err: unknown): void => {
+      this.settled();
+      if (batch !== null) settleBatchOp(batch, index, 0, err);
+      else reject(err);
+    };
+    let started: boolean;
+    try { started = issue(); } catch (err) { fail(err); return; }
+    if (!started) this.engine.waitForPool({ owner: this, retry: issue, fail });
   }
 
   /** Scatter read into `bufs` starting at `offset`; resolves to total bytes read. */
@@ -277,66 +447,69 @@ export class File {
   private vec(op: Op.READV | Op.WRITEV, bufs: Uint8Array[], offset: number | bigint): Promise<number> {
     return new Promise((resolve, reject) => {
       const name = op === Op.WRITEV ? 'writev' : 'readv';
-      this.check(name, op === Op.WRITEV);
-      if (!Array.isArray(bufs) || bufs.length === 0 || bufs.length > IOV_MAX) {
-        throw invalidArg('bufs', `must be a non-empty array of at most ${IOV_MAX} Uint8Arrays`, bufs);
-      }
-      let total = 0;
-      bufs.forEach((b, i) => { validateBuffer(b, `bufs[${i}]`); total += b.byteLength; });
+      const lo = this.checkVec(op, bufs, offset, name), hi = offHi;
       const lengths = bufs.map((b) => b.byteLength);
-      const lo = splitOffset(offset, 'offset'), hi = offHi;
-      if (total > 0x7fffffff) throw rangeError('total length', '<= 2^31-1', total);
-      if (hi === 0x7fffffff && (lo >>> 0) + total > 0x100000000) throw rangeError('offset + length', '<= 2^63-1', joinOffset(lo, hi) + BigInt(total));
-      if (this.align > 1 && ((lo >>> 0) % this.align !== 0 || bufs.some((b) => b.byteLength % this.align !== 0))) {
-        throw new RingfenceError(`${name} on ${this.path}: the offset and every buffer length must be multiples of ${this.align} for O_DIRECT; align them or open with { direct: false }`,
-          { code: 'ERR_RINGFENCE_UNALIGNED', op: name, path: this.path, offset: joinOffset(lo, hi), length: total });
-      }
+      const total = lengths.reduce((a, n) => a + n, 0);
       const engine = this.engine;
+      // Zero-copy buffers stay reserved until the request settles (the closure below keeps
+      // the views referenced).
+      const recs: (PoolAllocation | undefined)[] = bufs.map((b) => (this.zeroCopy(b) ? engine.buffers.lookup(b) : undefined));
+      this.refs++;
       const issue = (): boolean => {
         // One block holds the iovec table; buffers outside the pool (or misaligned) are
         // bounced into one more block, laid out back to back.
+        // A zero-copy buffer freed while this request waited for memory: its pointer is stale.
+        for (const rec of recs) if (rec !== undefined && rec.freed) throw freedError(name, this.path);
         const table = engine.allocBounce(8 * bufs.length, name);
         if (table < 0) return false;
         let bounceBytes = 0;
-        for (const b of bufs) if (!this.zeroCopy(b)) bounceBytes += roundUp(b.byteLength, 512);
+        for (let i = 0; i < bufs.length; i++) if (recs[i] === undefined) bounceBytes += roundUp(lengths[i], 512);
         const bounce = bounceBytes > 0 ? engine.allocBounce(bounceBytes, name) : -1;
         if (bounceBytes > 0 && bounce < 0) { engine.releasePool(table); return false; }
         const dv = new DataView(engine.pool.sab, table, 8 * bufs.length);
-        const places: number[] = [], bounced: boolean[] = [];
+        const places: number[] = [];
         let cursor = bounce;
-        bufs.forEach((b, i) => {
-          let at: number;
-          const copy = !this.zeroCopy(b);
-          if (!copy) at = b.byteOffset;
-          else { at = cursor; cursor += roundUp(b.byteLength, 512); if (op === Op.WRITEV) engine.pool.bytes.set(b, at); }
-          places.push(at);
-          bounced.push(copy);
-          dv.setUint32(i * 8, at, true);
-          dv.setUint32(i * 8 + 4, b.byteLength, true);
-        });
-        this.enqueue(op, lo, hi, total, table, bufs.length, (res) => {
+        try {
+          for (let i = 0; i < bufs.length; i++) {
+            const b = bufs[i], rec = recs[i];
+            let at: number;
+            if (rec !== undefined) at = rec.off + b.byteOffset;
+            else { at = cursor; cursor += roundUp(lengths[i], 512); if (op === Op.WRITEV) engine.pool.bytes.set(b, at); }
+            places.push(at);
+            dv.setUint32(i * 8, at, true);
+            dv.setUint32(i * 8 + 4, lengths[i], true);
+          }
+        } catch (err) {
+          engine.releasePool(table);
+          if (bounce >= 0) engine.releasePool(bounce);
+          throw detachedError(name, this.path, err);
+        }
+        for (const rec of recs) if (rec !== undefined) engine.buffers.hold(rec);
+        engine.submit(this, op, lo, hi, total, table, bufs.length, (res) => {
           try {
             if (op === Op.READV && res > 0) {
               let left = res;
-              bufs.forEach((b, i) => {
+              for (let i = 0; i < bufs.length; i++) {
                 const n = Math.min(left, lengths[i]);
-                if (n > 0 && bounced[i]) copyOut(b, engine.pool.bytes.subarray(places[i], places[i] + n), 0);
+                if (n > 0 && recs[i] === undefined) copyOut(bufs[i], engine.pool.bytes.subarray(places[i], places[i] + n), 0);
                 left -= n;
-              });
+              }
             }
           } finally {
             engine.releasePool(table);
             if (bounce >= 0) engine.releasePool(bounce);
+            for (const rec of recs) if (rec !== undefined) engine.buffers.unhold(rec);
           }
         }, resolve, reject, null, 0);
         return true;
       };
-      if (!issue()) engine.waitForPool(issue);
+      this.start(issue, reject, null, 0);
     });
   }
 
   private zeroCopy(b: Uint8Array): boolean {
-    return b.buffer === this.engine.pool.sab && b.byteOffset % this.memAlign === 0;
+    const rec = this.engine.buffers.lookup(b);
+    return rec !== undefined && (rec.off + b.byteOffset) % this.memAlign === 0;
   }
 
   /** Writes zeroes to [offset, offset+length) (fallocate FALLOC_FL_ZERO_RANGE). Extends the file if needed. */
@@ -347,21 +520,24 @@ export class File {
   /** fallocate(2): mode 0 (allocate), KEEP_SIZE, PUNCH_HOLE|KEEP_SIZE, ZERO_RANGE[|KEEP_SIZE]. */
   fallocate(offset: number | bigint, length: number | bigint, mode = 0): Promise<number> {
     return new Promise((resolve, reject) => {
-      this.check('fallocate', true);
-      const off = validateOffset(offset, 'offset');
-      const len = validateLength(length, 'length', off);
-      const allowed = [0, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, FALLOC_FL_ZERO_RANGE, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE];
-      if (!allowed.includes(mode)) throw invalidArg('mode', `must be one of ${allowed.join(', ')} (FALLOC_FL_* combinations)`, mode);
-      this.enqueue(Op.FALLOCATE, Number(off & 0xffffffffn) | 0, Number(off >> 32n), Number(len & 0xffffffffn) | 0,
-        Number(len >> 32n), mode, null, (n) => resolve(n), reject, null, 0);
+      const [off, len] = this.checkFallocate(offset, length, mode, 'fallocate', '');
+      this.issueFallocate(off, len, mode, resolve, reject, null, 0);
     });
+  }
+
+  private issueFallocate(off: bigint, len: bigint, mode: number, resolve: ((n: number) => void) | null, reject: (e: unknown) => void,
+    batch: BatchState | null, index: number): void {
+    this.refs++;
+    this.engine.submit(this, Op.FALLOCATE, Number(off & 0xffffffffn) | 0, Number(off >> 32n), Number(len & 0xffffffffn) | 0,
+      Number(len >> 32n), mode, null, resolve, reject, batch, index);
   }
 
   /** fdatasync: durable once it resolves, for every write that completed before the call. */
   flush(): Promise<void> {
     return new Promise((resolve, reject) => {
       this.check('flush', false);
-      this.enqueue(Op.FSYNC, 0, 0, 0, 0, 1, null, () => resolve(), reject, null, 0);
+      this.refs++;
+      this.engine.submit(this, Op.FSYNC, 0, 0, 0, 0, 1, null, () => resolve(), reject, null, 0);
     });
   }
 
@@ -370,7 +546,8 @@ export class File {
     return new Promise((resolve, reject) => {
       this.check('truncate', true);
       const lo = splitOffset(size, 'size'), hi = offHi;
-      this.enqueue(Op.TRUNCATE, lo, hi, 0, 0, 0, null, () => resolve(), reject, null, 0);
+      this.refs++;
+      this.engine.submit(this, Op.TRUNCATE, lo, hi, 0, 0, 0, null, () => resolve(), reject, null, 0);
     });
   }
 
@@ -382,74 +559,43 @@ export class File {
 
   /**
    * A batch in one call: the operations are queued together (one wake-up per worker) and the
-   * promise resolves to their results in order. If any fails, it rejects with the first
-   * error, whose `results` property holds every result (a number or a RingfenceError).
+   * promise resolves to their results in order. Every operation is validated first, with the
+   * same checks as the call it stands for (pool fit included): if one is invalid the promise
+   * rejects with that error and no operation runs. Otherwise every operation runs; if any
+   * fails, the promise rejects with the first error, whose `results` property holds every
+   * outcome (a number or a RingfenceError).
    */
   submit(ops: BatchOp[]): Promise<number[]> {
     return new Promise((resolve, reject) => {
       this.check('submit', false);
       if (!Array.isArray(ops)) throw invalidArg('ops', 'must be an array of operations', ops);
       if (ops.length === 0) { resolve([]); return; }
-      // Validate every operation before queueing any: a rejected batch must not half-run.
-      for (let i = 0; i < ops.length; i++) this.validateBatchOp(ops[i], i);
+      for (let i = 0; i < ops.length; i++) this.checkBatchOp(ops[i], i);
       const batch: BatchState = { results: new Array(ops.length), remaining: ops.length, firstError: null, resolve, reject };
       for (let i = 0; i < ops.length; i++) {
         const o = ops[i] as BatchOp;
-        if (o === null || typeof o !== 'object') throw invalidArg(`ops[${i}]`, 'must be an operation object', o);
         switch (o.op) {
-          case 'read': case 'write':
-            this.rw(o.op === 'read' ? Op.READ : Op.WRITE, o.buffer, o.offset, null, reject, batch, i);
-            break;
-          case 'writeZeroes': {
-            const off = validateOffset(o.offset, `ops[${i}].offset`);
-            const len = validateLength(o.length, `ops[${i}].length`, off);
-            this.check('submit', true);
-            this.enqueue(Op.FALLOCATE, Number(off & 0xffffffffn) | 0, Number(off >> 32n), Number(len & 0xffffffffn) | 0, Number(len >> 32n), FALLOC_FL_ZERO_RANGE, null, null, reject, batch, i);
+          case 'read': case 'write': {
+            const op = o.op === 'read' ? Op.READ : Op.WRITE;
+            const lo = splitOffset(o.offset, 'offset'), hi = offHi;
+            this.issueRw(op, o.buffer, lo, hi, null, reject, batch, i);
             break;
           }
-          case 'flush':
-            this.enqueue(Op.FSYNC, 0, 0, 0, 0, 1, null, null, reject, batch, i);
+          case 'writeZeroes':
+            this.issueFallocate(BigInt(o.offset), BigInt(o.length), FALLOC_FL_ZERO_RANGE, null, reject, batch, i);
             break;
-          default:
-            throw invalidArg(`ops[${i}].op`, "must be one of 'read', 'write', 'writeZeroes', 'flush'", (o as { op: unknown }).op);
+          case 'flush':
+            this.refs++;
+            this.engine.submit(this, Op.FSYNC, 0, 0, 0, 0, 1, null, null, reject, batch, i);
+            break;
         }
       }
     });
   }
 
-  private validateBatchOp(o: unknown, i: number): void {
-    if (o === null || typeof o !== 'object') throw invalidArg(`ops[${i}]`, 'must be an operation object', o);
-    const op = o as Record<string, unknown>;
-    switch (op.op) {
-      case 'read': case 'write': {
-        const buf = validateBuffer(op.buffer, `ops[${i}].buffer`);
-        const lo = splitOffset(op.offset, `ops[${i}].offset`), hi = offHi;
-        if (buf.byteLength > 0x7fffffff) throw rangeError(`ops[${i}].buffer.byteLength`, '<= 2^31-1 (split larger requests)', buf.byteLength);
-        if (hi === 0x7fffffff && (lo >>> 0) + buf.byteLength > 0x100000000) throw rangeError(`ops[${i}].offset + length`, '<= 2^63-1', op.offset);
-        if (op.op === 'write') this.check('submit', true);
-        break;
-      }
-      case 'writeZeroes': {
-        const off = validateOffset(op.offset, `ops[${i}].offset`);
-        validateLength(op.length, `ops[${i}].length`, off);
-        this.check('submit', true);
-        break;
-      }
-      case 'flush': break;
-      default:
-        throw invalidArg(`ops[${i}].op`, "must be one of 'read', 'write', 'writeZeroes', 'flush'", op.op);
-    }
-  }
-
-  private enqueue(op: number, lo: number, hi: number, len: number, buf: number, aux: number, done: ((res: number) => number | void) | null,
-    resolve: ((n: number) => void) | null, reject: ((e: unknown) => void) | null, batch: BatchState | null, index: number): void {
-    this.inflight++;
-    this.engine.submit(this, op, lo, hi, len, buf, aux, done, resolve, reject, batch, index);
-  }
-
-  /** @internal The engine settled one of this file's requests. */
+  /** @internal The engine settled one of this file's requests (or one never started). */
   settled(): void {
-    if (--this.inflight === 0 && this.drained !== null) this.drained();
+    if (--this.refs === 0 && this.drained !== null) this.drained();
   }
 
   private check(op: string, writes: boolean): void {
@@ -479,13 +625,24 @@ export class File {
   }
 
   /** Waits for this file's in-flight requests, then closes it. */
-  async close(): Promise<void> {
-    if (this.closed) return;
+  close(): Promise<void> {
+    // A second call while the first is still closing gets the same promise.
+    if (this.closing === null) this.closing = this.doClose();
+    return this.closing;
+  }
+
+  private async doClose(): Promise<void> {
     this.closed = true;
-    if (this.inflight > 0) await new Promise<void>((r) => { this.drained = r; });
+    // Requests waiting for pool memory never started; the caller may hold that memory until
+    // close() resolves, so they are rejected rather than waited for.
+    this.engine.buffers.cancel(this, () => new RingfenceError(`the file ${this.path} was closed while this request waited for buffer-pool memory, so it never started; nothing was read or written`,
+      { code: 'ERR_RINGFENCE_CLOSED', op: 'close', path: this.path }));
+    if (this.refs > 0) await new Promise<void>((r) => { this.drained = r; });
     this.engine.rememberFile(this.id, null);
     await this.engine.broadcast((seq) => ({ type: 'close', seq, fileId: this.id }));
-    closeSync(this.fd);
+    // After close() gave up on requests still in the kernel, the fd stays open: a thread
+    // stuck in a system call could otherwise write into whatever file reuses the number.
+    if (!this.engine.fdsPinned) closeSync(this.fd);
     const ident = this.engine.identities.get(this.key);
     if (ident && --ident.refs === 0) this.engine.identities.delete(this.key);
     this.engine.forgetFile(this, this.id);
@@ -506,4 +663,21 @@ function copyOut(dst: Uint8Array, src: Uint8Array, at: number): void {
     throw new RingfenceError('read: the destination buffer was detached (its ArrayBuffer transferred) while the read was in flight, so the data could not be delivered; keep the buffer untouched until the promise settles',
       { code: 'ERR_RINGFENCE_BUFFER_DETACHED', op: 'read', cause: e });
   }
+}
+
+/** Bytes of the aligned superset [floor(off), ceil(off + len)) of a padded request. */
+function padSpan(off: number, len: number, align: number): number {
+  return Math.ceil((off + len) / align) * align - (off - (off % align));
+}
+
+const FALLOC_MODES = [0, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, FALLOC_FL_ZERO_RANGE, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE];
+
+function freedError(op: string, path: string): RingfenceError {
+  return new RingfenceError(`${op} on ${path}: the buffer was returned to the pool with engine.free(), so its memory is no longer yours; allocate a new one with engine.alloc()`,
+    { code: 'ERR_RINGFENCE_BUFFER_FREED', op, path });
+}
+
+function detachedError(op: string, path: string, cause: unknown): RingfenceError {
+  return new RingfenceError(`${op} on ${path}: the source buffer was detached (its ArrayBuffer transferred, or freed) while the request waited for buffer-pool memory, so there was nothing to write; keep the buffer untouched until the promise settles`,
+    { code: 'ERR_RINGFENCE_BUFFER_DETACHED', op, path, cause });
 }

@@ -346,32 +346,17 @@ function chainOf(r: FsResolution): { chain: string; where: string[] } {
   };
 }
 
-/** Brand on the number statfsName() returns, so decideWorkaround(policy, magic, ...) called with it sees the layers too. */
-const RESOLUTION = Symbol('ringfence.fsResolution');
-type Branded = number & { [RESOLUTION]?: FsResolution };
-
-function resolutionOf(magic: number): FsResolution | undefined {
-  return typeof magic === 'object' && magic !== null ? (magic as Branded)[RESOLUTION] : undefined;
-}
-
 export function fsNameOf(magic: number): string {
   return FS_MAGIC[magic >>> 0] ?? 'unknown';
 }
 
 /**
- * statfs, plus the layers under a stacking filesystem (resolveFs). For a stacking, network or
- * FUSE filesystem `magic` is a Number object carrying that resolution, so that existing callers
- * (`const { magic } = statfsName(p); decideWorkaround(policy, magic, ...)`) decide by the
- * filesystem that holds the data; it behaves as the number everywhere else (>>> 0,
- * toString(16), arithmetic) except under typeof and ===. New code should pass `resolution`
- * to decideWorkaround's last parameter instead.
+ * statfs, plus the layers under a stacking filesystem (resolveFs): pass `resolution` to
+ * decideWorkaround() so that 'auto' judges the filesystem that holds the data.
  */
 export function statfsName(path: string): { fs: string; magic: number; resolution: FsResolution } {
   const resolution = resolveFs(path);
-  const magic = resolution.stack || resolution.mount
-    ? Object.assign(new Number(resolution.magic), { [RESOLUTION]: resolution }) as unknown as number
-    : resolution.magic;
-  return { fs: resolution.fs, magic, resolution };
+  return { fs: resolution.fs, magic: resolution.magic, resolution };
 }
 
 /**
@@ -412,11 +397,10 @@ function stackSummary(res: FsResolution | undefined): StackSummary | undefined {
 /**
  * The decision for one file, with the rule that fired, for file.info(). `resolution` (from
  * statfsName/resolveFs) lets 'auto' judge a stacking filesystem by the one under it; without
- * it, the one carried by a `magic` from statfsName() is used; without either, a stacking
- * filesystem counts as unknown.
+ * it, a stacking filesystem counts as unknown (the workaround stays on).
  */
 export function decideWorkaround(policy: WorkaroundPolicy, magic: number, kernel: string, emulated: boolean, resolution?: FsResolution): WorkaroundDecision {
-  const res = resolution ?? resolutionOf(magic);
+  const res = resolution;
   const fs = fsNameOf(magic);
   const stack = stackSummary(res);
   const base = { policy, fs, magic: '0x' + (magic >>> 0).toString(16), kernel, emulated, ...(stack ? { stack } : {}) };

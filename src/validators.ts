@@ -2,6 +2,8 @@
 // TypeError for the wrong kind of value, RangeError for a value out of range, each with a
 // `code` so callers can branch on it.
 
+import { fileURLToPath } from 'node:url';
+
 export const INT64_MAX = (1n << 63n) - 1n;
 
 function typeError(name: string, expected: string, value: unknown): TypeError {
@@ -93,6 +95,26 @@ export function validateKnownKeys(obj: Record<string, unknown>, name: string, kn
   for (const key of Object.keys(obj)) {
     if (!known.includes(key)) throw invalidArg(`${name}.${key}`, `is not a known option (known: ${known.join(', ')})`, obj[key]);
   }
+}
+
+/**
+ * A file path as node:fs takes it: a string, a Buffer or a file: URL, without NUL bytes.
+ * Returns it as a string (a Buffer path is decoded as UTF-8).
+ */
+export function validatePath(value: unknown, name: string): string {
+  let p: string;
+  if (typeof value === 'string') p = value;
+  else if (value instanceof Uint8Array) p = Buffer.from(value.buffer, value.byteOffset, value.byteLength).toString('utf8');
+  else if (value instanceof URL) {
+    if (value.protocol !== 'file:') throw invalidArg(name, `must be a file: URL (got ${value.protocol})`, value.href);
+    p = fileURLToPath(value);
+  } else throw typeError(name, 'of type string or an instance of Buffer or URL', value);
+  if (p.length === 0) throw invalidArg(name, 'must not be empty', value);
+  if (p.includes('\u0000')) {
+    const e = invalidArg(name, 'must be a string, Buffer or URL without null bytes', p.replace(/\u0000/g, '\\0'));
+    throw e;
+  }
+  return p;
 }
 
 /** A Uint8Array (or Buffer) that is not detached and has at least one byte. */

@@ -394,11 +394,17 @@ skipUnless(test, noOverlay ?? xfsVolumeUnavailable())('a real overlay with its u
     ovl = mountOverlay(vol.dir);
     await checkOverlayFile(ovl, { fs: 'xfs', magic: XFS });
     // The same overlay on an unfixed kernel would have the race: on.
-    const d = decideWorkaround('auto', statfsName(ovl.merged).magic, '4.19.0', false);
+    const d = decideOn(ovl.merged, '4.19.0');
     assert.is(d.enabled, true, d.rule);
     assert.match(d.rule, /^auto: overlay over xfs \(upperdir .*\/up per\): xfs, kernel 4\.19\.0 predates the fix/);
   } finally { ovl?.cleanup(); vol.cleanup(); }
 });
+
+/** decideWorkaround('auto') for a path, the way engine.open() calls it. */
+function decideOn(path, kernel) {
+  const { magic, resolution } = statfsName(path);
+  return decideWorkaround('auto', magic, kernel, false, resolution);
+}
 
 skipUnless(test, noOverlay)('a real overlay with its upperdir on the root filesystem is judged by that filesystem', async () => {
   const base = mkdtempSync('/var/tmp/rf-ovl-up-');
@@ -423,12 +429,12 @@ skipUnless(test, noOverlay)('a real overlay with its upperdir on tmpfs is judged
     // upperdir path now leads nowhere, as the host's /var/lib/docker does inside a container.
     execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=1m', 'tmpfs', base], { stdio: 'pipe' });
     shadowed = true;
-    let d = decideWorkaround('auto', statfsName(ovl.merged).magic, '6.18.44', false);
+    let d = decideOn(ovl.merged, '6.18.44');
     assert.is(d.enabled, true, d.rule);
     assert.match(d.rule, /^auto: overlay over an unknown filesystem \(upperdir .*\/up per could not be read \(ENOENT\)\)/);
     // Now a directory of that name exists, on another (smaller) tmpfs: not the overlay's layer.
     mkdirSync(ovl.upper);
-    d = decideWorkaround('auto', statfsName(ovl.merged).magic, '6.18.44', false);
+    d = decideOn(ovl.merged, '6.18.44');
     assert.is(d.enabled, true, d.rule);
     assert.match(d.rule, /is not the layer under this overlay/);
     console.log(`  hidden upperdir: ${d.rule}`);

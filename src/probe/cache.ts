@@ -183,9 +183,9 @@ export async function resolveProbePolicy(path: string, kernelRelease: string, op
 
 async function decide(dir: string, kernelRelease: string, opts: ProbePolicyOptions): Promise<ProbePolicyResult> {
   const fallback = (why: string): ProbePolicyResult => {
-    let magic = 0;
-    try { magic = identify(dir).magic; } catch { /* unknown fs: auto assumes the bug */ }
-    const auto = decideWorkaround('auto', magic, kernelRelease, false);
+    let magic = 0, resolution;
+    try { ({ magic, resolution } = identify(dir)); } catch { /* unknown fs: auto assumes the bug */ }
+    const auto = decideWorkaround('auto', magic, kernelRelease, false, resolution);
     return { enabled: auto.enabled, rule: `probe: ${why}; falling back to ${auto.rule}`, cached: false, verdict: null };
   };
   let v: VerdictResult;

@@ -7,7 +7,7 @@ import { closeSync, constants as fsc, existsSync, openSync, readFileSync, readdi
 import { release as osRelease } from 'node:os';
 import { join } from 'node:path';
 import { loadAddon } from '../addon.js';
-import { decideWorkaround, kernelHasXfsFix, statfsName, type WorkaroundDecision } from '../policy.js';
+import { decideWorkaround, kernelHasXfsFix, statfsName, type FsResolution, type WorkaroundDecision } from '../policy.js';
 import { haveCommand } from '../volume.js';
 import type { ProbeResult } from '../types.js';
 import type { Scratch } from './scratch.js';
@@ -136,6 +136,8 @@ export interface Identity {
   realpath: string;
   fs: string;
   magic: number;
+  /** The layers under a stacking filesystem, for decideWorkaround(). */
+  resolution: FsResolution;
   mount: StaticFacts['mount'];
   device: string;
   uuid: StaticFacts['uuid'];
@@ -145,7 +147,7 @@ export interface Identity {
 /** Which filesystem `dir` is on: statfs, mountinfo, st_dev and the UUID (the probe cache key). */
 export function identify(dir: string): Identity {
   const real = realpathSync(dir);
-  const { fs, magic } = statfsName(real);
+  const { fs, magic, resolution } = statfsName(real);
   const dev = devOf(statSync(real, { bigint: true }).dev);
   let mount: StaticFacts['mount'] = null;
   try {
@@ -154,7 +156,7 @@ export function identify(dir: string): Identity {
   } catch { /* no /proc */ }
   const uuid = mount ? fsUuid(mount.source, mount.fstype) : { value: null, source: 'none: /proc/self/mountinfo unavailable' };
   const fsId = uuid.value ? `uuid:${uuid.value}` : `dev:${dev.text}`;
-  return { realpath: real, fs, magic, mount, device: dev.text, uuid, fsId };
+  return { realpath: real, fs, magic, resolution, mount, device: dev.text, uuid, fsId };
 }
 
 /**
@@ -167,7 +169,7 @@ export function staticFacts(dir: string, scratch: Scratch | null, kernelRelease?
   const probe = addon.probe();
   const release = kernelRelease ?? (probe.kernel || osRelease());
   const id = identify(dir);
-  const { fs, magic, mount, uuid, fsId } = id;
+  const { fs, magic, resolution, mount, uuid, fsId } = id;
   const real = id.realpath;
   const dev = { text: id.device };
   const k = kernelHasXfsFix(release);
@@ -215,6 +217,6 @@ export function staticFacts(dir: string, scratch: Scratch | null, kernelRelease?
       libaio: probe.libaio,
       sync: { ok: true, reason: 'pread/pwrite on the worker threads: always available' },
     },
-    auto: decideWorkaround('auto', magic, release, false),
+    auto: decideWorkaround('auto', magic, release, false, resolution),
   };
 }
