@@ -85,9 +85,9 @@ export class PoolBuffers {
     const rec = buf instanceof Uint8Array ? this.byBuffer.get(buf.buffer as ArrayBuffer) : undefined;
     if (rec === undefined) throw invalidArg('buf', 'is not a buffer returned by engine.alloc() of this engine', buf);
     const b = buf as Uint8Array;
-    if (rec.freed) throw invalidArg('buf', 'was freed already (each engine.alloc() buffer is freed once)', buf);
+    if (rec.freed) throw invalidArg('buf', 'was freed already: each engine.alloc() buffer must be freed exactly once', buf);
     if (b.byteOffset !== 0 || b.byteLength !== rec.size) {
-      throw invalidArg('buf', `is a view of part of an engine.alloc() buffer (offset ${b.byteOffset}, length ${b.byteLength} of ${rec.size}); pass the buffer alloc() returned`, buf);
+      throw invalidArg('buf', `must be the very buffer engine.alloc() returned, not a view of part of it (offset ${b.byteOffset}, length ${b.byteLength} of ${rec.size})`, buf);
     }
     rec.freed = true;
     this.registry.unregister(rec);
