@@ -290,7 +290,7 @@ export class Engine {
       await engine.startWorkers();
     } catch (err) {
       await engine.destroy();
-      throw err;
+      throw startError(err, opts);
     }
     return engine;
   }
@@ -782,7 +782,8 @@ export class Engine {
       const off = BigInt(E[e + E_OFF_HI]) * 4294967296n + BigInt(E[e + E_OFF_LO] >>> 0);
       const len = op === Op.FALLOCATE ? BigInt(E[e + E_BUF] >>> 0) * 4294967296n + BigInt(E[e + E_LEN] >>> 0) : BigInt(E[e + E_LEN] >>> 0);
       // A flush has no offset; a truncate's offset word is the new size.
-      err = errnoError(res, opName(op), this.reqFile[id]?.path, op === Op.FSYNC ? undefined : off, op === Op.FSYNC || op === Op.TRUNCATE ? undefined : len);
+      const file = this.reqFile[id];
+      err = errnoError(res, opName(op), file?.path, op === Op.FSYNC ? undefined : off, op === Op.FSYNC || op === Op.TRUNCATE ? undefined : len, file?.direct ?? true);
     }
     if (kind === K_SINGLE) {
       if (err !== null) this.reqReject[id]!(err); else this.reqResolve[id]!(res);
@@ -957,6 +958,24 @@ export class Engine {
     if (!this.fdsPinned) for (const fd of this.doorbells) this.addon.closeFd(fd);
     clearInterval(this.keepAlive);
   }
+}
+
+/** Why Engine.start() failed, as a RingfenceError with a code and what to do. */
+function startError(err: unknown, o: ResolvedOptions): unknown {
+  if (err instanceof RingfenceError) return err;
+  const msg = String((err as Error)?.message ?? err);
+  if (/EMFILE|ENFILE|too many open files/i.test(msg)) {
+    return new RingfenceError(`Engine.start: the process is out of file descriptors (${/ENFILE/.test(msg) ? 'ENFILE: the system-wide limit' : 'EMFILE'}) while starting ${o.workers} worker(s): raise the limit (ulimit -n, RLIMIT_NOFILE; each worker needs a few descriptors for its ring and doorbell) or close files, then start again`,
+      { code: /ENFILE/.test(msg) ? 'ENFILE' : 'EMFILE', op: 'start', cause: err });
+  }
+  const m = /no I\/O backend could start \((.*)\)$/.exec(msg);
+  if (m !== null) {
+    const forced = o.backend !== 'auto';
+    return new RingfenceError(`Engine.start: ${forced ? `backend '${o.backend}' is not available here` : 'no I/O backend could start'} (${m[1]}); ` +
+      (forced ? "start with backend: 'auto' to fall back to libaio or sync, or remove the cause (kernel.io_uring_disabled, seccomp, RLIMIT_MEMLOCK)" : 'check the kernel log and the reasons above'),
+      { code: 'ERR_RINGFENCE_BACKEND_UNAVAILABLE', op: 'start', cause: err });
+  }
+  return err;
 }
 
 /**

@@ -58,11 +58,14 @@ const ADVICE: Record<string, string> = {
   EAGAIN: 'the kernel is out of resources for asynchronous I/O; retry, or lower queueDepth',
 };
 
+const BUFFERED_EINVAL = 'the kernel refused this request for this file (it is not O_DIRECT, so alignment is not the cause: some special files, e.g. under /proc or /sys, do not support positioned or asynchronous I/O); use node:fs for such files, or backend: \'sync\'';
+
 /** A RingfenceError for a request that the kernel (or the native addon) failed with -errno. */
-export function errnoError(errno: number, op: string, path: string | undefined, offset?: bigint | number, length?: bigint | number): RingfenceError {
+export function errnoError(errno: number, op: string, path: string | undefined, offset?: bigint | number, length?: bigint | number, direct = true): RingfenceError {
   const code = errnoName(errno);
   const where = `${op}${path ? ` on ${path}` : ''}${offset !== undefined ? ` at offset ${offset}` : ''}${length !== undefined ? ` length ${length}` : ''}`;
-  const advice = ADVICE[code];
+  // EINVAL on a file that is not O_DIRECT has nothing to do with alignment.
+  const advice = code === 'EINVAL' && !direct ? BUFFERED_EINVAL : ADVICE[code];
   return new RingfenceError(`${code}: ${where} failed${advice ? `: ${advice}` : ''}`, {
     code, errno: -Math.abs(errno), op, path, offset, length,
   });

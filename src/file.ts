@@ -116,7 +116,12 @@ export async function openFile(engine: Engine, pathArg: string | Buffer | URL, o
       ? `this filesystem does not support O_DIRECT (tmpfs does not, for one): open it with { direct: false } or use a file on XFS, ext4 or btrfs`
       : e.code === 'ENOENT' ? 'the file does not exist: pass { create: true } to create it'
       : e.code === 'EACCES' || e.code === 'EPERM' ? 'permission denied: check the file\'s mode and owner, or open it { readOnly: true }'
-      : e.code === 'EISDIR' ? 'the path is a directory: give a file path' : 'see the errno';
+      : e.code === 'EISDIR' ? 'the path is a directory: give a file path'
+      : e.code === 'EMFILE' ? 'the process is out of file descriptors: close files, or raise the limit (ulimit -n, RLIMIT_NOFILE)'
+      : e.code === 'ENFILE' ? 'the system is out of file descriptors (fs.file-max): close files or raise the system limit'
+      : e.code === 'ELOOP' ? 'too many symbolic links, or a symlink where none is allowed: resolve the path'
+      : e.code === 'ENAMETOOLONG' ? 'the path is too long: shorten it'
+      : `open(2) failed with ${e.code}: check the path and its filesystem`;
     throw new RingfenceError(`${e.code}: cannot open ${path}: ${hint}`, { code: e.code ?? 'EIO', errno: e.errno, op: 'open', path, cause: err });
   }
   let ident: IdentityRecord | undefined, id = -1, counted = false;
@@ -605,6 +610,9 @@ export class File {
       throw new RingfenceError(`EBADF: ${op} on ${this.path}: the file was opened { readOnly: true }; open it again without readOnly to write`, { code: 'EBADF', errno: -9, op, path: this.path });
     }
   }
+
+  /** @internal Opened with O_DIRECT. */
+  get direct(): boolean { return this.meta.direct; }
 
   /** What was decided for this file and why: alignment, tracking and the XFS workaround. */
   info(): FileInfo {

@@ -125,6 +125,9 @@ function rows() {
   const p = join(scratch.dir, 'data');
   add('open path number', 'reject', () => engine.open(5), [TE, ARG_TYPE, /"path"/]);
   add('open path undefined', 'reject', () => engine.open(), [TE, ARG_TYPE, /"path"/]);
+  add('open path with a NUL byte', 'reject', () => engine.open(`${p}\0x`), [TE, ARG_VALUE, /"path".*null bytes/]);
+  add('open a Buffer path with a NUL byte', 'reject', () => engine.open(Buffer.from(`${p}\0x`)), [TE, ARG_VALUE, /"path".*null bytes/]);
+  add('open a non-file URL', 'reject', () => engine.open(new URL('http://example.com/x')), [TE, ARG_VALUE, /file: URL/]);
   add('open options string', 'reject', () => engine.open(p, 'r'), [TE, ARG_TYPE, /"options"/]);
   add('open unknown option', 'reject', () => engine.open(p, { readonly: true }), [TE, ARG_VALUE, /options\.readonly.*not a known option/]);
   add('open create not boolean', 'reject', () => engine.open(p, { create: 1 }), [TE, ARG_TYPE, /options\.create/]);
@@ -177,6 +180,8 @@ function rows() {
     for (const [n, v, c, code] of badOffsets) add(`${op} offset ${n}`, 'reject', () => f[op](B(), v), [c, code, /"offset"/]);
     add(`${op} offset+length > 2^63-1`, 'reject', () => f[op](B(), (1n << 63n) - 1024n), [RE, RANGE, /offset \+ length/]);
     add(`${op} offset+length > 2^63-1 (rounding)`, 'reject', () => f[op](B(), (1n << 63n) - 3584n), [RE, RANGE, /offset \+ length/]);
+    // Exactly 2^63: one byte past the largest offset + length (it used to reach the kernel as EINVAL).
+    add(`${op} offset+length = 2^63`, 'reject', () => f[op](B(), (1n << 63n) - 4096n), [RE, RANGE, /offset \+ length/]);
     add(`${op} buffer > 2^31-1 bytes`, 'reject', () => f[op](new Uint8Array(2 ** 31), 0), [RE, RANGE, /byteLength.*split/]);
     add(`${op} closed file`, 'reject', () => closedFile[op](B(), 0), [RF, 'ERR_RINGFENCE_CLOSED', /is closed/]);
     add(`${op} file of a closed engine`, 'reject', () => deadFile[op](B(), 0), [RF, 'ERR_RINGFENCE_CLOSED', /closed/]);
