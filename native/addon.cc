@@ -108,6 +108,12 @@ class Context : public Napi::ObjectWrap<Context> {
                                                 "element over a SharedArrayBuffer");
             stall_ref_ = Napi::Persistent(v.As<Napi::Object>());
             cfg.stall = static_cast<uint32_t *>(stall.data);
+            /*
+             * Word 1, when present: set to 1 if Teardown() ever gives up on
+             * ops still in the kernel (W_GAVEUP in src/shm.ts).  The main
+             * thread then must not reuse any memory those ops name.
+             */
+            if (stall.length >= 2) gave_up_ = static_cast<int32_t *>(stall.data) + 1;
         }
 
         try {
@@ -159,6 +165,7 @@ class Context : public Napi::ObjectWrap<Context> {
                 backend_.release();
                 pool_ref_.SuppressDestruct();
                 pool_leaked_ = true;
+                if (gave_up_ != nullptr) __atomic_store_n(gave_up_, 1, __ATOMIC_SEQ_CST);
             }
             backend_.reset();
         }
@@ -265,6 +272,7 @@ class Context : public Napi::ObjectWrap<Context> {
     uint32_t compl_cap_ = 0;
     /* Keep the arrays (and so the pool the kernel writes into) alive. */
     Napi::ObjectReference pool_ref_, batch_ref_, compl_ref_, stall_ref_;
+    int32_t *gave_up_ = nullptr;
     bool pool_leaked_ = false;
     napi_env env_ = nullptr;
     bool hooked_ = false;

@@ -240,6 +240,12 @@ export class Engine {
    * doorbells are then never closed (a stuck thread could use the reused numbers).
    */
   fdsPinned = false;
+  /** close()'s deadline (performance.now() time; Infinity: none) and the ms it was given as. */
+  private closeDeadline = Infinity;
+  private closeDeadlineMs = Infinity;
+  /** Resolves when close() gives up on what is left: control messages stop waiting for acks. */
+  private abandoned: Promise<void>;
+  private abandonNow: () => void = () => {};
 
   private constructor(options: ResolvedOptions) {
     this.options = options;
@@ -254,6 +260,7 @@ export class Engine {
       throw new RingfenceError(`the buffer pool's memory starts ${mis} bytes past a ${PAGE}-byte boundary, so zero-copy O_DIRECT is impossible; this Node.js build allocates SharedArrayBuffers differently than expected: report it with \`node -p process.versions\``, { code: 'ERR_RINGFENCE_INTERNAL', op: 'start' });
     }
     this.buffers = new PoolBuffers(this.pool, this.addon, (d) => this.holdOpen(d));
+    this.abandoned = new Promise<void>((r) => { this.abandonNow = r; });
     this.ctrl = new Int32Array(new SharedArrayBuffer(CTRL_WORDS * 4));
     this.workerStats = new Float64Array(new SharedArrayBuffer(MAX_WORKERS * WSTAT_WORDS * 8));
     const workerFile = fileURLToPath(new URL('../workers/worker.js', import.meta.url));
@@ -527,8 +534,9 @@ export class Engine {
       Atomics.add(this.ctrl, w.index * CTRL_STRIDE + W_CTRL_SEQ, 1);
       w.port.postMessage(make(seq));
       wakeWorker(this.ctrl, w.index, WAKE_CONTROL, this.addon.ring, w.doorbell);
-      // A worker that dies before it acks must not hang open() or close().
-      await Promise.race([acked, w.task]);
+      // A worker that dies before it acks must not hang open() or close(), nor one that
+      // close() gave up on.
+      await Promise.race([acked, w.task, this.abandoned]);
     } finally {
       this.acks.delete(seq);
       // A replacement worker has a new port (and a fresh count): only unref the one we ref'd.
@@ -820,16 +828,17 @@ export class Engine {
     return new Promise((resolve) => {
       this.rawFileId = words[E_FILE] | 0; // the caller controls the file id word too
       this.rawFile = true;
+      file.acquire();
       this.submit(file, words[E_OP] | 0, words[E_OFF_LO] | 0, words[E_OFF_HI] | 0, words[E_LEN] | 0, words[E_BUF] | 0, words[E_AUX] | 0,
         (res) => { resolve(res); return 0; }, () => {}, () => {}, null, 0);
       this.rawFile = false;
     });
   }
 
-  /** @internal Resolves true when no request is outstanding, false if `deadline` (performance.now()) passes first. */
-  async idle(deadline = Infinity): Promise<boolean> {
+  /** @internal Resolves true when no request is outstanding, false if close()'s deadline passes first. */
+  async idle(): Promise<boolean> {
     while (this.outstanding > 0) {
-      if (performance.now() >= deadline) return false;
+      if (performance.now() >= this.closeDeadline) return false;
       await new Promise((r) => setTimeout(r, 1));
     }
     return true;
@@ -885,16 +894,22 @@ export class Engine {
       validateKnownKeys(o, 'options', ['deadlineMs']);
       if (o.deadlineMs !== undefined) deadlineMs = validateInteger(o.deadlineMs, 'options.deadlineMs', 0, 2 ** 31 - 1);
     } catch (err) { return Promise.reject(err); }
+    // A later call may shorten the deadline of a close() already in progress.
+    const deadline = performance.now() + deadlineMs;
+    if (deadline < this.closeDeadline) { this.closeDeadlineMs = deadlineMs; this.closeDeadline = deadline; }
     if (this.closing) return this.closing;
     this.closed = true;
     this.closing = (async () => {
-      const deadline = performance.now() + deadlineMs;
-      // Opens in progress finish first (they see the engine closed and close their file).
-      await Promise.allSettled([...this.opening]);
+      // Opens in progress finish first (they see the engine closed and close their file); a
+      // stuck worker never acknowledges an open, so the deadline bounds this wait too.
+      const opens = Promise.allSettled([...this.opening]);
+      let opened = false;
+      void opens.then(() => { opened = true; });
+      while (!opened && performance.now() < this.closeDeadline) await new Promise((r) => setTimeout(r, 1));
       // Requests still waiting for pool memory never started: they could wait forever (the
       // caller may hold the memory until close() resolves), so they are rejected.
       this.buffers.cancel(null, () => new RingfenceError('the engine was closed while this request waited for buffer-pool memory, so it never started; nothing was read or written', { code: 'ERR_RINGFENCE_CLOSED', op: 'close' }));
-      const drained = await this.idle(deadline);
+      const drained = opened && await this.idle();
       if (drained) {
         for (const f of [...this.files]) await f.close().catch(() => {});
         await this.destroy(5000);
@@ -903,7 +918,7 @@ export class Engine {
       // Gave up: stop the workers first (a stuck one would never acknowledge a file's
       // close), then drop the files without telling them.
       this.fdsPinned = true;
-      this.abandon(deadlineMs);
+      this.abandon(this.closeDeadlineMs);
       await this.destroy(0);
       for (const f of [...this.files]) await f.close().catch(() => {});
     })();
@@ -916,6 +931,7 @@ export class Engine {
    * bounce blocks and pool buffers are never handed out again (the engine is closing anyway).
    */
   private abandon(deadlineMs: number): void {
+    this.abandonNow();
     for (let id = 0; id < this.nextId; id++) {
       if (this.reqKind[id] === K_FREE) continue;
       const op = opName(this.reqEntry[id * ENTRY_WORDS + E_OP] & 0xff);

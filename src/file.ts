@@ -332,20 +332,30 @@ export class File {
     return [off, len];
   }
 
-  /** One op of a submit() batch: the same checks as the call it stands for. */
-  private checkBatchOp(o: unknown, i: number): void {
+  /**
+   * One op of a submit() batch: the same checks as the call it stands for. Each property is
+   * read once, and the batch is issued from the returned snapshot, never from `o` again (a
+   * getter could answer differently the second time).
+   */
+  private checkBatchOp(o: unknown, i: number): BatchSnap {
     if (o === null || typeof o !== 'object') throw invalidArg(`ops[${i}]`, 'must be an operation object', o);
     const op = o as Record<string, unknown>;
-    switch (op.op) {
-      case 'read': case 'write':
-        this.checkRw(op.op === 'read' ? Op.READ : Op.WRITE, op.buffer, op.offset, 'submit', `ops[${i}].buffer`, `ops[${i}].offset`);
-        break;
-      case 'writeZeroes':
-        this.checkFallocate(op.offset, op.length, FALLOC_FL_ZERO_RANGE, 'submit', `ops[${i}].`);
-        break;
-      case 'flush': break;
+    const kind = op.op;
+    switch (kind) {
+      case 'read': case 'write': {
+        const code = kind === 'read' ? Op.READ : Op.WRITE;
+        const buffer = op.buffer, offset = op.offset;
+        const lo = this.checkRw(code, buffer, offset, 'submit', `ops[${i}].buffer`, `ops[${i}].offset`);
+        return { op: code, buffer: buffer as Uint8Array, lo, hi: offHi, off: 0n, len: 0n };
+      }
+      case 'writeZeroes': {
+        const [off, len] = this.checkFallocate(op.offset, op.length, FALLOC_FL_ZERO_RANGE, 'submit', `ops[${i}].`);
+        return { op: Op.FALLOCATE, buffer: null, lo: 0, hi: 0, off, len };
+      }
+      case 'flush':
+        return { op: Op.FSYNC, buffer: null, lo: 0, hi: 0, off: 0n, len: 0n };
       default:
-        throw invalidArg(`ops[${i}].op`, "must be one of 'read', 'write', 'writeZeroes', 'flush'", op.op);
+        throw invalidArg(`ops[${i}].op`, "must be one of 'read', 'write', 'writeZeroes', 'flush'", kind);
     }
   }
 
@@ -575,28 +585,24 @@ export class File {
       this.check('submit', false);
       if (!Array.isArray(ops)) throw invalidArg('ops', 'must be an array of operations', ops);
       if (ops.length === 0) { resolve([]); return; }
-      for (let i = 0; i < ops.length; i++) this.checkBatchOp(ops[i], i);
-      const batch: BatchState = { results: new Array(ops.length), remaining: ops.length, firstError: null, resolve, reject };
-      for (let i = 0; i < ops.length; i++) {
-        const o = ops[i] as BatchOp;
-        switch (o.op) {
-          case 'read': case 'write': {
-            const op = o.op === 'read' ? Op.READ : Op.WRITE;
-            const lo = splitOffset(o.offset, 'offset'), hi = offHi;
-            this.issueRw(op, o.buffer, lo, hi, null, reject, batch, i);
-            break;
-          }
-          case 'writeZeroes':
-            this.issueFallocate(BigInt(o.offset), BigInt(o.length), FALLOC_FL_ZERO_RANGE, null, reject, batch, i);
-            break;
-          case 'flush':
-            this.refs++;
-            this.engine.submit(this, Op.FSYNC, 0, 0, 0, 0, 1, null, null, reject, batch, i);
-            break;
+      const n = ops.length;
+      const snaps: BatchSnap[] = new Array(n);
+      for (let i = 0; i < n; i++) snaps[i] = this.checkBatchOp(ops[i], i);
+      const batch: BatchState = { results: new Array(n), remaining: n, firstError: null, resolve, reject };
+      for (let i = 0; i < n; i++) {
+        const o = snaps[i];
+        if (o.op === Op.READ || o.op === Op.WRITE) this.issueRw(o.op, o.buffer!, o.lo, o.hi, null, reject, batch, i);
+        else if (o.op === Op.FALLOCATE) this.issueFallocate(o.off, o.len, FALLOC_FL_ZERO_RANGE, null, reject, batch, i);
+        else {
+          this.refs++;
+          this.engine.submit(this, Op.FSYNC, 0, 0, 0, 0, 1, null, null, reject, batch, i);
         }
       }
     });
   }
+
+  /** @internal A request the engine makes on this file's behalf (submitRaw) counts like any other. */
+  acquire(): void { this.refs++; }
 
   /** @internal The engine settled one of this file's requests (or one never started). */
   settled(): void {
@@ -672,6 +678,9 @@ function copyOut(dst: Uint8Array, src: Uint8Array, at: number): void {
       { code: 'ERR_RINGFENCE_BUFFER_DETACHED', op: 'read', cause: e });
   }
 }
+
+/** A validated batch op (see File.checkBatchOp). */
+interface BatchSnap { op: Op; buffer: Uint8Array | null; lo: number; hi: number; off: bigint; len: bigint }
 
 /** Bytes of the aligned superset [floor(off), ceil(off + len)) of a padded request. */
 function padSpan(off: number, len: number, align: number): number {

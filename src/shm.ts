@@ -99,6 +99,12 @@ export const W_CTRL_SEQ = 5;
  * not in a syscall).
  */
 export const W_STALL = 6;
+/**
+ * Set to 1 by the native context if its teardown gave up on requests still in the kernel (a
+ * stuck device; io_uring waits about 10 s): the memory those requests name may still be
+ * written, so the main thread must never reuse it, and their table entries stay.
+ */
+export const W_GAVEUP = 7;
 
 export const STATE_RUNNING = 0;
 /** Sleeping in Atomics.waitAsync on W_STATE: wake with CAS to RUNNING + Atomics.notify. */

@@ -334,4 +334,53 @@ test('close({ deadlineMs }) settles requests that never complete, and returns', 
   await rejects(engine.close({ deadline: 5 }), 'ERR_INVALID_ARG_VALUE');
 });
 
+test('close() then close({ deadlineMs }): the later deadline applies; an open stuck behind a hung worker does not hold close() forever', async () => {
+  const engine = await Engine.start({ workers: 1, faults: '0:hang:1', watchdogMs: 0 });
+  const f = await engine.open(join(scratch.dir, 'deadline2'), { create: true, truncate: true });
+  const w = later(f.write(Buffer.alloc(4096, 1), 0));
+  await new Promise((r) => setTimeout(r, 100));
+  const stuckOpen = later(engine.open(join(scratch.dir, 'deadline2-b'), { create: true }));
+  await new Promise((r) => setTimeout(r, 50));
+  const c1 = engine.close();
+  const t0 = performance.now();
+  await engine.close({ deadlineMs: 200 });
+  await c1;
+  assert.ok(performance.now() - t0 < 10000, 'close() returned');
+  await rejects(w, 'ERR_RINGFENCE_CLOSE_TIMEOUT');
+  await stuckOpen.then(() => assert.unreachable('the open must not succeed on a closed engine'), (e) => assert.ok(e instanceof Error));
+});
+
+test('submit(): ops are issued from what was validated, not read again (a getter cannot swap the buffer)', async () => {
+  const engine = await Engine.start({ workers: 1, bufferPoolBytes: 1 << 20 });
+  const path = join(scratch.dir, 'batch-getter');
+  try {
+    const f = await engine.open(path, { create: true, truncate: true });
+    const good = Buffer.alloc(4096, 0x01);
+    let reads = 0;
+    const op = { op: 'write', offset: 0, get buffer() { return reads++ === 0 ? good : { byteLength: 4096 }; } };
+    const r = await f.submit([op]);
+    assert.equal(r, [4096]);
+    assert.is(reads, 1, 'the buffer property was read once');
+    assert.ok(readFileSync(path).equals(good), 'the validated bytes were written');
+    let kinds = 0;
+    const flip = { get op() { return kinds++ === 0 ? 'flush' : 'nope'; } };
+    assert.equal(await f.submit([flip]), [0], 'a batch always settles');
+    await f.close();
+  } finally { await engine.close(); }
+});
+
+test('engine.submitRaw() counts against its file: close() waits for it', async () => {
+  const engine = await Engine.start({ workers: 1 });
+  try {
+    const f = await engine.open(join(scratch.dir, 'raw-refs'), { create: true, truncate: true });
+    const nop = [8, f.id, 0, 0, 0, 0, 0, 0];
+    assert.is(await engine.submitRaw(f, nop), 0);
+    let settled = false;
+    const w = f.write(Buffer.alloc(1 << 20, 3), 0).then((n) => { settled = true; return n; });
+    await f.close();
+    assert.ok(settled, 'close() waited for the write');
+    assert.is(await w, 1 << 20);
+  } finally { await engine.close(); }
+});
+
 test.run();

@@ -26,7 +26,7 @@ function frozen(dir, fn) {
 
 for (const backend of ['sync', 'libaio'].filter((b) => BACKENDS.includes(b))) {
   (can ? test : test.skip)(`${backend}: writes stalled by xfs_freeze complete after the thaw, and the watchdog does not report them lost`, async () => {
-    const vol = makeXfsVolume(256 << 20);
+    const vol = makeXfsVolume(512 << 20);
     let engine;
     try {
       engine = await Engine.start({ backend, workers: 1, watchdogMs: 300 });
@@ -64,7 +64,7 @@ for (const backend of ['sync', 'libaio'].filter((b) => BACKENDS.includes(b))) {
 
 for (const backend of BACKENDS) {
   (can ? test : test.skip)(`${backend}: close({ deadlineMs }) returns while the filesystem stays frozen, and says what it gave up on`, async () => {
-    const vol = makeXfsVolume(256 << 20);
+    const vol = makeXfsVolume(512 << 20);
     try {
       const engine = await Engine.start({ backend, workers: 1, watchdogMs: 0 });
       const f = await engine.open(join(vol.dir, 'frozen-close'), { create: true, truncate: true });
