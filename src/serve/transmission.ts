@@ -19,6 +19,8 @@ const STAGING_BYTES = 1 << 20;
 const WRITE_HIGH_WATER = 8 << 20;
 /** Request errors logged per connection (the rest are counted). */
 const MAX_LOGGED_ERRORS = 20;
+/** While the server drains, a connection quiet this long (ms) with nothing in flight is closed. */
+const QUIET_MS = 100;
 
 /** One request in flight. Records are reused: the completion handlers are bound once. */
 class Req {
@@ -85,6 +87,7 @@ export class Transmission {
   /** DISC received, or the server drains: no new request is started. */
   private ending = false;
   private draining = false;
+  private lastInput = 0;
   closed = false;
   private endReason = '';
 
@@ -103,6 +106,7 @@ export class Transmission {
   // ---- Input -------------------------------------------------------------------------
 
   feed(chunk: Buffer): void {
+    if (this.draining) this.lastInput = performance.now();
     if (this.blocked) {
       // Data that arrived after pause() took effect: keep it behind the backlog.
       this.backlog = this.backlog === null ? chunk : Buffer.concat([this.backlog, chunk]);
@@ -418,13 +422,29 @@ export class Transmission {
   /** Server shutdown: requests already in flight finish and are answered, new ones get ESHUTDOWN. */
   drain(): void {
     this.draining = true;
-    this.ending = true;
     this.endReason ||= 'server shutting down';
-    this.maybeEnd();
+    // Requests the client sent before it saw the drain may still be on the wire: they are
+    // answered (ESHUTDOWN) until the connection has been quiet for a moment.
+    this.lastInput = performance.now();
+    const check = (): void => {
+      if (this.closed) return;
+      if (performance.now() - this.lastInput >= QUIET_MS) { this.ending = true; this.maybeEnd(); }
+      if (!this.closed) setTimeout(check, QUIET_MS).unref();
+    };
+    setTimeout(check, QUIET_MS).unref();
   }
 
   /** The client closed its sending side: answer what is in flight, then close. */
   clientEnded(): void {
+    // A write whose payload was still arriving can never complete: it is dropped unanswered.
+    if (this.cur !== null && !this.blocked) {
+      const req = this.cur;
+      this.cur = null;
+      this.state = S_STOPPED;
+      this.ending = true;
+      this.endReason ||= 'client closed the connection in the middle of a write payload';
+      this.settle(req, true);
+    }
     this.ending = true;
     this.endReason ||= 'client closed the connection';
     this.maybeEnd();
