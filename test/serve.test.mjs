@@ -328,6 +328,25 @@ test('a client that did not ask for block sizes may send unaligned requests (pad
   });
 });
 
+test('memory pressure: requests beyond the buffer budget and the in-flight limit wait, none is lost', async () => {
+  const { Engine } = await import('../dist/src/index.js');
+  const p = image('press.raw', 32 * MiB, false);
+  // A 16 MiB pool: an 8 MiB budget for request buffers, 4 MiB requests, 4 in flight per connection.
+  const engine = await Engine.start({ workers: 1, bufferPoolBytes: 16 * MiB });
+  try {
+    await withServer({ path: p, engine, maxRequestBytes: 4 * MiB, maxInFlight: 4 }, async (s) => {
+      const a = await Client.connect(s), b = await Client.connect(s);
+      const w = [];
+      for (let i = 0; i < 8; i++) w.push((i % 2 ? a : b).writeAt(i * 4 * MiB, Buffer.alloc(4 * MiB, i + 1)));
+      for (let i = 0; i < 64; i++) w.push(a.read((i % 32) * 4096, 4096));
+      assert.ok((await Promise.all(w)).every((r) => r.error === 0));
+      const r = await Promise.all(Array.from({ length: 8 }, (_, i) => b.read(i * 4 * MiB, 4 * MiB)));
+      r.forEach((x, i) => assert.ok(x.data.every((v) => v === i + 1), `4 MiB write ${i} read back`));
+      a.disc(); b.disc();
+    });
+  } finally { await engine.close(); }
+});
+
 test('read-only export: writes, trims and zero-writes get EPERM; reads work', async () => {
   const p = image('ro.raw', 4 * MiB, true);
   const before = readFileSync(p);

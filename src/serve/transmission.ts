@@ -451,7 +451,8 @@ export class Transmission {
   }
 
   private maybeEnd(): void {
-    if (this.closed || !this.ending || this.inFlight > 0) return;
+    // A connection waiting for memory still has requests to start (its backlog).
+    if (this.closed || !this.ending || this.inFlight > 0 || (this.blocked && this.state !== S_STOPPED)) return;
     this.writeOut();
     this.closed = true;
     this.state = S_STOPPED;
