@@ -118,6 +118,9 @@ export async function serveNbd(options: ServeOptions): Promise<NbdServer> {
       minBlock, preferredBlock: Math.max(4096, minBlock), maxBlock: maxRequest,
     };
     const poolSize = engine.info().options.bufferPoolBytes;
+    if (BufferCache.classOf(maxRequest) > poolSize / 2) {
+      throw invalidArg('options.maxRequestBytes', `needs an engine buffer pool of at least ${2 * BufferCache.classOf(maxRequest)} bytes (this engine has ${poolSize}): start the engine with a larger bufferPoolBytes or lower the cap`, maxRequest);
+    }
     const counters = newCounters();
     const buffers = new BufferCache(engine, Math.max(maxRequest, Math.floor(poolSize / 2)), Math.min(16 << 20, Math.floor(poolSize / 4)));
     const server = new NbdServerImpl(engine, ownEngine, file, spec, buffers, counters, emit, maxConnections, maxInFlight, maxRequest);
@@ -248,12 +251,20 @@ class NbdServerImpl implements NbdServer {
       if (this.closing !== null) tx.drain();
     });
     c.hs = hs;
-    socket.on('data', (chunk: Buffer) => { if (c.tx !== null) c.tx.feed(chunk); else c.hs?.feed(chunk); });
+    socket.on('data', (chunk: Buffer) => {
+      try {
+        if (c.tx !== null) c.tx.feed(chunk); else c.hs?.feed(chunk);
+      } catch (err) {
+        // A bug must not take the other connections down: this one is closed.
+        this.ctx.emit({ event: 'internal-error', connection: id, message: String((err as Error)?.stack ?? err) });
+        if (c.tx !== null) c.tx.abort('internal error', true); else { socket.destroy(); finish('internal error', true); }
+      }
+    });
     socket.on('end', () => { if (c.tx !== null) c.tx.clientEnded(); else { socket.end(); finish('client closed the connection during the handshake', false); } });
     socket.on('error', (err: NodeJS.ErrnoException) => { if (err.code !== 'ECONNRESET' && err.code !== 'EPIPE') this.ctx.emit({ event: 'socket-error', connection: id, message: err.message }); });
     socket.on('close', () => {
-      if (c.tx !== null) c.tx.abort(c.tx.closed ? 'closed' : 'connection lost', false);
-      finish(c.tx?.inFlight ? 'connection lost with requests in flight' : 'connection closed', false);
+      if (c.tx !== null) c.tx.abort(c.tx.inFlight > 0 ? 'connection lost with requests in flight' : 'connection lost', false);
+      finish('connection closed', false);
     });
     hs.start();
   }

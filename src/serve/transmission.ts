@@ -6,7 +6,7 @@ import type { Socket } from 'node:net';
 import { FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE } from '../protocol.js';
 import {
   CMD_CACHE, CMD_DISC, CMD_FLAG_FUA, CMD_FLAG_NO_HOLE, CMD_FLUSH, CMD_READ, CMD_TRIM, CMD_WRITE, CMD_WRITE_ZEROES,
-  NBD_EINVAL, NBD_ENOSPC, NBD_EPERM, NBD_ESHUTDOWN, REQUEST_BYTES, REQUEST_MAGIC, SIMPLE_REPLY_BYTES,
+  NBD_EINVAL, NBD_ENOMEM, NBD_ENOSPC, NBD_EPERM, NBD_ESHUTDOWN, REQUEST_BYTES, REQUEST_MAGIC, SIMPLE_REPLY_BYTES,
   commandName, encodeSimpleReply, nbdErrno, nbdErrorName, readU16, readU32, readU64,
 } from './protocol.js';
 import type { ExportContext } from './export.js';
@@ -243,7 +243,12 @@ export class Transmission {
     }
 
     if ((cmd === CMD_READ || cmd === CMD_WRITE) && len > 0) {
-      const buf = this.ctx.buffers.acquire(len);
+      let buf: Uint8Array | null;
+      try {
+        buf = this.ctx.buffers.acquire(len);
+      } catch (err) {
+        return this.reject(req, NBD_ENOMEM, `no buffer for ${len} bytes: ${(err as Error).message}`, payload);
+      }
       if (buf === null) {
         this.requests--;
         this.free.push(req);
