@@ -325,6 +325,19 @@ test('a client that did not ask for block sizes may send unaligned requests (pad
     assert.is((await c.writeAt(1000, d)).error, 0);
     assert.ok((await c.read(1000, d.length)).data.equals(d));
     c.disc();
+    // NBD_OPT_EXPORT_NAME (no block size negotiation at all), with and without NO_ZEROES.
+    for (const [flags, reply] of [[3, 10], [1, 134]]) {
+      const e = new Client(s); await e.ready;
+      await e.need(18);
+      const f = Buffer.alloc(4); f.writeUInt32BE(flags); e.write(f);
+      e.option(1, Buffer.from('unal'));
+      const r = await e.need(reply);
+      assert.is(Number(r.readBigUInt64BE(0)), 4 * MiB, 'export size');
+      assert.ok((r.readUInt16BE(8) & 1) !== 0, 'HAS_FLAGS');
+      e.reader = e.readReplies();
+      assert.ok((await e.read(1000, d.length)).data.equals(d), 'EXPORT_NAME client reads unaligned');
+      e.disc();
+    }
   });
 });
 
