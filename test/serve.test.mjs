@@ -245,7 +245,7 @@ needs(['fio'], 'fio nbd engine: verify=crc32c at QD32 on 2 connections, no verif
   const p = image('fio.raw', 64 * MiB, false);
   await withServer({ path: p }, async (s, events) => {
     const r = await run('fio', ['--name=v', '--ioengine=nbd', `--uri=${s.uri}`, '--rw=randwrite', '--bs=4k', '--iodepth=32', '--numjobs=2',
-      '--size=16M', '--offset_increment=32M', '--verify=crc32c', '--do_verify=1', '--verify_fatal=1', '--output-format=json'], 120000);
+      '--size=16M', '--offset_increment=32M', '--verify=crc32c', '--do_verify=1', '--verify_fatal=1', '--verify_state_save=0', '--output-format=json'], 120000);
     ok(r, 'fio');
     const j = JSON.parse(r.stdout.slice(r.stdout.indexOf('{')));
     assert.is(j.jobs.length, 2);
