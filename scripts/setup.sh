@@ -15,7 +15,7 @@ if [ "$node_major" -lt "$need_node_major" ]; then
   exit 2
 fi
 
-pkgs=(liburing-dev libaio-dev xfsprogs fio qemu-utils build-essential python3 valgrind)
+pkgs=(liburing-dev libaio-dev xfsprogs fio qemu-utils libnbd-bin nbdkit build-essential python3 valgrind)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

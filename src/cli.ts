@@ -8,6 +8,7 @@ import { runDemo } from './demo.js';
 import { addStressCommand } from './stress/command.js';
 import { registerBench } from './bench/command.js';
 import { registerProbe } from './probe/command.js';
+import { registerServe } from './serve/command.js';
 
 const pkg = JSON.parse(readFileSync(`${PACKAGE_ROOT}/package.json`, 'utf8')) as { version: string };
 
@@ -51,6 +52,7 @@ program.command('demo')
 addStressCommand(program, { pickVolume, UsageError });
 registerBench(program, (msg) => { throw new UsageError(msg); });
 registerProbe(program);
+registerServe(program, (msg) => { throw new UsageError(msg); });
 
 // Output piped into `head` and the like: a closed pipe ends the command quietly.
 for (const stream of [process.stdout, process.stderr]) {

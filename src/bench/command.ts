@@ -9,6 +9,7 @@ import { defaultVolume, dirVolume, makeXfsVolume, parseSize, type Volume } from 
 import { prepareDataFile } from './data.js';
 import { RW_VALUES, fio, nodeFs, qemuImg, ringfenceBatch, ringfencePerRequest, type BenchEngine, type Job, type Result, type Rw } from './engines.js';
 import { renderChart } from './chart.js';
+import { nbdBenchCommand } from './nbd.js';
 
 export interface BenchOptions {
   rw: Rw[]; bs: number; qd: number[]; workers: number; backend: BackendChoice; direct: boolean; size: number; runtime: number;
@@ -43,12 +44,14 @@ export function registerBench(program: Command, usage: (msg: string) => never): 
     .option('--dir <path>', 'put the data file in this directory')
     .option('--json', 'print one JSON object instead of the table')
     .option('--chart <file.svg>', 'draw IOPS and p99 latency against queue depth per engine')
+    .option('--nbd', 'NBD servers instead: ringfence serve, qemu-nbd (io_uring, native), nbdkit file, each driven by fio\'s nbd engine (uses --size, --runtime, --repeat, --file, --dir, --json)')
     .addHelpText('after', `
 Examples:
   ringfence bench --xfs 2G --rw randread,randwrite --qd 1,32 --json --chart perf.svg
   ringfence bench --dir /mnt/data --rw read --qd 1,4,16,32,64 --runtime 5
   ringfence bench --file /dev/shm/x --no-direct --engines ringfence,node:fs`)
     .action(async (o) => {
+      if (o.nbd) return nbdBenchCommand(o, parseSize, usage);
       const opts: BenchOptions = {
         rw: list(o.rw, (s) => { if (!(RW_VALUES as readonly string[]).includes(s)) usage(`--rw: unknown workload "${s}" (use ${RW_VALUES.join(', ')})`); return s as Rw; }),
         bs: parseSize(o.bs), qd: list(o.qd, (s) => { const n = Number(s); if (!Number.isInteger(n) || n < 1 || n > 1024) usage(`--qd: "${s}" is not a queue depth 1..1024`); return n; }),

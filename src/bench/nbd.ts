@@ -1,0 +1,168 @@
+// `ringfence bench --nbd`: one data file served in turn by `ringfence serve`, qemu-nbd
+// (--cache=none, --aio=io_uring and --aio=native) and nbdkit's file plugin, each on a Unix
+// socket, each driven by the same fio nbd-engine jobs. Rounds are interleaved (every server
+// once per round) and the best round per server and job is kept: the machine may be shared.
+import { spawn, execFile, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdtempSync, rmSync, statSync } from 'node:fs';
+import { join, resolve, dirname } from 'node:path';
+import { release } from 'node:os';
+import { fileURLToPath } from 'node:url';
+import { haveCommand } from '../volume.js';
+import { prepareDataFile } from './data.js';
+
+export interface NbdJob { name: string; rw: 'randread' | 'randwrite' | 'read'; bs: number; qd: number }
+export const NBD_JOBS: NbdJob[] = [
+  { name: '4k randread QD1', rw: 'randread', bs: 4096, qd: 1 },
+  { name: '4k randread QD32', rw: 'randread', bs: 4096, qd: 32 },
+  { name: '4k randwrite QD1', rw: 'randwrite', bs: 4096, qd: 1 },
+  { name: '4k randwrite QD32', rw: 'randwrite', bs: 4096, qd: 32 },
+  { name: '1M read QD8', rw: 'read', bs: 1 << 20, qd: 8 },
+];
+
+interface NbdServerSpec { name: string; need: string; start(file: string, sock: string): ChildProcess }
+
+const CLI = join(dirname(fileURLToPath(import.meta.url)), '..', 'cli.js');
+
+const SERVERS: NbdServerSpec[] = [
+  { name: 'ringfence', need: 'node', start: (f, s) => spawn(process.execPath, [CLI, 'serve', f, '--socket', s, '--max-connections', '64'], { stdio: ['ignore', 'ignore', 'pipe'] }) },
+  { name: 'qemu-nbd io_uring', need: 'qemu-nbd', start: (f, s) => spawn('qemu-nbd', ['-t', '-f', 'raw', '--cache=none', '--aio=io_uring', '-e', '64', '-k', s, f], { stdio: ['ignore', 'ignore', 'pipe'] }) },
+  { name: 'qemu-nbd native', need: 'qemu-nbd', start: (f, s) => spawn('qemu-nbd', ['-t', '-f', 'raw', '--cache=none', '--aio=native', '-e', '64', '-k', s, f], { stdio: ['ignore', 'ignore', 'pipe'] }) },
+  { name: 'nbdkit file', need: 'nbdkit', start: (f, s) => spawn('nbdkit', ['-f', '-U', s, 'file', f], { stdio: ['ignore', 'ignore', 'pipe'] }) },
+];
+
+export interface NbdBenchOptions { size: number; runtime: number; repeat: number; file?: string; dir?: string; json: boolean; servers?: string[] }
+export interface NbdResult { server: string; job: string; iops: number; mibs: number; p50us: number; p99us: number }
+export interface NbdReport {
+  date: string; kernel: string; node: string; file: string; options: NbdBenchOptions;
+  results: NbdResult[]; skipped: { server: string; why: string }[];
+}
+
+function fioJob(job: NbdJob, uri: string, size: number, seconds: number): Promise<NbdResult & { error?: string }> {
+  const args = ['--name=nbd', '--ioengine=nbd', `--uri=${uri}`, `--rw=${job.rw}`, `--bs=${job.bs}`, `--iodepth=${job.qd}`, `--size=${size}`,
+    '--time_based', `--runtime=${seconds}`, '--ramp_time=0.5', '--output-format=json'];
+  return new Promise((res) => {
+    execFile('fio', args, { timeout: (seconds + 30) * 1000, maxBuffer: 16 << 20, encoding: 'utf8' }, (err, stdout, stderr) => {
+      try {
+        const j = JSON.parse(stdout.slice(stdout.indexOf('{')));
+        const d = job.rw === 'randwrite' ? j.jobs[0].write : j.jobs[0].read;
+        const pct = d.clat_ns?.percentile ?? {};
+        res({ server: '', job: job.name, iops: d.iops, mibs: d.bw_bytes / 2 ** 20, p50us: (pct['50.000000'] ?? 0) / 1000, p99us: (pct['99.000000'] ?? 0) / 1000, error: j.jobs[0].error ? `fio error ${j.jobs[0].error}` : undefined });
+      } catch {
+        res({ server: '', job: job.name, iops: 0, mibs: 0, p50us: 0, p99us: 0, error: `fio failed: ${String(err?.message ?? '')} ${stderr.slice(0, 300)}` });
+      }
+    });
+  });
+}
+
+async function waitForSocket(sock: string, child: ChildProcess, ms: number): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (Date.now() < deadline) {
+    if (child.exitCode !== null) throw new Error(`server exited with ${child.exitCode}`);
+    if (existsSync(sock)) { try { if (statSync(sock).isSocket()) return; } catch { /* racing */ } }
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  throw new Error(`no socket ${sock} after ${ms} ms`);
+}
+
+async function stop(child: ChildProcess): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return;
+  const exited = new Promise<void>((r) => child.once('exit', () => r()));
+  child.kill('SIGTERM');
+  const t = setTimeout(() => child.kill('SIGKILL'), 15000);
+  await exited;
+  clearTimeout(t);
+}
+
+export async function runNbdBench(o: NbdBenchOptions, progress: (s: string) => void): Promise<NbdReport> {
+  if (!haveCommand('fio')) throw new Error('--nbd needs fio (with its nbd engine): apt-get install fio');
+  const tmp = mkdtempSync(join(o.dir ?? '/var/tmp', 'ringfence-nbd-bench-'));
+  const file = o.file ? resolve(o.file) : join(tmp, 'data.raw');
+  const report: NbdReport = { date: new Date().toISOString(), kernel: release(), node: process.version, file, options: o, results: [], skipped: [] };
+  const servers = SERVERS.filter((s) => !o.servers || o.servers.includes(s.name));
+  try {
+    const fresh = !existsSync(file) || statSync(file).size < o.size;
+    progress(`${fresh ? 'preparing' : 'warming up'} ${o.size >> 20} MiB data file ${file}\n`);
+    prepareDataFile(file, o.size, fresh);
+    const best = new Map<string, NbdResult>();
+    const usable = servers.filter((s) => {
+      if (s.need === 'node' || haveCommand(s.need)) return true;
+      report.skipped.push({ server: s.name, why: `${s.need} is not installed` });
+      return false;
+    });
+    const total = usable.length * o.repeat * NBD_JOBS.length;
+    let step = 0;
+    for (let round = 0; round < o.repeat; round++) {
+      for (const s of usable) {
+        const sock = join(tmp, 'nbd.sock');
+        rmSync(sock, { force: true });
+        const child = s.start(file, sock);
+        let stderr = '';
+        child.stderr?.on('data', (d) => { stderr += d; });
+        try {
+          await waitForSocket(sock, child, 20000);
+          const uri = `nbd+unix:///?socket=${sock}`;
+          for (const job of NBD_JOBS) {
+            step++;
+            progress(`\r[${step}/${total}] ${s.name.padEnd(18)} ${job.name.padEnd(18)} round ${round + 1}/${o.repeat}   `);
+            const r = await fioJob(job, uri, o.size, o.runtime);
+            if (r.error !== undefined) {
+              if (round === 0) report.skipped.push({ server: s.name, why: `${job.name}: ${r.error}` });
+              continue;
+            }
+            r.server = s.name;
+            const key = `${s.name}\0${job.name}`;
+            if (!best.has(key) || best.get(key)!.iops < r.iops) best.set(key, r);
+          }
+        } catch (err) {
+          if (round === 0) report.skipped.push({ server: s.name, why: `${(err as Error).message} ${stderr.slice(0, 300)}` });
+        } finally {
+          await stop(child);
+          rmSync(sock, { force: true });
+        }
+      }
+    }
+    progress('\r' + ' '.repeat(80) + '\r');
+    for (const job of NBD_JOBS) for (const s of servers) { const r = best.get(`${s.name}\0${job.name}`); if (r) report.results.push(r); }
+    return report;
+  } finally {
+    rmSync(tmp, { recursive: true, force: true });
+  }
+}
+
+const k = (n: number): string => (n >= 1e4 ? `${(n / 1000).toFixed(1)}k` : n.toFixed(0));
+
+export function formatNbdReport(r: NbdReport): string {
+  const names = [...new Set(r.results.map((x) => x.server))];
+  const out: string[] = [];
+  out.push(`ringfence bench --nbd ${r.date}  kernel ${r.kernel}  node ${r.node}`);
+  out.push(`${r.file} (${r.options.size >> 20} MiB), fio nbd engine on a Unix socket, ${r.options.runtime}s per job, best of ${r.options.repeat} interleaved rounds; IOPS (MiB/s for 1M)`);
+  out.push('');
+  const head = ['job', ...names, 'vs qemu-nbd io_uring', 'vs qemu-nbd native'];
+  const rows: string[][] = [head];
+  for (const job of NBD_JOBS) {
+    const get = (n: string): NbdResult | undefined => r.results.find((x) => x.server === n && x.job === job.name);
+    const mine = get('ringfence');
+    const cell = (x: NbdResult | undefined): string => (x === undefined ? '-' : job.bs >= 1 << 20 ? `${x.mibs.toFixed(0)} MiB/s` : k(x.iops));
+    const ratio = (peer: string): string => { const p = get(peer); return mine && p && p.iops > 0 ? `${(mine.iops / p.iops).toFixed(2)}x` : '-'; };
+    rows.push([job.name, ...names.map((n) => cell(get(n))), ratio('qemu-nbd io_uring'), ratio('qemu-nbd native')]);
+  }
+  const widths = head.map((_, i) => Math.max(...rows.map((row) => row[i].length)));
+  for (const row of rows) out.push(row.map((c, i) => (i === 0 ? c.padEnd(widths[i]) : c.padStart(widths[i]))).join('  '));
+  if (r.skipped.length) { out.push(''); for (const s of r.skipped) out.push(`skipped ${s.server}: ${s.why}`); }
+  return out.join('\n') + '\n';
+}
+
+/** The `bench --nbd` action: flags already parsed by command.ts. */
+export async function nbdBenchCommand(o: { size: string; runtime: string; repeat: string; file?: string; dir?: string; json?: boolean; engines?: string },
+  parseSize: (s: string) => number, usage: (m: string) => never): Promise<void> {
+  let size: number;
+  try { size = parseSize(o.size); } catch (e) { usage(`--size: ${(e as Error).message}`); }
+  const runtime = Number(o.runtime), repeat = Number(o.repeat);
+  if (!(runtime > 0)) usage('--runtime must be a positive number of seconds');
+  if (!Number.isInteger(repeat) || repeat < 1) usage('--repeat must be a positive integer');
+  if (o.file && o.dir) usage('--file and --dir are mutually exclusive: pick one');
+  const servers = o.engines ? o.engines.split(',').map((s) => s.trim()) : undefined;
+  for (const s of servers ?? []) if (!SERVERS.some((x) => x.name === s)) usage(`--engines: with --nbd, use ${SERVERS.map((x) => `"${x.name}"`).join(', ')}`);
+  const report = await runNbdBench({ size, runtime, repeat, file: o.file, dir: o.dir, json: !!o.json, servers }, (s) => { if (!o.json) process.stderr.write(s); });
+  process.stdout.write(o.json ? JSON.stringify(report, null, 2) + '\n' : formatNbdReport(report));
+}

@@ -1,0 +1,140 @@
+// `ringfence serve IMAGE`: the NBD server on the command line. Every flag is checked before
+// anything is opened (exit 2 naming the flag); SIGINT/SIGTERM drain and exit 0 when clean.
+import { statSync } from 'node:fs';
+import { isIP } from 'node:net';
+import type { Command } from 'commander';
+import { parseSize } from '../volume.js';
+import type { BackendChoice } from '../types.js';
+import { DEFAULT_MAX_REQUEST, DEFAULT_PORT, serveNbd, type NbdServer } from './server.js';
+import type { ServeEvent } from './export.js';
+
+interface ServeFlags {
+  bind?: string; port?: string; socket?: string; readOnly?: boolean; maxConnections: string; maxRequest: string;
+  name?: string; stats?: string; json?: boolean; workers?: string; backend: string; direct: boolean;
+}
+
+function intFlag(v: string, flag: string, min: number, max: number, usage: (m: string) => never): number {
+  const n = Number(v);
+  if (!/^\d+$/.test(String(v).trim()) || !Number.isInteger(n) || n < min || n > max) usage(`${flag}: "${v}" is not an integer ${min}..${max}`);
+  return n;
+}
+
+export function registerServe(program: Command, usage: (msg: string) => never): void {
+  program.command('serve')
+    .description('export an image file over NBD (fixed newstyle, simple replies), every request through the engine')
+    .argument('<image>', 'the image file (raw) or block device to export')
+    .option('--bind <address>', 'TCP address to listen on (default 127.0.0.1; 0.0.0.0 exposes the image to the network)')
+    .option('--port <n>', `TCP port (default ${DEFAULT_PORT})`)
+    .option('--socket <path>', 'listen on this Unix socket instead of TCP')
+    .option('--read-only', 'export read-only: writes, trims and zero-writes get EPERM')
+    .option('--name <export>', 'export name (default: the file name without extension; "" is always served too)')
+    .option('--max-connections <n>', 'clients at once', '16')
+    .option('--max-request <size>', 'largest READ/WRITE, the advertised maximum block size', `${DEFAULT_MAX_REQUEST >> 20}M`)
+    .option('--stats <seconds>', 'print IOPS and throughput every SECONDS')
+    .option('--json', 'machine-readable logs: one JSON object per line')
+    .option('--workers <n>', 'engine worker threads (default min(4, cores - 1))')
+    .option('--backend <name>', 'auto|io_uring|libaio|sync', 'auto')
+    .option('--no-direct', 'buffered I/O instead of O_DIRECT')
+    .addHelpText('after', `
+Examples:
+  ringfence serve /images/disk.raw                 # nbd://127.0.0.1:10809, exports "" and "disk"
+  ringfence serve disk.raw --socket /run/rf.sock --read-only
+  ringfence serve disk.raw --port 10900 --stats 5 --json
+  qemu-img convert -O raw nbd://127.0.0.1:10809 copy.raw
+  qemu-io -f raw nbd://127.0.0.1:10809 -c 'write -P 0xab 0 4k' -c 'read -P 0xab 0 4k'
+  nbdinfo nbd://127.0.0.1:10809
+  fio --name=j --ioengine=nbd --uri=nbd://127.0.0.1:10809 --rw=randread --bs=4k --iodepth=32 --size=1G --runtime=10
+SIGINT or SIGTERM stops it: in-flight requests are answered, new ones get ESHUTDOWN, the file is
+flushed; exit 0 after a clean drain.`)
+    .action(async (image: string, o: ServeFlags) => {
+      // ---- Validation, before any work.
+      let st;
+      try { st = statSync(image); } catch (e) { usage(`<image>: cannot use "${image}": ${(e as NodeJS.ErrnoException).code === 'ENOENT' ? 'no such file' : (e as Error).message}`); }
+      if (!st.isFile() && !st.isBlockDevice()) usage(`<image>: "${image}" is not a regular file or block device`);
+      if (o.socket !== undefined && (o.bind !== undefined || o.port !== undefined)) usage('--socket cannot be combined with --bind or --port: pick a Unix socket or TCP');
+      if (o.socket !== undefined && (o.socket === '' || Buffer.byteLength(o.socket) > 107)) usage('--socket: give a path of at most 107 bytes');
+      if (o.bind !== undefined && isIP(o.bind) === 0 && o.bind !== 'localhost') usage(`--bind: "${o.bind}" is not an IP address`);
+      const port = o.port === undefined ? undefined : intFlag(o.port, '--port', 0, 65535, usage);
+      const maxConnections = intFlag(o.maxConnections, '--max-connections', 1, 4096, usage);
+      let maxRequest: number;
+      try { maxRequest = parseSize(o.maxRequest); } catch (e) { usage(`--max-request: ${(e as Error).message}`); }
+      if (maxRequest < 4096 || maxRequest > 256 << 20 || maxRequest % 4096 !== 0) usage(`--max-request: "${o.maxRequest}" must be a multiple of 4K between 4K and 256M`);
+      let statsEvery: number | undefined;
+      if (o.stats !== undefined) {
+        statsEvery = Number(o.stats);
+        if (!Number.isFinite(statsEvery) || statsEvery <= 0 || statsEvery > 86400) usage(`--stats: "${o.stats}" is not a number of seconds (0 < s <= 86400)`);
+      }
+      const workers = o.workers === undefined ? undefined : intFlag(o.workers, '--workers', 1, 64, usage);
+      if (!['auto', 'io_uring', 'libaio', 'sync'].includes(o.backend)) usage(`--backend: "${o.backend}" is not one of auto, io_uring, libaio, sync`);
+      if (o.name !== undefined && (Buffer.byteLength(o.name) > 4096 || o.name.includes('\0'))) usage('--name: at most 4096 bytes, no NUL');
+
+      const json = !!o.json;
+      const log = (e: ServeEvent): void => {
+        const line = json ? JSON.stringify({ time: new Date().toISOString(), ...e }) : formatEvent(e);
+        if (line !== '') process.stdout.write(line + '\n');
+      };
+      const server: NbdServer = await serveNbd({
+        path: image, name: o.name, host: o.socket === undefined ? (o.bind ?? '127.0.0.1') : undefined, port: o.socket === undefined ? (port ?? DEFAULT_PORT) : undefined,
+        socket: o.socket, readOnly: !!o.readOnly, maxConnections, maxRequestBytes: maxRequest, direct: o.direct !== false,
+        workers, backend: o.backend as BackendChoice, onEvent: log,
+      });
+      let timer: NodeJS.Timeout | undefined;
+      if (statsEvery !== undefined) {
+        let last = server.stats(), lastT = performance.now();
+        timer = setInterval(() => {
+          const s = server.stats(), t = performance.now(), dt = (t - lastT) / 1000;
+          const ops = s.reads + s.writes + s.flushes + s.trims + s.zeroes + s.other - (last.reads + last.writes + last.flushes + last.trims + last.zeroes + last.other);
+          log({
+            event: 'stats', seconds: Math.round(dt * 10) / 10, iops: Math.round(ops / dt),
+            readIops: Math.round((s.reads - last.reads) / dt), writeIops: Math.round((s.writes - last.writes) / dt),
+            readMiBs: Math.round(((s.bytesRead - last.bytesRead) / dt / 2 ** 20) * 10) / 10,
+            writeMiBs: Math.round(((s.bytesWritten - last.bytesWritten) / dt / 2 ** 20) * 10) / 10,
+            connections: s.connections, inFlight: s.inFlight, errors: s.errors,
+          });
+          last = s; lastT = t;
+        }, statsEvery * 1000);
+      }
+      await new Promise<void>((res) => {
+        let stopping = false;
+        const stop = (sig: string): void => {
+          if (stopping) {
+            log({ event: 'error', message: `${sig} again: exiting without waiting for the drain` });
+            process.exit(1);
+          }
+          stopping = true;
+          log({ event: 'signal', signal: sig });
+          if (timer) clearInterval(timer);
+          server.close({ deadlineMs: 10000 }).then((clean) => {
+            process.exitCode = clean ? 0 : 1;
+            res();
+          }, (err) => { log({ event: 'error', message: String((err as Error).message) }); process.exitCode = 1; res(); });
+        };
+        process.on('SIGINT', () => stop('SIGINT'));
+        process.on('SIGTERM', () => stop('SIGTERM'));
+      });
+    });
+}
+
+/** One human-readable line per event. */
+export function formatEvent(e: ServeEvent): string {
+  const c = e.connection !== undefined ? `[${e.connection}] ` : '';
+  switch (e.event) {
+    case 'listening': {
+      const where = e.socket !== undefined ? `unix:${e.socket}` : `${e.host}:${e.port}`;
+      return `ringfence serve: ${e.path} (${e.size} bytes${e.readOnly ? ', read-only' : ''}) on ${where} as export "${e.export}" and ""; ${e.uri}\n` +
+        `  block sizes: minimum ${e.minBlock}, preferred ${e.preferredBlock}, maximum ${e.maxBlock}; up to ${e.maxConnections} connections; ${e.direct ? 'O_DIRECT' : 'buffered'}, backend ${e.backend}; simple replies; Ctrl-C stops`;
+    }
+    case 'connect': return `${c}connect from ${e.remote}`;
+    case 'export': return `${c}export "${e.export}" via ${e.via}${e.blockSizeNegotiated ? '' : ' (block sizes not negotiated: unaligned requests are padded)'}`;
+    case 'disconnect': return `${c}disconnect: ${e.reason}; ${e.requests} requests${e.inFlightDiscarded ? `, ${e.inFlightDiscarded} in flight discarded` : ''}`;
+    case 'refused': return `${c}refused ${e.remote}: ${e.message}`;
+    case 'protocol-error': return `${c}protocol error: ${e.message}`;
+    case 'request-error': return e.command === undefined ? `${c}${e.message}` : `${c}${e.command} offset ${e.offset} length ${e.length}: ${e.error}: ${e.message}`;
+    case 'stats': return `stats: ${e.iops} IOPS (read ${e.readIops}, write ${e.writeIops}), read ${e.readMiBs} MiB/s, write ${e.writeMiBs} MiB/s, ${e.connections} connections, ${e.inFlight} in flight, ${e.errors} errors`;
+    case 'signal': return `${e.signal}: draining in-flight requests`;
+    case 'stopping': return `stopping: ${e.connections} connections, ${e.inFlight} requests in flight`;
+    case 'stopped': return `stopped ${e.clean ? 'cleanly' : 'with connections cut at the deadline'} after ${e.ms} ms (${e.reads} reads, ${e.writes} writes, ${e.errors} errors)`;
+    case 'warning': return `warning: ${e.message}`;
+    default: return `${c}${e.event}: ${e.message ?? JSON.stringify(e)}`;
+  }
+}

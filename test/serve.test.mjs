@@ -1,0 +1,561 @@
+// `ringfence serve` / serveNbd() driven by real NBD clients (qemu-img, qemu-io, nbdinfo,
+// nbdcopy, fio's nbd engine) and by a hostile node:net client. Images are 64 MiB or less under
+// /var/tmp (O_DIRECT needs a real filesystem, /tmp may be tmpfs).
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import { execFile, spawn } from 'node:child_process';
+import { existsSync, mkdtempSync, openSync, closeSync, readFileSync, rmSync, writeFileSync, ftruncateSync, writeSync, readSync } from 'node:fs';
+import { randomFillSync } from 'node:crypto';
+import { join, dirname } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import net from 'node:net';
+import { serveNbd } from '../dist/src/index.js';
+
+const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..');
+const CLI = join(ROOT, 'dist/src/cli.js');
+const dir = mkdtempSync('/var/tmp/ringfence-serve-');
+test.after(() => rmSync(dir, { recursive: true, force: true }));
+const MiB = 1 << 20;
+
+function have(cmd) {
+  return (process.env.PATH ?? '/usr/bin:/bin').split(':').concat(['/usr/sbin', '/sbin']).some((d) => existsSync(join(d, cmd)));
+}
+/** test, or test.skip with a printed reason when a client is missing. */
+function needs(cmds, name, fn) {
+  const missing = cmds.filter((c) => !have(c));
+  if (missing.length > 0) {
+    console.log(`skip "${name}": ${missing.join(', ')} not installed (apt-get install ${missing.map((m) => ({ 'qemu-img': 'qemu-utils', 'qemu-io': 'qemu-utils', nbdinfo: 'libnbd-bin', nbdcopy: 'libnbd-bin' })[m] ?? m).join(' ')})`);
+    test.skip(name, fn);
+  } else test(name, fn);
+}
+
+/** Runs a client without blocking the event loop (the server lives in this process). */
+function run(cmd, args, timeoutMs = 60000) {
+  return new Promise((resolve) => {
+    execFile(cmd, args, { timeout: timeoutMs, maxBuffer: 16 * MiB, encoding: 'utf8' }, (err, stdout, stderr) => {
+      resolve({ code: err ? (typeof err.code === 'number' ? err.code : -1) : 0, stdout, stderr, err });
+    });
+  });
+}
+function ok(r, what) {
+  assert.is(r.code, 0, `${what} failed (${r.code}): ${r.stderr}\n${r.stdout}`);
+  return r.stdout;
+}
+
+function image(name, size, fill) {
+  const p = join(dir, name);
+  const fd = openSync(p, 'w');
+  ftruncateSync(fd, size);
+  if (fill) {
+    const b = Buffer.alloc(MiB);
+    for (let off = 0; off < size; off += MiB) { randomFillSync(b); writeSync(fd, b, 0, MiB, off); }
+  }
+  closeSync(fd);
+  return p;
+}
+
+async function withServer(opts, fn) {
+  const events = [];
+  const server = await serveNbd({ port: 0, ...opts, onEvent: (e) => events.push(e) });
+  try {
+    return await fn(server, events);
+  } finally {
+    const clean = await server.close({ deadlineMs: 10000 });
+    if (!clean) console.log('events before an unclean close:', events.filter((e) => e.event !== 'request-error').slice(-40));
+    assert.ok(clean, 'server drained cleanly');
+    assert.is(server.stats().inFlight, 0);
+    assert.is(server.stats().bufferBytes, 0, 'every request buffer came back');
+  }
+}
+
+// ---- A minimal NBD client over node:net (tests only) ------------------------------------
+
+class Client {
+  static async connect(server, { name = '', blockSize = true } = {}) {
+    const c = new Client(server);
+    await c.ready;
+    await c.go(name, blockSize);
+    return c;
+  }
+  constructor(server) {
+    const a = server.address;
+    this.sock = a.socket ? net.connect(a.socket) : net.connect(a.port, a.host);
+    this.sock.setNoDelay(true);
+    this.buf = Buffer.alloc(0);
+    this.waiters = [];
+    this.closed = false;
+    this.sock.on('data', (d) => { this.buf = Buffer.concat([this.buf, d]); this.wake(); });
+    this.sock.on('close', () => { this.closed = true; this.wake(); });
+    this.sock.on('error', () => {});
+    this.ready = new Promise((r) => this.sock.once('connect', r));
+    this.pending = new Map();
+    this.nextHandle = 1n;
+  }
+  wake() { const w = this.waiters; this.waiters = []; for (const f of w) f(); }
+  async need(n, ms = 10000) {
+    const deadline = Date.now() + ms;
+    while (this.buf.length < n) {
+      if (this.closed) throw new Error(`connection closed with ${this.buf.length} of ${n} bytes`);
+      if (Date.now() > deadline) throw new Error(`timed out waiting for ${n} bytes`);
+      await new Promise((r) => { this.waiters.push(r); setTimeout(r, 100); });
+    }
+    const out = this.buf.subarray(0, n);
+    this.buf = this.buf.subarray(n);
+    return out;
+  }
+  async closedWithin(ms) {
+    const deadline = Date.now() + ms;
+    while (!this.closed && Date.now() < deadline) await new Promise((r) => { this.waiters.push(r); setTimeout(r, 50); });
+    return this.closed;
+  }
+  write(b) { this.sock.write(b); }
+  option(opt, data = Buffer.alloc(0)) {
+    const h = Buffer.alloc(16);
+    h.write('IHAVEOPT', 0, 'latin1'); h.writeUInt32BE(opt, 8); h.writeUInt32BE(data.length, 12);
+    this.write(Buffer.concat([h, data]));
+  }
+  async optionReply() {
+    const h = await this.need(20);
+    assert.is(h.readBigUInt64BE(0), 0x3e889045565a9n, 'option reply magic');
+    const data = await this.need(h.readUInt32BE(16));
+    return { option: h.readUInt32BE(8), type: h.readUInt32BE(12), data };
+  }
+  async greet() {
+    const g = await this.need(18);
+    assert.is(g.subarray(0, 16).toString('latin1'), 'NBDMAGICIHAVEOPT');
+    const f = Buffer.alloc(4); f.writeUInt32BE(3); this.write(f);
+  }
+  async go(name, blockSize) {
+    await this.greet();
+    const n = Buffer.from(name);
+    const d = Buffer.alloc(4 + n.length + 2 + (blockSize ? 2 : 0));
+    d.writeUInt32BE(n.length, 0); n.copy(d, 4); d.writeUInt16BE(blockSize ? 1 : 0, 4 + n.length);
+    if (blockSize) d.writeUInt16BE(3, 6 + n.length);
+    this.option(7, d);
+    this.info = {};
+    for (;;) {
+      const r = await this.optionReply();
+      if (r.type === 1) break;
+      if (r.type >= 0x80000000) throw new Error(`GO failed: 0x${r.type.toString(16)} ${r.data}`);
+      const t = r.data.readUInt16BE(0);
+      if (t === 0) { this.info.size = Number(r.data.readBigUInt64BE(2)); this.info.flags = r.data.readUInt16BE(10); }
+      if (t === 3) this.info.block = [r.data.readUInt32BE(2), r.data.readUInt32BE(6), r.data.readUInt32BE(10)];
+    }
+    this.reader = this.readReplies();
+  }
+  /** Sends one request; resolves { error, data } when its reply comes (in any order). */
+  request(cmd, off, len, { flags = 0, payload = null, handle } = {}) {
+    const h = Buffer.alloc(28);
+    h.writeUInt32BE(0x25609513, 0); h.writeUInt16BE(flags, 4); h.writeUInt16BE(cmd, 6);
+    const hd = handle ?? this.nextHandle++;
+    h.writeBigUInt64BE(hd, 8); h.writeBigUInt64BE(BigInt(off), 16); h.writeUInt32BE(len, 24);
+    const p = new Promise((resolve, reject) => this.pending.set(hd, { cmd, len, resolve, reject }));
+    this.write(payload ? Buffer.concat([h, payload]) : h);
+    return p;
+  }
+  async readReplies() {
+    try {
+      for (;;) {
+        const r = await this.need(16, 60000);
+        assert.is(r.readUInt32BE(0), 0x67446698, 'simple reply magic');
+        const error = r.readUInt32BE(4), hd = r.readBigUInt64BE(8);
+        const p = this.pending.get(hd);
+        if (!p) throw new Error(`reply for unknown handle ${hd}`);
+        this.pending.delete(hd);
+        const data = p.cmd === 0 && error === 0 ? Buffer.from(await this.need(p.len, 60000)) : null;
+        p.resolve({ error, data });
+      }
+    } catch (err) {
+      for (const p of this.pending.values()) p.reject(err);
+      this.pending.clear();
+    }
+  }
+  read(off, len) { return this.request(0, off, len); }
+  writeAt(off, data, flags = 0) { return this.request(1, off, data.length, { payload: data, flags }); }
+  flush() { return this.request(3, 0, 0); }
+  disc() { const h = Buffer.alloc(28); h.writeUInt32BE(0x25609513, 0); h.writeUInt16BE(2, 6); this.write(h); this.sock.end(); }
+  destroy() { this.sock.destroy(); }
+}
+
+// ---- Real clients ------------------------------------------------------------------------
+
+needs(['qemu-img'], 'qemu-img convert into and out of an export, then qemu-img compare', async () => {
+  const src = image('src.raw', 64 * MiB, true);
+  const target = image('target.raw', 64 * MiB, false);
+  await withServer({ path: target }, async (s) => {
+    ok(await run('qemu-img', ['convert', '-n', '-f', 'raw', '-O', 'raw', '-W', src, s.uri]), 'qemu-img convert to the export');
+    ok(await run('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', src, s.uri]), 'qemu-img compare source and export');
+    const copy = join(dir, 'copy.raw');
+    ok(await run('qemu-img', ['convert', '-f', 'raw', '-O', 'raw', s.uri, copy]), 'qemu-img convert from the export');
+    ok(await run('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', src, copy]), 'qemu-img compare source and copy');
+  });
+  assert.ok(readFileSync(src).equals(readFileSync(target)), 'the served file holds the source bytes after close');
+});
+
+needs(['qemu-io'], 'qemu-io: write -P / read -P, aio_write, write -z, discard, FUA, past-the-end', async () => {
+  const p = image('qio.raw', 64 * MiB, false);
+  await withServer({ path: p }, async (s) => {
+    const out = ok(await run('qemu-io', ['-f', 'raw', s.uri,
+      '-c', 'write -P 0xab 0 64k', '-c', 'read -P 0xab 0 64k',
+      '-c', 'aio_write -P 0xcd 1M 4k', '-c', 'aio_write -P 0xce 2M 128k', '-c', 'aio_flush',
+      '-c', 'read -P 0xcd 1M 4k', '-c', 'read -P 0xce 2M 128k',
+      '-c', 'write -z 0 32k', '-c', 'read -P 0 0 32k', '-c', 'read -P 0xab 32k 32k',
+      '-c', 'write -P 0x11 4M 1M', '-c', 'discard 4M 1M', '-c', 'read -P 0 4M 1M',
+      '-c', 'write -f -P 0x22 8M 4k', '-c', 'read -P 0x22 8M 4k',
+      '-c', 'write -P 0x33 63M 1M', '-c', 'read -P 0x33 63M 1M', '-c', 'flush']), 'qemu-io');
+    assert.not.match(out, /Pattern verification failed|error|failed/i, out);
+    // qemu-io sees the size and refuses past the end itself; the server is asked directly below.
+  });
+  const b = readFileSync(p);
+  assert.is(b[1 * MiB], 0xcd); assert.is(b[8 * MiB], 0x22); assert.is(b[63 * MiB + 5], 0x33); assert.is(b[40000], 0xab); assert.is(b[100], 0);
+});
+
+needs(['nbdinfo'], 'nbdinfo shows the size, the block sizes and the flags', async () => {
+  const p = image('info.raw', 64 * MiB, false);
+  await withServer({ path: p, name: 'disk' }, async (s) => {
+    const j = JSON.parse(ok(await run('nbdinfo', ['--json', s.uri]), 'nbdinfo'));
+    const e = j.exports[0];
+    assert.is(e['export-size'], 64 * MiB);
+    assert.is(e.block_size_minimum, s.file.info().alignment);
+    assert.is(e.block_size_preferred, 4096);
+    assert.is(e.block_size_maximum, 32 * MiB);
+    assert.is(e.can_multi_conn, true);
+    assert.is(e.can_flush, true); assert.is(e.can_fua, true); assert.is(e.can_trim, true); assert.is(e.can_zero, true);
+    assert.is(e.is_read_only, false);
+    const list = ok(await run('nbdinfo', ['--list', '--json', `nbd://127.0.0.1:${s.address.port}`]), 'nbdinfo --list');
+    assert.ok(JSON.parse(list).exports.some((x) => x['export-name'] === 'disk'), list);
+    ok(await run('nbdinfo', [`nbd://127.0.0.1:${s.address.port}/disk`]), 'nbdinfo by name');
+    const bad = await run('nbdinfo', [`nbd://127.0.0.1:${s.address.port}/nosuch`]);
+    assert.is.not(bad.code, 0, 'an unknown export name is refused');
+  });
+});
+
+needs(['nbdcopy'], 'nbdcopy round-trips a file through the export', async () => {
+  const src = image('ncsrc.raw', 32 * MiB, true);
+  const target = image('nctarget.raw', 32 * MiB, false);
+  const back = join(dir, 'ncback.raw');
+  await withServer({ path: target }, async (s) => {
+    ok(await run('nbdcopy', [src, s.uri]), 'nbdcopy to the export');
+    ok(await run('nbdcopy', [s.uri, back]), 'nbdcopy from the export');
+  });
+  assert.ok(readFileSync(src).equals(readFileSync(back)), 'nbdcopy round trip is byte-identical');
+});
+
+needs(['fio'], 'fio nbd engine: verify=crc32c at QD32 on 2 connections, no verify errors', async () => {
+  const p = image('fio.raw', 64 * MiB, false);
+  await withServer({ path: p }, async (s, events) => {
+    const r = await run('fio', ['--name=v', '--ioengine=nbd', `--uri=${s.uri}`, '--rw=randwrite', '--bs=4k', '--iodepth=32', '--numjobs=2',
+      '--size=16M', '--offset_increment=32M', '--verify=crc32c', '--do_verify=1', '--verify_fatal=1', '--verify_state_save=0', '--output-format=json'], 120000);
+    ok(r, 'fio');
+    const j = JSON.parse(r.stdout.slice(r.stdout.indexOf('{')));
+    assert.is(j.jobs.length, 2);
+    for (const job of j.jobs) { assert.is(job.error, 0); assert.ok(job.write.io_bytes >= 16 * MiB && job.read.io_bytes >= 16 * MiB, 'wrote and verified 16 MiB'); }
+    assert.ok(events.filter((e) => e.event === 'export').length >= 2, 'two connections');
+    assert.is(events.filter((e) => e.event === 'request-error').length, 0);
+  });
+});
+
+// ---- Protocol semantics with the test client ----------------------------------------------
+
+test('many requests in flight answered out of order; a write on one connection, flushed, is read on another', async () => {
+  const p = image('ooo.raw', 16 * MiB, true);
+  const expect = readFileSync(p);
+  await withServer({ path: p }, async (s) => {
+    const a = await Client.connect(s), b = await Client.connect(s);
+    assert.equal(a.info.block, [s.file.info().alignment, 4096, 32 * MiB]);
+    assert.ok((a.info.flags & (1 << 8)) !== 0, 'CAN_MULTI_CONN');
+    // 128 reads of mixed sizes in one burst: each reply carries its own handle's data.
+    const reqs = [];
+    for (let i = 0; i < 128; i++) {
+      const len = 4096 * (1 + (i % 32)), off = ((i * 7919) % 3000) * 4096;
+      reqs.push(a.read(off, len).then((r) => { assert.is(r.error, 0); assert.ok(r.data.equals(expect.subarray(off, off + len)), `read ${i}`); }));
+    }
+    await Promise.all(reqs);
+    const data = Buffer.alloc(64 * 1024, 0x5a);
+    assert.is((await a.writeAt(5 * MiB, data)).error, 0);
+    assert.is((await a.flush()).error, 0);
+    const r = await b.read(5 * MiB, data.length);
+    assert.ok(r.data.equals(data), 'the other connection sees the write');
+    // FUA write, then the other connection reads it.
+    assert.is((await b.writeAt(6 * MiB, Buffer.alloc(4096, 0x77), 1)).error, 0);
+    assert.ok((await a.read(6 * MiB, 4096)).data.equals(Buffer.alloc(4096, 0x77)));
+    // Overlapping writes from two connections at once: the last acknowledged one wins per byte range.
+    const w = [];
+    for (let i = 0; i < 32; i++) w.push((i % 2 ? a : b).writeAt(7 * MiB, Buffer.alloc(8192, i)));
+    const res = await Promise.all(w);
+    assert.ok(res.every((x) => x.error === 0));
+    const final = (await a.read(7 * MiB, 8192)).data;
+    assert.ok(final.every((x) => x === final[0]), 'an overlapping write is never torn');
+    a.disc(); b.disc();
+  });
+});
+
+test('bad requests get NBD errors and the connection keeps working', async () => {
+  const p = image('bad.raw', 8 * MiB, false);
+  await withServer({ path: p }, async (s, events) => {
+    const c = await Client.connect(s);
+    const align = s.file.info().alignment;
+    assert.is((await c.read(8 * MiB, 4096)).error, 22, 'read past the end: EINVAL');
+    assert.is((await c.writeAt(8 * MiB - 2048, Buffer.alloc(4096))).error, 28, 'write past the end: ENOSPC');
+    assert.is((await c.request(6, 8 * MiB, 4096)).error, 28, 'zero-write past the end: ENOSPC');
+    assert.is((await c.request(4, 8 * MiB - 4096, 8192)).error, 22, 'trim past the end: EINVAL');
+    assert.is((await c.read(2 ** 62, 4096)).error, 22, 'offset near 2^64: EINVAL');
+    if (align > 1) assert.is((await c.read(1, 4096)).error, 22, 'unaligned offset: EINVAL');
+    if (align > 1) assert.is((await c.writeAt(0, Buffer.alloc(100))).error, 22, 'unaligned length: EINVAL (payload consumed)');
+    assert.is((await c.request(0, 0, 64 * MiB)).error, 22, 'read above the maximum block size: EINVAL');
+    assert.is((await c.writeAt(0, Buffer.alloc(33 * MiB))).error, 22, 'write above the maximum block size: EINVAL, payload skipped');
+    assert.is((await c.request(0, 0, 4096, { flags: 1 << 2 })).error, 22, 'DF without structured replies: EINVAL');
+    assert.is((await c.request(7, 0, 4096)).error, 22, 'BLOCK_STATUS without a meta context: EINVAL');
+    assert.is((await c.request(99, 0, 4096)).error, 22, 'unknown command: EINVAL');
+    assert.is((await c.request(3, 4096, 0)).error, 22, 'FLUSH with an offset: EINVAL');
+    assert.is((await c.request(5, 0, 4096)).error, 0, 'CACHE');
+    const d = Buffer.alloc(4096, 9);
+    assert.is((await c.writeAt(4096, d)).error, 0);
+    assert.ok((await c.read(4096, 4096)).data.equals(d), 'still serving after every error');
+    assert.ok(events.some((e) => e.event === 'request-error' && e.error === 'ENOSPC'));
+    c.disc();
+  });
+});
+
+test('a client that did not ask for block sizes may send unaligned requests (padded by the engine)', async () => {
+  const p = image('unal.raw', 4 * MiB, false);
+  await withServer({ path: p }, async (s) => {
+    const c = await Client.connect(s, { blockSize: false });
+    const d = Buffer.from('hello, unaligned world');
+    assert.is((await c.writeAt(1000, d)).error, 0);
+    assert.ok((await c.read(1000, d.length)).data.equals(d));
+    c.disc();
+    // NBD_OPT_EXPORT_NAME (no block size negotiation at all), with and without NO_ZEROES.
+    for (const [flags, reply] of [[3, 10], [1, 134]]) {
+      const e = new Client(s); await e.ready;
+      await e.need(18);
+      const f = Buffer.alloc(4); f.writeUInt32BE(flags); e.write(f);
+      e.option(1, Buffer.from('unal'));
+      const r = await e.need(reply);
+      assert.is(Number(r.readBigUInt64BE(0)), 4 * MiB, 'export size');
+      assert.ok((r.readUInt16BE(8) & 1) !== 0, 'HAS_FLAGS');
+      e.reader = e.readReplies();
+      assert.ok((await e.read(1000, d.length)).data.equals(d), 'EXPORT_NAME client reads unaligned');
+      e.disc();
+    }
+  });
+});
+
+test('memory pressure: requests beyond the buffer budget and the in-flight limit wait, none is lost', async () => {
+  const { Engine } = await import('../dist/src/index.js');
+  const p = image('press.raw', 32 * MiB, false);
+  // A 16 MiB pool: an 8 MiB budget for request buffers, 4 MiB requests, 4 in flight per connection.
+  const engine = await Engine.start({ workers: 1, bufferPoolBytes: 16 * MiB });
+  try {
+    await withServer({ path: p, engine, maxRequestBytes: 4 * MiB, maxInFlight: 4 }, async (s) => {
+      const a = await Client.connect(s), b = await Client.connect(s);
+      const w = [];
+      for (let i = 0; i < 8; i++) w.push((i % 2 ? a : b).writeAt(i * 4 * MiB, Buffer.alloc(4 * MiB, i + 1)));
+      for (let i = 0; i < 64; i++) w.push(a.read((i % 32) * 4096, 4096));
+      assert.ok((await Promise.all(w)).every((r) => r.error === 0));
+      const r = await Promise.all(Array.from({ length: 8 }, (_, i) => b.read(i * 4 * MiB, 4 * MiB)));
+      r.forEach((x, i) => assert.ok(x.data.every((v) => v === i + 1), `4 MiB write ${i} read back`));
+      a.disc(); b.disc();
+    });
+  } finally { await engine.close(); }
+});
+
+test('read-only export: writes, trims and zero-writes get EPERM; reads work', async () => {
+  const p = image('ro.raw', 4 * MiB, true);
+  const before = readFileSync(p);
+  await withServer({ path: p, readOnly: true }, async (s) => {
+    const c = await Client.connect(s);
+    assert.ok((c.info.flags & 2) !== 0, 'NBD_FLAG_READ_ONLY');
+    assert.is((await c.writeAt(0, Buffer.alloc(4096, 1))).error, 1);
+    assert.is((await c.request(4, 0, 4096)).error, 1);
+    assert.is((await c.request(6, 0, 4096)).error, 1);
+    assert.ok((await c.read(0, 4096)).data.equals(before.subarray(0, 4096)));
+    assert.is((await c.flush()).error, 0);
+    c.disc();
+    if (have('qemu-io')) {
+      const r = await run('qemu-io', ['-f', 'raw', s.uri, '-c', 'write -P 1 0 4k']);
+      assert.match(r.stdout + r.stderr, /read.only|permi/i);
+    }
+  });
+  assert.ok(readFileSync(p).equals(before), 'nothing changed');
+});
+
+test('protocol fuzz: malformed handshakes and streams close only their connection; a good client keeps working', async () => {
+  const p = image('fuzz.raw', 16 * MiB, false);
+  await withServer({ path: p, maxConnections: 64 }, async (s, events) => {
+    const good = await Client.connect(s);
+    let goodOps = 0, stop = false;
+    const pat = Buffer.alloc(4096);
+    const goodLoop = (async () => {
+      for (let i = 0; !stop && i < 100000; i++) {
+        pat.fill(i & 0xff);
+        const off = (i % 1024) * 4096;
+        assert.is((await good.writeAt(off, pat)).error, 0);
+        assert.ok((await good.read(off, 4096)).data.equals(pat), 'good client reads back its write');
+        goodOps++;
+      }
+    })();
+    const raw = async (bytes, { waitClose = true } = {}) => {
+      const c = new Client(s);
+      await c.ready;
+      for (const b of bytes) c.write(b);
+      const closed = waitClose ? await c.closedWithin(3000) : false;
+      c.destroy();
+      return closed;
+    };
+    const hdr = (opt, len) => { const h = Buffer.alloc(16); h.write('IHAVEOPT', 0, 'latin1'); h.writeUInt32BE(opt, 8); h.writeUInt32BE(len, 12); return h; };
+    const flags = Buffer.from([0, 0, 0, 3]);
+    // Handshake: garbage flags, wrong option magic, a huge option, truncated options, a bad export name.
+    assert.ok(await raw([Buffer.from([0xff, 0xff, 0xff, 0xff])]), 'unknown client flags: closed');
+    assert.ok(await raw([Buffer.from([0, 0, 0, 0])]), 'not fixed newstyle: closed');
+    assert.ok(await raw([flags, Buffer.from('NOTANOPTIONHDR..')]), 'bad option magic: closed');
+    assert.ok(await raw([flags, hdr(7, 0x7fffffff)]), 'huge option: closed');
+    assert.ok(await raw([flags, hdr(1, 5), Buffer.from('nosuch'.slice(0, 5))]), 'EXPORT_NAME of an unknown export: closed');
+    await raw([flags, hdr(7, 100), Buffer.alloc(10)], { waitClose: false }); // truncated, then gone
+    await raw([flags.subarray(0, 2)], { waitClose: false });
+    // Options with bad lengths get errors and the handshake goes on.
+    {
+      const c = new Client(s); await c.ready; await c.greet();
+      c.option(42); assert.is((await c.optionReply()).type, 0x80000001, 'unknown option: NBD_REP_ERR_UNSUP');
+      c.option(8); assert.is((await c.optionReply()).type, 0x80000001, 'structured replies: not offered');
+      c.option(3, Buffer.alloc(3)); assert.is((await c.optionReply()).type, 0x80000003, 'LIST with data: NBD_REP_ERR_INVALID');
+      const d = Buffer.alloc(8); d.writeUInt32BE(1000, 0); c.option(7, d);
+      assert.is((await c.optionReply()).type, 0x80000003, 'GO whose name overruns: NBD_REP_ERR_INVALID');
+      const u = Buffer.alloc(6 + 3); u.writeUInt32BE(3, 0); u.write('xyz', 4); c.option(6, u);
+      assert.is((await c.optionReply()).type, 0x80000006, 'INFO for an unknown export: NBD_REP_ERR_UNKNOWN');
+      c.option(3); const l = await c.optionReply(); assert.is(l.type, 2); assert.is((await c.optionReply()).type, 1);
+      c.option(2); assert.is((await c.optionReply()).type, 1, 'ABORT is acknowledged');
+      assert.ok(await c.closedWithin(3000));
+    }
+    // Transmission: bad magic, truncated header, a write cut mid-payload, reads in flight then gone.
+    for (let k = 0; k < 6; k++) {
+      const c = await Client.connect(s);
+      if (k === 0) { c.write(Buffer.alloc(28, 0xee)); assert.ok(await c.closedWithin(3000), 'bad request magic: closed'); }
+      if (k === 1) { c.write(Buffer.from([0x25, 0x60, 0x95])); c.destroy(); }
+      if (k === 2) { const h = Buffer.alloc(28); h.writeUInt32BE(0x25609513, 0); h.writeUInt16BE(1, 6); h.writeUInt32BE(1 << 20, 24); c.write(h); c.write(Buffer.alloc(1000)); c.destroy(); }
+      if (k === 3) { for (let i = 0; i < 200; i++) c.read((i % 4000) * 4096, 4096 * (1 + (i % 16))).catch(() => {}); c.destroy(); }
+      if (k === 4) { for (let i = 0; i < 64; i++) c.writeAt((i % 1000) * 4096 + 8 * MiB, Buffer.alloc(65536, i)).catch(() => {}); c.destroy(); }
+      if (k === 5) {
+        // Seeded garbage after a valid request: closed on the first bad magic.
+        let x = 12345; const g = Buffer.alloc(4096); for (let i = 0; i < g.length; i++) { x = (x * 1103515245 + 12345) >>> 0; g[i] = x >>> 24; }
+        await c.read(0, 4096); c.write(g); assert.ok(await c.closedWithin(3000), 'garbage stream: closed');
+      }
+    }
+    // Too many connections are refused without disturbing the rest.
+    await new Promise((r) => setTimeout(r, 200));
+    stop = true;
+    await goodLoop;
+    assert.ok(goodOps > 10, `the good client kept working (${goodOps} write+read pairs)`);
+    good.disc();
+    assert.ok(events.filter((e) => e.event === 'protocol-error').length >= 5, 'protocol errors were logged');
+    if (have('nbdinfo')) ok(await run('nbdinfo', [s.uri]), 'the server still answers');
+    // In-flight completions of vanished clients are discarded; their buffers come back (checked by withServer).
+  });
+});
+
+test('max connections: the one too many is refused, the others are undisturbed', async () => {
+  const p = image('maxc.raw', 4 * MiB, false);
+  await withServer({ path: p, maxConnections: 2 }, async (s, events) => {
+    const a = await Client.connect(s), b = await Client.connect(s);
+    const c = new Client(s); await c.ready;
+    assert.ok(await c.closedWithin(3000), 'third connection closed');
+    assert.ok(events.some((e) => e.event === 'refused'));
+    assert.is((await a.read(0, 4096)).error, 0); assert.is((await b.read(0, 4096)).error, 0);
+    a.disc(); b.disc();
+  });
+});
+
+test('close() drains: in-flight requests are answered, new ones get ESHUTDOWN', async () => {
+  const p = image('drain.raw', 16 * MiB, false);
+  const events = [];
+  const s = await serveNbd({ path: p, port: 0, onEvent: (e) => events.push(e) });
+  const c = await Client.connect(s);
+  const inflight = [];
+  for (let i = 0; i < 64; i++) inflight.push(c.writeAt(i * 65536, Buffer.alloc(65536, i + 1)));
+  const closing = s.close();
+  const res = await Promise.all(inflight.map((x) => x.catch((e) => ({ error: -1, e }))));
+  // Each was either done (0) or refused with ESHUTDOWN (108) because it arrived after the drain began.
+  assert.ok(res.every((r) => r.error === 0 || r.error === 108), JSON.stringify(res.map((r) => r.error)));
+  assert.ok(await closing, 'clean');
+  const b = readFileSync(p);
+  res.forEach((r, i) => { if (r.error === 0) assert.is(b[i * 65536 + 100], i + 1, `acknowledged write ${i} is in the file`); });
+  assert.ok(events.some((e) => e.event === 'stopped' && e.clean));
+});
+
+// ---- The command line ----------------------------------------------------------------------
+
+function cli(args) {
+  const child = spawn(process.execPath, [CLI, 'serve', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '', err = '';
+  const lines = [];
+  child.stdout.on('data', (d) => { out += d; });
+  child.stderr.on('data', (d) => { err += d; });
+  const exited = new Promise((r) => child.on('exit', (code, signal) => r({ code, signal, out, err })));
+  const line = async (re, ms = 15000) => {
+    const deadline = Date.now() + ms;
+    while (Date.now() < deadline) {
+      const m = out.split('\n').find((l) => re.test(l));
+      if (m) return m;
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    throw new Error(`no line matching ${re} in: ${out}\n${err}`);
+  };
+  return { child, exited, line, lines };
+}
+
+test('ringfence serve: flags are validated first (exit 2 naming the flag)', async () => {
+  const p = image('flags.raw', 4 * MiB, false);
+  for (const [args, flag] of [
+    [[p, '--port', '70000'], '--port'], [[p, '--max-connections', '0'], '--max-connections'], [[p, '--max-request', '1000'], '--max-request'],
+    [[p, '--stats', '-1'], '--stats'], [[p, '--socket', '/x', '--port', '1'], '--socket'], [[p, '--bind', 'not an ip'], '--bind'],
+    [[p, '--backend', 'nope'], '--backend'], [[join(dir, 'missing.raw')], '<image>'], [[p, '--workers', 'x'], '--workers'],
+  ]) {
+    const r = await run(process.execPath, [CLI, 'serve', ...args], 15000);
+    assert.is(r.code, 2, `${args.join(' ')}: exit 2`);
+    assert.ok(r.stderr.includes(flag), `${args.join(' ')}: names ${flag}: ${r.stderr}`);
+  }
+  const h = await run(process.execPath, [CLI, 'serve', '--help']);
+  assert.match(h.stdout, /Examples:/); assert.match(h.stdout, /qemu-img convert/);
+});
+
+test('ringfence serve --json on a Unix socket, read-only; SIGTERM drains and exits 0', async () => {
+  const p = image('cli.raw', 8 * MiB, true);
+  const sock = join(dir, 'rf.sock');
+  const srv = cli([p, '--socket', sock, '--read-only', '--json', '--stats', '0.2']);
+  const listening = JSON.parse(await srv.line(/"event":"listening"/));
+  assert.is(listening.socket, sock); assert.is(listening.readOnly, true); assert.is(listening.export, 'cli');
+  const c = await Client.connect({ address: { socket: sock } });
+  const reads = [];
+  for (let i = 0; i < 32; i++) reads.push(c.read(i * 65536, 65536));
+  assert.ok((await Promise.all(reads)).every((r) => r.error === 0));
+  assert.is((await c.writeAt(0, Buffer.alloc(4096))).error, 1, 'EPERM');
+  await srv.line(/"event":"stats"/);
+  for (let i = 0; i < 32; i++) c.read(i * 65536, 65536).catch(() => {});
+  srv.child.kill('SIGTERM');
+  const r = await srv.exited;
+  assert.is(r.code, 0, `exit 0 after a clean drain: ${r.err}`);
+  const evs = r.out.trim().split('\n').map((l) => JSON.parse(l));
+  assert.ok(evs.some((e) => e.event === 'connect') && evs.some((e) => e.event === 'disconnect'), 'connect and disconnect logged');
+  assert.ok(evs.some((e) => e.event === 'stopped' && e.clean));
+  assert.not.ok(existsSync(sock), 'the socket file is removed');
+});
+
+test('ringfence serve on TCP prints what it serves and each client; SIGINT exits 0', async () => {
+  const p = image('cli2.raw', 8 * MiB, false);
+  const port = 20000 + (process.pid % 20000);
+  const srv = cli([p, '--port', String(port)]);
+  const l = await srv.line(/ringfence serve:/);
+  assert.match(l, new RegExp(`127\\.0\\.0\\.1:${port}`));
+  const c = await Client.connect({ address: { host: '127.0.0.1', port } });
+  assert.is((await c.writeAt(0, Buffer.alloc(4096, 3))).error, 0);
+  c.disc();
+  await srv.line(/disconnect/);
+  srv.child.kill('SIGINT');
+  const r = await srv.exited;
+  assert.is(r.code, 0, r.err);
+  assert.match(r.out, /connect from 127\.0\.0\.1/);
+  const fd = openSync(p, 'r'); const b = Buffer.alloc(1); readSync(fd, b, 0, 1, 0); closeSync(fd);
+  assert.is(b[0], 3);
+});
+
+test.run();
