@@ -9,7 +9,10 @@
 #include "probe.h"
 
 #include <fcntl.h>
+#include "config.h"
+#if RF_HAVE_LIBAIO
 #include <libaio.h>
+#endif
 #include <sys/eventfd.h>
 #include <sys/syscall.h>
 #include <sys/utsname.h>
@@ -23,7 +26,9 @@
 #include <string>
 
 #include "backend.h"
+#if RF_HAVE_LIBURING
 #include "uring.h"
+#endif
 
 namespace rf {
 
@@ -63,6 +68,16 @@ int read_io_uring_disabled() {
 Napi::Object probe_uring(Napi::Env env) {
     Napi::Object o = Napi::Object::New(env);
     Napi::Object ops = Napi::Object::New(env);
+#if !RF_HAVE_LIBURING
+    o.Set("ok", false);
+    o.Set("reason", RF_NO_LIBURING_REASON);
+    o.Set("setupFlags", Napi::Array::New(env));
+    o.Set("features", Napi::Array::New(env));
+    for (const char *op : {"fallocate", "fsync", "readFixed", "ftruncate"})
+        ops.Set(op, false);
+    o.Set("ops", ops);
+    return o;
+#else
     /*
      * Owned: every o.Set() below can throw a JS exception (as a C++
      * exception) and must not leak the ring when it does.
@@ -87,10 +102,16 @@ Napi::Object probe_uring(Napi::Env env) {
     ops.Set("ftruncate", has(RF_IORING_OP_FTRUNCATE));
     o.Set("ops", ops);
     return o;
+#endif
 }
 
 Napi::Object probe_aio(Napi::Env env) {
     Napi::Object o = Napi::Object::New(env);
+#if !RF_HAVE_LIBAIO
+    o.Set("ok", false);
+    o.Set("reason", RF_NO_LIBAIO_REASON);
+    return o;
+#else
     io_context_t ctx = nullptr;
     int rc = io_setup(1, &ctx);
     o.Set("ok", rc == 0);
@@ -103,6 +124,7 @@ Napi::Object probe_aio(Napi::Env env) {
                             "; use backend 'io_uring' or 'sync'");
     }
     return o;
+#endif
 }
 
 /*

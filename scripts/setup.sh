@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One-step set-up for a fresh Debian/Ubuntu machine with Node >= 20:
-# system packages, npm ci (which builds the native addon and the TypeScript), then the main job.
+# system packages, npm ci, the native addon (prebuildify: build/ and prebuilds/linux-x64/, with
+# liburing and libaio linked in statically) and the TypeScript, then the main job.
 # Usage: bash scripts/setup.sh [--no-run] [main-job arguments...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,8 +29,10 @@ if [ "${#missing[@]}" -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
-echo "==> npm ci (builds the native addon with node-gyp and the TypeScript)"
-npm ci --no-audit --no-fund
+export JOBS=${JOBS:-max}   # node-gyp: compile on every core
+echo "==> npm ci, then npm run build (the native addon with prebuildify + node-gyp, and the TypeScript)"
+# The install script would build the addon a first time; npm run build builds it right after.
+RINGFENCE_SKIP_INSTALL_BUILD=1 npm ci --no-audit --no-fund
 npm run build --silent
 
 if [ "$run_main" = 1 ]; then

@@ -1,16 +1,34 @@
 #!/usr/bin/env bash
 # Runs every uvu test file in its own process (they start worker threads, mount volumes)
 # and ends with one line: "N passed, N failed, N skipped".
+#   bash scripts/test.sh [test/x.test.mjs ...]
+#   RINGFENCE_NODE=/path/to/node   the Node binary to run the tests with (default: node on PATH);
+#                                  its directory goes first on PATH, so child processes use it too
+#   RINGFENCE_TEST_SKIP="a b"      leave out test/a.test.mjs and test/b.test.mjs (listed, not counted)
+#   RINGFENCE_TEST_TIMEOUT=900     seconds per file
 set -uo pipefail
 cd "$(dirname "$0")/.."
+NODE=${RINGFENCE_NODE:-node}
+if [ -n "${RINGFENCE_NODE:-}" ]; then
+  [ -x "$NODE" ] || { echo "RINGFENCE_NODE=$NODE is not an executable"; echo "0 passed, 1 failed, 0 skipped"; exit 1; }
+  NODE=$(cd "$(dirname "$NODE")" && pwd)/$(basename "$NODE")
+  export PATH="$(dirname "$NODE"):$PATH"
+fi
+echo "=== node $("$NODE" --version) ($(command -v "$NODE"))"
 passed=0; failed=0; skipped=0
 files=("$@")
 if [ "${#files[@]}" -eq 0 ]; then mapfile -t files < <(ls test/*.test.mjs | sort); fi
+skip=" ${RINGFENCE_TEST_SKIP:-} "
+t_all=$SECONDS
 for f in "${files[@]}"; do
+  name=$(basename "$f" .test.mjs)
+  if [[ "$skip" == *" $name "* ]]; then echo "=== $f: not run with this Node (RINGFENCE_TEST_SKIP)"; continue; fi
   echo "=== $f"
   out=$(mktemp)
-  timeout "${RINGFENCE_TEST_TIMEOUT:-900}" node "$f" 2>&1 | tee "$out"
+  t0=$SECONDS
+  timeout "${RINGFENCE_TEST_TIMEOUT:-900}" "$NODE" "$f" 2>&1 | tee "$out"
   rc=${PIPESTATUS[0]}
+  echo "=== $f: $((SECONDS - t0)) s"
   t=$(grep -aE '^\s*Total:' "$out" | tail -1 | grep -oE '[0-9]+' || true)
   p=$(grep -aE '^\s*Passed:' "$out" | tail -1 | grep -oE '[0-9]+' || true)
   s=$(grep -aE '^\s*Skipped:' "$out" | tail -1 | grep -oE '[0-9]+' || true)
@@ -26,5 +44,6 @@ for f in "${files[@]}"; do
   fi
   rm -f "$out"
 done
+echo "=== node $("$NODE" --version): $((SECONDS - t_all)) s"
 echo "$passed passed, $failed failed, $skipped skipped"
 [ "$failed" -eq 0 ]

@@ -8,7 +8,11 @@ export const PACKAGE_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..
 
 let cached: NativeAddon | undefined;
 
-/** Loads the native addon (build/Release/ringfence.node via node-gyp-build). */
+/**
+ * Loads the native addon via node-gyp-build: build/Release/ringfence.node when built from
+ * source, else the prebuilt Node-API binary prebuilds/linux-x64/ringfence.node (one binary for
+ * every Node >= 20, liburing and libaio linked in), which needs no install script.
+ */
 export function loadAddon(): NativeAddon {
   if (cached) return cached;
   const require = createRequire(import.meta.url);
@@ -17,8 +21,11 @@ export function loadAddon(): NativeAddon {
     cached = load(PACKAGE_ROOT);
   } catch (err) {
     throw new Error(
-      `ringfence: the native addon is not built (${(err as Error).message.split('\n')[0]}). ` +
-      'Install liburing-dev and libaio-dev (scripts/setup.sh does), then run `npm run build`.',
+      `ringfence: no native addon loads (${(err as Error).message.split('\n')[0]}). ` +
+      `The prebuilt one serves Linux ${process.arch === 'x64' ? 'x64' : `x64 only (this is ${process.arch})`} with glibc; ` +
+      'otherwise build it from source: install a C++ toolchain, python3, liburing-dev and libaio-dev ' +
+      '(Debian/Ubuntu: apt-get install build-essential python3 liburing-dev libaio-dev), then run ' +
+      '`npm rebuild ringfence --allow-scripts=ringfence` (in a clone of the repository: `npm run build`).',
       { cause: err },
     );
   }

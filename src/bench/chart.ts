@@ -1,7 +1,8 @@
 // The benchmark chart: IOPS and p99 latency against queue depth, one line per engine, one
 // column per workload. A vega-lite spec rendered to SVG on the server by vega.
-import * as vega from 'vega';
-import { compile, type TopLevelSpec } from 'vega-lite';
+// vega and vega-lite are optional dependencies, loaded only here (a library-only install,
+// `npm install --omit=optional`, leaves them out; `import 'ringfence'` never loads them).
+import type { TopLevelSpec } from 'vega-lite';
 import type { BenchReport } from './command.js';
 
 export async function renderChart(report: BenchReport): Promise<string> {
@@ -30,6 +31,18 @@ export async function renderChart(report: BenchReport): Promise<string> {
       } },
     ],
   } as unknown as TopLevelSpec;
+  const { vega, compile } = await loadVega();
   const view = new vega.View(vega.parse(compile(spec).spec), { renderer: 'none' });
   return view.toSVG();
+}
+
+async function loadVega(): Promise<{ vega: typeof import('vega'); compile: typeof import('vega-lite').compile }> {
+  try {
+    const [vega, vl] = await Promise.all([import('vega'), import('vega-lite')]);
+    return { vega, compile: vl.compile };
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException)?.code !== 'ERR_MODULE_NOT_FOUND') throw err;
+    throw new Error('--chart needs the optional dependencies vega and vega-lite, which are not installed ' +
+      '(npm install --omit=optional leaves them out): run `npm install vega vega-lite`, or leave out --chart', { cause: err });
+  }
 }

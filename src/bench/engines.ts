@@ -2,7 +2,7 @@
 import { spawn } from 'node:child_process';
 import { open as fsOpen } from 'node:fs/promises';
 import { constants as fsc } from 'node:fs';
-import * as hdr from 'hdr-histogram-js';
+import type { Histogram } from 'hdr-histogram-js';
 import { Engine } from '../engine.js';
 import type { File } from '../file.js';
 import { haveCommand } from '../volume.js';
@@ -49,11 +49,27 @@ function isWrite(job: Job, i: number): boolean {
   return job.rw === 'write' || job.rw === 'randwrite' || (job.rw === 'randrw' && (i & 1) === 1);
 }
 
-function histogram(): hdr.Histogram {
+/**
+ * hdr-histogram-js is an optional dependency, loaded only by `ringfence bench` (a library-only
+ * install, `npm install --omit=optional`, leaves it out): a clear message when it is missing.
+ */
+let hdrModule: Promise<typeof import('hdr-histogram-js')> | undefined;
+export function loadHdr(): Promise<typeof import('hdr-histogram-js')> {
+  hdrModule ??= import('hdr-histogram-js').catch((err: NodeJS.ErrnoException) => {
+    hdrModule = undefined;
+    if (err?.code !== 'ERR_MODULE_NOT_FOUND') throw err;
+    throw new Error('ringfence bench needs the optional dependency hdr-histogram-js, which is not installed ' +
+      '(npm install --omit=optional leaves it out): run `npm install hdr-histogram-js`', { cause: err });
+  });
+  return hdrModule;
+}
+
+async function histogram(): Promise<Histogram> {
+  const hdr = await loadHdr();
   return hdr.build({ lowestDiscernibleValue: 1, highestTrackableValue: 60e9, numberOfSignificantValueDigits: 3, useWebAssembly: false });
 }
 
-function result(engine: string, job: Job, ios: number, seconds: number, h: hdr.Histogram, cpuUs: number): Result {
+function result(engine: string, job: Job, ios: number, seconds: number, h: Histogram, cpuUs: number): Result {
   return {
     engine, rw: job.rw, qd: job.qd, bs: job.bs, ios, seconds, iops: ios / seconds, mibs: (ios * job.bs) / seconds / 2 ** 20,
     p50us: h.getValueAtPercentile(50) / 1000, p99us: h.getValueAtPercentile(99) / 1000, p999us: h.getValueAtPercentile(99.9) / 1000,
@@ -68,7 +84,7 @@ function cpuNow(): number { const c = process.cpuUsage(); return c.user + c.syst
  * request into one histogram. `io(loop, isWrite, offset)` issues one request of loop `q`.
  */
 async function perRequestLoops(engine: string, job: Job, io: (q: number, write: boolean, offset: number) => Promise<unknown>): Promise<Result> {
-  const h = histogram();
+  const h = await histogram();
   const shared = { next: 0 };
   const deadline = performance.now() + job.seconds * 1000;
   let ios = 0;
@@ -112,7 +128,7 @@ export function ringfenceBatch(getEngine: () => Promise<Engine>): BenchEngine {
       const engine = await getEngine();
       const f: File = await engine.open(job.path, { direct: job.direct });
       try {
-        const h = histogram();
+        const h = await histogram();
         const shared = { next: 0 };
         const per = Math.min(8, job.qd), loops = Math.max(1, Math.floor(job.qd / per));
         const deadline = performance.now() + job.seconds * 1000;
@@ -223,7 +239,7 @@ export function qemuImg(): BenchEngine {
       const probe = await once(8192);
       const count = Math.max(8192, Math.round((8192 / Math.max(probe.secs, 1e-3)) * job.seconds));
       const r = await once(count);
-      const h = histogram();
+      const h = await histogram();
       return { ...result('qemu-img', job, count, r.secs, h, r.cpuUs), p50us: NaN, p99us: NaN, p999us: NaN };
     },
   };
