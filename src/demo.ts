@@ -4,6 +4,11 @@ import { rmSync } from 'node:fs';
 import { Engine } from './engine.js';
 import type { BackendName } from './types.js';
 import type { Volume } from './volume.js';
+import { atExit } from './cleanup.js';
+
+/** Limits of `ringfence demo --blocks` (4 KiB blocks per backend: 4 KiB to 4 GiB). */
+export const DEMO_MAX_BLOCKS = 1 << 20;
+export const DEMO_BLOCK = 4096;
 
 export interface DemoResult { backend: BackendName; ok: boolean; verifiedBytes: number; writeIops: number; readIops: number; error?: string }
 
@@ -14,11 +19,15 @@ function fill(buf: Uint8Array, block: number, seed: number): void {
 
 export async function runDemo(vol: Volume, opts: { blocks?: number; qd?: number; log?: (s: string) => void } = {}): Promise<DemoResult[]> {
   const log = opts.log ?? (() => {});
-  const blocks = opts.blocks ?? 8192, qd = opts.qd ?? 32, bs = 4096;
+  const blocks = opts.blocks ?? 8192, qd = opts.qd ?? 32, bs = DEMO_BLOCK;
+  if (!Number.isInteger(blocks) || blocks < 1 || blocks > DEMO_MAX_BLOCKS) throw new RangeError(`blocks must be an integer from 1 to ${DEMO_MAX_BLOCKS}; got ${blocks}`);
+  if (!Number.isInteger(qd) || qd < 1 || qd > 1024) throw new RangeError(`qd must be an integer from 1 to 1024; got ${qd}`);
   const results: DemoResult[] = [];
   for (const backend of ['io_uring', 'libaio', 'sync'] as BackendName[]) {
     const path = join(vol.dir, `demo-${backend}.dat`);
     let engine: Engine | null = null;
+    // In an existing --dir the file is the user's disk space: removed on a signal too.
+    const unregister = atExit(() => rmSync(path, { force: true }));
     try {
       engine = await Engine.start({ backend, workers: 2, queueDepth: qd });
       const direct = vol.fs !== 'tmpfs';
@@ -49,7 +58,7 @@ export async function runDemo(vol: Volume, opts: { blocks?: number; qd?: number;
       const readIops = await run('read');
       await file.close();
       const r: DemoResult = { backend, ok: true, verifiedBytes: blocks * bs, writeIops, readIops };
-      log(`${backend.padEnd(8)} ok  verified ${(blocks * bs / 2 ** 20).toFixed(0)} MiB  write ${fmt(writeIops)} IOPS  read ${fmt(readIops)} IOPS  (4 KiB random, QD${qd}${direct ? ', O_DIRECT' : ''})`);
+      log(`${backend.padEnd(8)} ok  verified ${blocks * bs >= 2 ** 20 ? `${(blocks * bs / 2 ** 20).toFixed(0)} MiB` : `${blocks * bs / 1024} KiB`}  write ${fmt(writeIops)} IOPS  read ${fmt(readIops)} IOPS  (4 KiB random, QD${qd}${direct ? ', O_DIRECT' : ''})`);
       results.push(r);
     } catch (err) {
       log(`${backend.padEnd(8)} FAILED: ${(err as Error).message}`);
@@ -57,6 +66,7 @@ export async function runDemo(vol: Volume, opts: { blocks?: number; qd?: number;
     } finally {
       await engine?.close();
       rmSync(path, { force: true });
+      unregister();
     }
   }
   return results;

@@ -1,14 +1,16 @@
 // `ringfence bench`: ringfence next to fio, qemu-img and node:fs/promises, in one run.
-import { writeFileSync, existsSync, statSync, rmSync } from 'node:fs';
+import { writeFileSync, existsSync, statSync, statfsSync, rmSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { availableParallelism, release } from 'node:os';
-import { Command, Option } from 'commander';
+import type { Command } from 'commander';
 import { Engine } from '../engine.js';
+import { MAX_WORKERS } from '../shm.js';
 import type { BackendChoice } from '../types.js';
-import { defaultVolume, dirVolume, makeXfsVolume, parseSize, type Volume } from '../volume.js';
+import { UsageError, bad, enumArg, enumListArg, exclusive, formatSize, intArg, intListArg, numberArg, outputFileArg, sizeArg } from '../args.js';
+import { atExit, haveCommand, isRoot, reportDeadRuns } from '../cleanup.js';
+import { checkVolumeFlags, defaultVolume, dirVolume, makeXfsVolume, parseSize, tempVolumeBase, xfsFreeEstimate, type Volume } from '../volume.js';
 import { prepareDataFile } from './data.js';
 import { RW_VALUES, fio, nodeFs, qemuImg, ringfenceBatch, ringfencePerRequest, type BenchEngine, type Job, type Result, type Rw } from './engines.js';
-import { renderChart } from './chart.js';
 import { nbdBenchCommand } from './nbd.js';
 
 export interface BenchOptions {
@@ -24,52 +26,124 @@ export interface BenchReport {
   ratios: { rw: Rw; qd: number; ringfence: string; peer: string; ratio: number }[];
 }
 
-function list<T>(v: string, parse: (s: string) => T): T[] { return String(v).split(',').map((s) => parse(s.trim())); }
+export const ENGINE_NAMES = ['ringfence', 'ringfence-batch', 'node:fs', 'fio-io_uring', 'fio-libaio', 'qemu-img'] as const;
+const BACKENDS = ['auto', 'io_uring', 'libaio', 'sync'] as const;
 
-export function registerBench(program: Command, usage: (msg: string) => never): void {
+export const BENCH_LIMITS = {
+  bs: { min: 512, max: 16 << 20, multipleOf: 512 },
+  qd: { min: 1, max: 1024 },
+  workers: { min: 1, max: MAX_WORKERS },
+  size: { min: 1 << 20, max: 2 ** 40, multipleOf: 512 },
+  runtimeS: { max: 3600 },
+  repeat: { min: 1, max: 100 },
+  /** --bs times the largest --qd: the I/O buffers ringfence allocates at once. */
+  bufferBytes: 128 << 20,
+} as const;
+
+interface RawBench {
+  rw: string; bs: string; qd: string; workers?: string; backend?: string; direct?: boolean; size: string; runtime: string;
+  repeat: string; engines?: string; file?: string; xfs?: string; dir?: string; json?: boolean; chart?: string;
+}
+
+/** Free bytes in `dir` (statfs), or Infinity when it cannot be told. */
+function freeIn(dir: string): number {
+  try { const st = statfsSync(dir); return Number(st.bavail) * Number(st.bsize); } catch { return Infinity; }
+}
+
+/** Every flag of `ringfence bench`, checked; throws UsageError naming the flag. Creates nothing. */
+export function checkBenchFlags(o: RawBench): BenchOptions {
+  const L = BENCH_LIMITS;
+  const rw = enumListArg('--rw', o.rw, RW_VALUES, 'workload');
+  const bs = sizeArg('--bs', o.bs, { ...L.bs, example: '4k' })!;
+  const qd = intListArg('--qd', o.qd, { ...L.qd, example: '1,4,16,32' });
+  const workers = intArg('--workers', o.workers, { ...L.workers, example: 2, maxWhy: 'the engine\'s maximum, MAX_WORKERS' }) ?? Math.max(1, Math.min(4, availableParallelism() - 1));
+  const backend = enumArg('--backend', o.backend, BACKENDS, 'auto');
+  const size = sizeArg('--size', o.size, { ...L.size, example: '512M' })!;
+  if (size < 16 * bs) bad('--size', o.size, `smaller than 16 blocks of --bs ${o.bs}`, `give --size ${formatSize(Math.max(16 * bs, L.size.min))} or more, or a smaller --bs`);
+  const runtime = numberArg('--runtime', o.runtime, { above: 0, max: L.runtimeS.max, unit: 'seconds', example: 3 })!;
+  const repeat = intArg('--repeat', o.repeat, { ...L.repeat, example: 3 })!;
+  const engines = o.engines === undefined ? undefined : enumListArg('--engines', o.engines, ENGINE_NAMES, 'engine');
+  if (bs * Math.max(...qd) > L.bufferBytes) {
+    throw new UsageError(`--bs ${o.bs} with --qd ${Math.max(...qd)} needs ${formatSize(bs * Math.max(...qd))} of I/O buffers at once, more than ${formatSize(L.bufferBytes)}: lower --bs or the largest --qd`);
+  }
+  exclusive({ '--file': o.file, '--xfs': o.xfs, '--dir': o.dir });
+  const need = { bytes: size, what: `the data file (--size ${o.size})` };
+  let file: string | undefined;
+  if (o.file !== undefined) {
+    file = outputFileArg('--file', o.file, { allowExisting: true })!;
+    const have = existsSync(file) ? statSync(file).size : 0;
+    if (have < size && freeIn(dirname(file)) < size - have) bad('--file', o.file, `${dirname(file)} has ${formatSize(freeIn(dirname(file)))} free, but --size ${o.size} needs ${formatSize(size - have)} more`, 'free some space, or give a smaller --size or another --file');
+  } else if (o.xfs !== undefined || o.dir !== undefined) {
+    const existing = o.dir !== undefined && existsSync(join(resolve(o.dir), 'ringfence-bench.dat')) ? statSync(join(resolve(o.dir), 'ringfence-bench.dat')).size : 0;
+    checkVolumeFlags({ xfs: o.xfs, dir: o.dir }, existing >= size ? {} : { need });
+  } else if (isRoot() && haveCommand('mkfs.xfs')) {
+    if (size > xfsFreeEstimate(1024 ** 3)) bad('--size', o.size, `the default volume (a 1 GiB XFS loop volume) has about ${formatSize(Math.floor(xfsFreeEstimate(1024 ** 3) / 2 ** 20) * 2 ** 20)} free`, 'give a smaller --size, or --xfs SIZE (larger), --dir DIR or --file PATH');
+  } else if (freeIn(tempVolumeBase()) < size) {
+    bad('--size', o.size, `the default volume (a temporary directory in ${tempVolumeBase()}) has ${formatSize(freeIn(tempVolumeBase()))} free`, 'give a smaller --size, or --dir DIR or --file PATH');
+  }
+  const chart = outputFileArg('--chart', o.chart, { allowExisting: true });
+  return {
+    rw, bs, qd, workers, backend, direct: o.direct !== false, size, runtime, file: o.file, xfs: o.xfs, dir: o.dir,
+    json: o.json === true, chart, engines, repeat,
+  };
+}
+
+export function registerBench(program: Command): void {
+  const L = BENCH_LIMITS;
   program.command('bench')
     .description('fio-like benchmark: ringfence (per-request and batch APIs) side by side with fio (io_uring, libaio), qemu-img bench and node:fs/promises, measured in one run, interleaved')
     .option('--rw <list>', `workloads: ${RW_VALUES.join('|')}, comma-separated`, 'randread,randwrite')
-    .option('--bs <size>', 'block size', '4k')
-    .option('--qd <list>', 'queue depths, comma-separated (e.g. 1,4,16,32,64)', '1,32')
-    .option('--workers <n>', 'ringfence worker threads (default: the engine default, min(4, cores - 1))')
-    .addOption(new Option('--backend <name>', 'ringfence backend').choices(['auto', 'io_uring', 'libaio', 'sync']).default('auto'))
+    .option('--bs <size>', `block size: a multiple of 512 from 512 to ${formatSize(L.bs.max)}`, '4k')
+    .option('--qd <list>', `queue depths ${L.qd.min} to ${L.qd.max}, comma-separated (e.g. 1,4,16,32,64); --bs times the largest at most ${formatSize(L.bufferBytes)}`, '1,32')
+    .option('--workers <n>', `ringfence worker threads, ${L.workers.min} to ${L.workers.max} (default: the engine default, min(4, cores - 1))`)
+    .option('--backend <name>', `ringfence backend: ${BACKENDS.join(', ')} (default auto)`)
     .option('--no-direct', 'buffered I/O instead of O_DIRECT')
-    .option('--size <size>', 'data file size', '512M')
-    .option('--runtime <seconds>', 'seconds per engine and job', '3')
-    .option('--repeat <n>', 'rounds of every engine per job (the best round is kept)', '1')
-    .option('--engines <list>', 'only these engines (ringfence,ringfence-batch,node:fs,fio-io_uring,fio-libaio,qemu-img)')
-    .option('--file <path>', 'benchmark this file (created with --size if missing)')
-    .option('--xfs <size>', 'create a temporary loop-mounted XFS volume of this size (root)')
-    .option('--dir <path>', 'put the data file in this directory')
+    .option('--size <size>', `data file size: a multiple of 512 from 1M (and 16 blocks) to 1T that fits the volume`, '512M')
+    .option('--runtime <seconds>', `seconds per engine and job, above 0 and at most ${L.runtimeS.max}`, '3')
+    .option('--repeat <n>', `rounds of every engine per job, ${L.repeat.min} to ${L.repeat.max} (the best round is kept)`, '1')
+    .option('--engines <list>', `only these engines (${ENGINE_NAMES.join(',')})`)
+    .option('--file <path>', 'benchmark this regular file (created with --size if missing; its directory must exist)')
+    .option('--xfs <size>', 'create a temporary loop-mounted XFS volume of this size (root), 300M to 1T')
+    .option('--dir <path>', 'put the data file in this existing, writable directory')
     .option('--json', 'print one JSON object instead of the table')
-    .option('--chart <file.svg>', 'draw IOPS and p99 latency against queue depth per engine')
+    .option('--chart <file.svg>', 'draw IOPS and p99 latency against queue depth per engine (the directory must exist and be writable)')
     .option('--nbd', 'NBD servers instead: ringfence serve, qemu-nbd (io_uring, native), nbdkit file, each driven by fio\'s nbd engine (uses --size, --runtime, --repeat, --file, --dir, --json)')
     .addHelpText('after', `
 Examples:
   ringfence bench --xfs 2G --rw randread,randwrite --qd 1,32 --json --chart perf.svg
   ringfence bench --dir /mnt/data --rw read --qd 1,4,16,32,64 --runtime 5
-  ringfence bench --file /dev/shm/x --no-direct --engines ringfence,node:fs`)
-    .action(async (o) => {
-      if (o.nbd) return nbdBenchCommand(o, parseSize, usage);
-      const opts: BenchOptions = {
-        rw: list(o.rw, (s) => { if (!(RW_VALUES as readonly string[]).includes(s)) usage(`--rw: unknown workload "${s}" (use ${RW_VALUES.join(', ')})`); return s as Rw; }),
-        bs: parseSize(o.bs), qd: list(o.qd, (s) => { const n = Number(s); if (!Number.isInteger(n) || n < 1 || n > 1024) usage(`--qd: "${s}" is not a queue depth 1..1024`); return n; }),
-        workers: o.workers === undefined ? Math.max(1, Math.min(4, availableParallelism() - 1)) : Number(o.workers), backend: o.backend, direct: o.direct !== false, size: parseSize(o.size), runtime: Number(o.runtime),
-        file: o.file, xfs: o.xfs, dir: o.dir, json: !!o.json, chart: o.chart, engines: o.engines ? list(o.engines, String) : undefined,
-        repeat: Number(o.repeat),
-      };
-      if ([o.file, o.xfs, o.dir].filter(Boolean).length > 1) usage('--file, --xfs and --dir are mutually exclusive: pick one');
-      if (!(opts.runtime > 0)) usage('--runtime must be a positive number of seconds');
-      if (opts.bs % 512 !== 0) usage('--bs must be a multiple of 512');
+  ringfence bench --file /dev/shm/x --no-direct --engines ringfence,node:fs
+
+Every flag is checked before anything is created: a bad value exits 2 with a message.
+`)
+    .action(async (o: RawBench & { nbd?: boolean }) => {
+      // The flags both modes share are checked the same way, before any work.
+      if (o.nbd) { checkBenchFlags(o); return nbdBenchCommand(o, parseSize, (msg: string): never => { throw new UsageError(msg); }); }
+      let opts: BenchOptions;
+      try { opts = checkBenchFlags(o); } catch (err) {
+        if (o.json) process.stdout.write(JSON.stringify({ ok: false, exitCode: 2, error: (err as Error).message }) + '\n');
+        throw err;
+      }
+      reportDeadRuns((s) => process.stderr.write(s + '\n'));
       const report = await runBench(opts, (s) => { if (!opts.json) process.stderr.write(s); });
       if (opts.json) process.stdout.write(JSON.stringify(report, null, 2) + '\n');
       else process.stdout.write(formatReport(report));
       if (opts.chart) {
+        // vega is large: loaded only when a chart is asked for.
+        const { renderChart } = await import('./chart.js');
         writeFileSync(opts.chart, await renderChart(report));
         if (!opts.json) process.stdout.write(`chart: ${resolve(opts.chart)}\n`);
       }
     });
+}
+
+/** The engine's buffer pool for these jobs: every loop's buffer at once, with room to spare. */
+function poolBytes(bs: number, qd: number): number {
+  const pages = Math.ceil(bs / 4096);
+  let block = 1; while (block < pages) block *= 2;
+  let pool = 64 << 20;
+  while (pool < 2 * qd * block * 4096) pool *= 2;
+  return pool;
 }
 
 export async function runBench(opts: BenchOptions, progress: (s: string) => void): Promise<BenchReport> {
@@ -84,13 +158,20 @@ export async function runBench(opts: BenchOptions, progress: (s: string) => void
     path = join(vol.dir, 'ringfence-bench.dat');
   }
   let engine: Engine | null = null;
+  let unregister = (): void => {};
   try {
     const fresh = !existsSync(path) || statSync(path).size < opts.size;
-    progress(`${fresh ? 'preparing' : 'warming up'} ${opts.size >> 20} MiB data file ${path}\n`);
+    if (fresh && !opts.file) {
+      const st = statfsSync(dirname(path));
+      const free = Number(st.bavail) * Number(st.bsize) + (existsSync(path) ? statSync(path).size : 0);
+      if (free < opts.size) throw new UsageError(`--size ${formatSize(opts.size)} does not fit: ${dirname(path)} has ${formatSize(free)} free; give a smaller --size, or a larger volume`);
+      created = true;
+      unregister = atExit(() => rmSync(path, { force: true }));
+    }
+    progress(`${fresh ? 'preparing' : 'warming up'} ${Math.floor(opts.size / 2 ** 20)} MiB data file ${path}\n`);
     prepareDataFile(path, opts.size, fresh);
-    created = fresh && !opts.file;
     const getEngine = async (): Promise<Engine> => {
-      engine ??= await Engine.start({ workers: opts.workers, backend: opts.backend, queueDepth: Math.max(...opts.qd, 8), bufferPoolBytes: 64 << 20 });
+      engine ??= await Engine.start({ workers: opts.workers, backend: opts.backend, queueDepth: Math.max(...opts.qd, 8), bufferPoolBytes: poolBytes(opts.bs, Math.max(...opts.qd)) });
       return engine;
     };
     const all: BenchEngine[] = [ringfencePerRequest(getEngine), fio('io_uring'), nodeFs(), ringfenceBatch(getEngine), fio('libaio'), qemuImg()];
@@ -135,6 +216,7 @@ export async function runBench(opts: BenchOptions, progress: (s: string) => void
   } finally {
     if (engine) await (engine as Engine).close();
     if (created) rmSync(path, { force: true });
+    unregister();
     vol?.cleanup();
   }
 }

@@ -1,9 +1,11 @@
 // The probe's scratch subdirectory: the only place it ever writes. Created with mkdtemp inside
 // the target directory, removed in a finally block, and also from an 'exit' or signal handler
-// so that Ctrl-C during a race does not leave files behind.
+// so that Ctrl-C during a race does not leave files behind. It holds a run record (pid, command:
+// src/cleanup.ts), so that after a SIGKILL the next `ringfence probe` in the same directory
+// reports it and `ringfence cleanup DIR` removes it.
 import { mkdtempSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { atExit } from '../cleanup.js';
+import { STATE_FILE, atExit, newState, removeTree, writeState } from '../cleanup.js';
 
 export interface Scratch {
   dir: string;
@@ -20,16 +22,19 @@ export function makeScratch(dir: string): Scratch {
   const s: Scratch = {
     dir: path,
     file(name: string): string {
-      if (!/^[A-Za-z0-9._-]+$/.test(name) || name === '.' || name === '..') throw new Error(`bad scratch file name ${name}`);
+      if (!/^[A-Za-z0-9._-]+$/.test(name) || name === '.' || name === '..' || name === STATE_FILE) throw new Error(`bad scratch file name ${name}`);
       return join(path, name);
     },
     remove(): void {
       if (removed) return;
       removed = true;
       unregister();
-      try { rmSync(path, { recursive: true, force: true }); } catch { /* reported by the caller's checks */ }
+      if (removeTree(path) !== null) {
+        try { rmSync(path, { recursive: true, force: true }); } catch { /* reported by the caller's checks */ }
+      }
     },
   };
   const unregister = atExit(() => s.remove());
+  try { writeState(newState(path, 'probe-scratch')); } catch (err) { s.remove(); throw err; }
   return s;
 }

@@ -1,25 +1,38 @@
 // The `ringfence stress` command: options, volume set-up and teardown, output, exit codes.
 import { randomInt } from 'node:crypto';
-import { Option, type Command } from 'commander';
-import type { Volume } from '../volume.js';
-import { parseSize } from '../volume.js';
+import type { Command } from 'commander';
+import { MAX_WORKERS } from '../shm.js';
+import { UsageError, enumArg, formatSize, intArg, numberArg, sizeArg } from '../args.js';
+import { XFS_MAX_BYTES, XFS_MIN_BYTES, checkVolumeFlags, openVolume, type VolumeSpec } from '../volume.js';
+import { exitOnSignal, onStopSignal, reportDeadRuns, signalExitCode, type StopSignal } from '../cleanup.js';
 import type { BackendChoice, WorkaroundPolicy } from '../types.js';
 import { WORKLOADS, type WorkloadName } from './context.js';
-import { defaultQd } from './workloads.js';
+import { defaultQd, spaceNeeded } from './workloads.js';
 import { SetupError, StallError, runStress, type StressResult } from './run.js';
 import { formatSummary } from './report.js';
 
-interface Deps {
-  pickVolume(o: { xfs?: string; dir?: string; image?: string; force?: boolean }, log: (s: string) => void): Volume;
-  UsageError: new (message: string) => Error;
-}
-
 interface RawOptions {
   xfs?: string; dir?: string; image?: string; force?: boolean;
-  workload: WorkloadName; workaround: WorkaroundPolicy; emulateXfsBug?: boolean; windowUs?: string;
-  workers?: string; backend: BackendChoice; qd?: string; duration?: string; ops?: string; seed?: string;
-  clusterSize: string; blockSize: string; json?: boolean; quiet?: boolean;
+  workload?: string; workaround?: string; emulateXfsBug?: boolean; windowUs?: string;
+  workers?: string; backend?: string; qd?: string; duration?: string; ops?: string; seed?: string;
+  clusterSize?: string; blockSize?: string; json?: boolean; quiet?: boolean;
 }
+
+export const STRESS_LIMITS = {
+  workers: { min: 1, max: MAX_WORKERS },
+  qd: { min: 1, max: 256 },
+  windowUs: { min: 0, max: 10_000_000 },
+  durationS: { max: 7 * 86400 },
+  ops: { min: 1, max: Number.MAX_SAFE_INTEGER },
+  seed: { min: 0, max: 0xffffffff },
+  blockSize: { min: 512, max: 1 << 20 },
+  clusterSize: { max: 64 << 20 },
+  /** The engine's buffer pool is a power of two of at most 2 GiB (options.bufferPoolBytes < 4 GiB). */
+  poolBytes: 2 ** 31,
+} as const;
+
+const BACKENDS = ['auto', 'io_uring', 'libaio', 'sync'] as const;
+const POLICIES = ['auto', 'always', 'never', 'probe'] as const;
 
 const EXAMPLES = `
 Examples:
@@ -29,37 +42,41 @@ Examples:
   ringfence stress --xfs 512M --emulate-xfs-bug --workaround auto     # the workaround prevents them: exit 0
   ringfence stress --dir /mnt/xfs --workload mixed --ops 20000 --seed 42 --json
 
-Exit codes: 0 every block verified, 1 bad blocks or wrong file sizes found, 2 usage or set-up error.
+Exit codes: 0 every block verified, 1 bad blocks or wrong file sizes found, 2 usage or set-up error,
+130 stopped by SIGINT (Ctrl-C), 143 stopped by SIGTERM (1 if bad blocks were found before the stop).
+Every flag is checked before anything is created. A run that was killed (SIGKILL) leaves its
+volume behind: the next run reports it, \`ringfence cleanup\` removes it.
 The same --seed (with the same --workload, --qd, --cluster-size, --block-size and --ops)
 generates the same operation stream: compare "streamDigest" between runs.
 `;
 
-export function addStressCommand(program: Command, deps: Deps): void {
+export function addStressCommand(program: Command): void {
+  const L = STRESS_LIMITS;
   program.command('stress')
     .description('hammer a file with concurrent post-EOF zero-writes and writes, verify every block (fio-style headers + crc32c), and report lost, stale, misdirected and torn blocks')
-    .option('--xfs <size>', 'create a temporary loop-mounted XFS volume of this size (root), e.g. 512M')
-    .option('--dir <path>', 'use an existing directory (its filesystem decides what "auto" does)')
-    .option('--image <path>', 'with --xfs: keep the image file at this path')
+    .option('--xfs <size>', `create a temporary loop-mounted XFS volume of this size (root), ${formatSize(XFS_MIN_BYTES)} to ${formatSize(XFS_MAX_BYTES)}, e.g. 512M`)
+    .option('--dir <path>', 'use an existing, writable directory (its filesystem decides what "auto" does)')
+    .option('--image <path>', 'with --xfs: keep the image file at this path (its directory must exist)')
     .option('--force', 'with --image: overwrite an existing image file')
-    .addOption(new Option('--workload <name>', 'what to run').choices(WORKLOADS as string[]).default('qcow2-alloc'))
-    .addOption(new Option('--workaround <policy>', 'serialise post-EOF zero-writes: auto (by filesystem and kernel), always, never, or probe (decided by ringfence probe\'s race check, cached per filesystem and kernel)').choices(['auto', 'always', 'never', 'probe']).default('auto'))
+    .option('--workload <name>', `what to run: ${WORKLOADS.join(', ')} (default qcow2-alloc)`)
+    .option('--workaround <policy>', 'serialise post-EOF zero-writes: auto (by filesystem and kernel, the default), always, never, or probe (decided by ringfence probe\'s race check, cached per filesystem and kernel)')
     .option('--emulate-xfs-bug', 'run zero-writes with the pre-Linux-5.5 XFS fallocate semantics (sample size, allocate, sleep, truncate)')
-    .option('--window-us <n>', 'with --emulate-xfs-bug: the race window in microseconds (default 2000)')
-    .option('--workers <n>', 'engine worker threads (default 2, or min(4, cores - 1) when larger: the races need requests on two workers at once)')
-    .addOption(new Option('--backend <name>', 'kernel I/O interface').choices(['auto', 'io_uring', 'libaio', 'sync']).default('auto'))
-    .option('--qd <n>', 'concurrency: writers (qcow2-alloc), files (append-race, eof-extend), ops per round (mixed); default 8, 4, 4, 8')
-    .option('--duration <seconds>', 'how long to run (default 10; with --ops only, no time limit)')
-    .option('--ops <n>', 'stop after this many generated operations')
-    .option('--seed <n>', 'seed of the operation stream, 0..4294967295 (default: random, printed)')
-    .option('--cluster-size <size>', 'qcow2-alloc cluster size', '64K')
-    .option('--block-size <size>', 'verified block size (eof-extend writes 1/8 blocks)', '4K')
+    .option('--window-us <n>', `with --emulate-xfs-bug: the race window in microseconds, ${L.windowUs.min} to ${L.windowUs.max} (default 2000)`)
+    .option('--workers <n>', `engine worker threads, ${L.workers.min} to ${L.workers.max} (default 2, or min(4, cores - 1) when larger: the races need requests on two workers at once)`)
+    .option('--backend <name>', `kernel I/O interface: ${BACKENDS.join(', ')} (default auto)`)
+    .option('--qd <n>', `concurrency, ${L.qd.min} to ${L.qd.max}: writers (qcow2-alloc), files (append-race, eof-extend), ops per round (mixed); default 8, 4, 4, 8`)
+    .option('--duration <seconds>', `how long to run, above 0 and at most ${L.durationS.max} (default 10; with --ops only, no time limit)`)
+    .option('--ops <n>', 'stop after this many generated operations (at least 1)')
+    .option('--seed <n>', `seed of the operation stream, ${L.seed.min}..${L.seed.max} (default: random, printed)`)
+    .option('--cluster-size <size>', `qcow2-alloc cluster size: a power of two from --block-size to ${formatSize(L.clusterSize.max)} (default 64K)`)
+    .option('--block-size <size>', `verified block size: a power of two from ${formatSize(L.blockSize.min)} to ${formatSize(L.blockSize.max)} (default 4K; eof-extend writes 1/8 blocks)`)
     .option('--json', 'print one JSON object to stdout and nothing else')
     .option('--quiet', 'no progress line')
     .addHelpText('after', EXAMPLES)
     .action(async (raw: RawOptions) => {
       const json = raw.json === true;
       try {
-        await stress(raw, deps);
+        await stress(raw);
       } catch (err) {
         if (json) process.stdout.write(JSON.stringify({ ok: false, exitCode: 2, error: (err as Error).message, stalled: err instanceof StallError }) + '\n');
         if (err instanceof StallError) {
@@ -67,87 +84,117 @@ export function addStressCommand(program: Command, deps: Deps): void {
           process.stderr.write(`\nringfence: ${err.message}\n`);
           process.exit(2);
         }
-        if (err instanceof SetupError || (err as { usage?: boolean }).usage) throw new deps.UsageError((err as Error).message);
+        if (err instanceof SetupError) throw new UsageError((err as Error).message);
         throw err;
       }
     });
 }
 
-async function stress(raw: RawOptions, deps: Deps): Promise<void> {
-  const usage = (msg: string): Error => new deps.UsageError(msg);
-  const int = (v: string | undefined, name: string, min: number, max: number): number | undefined => {
-    if (v === undefined) return undefined;
-    if (!/^\d+$/.test(v.trim()) || Number(v) < min || Number(v) > max) throw usage(`${name} must be an integer from ${min} to ${max}; got "${v}"`);
-    return Number(v);
-  };
-  const size = (v: string, name: string): number => {
-    try { return parseSize(v); } catch (e) { throw usage(`${name}: ${(e as Error).message}`); }
-  };
-  const pow2 = (n: number): boolean => n > 0 && (n & (n - 1)) === 0;
+export interface StressPlan {
+  volume: VolumeSpec;
+  workload: WorkloadName; workaround: WorkaroundPolicy; emulate: boolean; windowUs: number;
+  workers: number | undefined; backend: BackendChoice; qd: number; durationS: number | null; ops: number | null;
+  seed: number; clusterSize: number; blockSize: number; json: boolean; quiet: boolean;
+}
 
-  const blockSize = size(raw.blockSize, '--block-size');
-  if (!pow2(blockSize) || blockSize < 512 || blockSize > 1 << 20) throw usage(`--block-size must be a power of two from 512 to 1M; got ${raw.blockSize}`);
-  const clusterSize = size(raw.clusterSize, '--cluster-size');
-  if (!pow2(clusterSize) || clusterSize < blockSize || clusterSize > 64 << 20) throw usage(`--cluster-size must be a power of two from --block-size (${blockSize}) to 64M; got ${raw.clusterSize}`);
-  if (raw.windowUs !== undefined && !raw.emulateXfsBug) throw usage('--window-us only applies to the emulated bug: add --emulate-xfs-bug');
-  const windowUs = int(raw.windowUs, '--window-us', 0, 10_000_000) ?? 2000;
-  const workers = int(raw.workers, '--workers', 1, 32);
-  const qd = int(raw.qd, '--qd', 1, 256) ?? defaultQd(raw.workload);
-  const ops = int(raw.ops, '--ops', 1, Number.MAX_SAFE_INTEGER) ?? null;
-  const duration = raw.duration === undefined ? (ops !== null ? null : 10) : Number(raw.duration);
-  if (duration !== null && (!Number.isFinite(duration) || duration <= 0)) throw usage(`--duration must be a positive number of seconds; got "${raw.duration}"`);
-  const seed = int(raw.seed, '--seed', 0, 0xffffffff) ?? randomInt(0, 0xffffffff);
-  if (raw.image && !raw.xfs) throw usage('--image needs --xfs SIZE (the size of the image to create)');
-  if (raw.dir && raw.image) throw usage('--dir and --image are mutually exclusive: pick one');
+/** Every flag of `ringfence stress`, checked; throws UsageError naming the flag. Creates nothing. */
+export function checkStressFlags(raw: RawOptions): StressPlan {
+  const L = STRESS_LIMITS;
+  const workload = enumArg('--workload', raw.workload, WORKLOADS, 'qcow2-alloc');
+  const workaround = enumArg('--workaround', raw.workaround, POLICIES, 'auto');
+  const backend = enumArg('--backend', raw.backend, BACKENDS, 'auto');
+  const blockSize = sizeArg('--block-size', raw.blockSize, { ...L.blockSize, powerOfTwo: true, example: '4K' }) ?? 4096;
+  const clusterSize = sizeArg('--cluster-size', raw.clusterSize, { min: blockSize, max: L.clusterSize.max, powerOfTwo: true, example: '64K', why: `at least --block-size, ${formatSize(blockSize)}` }) ?? 64 * 1024;
+  if (clusterSize < blockSize) throw new UsageError(`--cluster-size (default 64K) is smaller than --block-size ${raw.blockSize}: give --cluster-size at least as large as the block size`);
+  if (raw.windowUs !== undefined && !raw.emulateXfsBug) throw new UsageError('--window-us only applies to the emulated bug: add --emulate-xfs-bug, or drop --window-us');
+  const windowUs = intArg('--window-us', raw.windowUs, { ...L.windowUs, example: 2000 }) ?? 2000;
+  const workers = intArg('--workers', raw.workers, { ...L.workers, example: 4, maxWhy: 'the engine\'s maximum, MAX_WORKERS' });
+  const qd = intArg('--qd', raw.qd, { ...L.qd, example: 8 }) ?? defaultQd(workload);
+  const ops = intArg('--ops', raw.ops, { ...L.ops, example: 20000 }) ?? null;
+  const duration = numberArg('--duration', raw.duration, { above: 0, max: L.durationS.max, unit: 'seconds', example: 5 });
+  const durationS = duration ?? (ops !== null ? null : 10);
+  const seed = intArg('--seed', raw.seed, { ...L.seed, example: 42 }) ?? randomInt(0, 0xffffffff);
+  // The engine's buffer pool (sized as in run.ts) must stay within its limit.
+  const poolNeed = (qd * 2 + 8) * Math.max(clusterSize, 16 * blockSize) + (8 << 20);
+  if (poolNeed > L.poolBytes) {
+    throw new UsageError(`--qd ${qd} with --cluster-size ${raw.clusterSize ?? '64K'} and --block-size ${raw.blockSize ?? '4K'} needs a ${Math.ceil(poolNeed / 2 ** 20)} MiB buffer pool, more than the engine's 2048 MiB: lower --qd or --cluster-size`);
+  }
+  const need = { bytes: spaceNeeded(workload, qd, clusterSize, blockSize), what: `the ${workload} workload` };
+  const volume = checkVolumeFlags(raw, { image: true, need });
+  return {
+    volume, workload, workaround, emulate: raw.emulateXfsBug === true, windowUs, workers, backend, qd, durationS, ops, seed,
+    clusterSize, blockSize, json: raw.json === true, quiet: raw.quiet === true,
+  };
+}
 
-  const json = raw.json === true, quiet = raw.quiet === true;
+async function stress(raw: RawOptions): Promise<void> {
+  const p = checkStressFlags(raw);
+  const { json, quiet } = p;
   const out = (s: string): void => { if (!json) process.stdout.write(s + '\n'); };
   const info = (s: string): void => { if (json) { if (!quiet) process.stderr.write(s + '\n'); } else process.stdout.write(s + '\n'); };
+  if (!(json && quiet)) reportDeadRuns((s) => process.stderr.write(s + '\n'));
 
-  const vol = deps.pickVolume({ xfs: raw.xfs, dir: raw.dir, image: raw.image, force: raw.force }, info);
-  // Ctrl-C: stop generating, let in-flight requests finish, verify what was written, report,
-  // and tear the volume down cleanly (a clean unmount, not a lazy one under open files).
-  // The volume's own SIGINT handler (clean up synchronously and exit 130) is set aside for the
-  // run and called on a second Ctrl-C, or if the graceful stop takes longer than 15 s.
+  // SIGINT or SIGTERM: stop generating, let in-flight requests finish, verify what was written,
+  // report, and tear the volume down cleanly (a clean unmount, not a lazy one under open
+  // files); exit 130 (SIGINT) or 143 (SIGTERM). A second signal, or a graceful stop that takes
+  // longer than 15 s, cleans up at once (src/cleanup.ts) and exits with the first one's code.
   const ac = new AbortController();
+  let stoppedBy: StopSignal | null = null;
   let watchdog: NodeJS.Timeout | undefined;
-  const theirs = process.listeners('SIGINT');
-  for (const l of theirs) process.off('SIGINT', l);
-  const forceExit = (): void => {
-    process.off('SIGINT', onSig);
-    if (theirs.length > 0) for (const l of theirs) (l as (s: string) => void)('SIGINT');
-    else { vol.cleanup(); process.exit(130); }
-  };
-  const onSig = (): void => {
-    if (ac.signal.aborted) { forceExit(); return; }
-    process.stderr.write('\nSIGINT: stopping the run, verifying what was written, then cleaning up (Ctrl-C again to quit at once)\n');
+  const unhook = onStopSignal((sig) => {
+    stoppedBy = sig;
+    process.stderr.write(`\n${sig}: stopping the run, verifying what was written, then cleaning up (${sig === 'SIGINT' ? 'Ctrl-C' : 'a signal'} again to quit at once)\n`);
     ac.abort();
-    watchdog = setTimeout(forceExit, 15_000);
+    watchdog = setTimeout(() => exitOnSignal(sig), 15_000);
     watchdog.unref();
-  };
-  process.on('SIGINT', onSig);
+  });
   let result: StressResult;
   try {
-    info(`ringfence stress: workload ${raw.workload}, seed ${seed}`);
-    info(`volume: ${vol.note}`);
-    if (vol.kind === 'tempdir' || vol.fs !== 'xfs') info(`note: this is not XFS (${vol.fs}): the XFS race cannot occur here except through --emulate-xfs-bug`);
-    result = await runStress(vol, {
-      workload: raw.workload, workaround: raw.workaround, emulate: raw.emulateXfsBug === true, windowUs, workers,
-      backend: raw.backend, qd, durationS: duration, ops, seed, clusterSize, blockSize,
-      progress: json || quiet ? 'none' : process.stdout.isTTY ? 'tty' : 'plain', signal: ac.signal,
-      log: info, stallSeconds: Number(process.env.RINGFENCE_STALL_SECONDS) || undefined,
-    });
+    const vol = openVolume(p.volume, info);
+    try {
+      info(`ringfence stress: workload ${p.workload}, seed ${p.seed}`);
+      info(`volume: ${vol.note}`);
+      if (vol.kind === 'tempdir' || vol.fs !== 'xfs') info(`note: this is not XFS (${vol.fs}): the XFS race cannot occur here except through --emulate-xfs-bug`);
+      result = await runStress(vol, {
+        workload: p.workload, workaround: p.workaround, emulate: p.emulate, windowUs: p.windowUs,
+        workers: p.workers,
+        backend: p.backend, qd: p.qd, durationS: p.durationS, ops: p.ops, seed: p.seed, clusterSize: p.clusterSize, blockSize: p.blockSize,
+        progress: json || quiet ? 'none' : process.stdout.isTTY ? 'tty' : 'plain', signal: lateSafe(ac.signal),
+        log: info, stallSeconds: Number(process.env.RINGFENCE_STALL_SECONDS) || undefined,
+      });
+    } finally {
+      clearTimeout(watchdog);
+      vol.cleanup();
+    }
   } finally {
-    clearTimeout(watchdog);
-    process.off('SIGINT', onSig);
-    vol.cleanup();
-    for (const l of theirs) process.on('SIGINT', l);
+    unhook();
   }
+  // Interrupted: 130 for SIGINT, 143 for SIGTERM (like a shell), unless what was verified up to
+  // then is already bad (1).
+  if (result.exitCode === 130 && stoppedBy !== null) (result as { exitCode: number }).exitCode = signalExitCode(stoppedBy);
   if (json) process.stdout.write(JSON.stringify(result) + '\n');
   else {
     out('');
     out(formatSummary(result));
   }
-  // Interrupted: 130 (like a shell), unless what was verified up to then is already bad.
   process.exitCode = result.exitCode;
+}
+
+/**
+ * The signal as runStress sees it: a listener added after the abort (a signal that arrived
+ * while the engine was starting) is still called, so no stop request is lost.
+ */
+function lateSafe(signal: AbortSignal): AbortSignal {
+  return new Proxy(signal, {
+    get(target, prop) {
+      if (prop === 'addEventListener') {
+        return (type: string, fn: () => void, opts?: { once?: boolean }): void => {
+          if (type === 'abort' && target.aborted) queueMicrotask(fn);
+          else target.addEventListener(type, fn, opts);
+        };
+      }
+      const v = Reflect.get(target, prop, target) as unknown;
+      return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v;
+    },
+  });
 }
