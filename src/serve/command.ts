@@ -1,5 +1,6 @@
 // `ringfence serve IMAGE`: the NBD server on the command line. Every flag is checked before
 // anything is opened (exit 2 naming the flag); SIGINT/SIGTERM drain and exit 0 when clean.
+import { onStopSignal } from '../cleanup.js';
 import { statSync } from 'node:fs';
 import { isIP } from 'node:net';
 import type { Command } from 'commander';
@@ -109,8 +110,9 @@ flushed; exit 0 after a clean drain.`)
             res();
           }, (err) => { log({ event: 'error', message: String((err as Error).message) }); process.exitCode = 1; res(); });
         };
-        process.on('SIGINT', () => stop('SIGINT'));
-        process.on('SIGTERM', () => stop('SIGTERM'));
+        // The CLI's signal handlers (src/cleanup.ts) give the first SIGINT/SIGTERM/SIGHUP to this
+        // graceful stop; a second one exits at once with 128 + the signal number.
+        onStopSignal((sig) => stop(sig));
       });
     });
 }
