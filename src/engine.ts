@@ -11,9 +11,9 @@ import {
   ENTRY_WORDS, E_AUX, E_BUF, E_FILE, E_LEN, E_OFF_HI, E_OFF_LO, E_OP, E_TAG, MAX_FILES, Op,
 } from './protocol.js';
 import {
-  CQ_ENTRY, CTRL_STRIDE, CTRL_WORDS, WAKE_TABLE, W_BUSY, W_CTRL_SEQ, W_HEARTBEAT, W_STALL, MAIN_AWAKE, MAIN_SLEEPING, MAIN_STATE, MAX_WORKERS, RING_HDR_WORDS, RING_HEAD,
+  CQ_ENTRY, CTRL_STRIDE, CTRL_WORDS, WAKE_TABLE, W_BUSY, W_CTRL_SEQ, W_GAVEUP, W_HEARTBEAT, W_STALL, MAIN_AWAKE, MAIN_SLEEPING, MAIN_STATE, MAX_WORKERS, RING_HDR_WORDS, RING_HEAD,
   RING_TAIL, SQ_ENTRY, WAKE_CONTROL, WSTAT_WORDS, WS_BATCHES, WS_BYTES, WS_ERRORS, WS_INFLIGHT, WS_OPS,
-  WS_WAKEUPS, createRing, wakeWorker,
+  WS_WAKEUPS, createRing, wakeWorker, SQ_SEQ, SQ_GEN, SQ_SUM, CQ_ID, CQ_RES, CQ_SEQ, CQ_SUM, entrySum,
 } from './shm.js';
 import { RingfenceError, closedError, errnoError } from './errors.js';
 import {
@@ -123,6 +123,10 @@ interface WorkerSlot {
   sqHeadCache: number;
   cq: Int32Array;
   cqCap: number;
+  /** Our own copy of the completion ring's head (the shared word is only published to). */
+  cqHead: number;
+  /** Set when we found this generation's ring memory corrupt: what was wrong (see ringCorrupt). */
+  corrupt: string | null;
   doorbell: number;
   port: MessagePort;
   task: Promise<unknown>;
@@ -316,7 +320,7 @@ export class Engine {
     const cqCap = nextPow2(Math.max(128, (o.queueDepth * 2 + 16) * 2));
     return {
       index: i, sq: new Int32Array(createRing(sqCap, SQ_ENTRY)), sqCap, sqTail: 0, sqHeadCache: 0,
-      cq: new Int32Array(createRing(cqCap, CQ_ENTRY)), cqCap, doorbell: this.doorbells[i], port: null as unknown as MessagePort,
+      cq: new Int32Array(createRing(cqCap, CQ_ENTRY)), cqCap, cqHead: 0, corrupt: null, doorbell: this.doorbells[i], port: null as unknown as MessagePort,
       task: Promise.resolve(), ready: null, overflow: [], overflowHead: 0, dirty: false, ringFullEvents: 0,
       dead: false, retired: false, generation: 0, lastBeat: -1, lastBeatAt: 0, launchedAt: 0, quickDeaths: 0,
       lastStall: 0, killed: 0, stallWarned: false, ctrlRefs: 0,
@@ -336,7 +340,7 @@ export class Engine {
     const init: WorkerInit = {
       index: slot.index, backend: o.backend, depth: o.queueDepth, sq: slot.sq.buffer as SharedArrayBuffer, sqCapacity: slot.sqCap,
       cq: slot.cq.buffer as SharedArrayBuffer, cqCapacity: slot.cqCap, ctrl: this.ctrl.buffer as SharedArrayBuffer, pool: this.pool.sab,
-      workerStats: this.workerStats.buffer as SharedArrayBuffer, doorbells: this.doorbells, emulateWindowUs: o.emulateWindowUs,
+      pageGen: this.pool.pageGenSab, workerStats: this.workerStats.buffer as SharedArrayBuffer, doorbells: this.doorbells, emulateWindowUs: o.emulateWindowUs,
       faults: generation === 1 ? o.faults : null, spinUs: o.spinUs, port: port2,
     };
     let failed: (e: unknown) => void = () => {};
@@ -348,7 +352,12 @@ export class Engine {
       });
     });
     slot.task = this.piscina.run(init, { transferList: [port2] as never }).then(
-      () => { failed(new Error(`worker ${slot.index} stopped`)); this.workerGone(slot, generation, null); },
+      (r: unknown) => {
+        failed(new Error(`worker ${slot.index} stopped`));
+        // A worker that found its rings corrupt ends its task with a reason saying what it found.
+        const reason = (r as { reason?: unknown } | null)?.reason;
+        this.workerGone(slot, generation, null, typeof reason === 'string' && reason.startsWith('ring-corrupt') ? reason : null);
+      },
       (err: unknown) => { failed(err); this.workerGone(slot, generation, err); },
     );
     port1.unref();
@@ -374,7 +383,7 @@ export class Engine {
    * engine is open. Everything it held fails with ERR_RINGFENCE_WORKER_LOST, its table entries
    * are released so nobody waits for them forever, and a replacement takes over its slot.
    */
-  private workerGone(slot: WorkerSlot, generation: number, err: unknown): void {
+  private workerGone(slot: WorkerSlot, generation: number, err: unknown, ringCorrupt: string | null = null): void {
     // Each generation of a slot dies at most once; a replacement that dies before it was
     // ready is handled like any other death (slot.dead is still true then). While close()
     // waits for outstanding requests, a death is handled as usual: only the final teardown,
@@ -383,19 +392,32 @@ export class Engine {
     slot.dead = true;
     const quick = performance.now() - slot.launchedAt < 1000;
     slot.quickDeaths = quick ? slot.quickDeaths + 1 : 0;
-    const why = err === null ? 'its task returned' : (err as Error)?.message ?? String(err);
+    // Ring memory found corrupt (by the worker, which then ended its task with the reason, or by
+    // us, who then terminated it): the same loss path, with its own code and advice. (Only a
+    // ring we found corrupt ourselves is not drained below.)
+    const corrupt = slot.corrupt ?? ringCorrupt;
+    const why = corrupt ?? (err === null ? 'its task returned' : (err as Error)?.message ?? String(err));
+    // The native teardown gave up on requests still in the kernel (a stuck device): they may
+    // still read or write their memory and their ranges, so nothing they name is reused, their
+    // table entries stay (overlapping requests wait rather than race them), and fds stay open.
+    const gaveUp = Atomics.load(this.ctrl, slot.index * CTRL_STRIDE + W_GAVEUP) !== 0;
+    if (gaveUp) this.fdsPinned = true;
     // 1. Its tracked-request entries: release them and wake whoever parked behind them.
     for (const ident of this.identities.values()) {
-      if (ident.table === null) continue;
+      if (ident.table === null || gaveUp) continue;
       const mask = releaseOwnedBy(ident.table, this.options.tableCapacity, slot.index);
       this.wakeMask(mask);
     }
     // 2. Completions it delivered before it died are real results: settle them first.
     this.drainOne(slot);
     // Entries written into its ring but not yet published never reached it: queue them again.
+    // Not from a corrupt ring: its tail word (and the ids in it) cannot be trusted, so
+    // everything it held fails below, and the caller retries.
     const published = Atomics.load(slot.sq, RING_TAIL);
     const unpublished: number[] = [];
-    for (let t = published; t !== slot.sqTail; t = (t + 1) | 0) unpublished.push(slot.sq[RING_HDR_WORDS + (t & (slot.sqCap - 1)) * SQ_ENTRY + E_TAG]);
+    if (corrupt === null && ((slot.sqTail - published) | 0) >= 0 && ((slot.sqTail - published) | 0) <= slot.sqCap) {
+      for (let t = published; t !== slot.sqTail; t = (t + 1) | 0) unpublished.push(slot.sq[RING_HDR_WORDS + (t & (slot.sqCap - 1)) * SQ_ENTRY + E_TAG]);
+    }
     if (unpublished.length > 0) {
       slot.overflow.splice(slot.overflowHead, 0, ...unpublished);
       this.queued += unpublished.length;
@@ -406,6 +428,18 @@ export class Engine {
       if (this.reqKind[id] === K_FREE || this.reqEntry[id * ENTRY_WORDS + E_TAG] !== slot.index || inOverflow.has(id)) continue;
       const op = this.reqEntry[id * ENTRY_WORDS + E_OP] & 0xff;
       const writes = op === Op.WRITE || op === Op.WRITEV || op === Op.FALLOCATE || op === Op.TRUNCATE;
+      // Given up in the kernel: no copy-back, no return of memory the kernel may still write.
+      if (gaveUp) { this.reqDone[id] = null; this.reqRec[id] = null; }
+      if (corrupt !== null) {
+        this.settle(id, -1, new RingfenceError(
+          `${opName(op)} on ${this.reqFile[id]?.path ?? 'a file'}: the shared ring memory of worker ${slot.index} was found corrupt ` +
+          `(${corrupt.replace(/^ring-corrupt: /, '')}), so the engine stopped using it; this request did not run or its state is unknown: ` +
+          (writes ? 'write it again (or read the range back to see what landed)' : 'retry it') +
+          '. The engine has replaced the worker and keeps working. If nothing in this process writes the engine\'s shared memory, this is a ringfence bug: please report it',
+          { code: 'ERR_RINGFENCE_RING_CORRUPT', op: opName(op), path: this.reqFile[id]?.path },
+        ));
+        continue;
+      }
       this.settle(id, -1, new RingfenceError(
         `${opName(op)} on ${this.reqFile[id]?.path ?? 'a file'}: worker ${slot.index} died (${why}) while it held this request; ` +
         (writes ? 'the data state of the range is unknown: write it again, or read it back to see what landed' : 'read it again'),
@@ -417,7 +451,7 @@ export class Engine {
     // A slot whose workers keep dying within a second of starting is retired instead: its
     // queued requests fail, and new ones go to the other workers.
     const fresh = this.makeSlot(slot.index);
-    slot.sq = fresh.sq; slot.cq = fresh.cq; slot.sqTail = 0; slot.sqHeadCache = 0; slot.dirty = false;
+    slot.sq = fresh.sq; slot.cq = fresh.cq; slot.sqTail = 0; slot.sqHeadCache = 0; slot.cqHead = 0; slot.corrupt = null; slot.dirty = false;
     slot.lastBeat = -1;
     if (slot.quickDeaths >= 3) {
       slot.retired = true;
@@ -677,13 +711,27 @@ export class Engine {
   /** Writes request `id` into w's submission ring if there is room (not yet published). */
   private push(w: WorkerSlot, id: number): boolean {
     if (((w.sqTail - w.sqHeadCache) | 0) >= w.sqCap) {
-      w.sqHeadCache = Atomics.load(w.sq, RING_HEAD);
-      if (((w.sqTail - w.sqHeadCache) | 0) >= w.sqCap) return false;
+      // The head is the worker's word in shared memory: untrusted. A head ahead of our tail,
+      // or more than a ring behind it, is corrupt ring memory.
+      const head = Atomics.load(w.sq, RING_HEAD), used = (w.sqTail - head) | 0;
+      if (used < 0 || used > w.sqCap) {
+        this.ringCorrupt(w, `submission head ${head} is ${used} behind tail ${w.sqTail} (capacity ${w.sqCap})`);
+        return false;
+      }
+      w.sqHeadCache = head;
+      if (used >= w.sqCap) return false;
     }
     const dst = RING_HDR_WORDS + (w.sqTail & (w.sqCap - 1)) * SQ_ENTRY, src = id * ENTRY_WORDS;
     const sq = w.sq, E = this.reqEntry;
     for (let i = 0; i < ENTRY_WORDS; i++) sq[dst + i] = E[src + i];
     sq[dst + E_TAG] = id;
+    // The words the worker checks before it trusts the entry (src/shm.ts): the ring index, the
+    // allocation generation of the pool memory it names, and a check value over both.
+    const op = E[src + E_OP] & 0xff;
+    sq[dst + SQ_SEQ] = w.sqTail;
+    sq[dst + SQ_GEN] = op >= Op.READ && op <= Op.WRITEV ? this.pool.genAt(E[src + E_BUF] >>> 0) : 0;
+    for (let i = SQ_SUM + 1; i < SQ_ENTRY; i++) sq[dst + i] = 0;
+    sq[dst + SQ_SUM] = entrySum(sq, dst, SQ_SUM);
     w.sqTail = (w.sqTail + 1) | 0;
     w.dirty = true;
     return true;
@@ -739,7 +787,7 @@ export class Engine {
   }
 
   private pending(): boolean {
-    for (const w of this.workers) if (Atomics.load(w.cq, RING_TAIL) !== Atomics.load(w.cq, RING_HEAD)) return true;
+    for (const w of this.workers) if (w.corrupt === null && Atomics.load(w.cq, RING_TAIL) !== w.cqHead) return true;
     return false;
   }
 
@@ -752,21 +800,53 @@ export class Engine {
   }
 
   private drainOne(w: WorkerSlot): number {
-    const cq = w.cq;
-    let head = Atomics.load(cq, RING_HEAD);
-    const tail = Atomics.load(cq, RING_TAIL);
+    // A ring found corrupt is never read again; its worker is on its way out (see ringCorrupt).
+    if (w.corrupt !== null) return 0;
+    const cq = w.cq, C = CQ_COPY;
+    // The head is ours (we keep it; the shared word is only published); the tail is the
+    // worker's word in shared memory: untrusted.
+    let head = w.cqHead;
+    const tail = Atomics.load(cq, RING_TAIL), avail = (tail - head) | 0;
+    if (avail < 0 || avail > w.cqCap) {
+      this.ringCorrupt(w, `completion tail ${tail} is ${avail} ahead of head ${head} (capacity ${w.cqCap})`);
+      return 0;
+    }
     let n = 0;
     while (head !== tail) {
       const src = RING_HDR_WORDS + (head & (w.cqCap - 1)) * CQ_ENTRY;
-      const id = cq[src], res = cq[src + 1];
+      // Check a copy, so the words used are the words checked.
+      for (let i = 0; i < CQ_ENTRY; i++) C[i] = cq[src + i];
+      if (C[CQ_SEQ] !== head || C[CQ_SUM] !== entrySum(C, 0, CQ_SUM)) {
+        this.ringCorrupt(w, C[CQ_SEQ] !== head
+          ? `completion entry at index ${head} carries index ${C[CQ_SEQ]} (stale or overwritten)`
+          : `completion entry at index ${head} fails its check value (a word was overwritten)`);
+        break;
+      }
+      const id = C[CQ_ID], res = C[CQ_RES];
       head = (head + 1) | 0;
       // An id the main thread does not have in flight, or one now held by another worker,
       // would be memory corruption or a stale ring: ignore it.
       if (id >= 0 && id < this.nextId && this.reqKind[id] !== K_FREE && this.reqEntry[id * ENTRY_WORDS + E_TAG] === w.index) this.settle(id, res, null);
       n++;
     }
-    Atomics.store(cq, RING_HEAD, head);
+    if (n > 0) {
+      w.cqHead = head;
+      Atomics.store(cq, RING_HEAD, head);
+    }
     return n;
+  }
+
+  /**
+   * w's ring memory is corrupt: stop using its rings and handle its worker as lost (with
+   * ERR_RINGFENCE_RING_CORRUPT, see workerGone). Its thread is terminated, as the watchdog
+   * does, so that its kernel I/O is drained before its requests fail and their memory is reused.
+   */
+  private ringCorrupt(w: WorkerSlot, reason: string): void {
+    if (w.corrupt !== null) return;
+    w.corrupt = `ring-corrupt: ${reason}`;
+    w.dead = true;
+    const thread = w.ready === null ? undefined : this.piscina.threads.find((t) => t.threadId === w.ready!.threadId);
+    void thread?.terminate();
   }
 
   private settle(id: number, res: number, error: RingfenceError | null): void {
@@ -1024,4 +1104,7 @@ export function opName(op: number): string {
 }
 
 function nextPow2(n: number): number { return 2 ** Math.ceil(Math.log2(n)); }
+
+/** drainOne()'s copy of the completion entry it checks (one, reused: no allocation per entry). */
+const CQ_COPY = new Int32Array(CQ_ENTRY);
 

@@ -2,7 +2,9 @@
 // power-of-two blocks of 4 KiB pages. Every block is therefore 4 KiB-aligned in the
 // pool, and the pool itself is page-aligned (growable SharedArrayBuffers are allocated
 // page-aligned by V8), so any block is usable for O_DIRECT on every common device
-// without a copy. Only the main thread allocates; workers only see byte offsets.
+// without a copy. Only the main thread allocates; workers only see byte offsets, and the
+// page-generation map (see poolRangeLive() in src/shm.ts), which tells them whether the
+// memory a ring entry names still belongs to the allocation the entry was made for.
 
 export const PAGE = 4096;
 const NONE = -1;
@@ -23,6 +25,14 @@ export class BufferPool {
   private readonly usedOrder: Int8Array;
   private usedBytes = 0;
   private highWater = 0;
+  /**
+   * The page-generation map, shared with the workers: one int32 per page, 0 while the page is
+   * free, else the generation of the allocation holding it (the same, never-0 value on every
+   * page of a block; each alloc() draws a new one). Written only here, on the main thread.
+   */
+  readonly pageGenSab: SharedArrayBuffer;
+  private readonly pageGen: Int32Array;
+  private lastGen = 0;
 
   constructor(size: number) {
     if (!Number.isInteger(size) || size < PAGE || size % PAGE !== 0) {
@@ -40,6 +50,8 @@ export class BufferPool {
     this.prev = new Int32Array(this.pages).fill(NONE);
     this.freeOrder = new Int8Array(this.pages).fill(-1);
     this.usedOrder = new Int8Array(this.pages).fill(-1);
+    this.pageGenSab = new SharedArrayBuffer(this.pages * 4);
+    this.pageGen = new Int32Array(this.pageGenSab);
     // Seed the free lists with maximal naturally-aligned blocks.
     let page = 0;
     while (page < this.pages) {
@@ -70,6 +82,10 @@ export class BufferPool {
       this.push(order, page + (1 << order));
     }
     this.usedOrder[page] = want;
+    // A fresh generation (1..2^31-1, wrapping) on every page of the block: an entry made for
+    // an earlier allocation of these pages no longer matches.
+    this.lastGen = this.lastGen === 0x7fffffff ? 1 : this.lastGen + 1;
+    this.pageGen.fill(this.lastGen, page, page + (1 << want));
     this.usedBytes += PAGE << want;
     if (this.usedBytes > this.highWater) this.highWater = this.usedBytes;
     return page * PAGE;
@@ -83,6 +99,7 @@ export class BufferPool {
     }
     let order = this.usedOrder[page];
     this.usedOrder[page] = -1;
+    this.pageGen.fill(0, page, page + (1 << order));
     this.usedBytes -= PAGE << order;
     // Merge with free buddies of the same order.
     while (order < this.maxOrder) {
@@ -101,6 +118,16 @@ export class BufferPool {
     if (!Number.isInteger(page) || page < 0 || page >= this.pages) return -1;
     const order = this.usedOrder[page];
     return order < 0 ? -1 : PAGE << order;
+  }
+
+  /**
+   * The allocation generation of the block holding byte `offset` of the pool (what a ring
+   * entry naming that memory carries in SQ_GEN); 0 if the page is free or `offset` is not in
+   * the pool.
+   */
+  genAt(offset: number): number {
+    if (!(offset >= 0 && offset < this.size)) return 0;
+    return this.pageGen[Math.floor(offset / PAGE)];
   }
 
   private push(order: number, page: number): void {

@@ -1,11 +1,14 @@
 // Shared memory is untrusted input. Thousands of random and adversarial 8-word entries go
 // through the real submission rings (engine.submitRaw, an internal test hook) on every
 // backend. An entry that this file's own reference validator (written from the wire format in
-// src/protocol.ts / native/ops.h, not from the engine's code) deems invalid must complete with
-// a negative errno; valid-looking entries may do I/O on the fuzz files only, inside a fuzz
-// region of the pool. Meanwhile good writes to another file must complete and verify, a
-// canary filling the rest of the pool must be unchanged at the end, no worker may die, and
-// the process must survive.
+// src/protocol.ts / native/ops.h and the pool-generation rule in src/shm.ts, not from the
+// engine's code) deems invalid must complete with a negative errno; valid-looking entries may
+// do I/O on the fuzz files only, inside a fuzz region of the pool. The engine stamps each entry
+// with the allocation generation of the pool memory it names, so entries whose memory lies in
+// one live allocation go on to the addon's validation; some entries get a hostile generation
+// word instead (with a matching check value, as a stale entry would have) and must fail.
+// Meanwhile good writes to another file must complete and verify, a canary filling the rest of
+// the pool must be unchanged at the end, no worker may die, and the process must survive.
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { join } from 'node:path';
@@ -13,6 +16,7 @@ import { readFileSync } from 'node:fs';
 import { constants } from 'node:os';
 import { Engine } from '../dist/src/index.js';
 import { loadAddon } from '../dist/src/addon.js';
+import { entrySum, RING_HDR_WORDS, SQ_ENTRY, SQ_GEN, SQ_SUM } from '../dist/src/shm.js';
 import { scratchDir, rng, pattern, availableBackends } from './helpers/env.mjs';
 
 const { EBADF } = constants.errno;
@@ -34,8 +38,9 @@ const join64 = (lo, hi) => BigInt.asIntN(64, (BigInt(hi >>> 0) << 32n) | BigInt(
  * The reference validator, from the documented wire format. Returns
  * { valid, ebadf, writesPool: [start, end) | null, readsPool: [[s, e]...] }.
  * "valid" means the addon must hand it to the kernel (which may still fail it).
+ * live(s, e): [s, e) lies in one live pool allocation (the engine refuses memory that does not).
  */
-function judge(w, openIds, iovTables) {
+function judge(w, openIds, iovTables, live) {
   const word0 = w[0] >>> 0, op = word0 & 0xff, flags = word0 & ~0xff;
   const file = w[1];
   const bad = { valid: false };
@@ -49,7 +54,7 @@ function judge(w, openIds, iovTables) {
     if (off > INT64_MAX - BigInt(len)) return bad;
     const a0 = off - (off % BigInt(align)), a1 = ((off + BigInt(len) + BigInt(align) - 1n) / BigInt(align)) * BigInt(align);
     const span = Number(a1 - a0) + 2 * align;
-    if (buf % 512 !== 0 || buf + span > POOL) return bad;
+    if (buf % 512 !== 0 || buf + span > POOL || !live(buf, buf + span)) return bad;
     return { valid: true, writesPool: [buf, buf + span] };
   }
   if (op < 1 || op > 8) return bad;
@@ -61,19 +66,19 @@ function judge(w, openIds, iovTables) {
     case READ: case WRITE: {
       const len = w[4], buf = w[5] >>> 0;
       if (len < 1 || off > INT64_MAX - BigInt(len)) return bad;
-      if (buf + len > POOL) return bad;
+      if (buf + len > POOL || !live(buf, buf + len)) return bad;
       return { valid: true, writesPool: op === READ ? [buf, buf + len] : null };
     }
     case READV: case WRITEV: {
       const len = w[4], table = w[5] >>> 0, count = w[7] >>> 0;
       if (len < 1 || off > INT64_MAX - BigInt(len)) return bad;
-      if (count < 1 || count > 64 || table % 8 !== 0 || table + count * 8 > POOL) return bad;
+      if (count < 1 || count > 64 || table % 8 !== 0 || table + count * 8 > POOL || !live(table, table + count * 8)) return bad;
       const descs = iovTables.get(table);
       if (descs === undefined) return { valid: 'unknown' }; // random table contents: cannot judge
       let sum = 0, lo = Infinity, hi = -Infinity;
       for (let i = 0; i < count; i++) {
         const [o, l] = descs[i] ?? [0, 0];
-        if (l === 0 || o + l > POOL) return bad;
+        if (l === 0 || o + l > POOL || !live(o, o + l)) return bad;
         sum += l; lo = Math.min(lo, o); hi = Math.max(hi, o + l);
       }
       if (sum !== len) return bad;
@@ -179,7 +184,7 @@ for (const backend of BACKENDS) {
       const fd = await engine.open(join(scratch.dir, `fuzz-direct-${backend}`), { create: true, truncate: true, direct: true });
       const fb = await engine.open(join(scratch.dir, `fuzz-buffered-${backend}`), { create: true, truncate: true, direct: false });
       await fb.write(pattern(1 << 16, 5), 0);
-      const fro = await engine.open(join(scratch.dir, `fuzz-buffered-${backend}`), { readOnly: true });
+      const fro = await engine.open(join(scratch.dir, `fuzz-buffered-${backend}`), { readOnly: true, direct: false });
       const fuzzIds = [fd.id, fb.id, fro.id];
       assert.not.ok(fuzzIds.includes(good.id));
       const openIds = new Set(fuzzIds);
@@ -188,8 +193,10 @@ for (const backend of BACKENDS) {
       const region = engine.alloc(FUZZ_BYTES);
       const goodBufs = Array.from({ length: 16 }, () => engine.alloc(4096));
       const verify = engine.alloc(4096);
-      const F = region.byteOffset;
-      const excluded = [[F, F + FUZZ_BYTES], ...goodBufs.map((b) => [b.byteOffset, b.byteOffset + 4096]), [verify.byteOffset, verify.byteOffset + 4096]]
+      // Pool offsets: each engine.alloc() buffer is a view of its own ArrayBuffer (byteOffset 0).
+      const poolAt = (b) => engine.poolOffset(b);
+      const F = poolAt(region);
+      const excluded = [[F, F + FUZZ_BYTES], ...goodBufs.map((b) => [poolAt(b), poolAt(b) + 4096]), [poolAt(verify), poolAt(verify) + 4096]]
         .sort((a, b) => a[0] - b[0]);
       const pool = engine.pool.bytes;
       const canary = pattern(POOL, 0xc0ffee);
@@ -203,7 +210,29 @@ for (const backend of BACKENDS) {
 
       const gen = makeGenerator(backend.length * 1000 + 17, fuzzIds, F);
       const iovTables = new Map();
-      const stats = { knownBug: 0, invalid: 0, valid: 0, unknown: 0, skipped: 0, ebadf: 0, validOk: 0 };
+      // The live allocations (whole blocks): the fuzz region, the good buffers, the verify block.
+      const allocs = [region, ...goodBufs, verify].map((b) => [poolAt(b), poolAt(b) + engine.pool.blockSize(poolAt(b))]);
+      const live = (s, e) => allocs.some(([a, z]) => s >= a && e <= z && e > s);
+      // Hostile generation words: an entry written by the engine gets a wrong SQ_GEN with a
+      // matching check value (what a stale entry for an earlier allocation looks like).
+      const hr = rng(backend.length * 7 + 3);
+      const otherGen = engine.pool.genAt(poolAt(goodBufs[0]));
+      const slots = engine['workers'];
+      const stampHostile = (words) => {
+        const before = slots.map((s) => s.sqTail);
+        return (k) => {
+          const s = slots.find((x, i) => ((x.sqTail - before[i]) | 0) === 1);
+          if (s === undefined) return false; // queued in the overflow, not in the ring: leave it
+          const at = RING_HDR_WORDS + (((s.sqTail - 1) | 0) & (s.sqCap - 1)) * SQ_ENTRY;
+          for (const i of [0, 1, 2, 3, 4, 5, 7]) if (s.sq[at + i] !== (words[i] | 0)) return false;
+          const right = s.sq[at + SQ_GEN];
+          const choices = [0, right + 1, right - 1, otherGen, 0x7fffffff, -1, hr() | 0].filter((g) => (g | 0) !== right);
+          s.sq[at + SQ_GEN] = choices[k % choices.length];
+          s.sq[at + SQ_SUM] = entrySum(s.sq, at, SQ_SUM);
+          return true;
+        };
+      };
+      const stats = { knownBug: 0, invalid: 0, valid: 0, unknown: 0, skipped: 0, ebadf: 0, validOk: 0, hostileGen: 0 };
       const problems = [];
       const goodWrites = new Map();
       let goodSeq = 0;
@@ -213,11 +242,18 @@ for (const backend of BACKENDS) {
         iovTables.clear();
         for (let k = 0; k < CHUNK; k++) {
           const w = gen(iovTables, pool, k);
-          const v = judge(w, openIds, iovTables);
+          let v = judge(w, openIds, iovTables, live);
           if (v.valid === true && v.writesPool && (v.writesPool[0] < F || v.writesPool[1] > F + FUZZ_BYTES)) { stats.skipped++; continue; }
           if (v.valid === 'unsafe' || v.valid === 'unknown') { stats.skipped++; continue; }
           const words = Array.from(w);
-          const p = engine.submitRaw(fb, words).then((res) => {
+          const hostile = (w[0] & 0xff) >= READ && (w[0] & 0xff) <= WRITEV && hr() % 8 === 0 ? stampHostile(words) : null;
+          const p = engine.submitRaw(fb, words);
+          if (hostile !== null && hostile(hr())) {
+            // The pool memory it names is not the allocation its generation word says: refused.
+            stats.hostileGen++;
+            if (!v.ebadf) v = { valid: false };
+          }
+          pending.push(p.then((res) => {
             if (!Number.isInteger(res)) problems.push(`non-integer result ${res} for [${words}]`);
             if (v.valid === false) {
               stats.invalid++;
@@ -232,8 +268,7 @@ for (const backend of BACKENDS) {
                 else stats.validOk++;
               }
             } else stats.unknown++;
-          });
-          pending.push(p);
+          }));
         }
         // Interleaved good writes to the other file, with known data.
         for (let k = 0; k < 4; k++) {
@@ -257,6 +292,7 @@ for (const backend of BACKENDS) {
       assert.ok(stats.invalid > N / 4, 'a good share of entries were invalid');
       assert.ok(stats.ebadf > 50, 'bad file ids were exercised');
       assert.ok(stats.valid > 100 && stats.validOk > 20, 'valid entries were exercised');
+      assert.ok(stats.hostileGen > N / 40, 'hostile generation words were exercised');
 
       // Every good write reads back, through the engine and through node:fs.
       const disk = readFileSync(join(scratch.dir, `good-${backend}`));

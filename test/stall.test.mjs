@@ -88,4 +88,39 @@ for (const backend of BACKENDS) {
   });
 }
 
+(can && BACKENDS.includes('io_uring') ? test : test.skip)('io_uring: a worker lost while its writes are stuck in the kernel never lets their memory be reused', async () => {
+  // The worker throws (injected) while XFS is frozen: its teardown waits ~10 s for the stuck
+  // writes, gives up and leaks the ring. The engine must then keep their bounce blocks, or the
+  // writes, which land after the thaw, would carry whatever the next owner put there.
+  const vol = makeXfsVolume(512 << 20);
+  let engine;
+  try {
+    engine = await Engine.start({ backend: 'io_uring', workers: 1, faults: '0:throw:10', watchdogMs: 0, bufferPoolBytes: 4 << 20 });
+    const path = join(vol.dir, 'gaveup');
+    const f = await engine.open(path, { create: true, truncate: true });
+    await frozen(vol.dir, async (thaw) => {
+      const writes = Array.from({ length: 8 }, (_, i) => f.write(Buffer.alloc(65536, 0x11), i * 65536).then((n) => n, (e) => e));
+      await sleep(300);
+      // Requests 9 and on: the injected fault makes the worker throw at its 10th.
+      const triggers = Array.from({ length: 3 }, () => f.read(Buffer.alloc(4096), 1 << 20).then((n) => n, (e) => e));
+      const results = await Promise.all([...writes, ...triggers]);
+      for (const r of results.slice(0, 8)) assert.ok(r instanceof Error && r.code === 'ERR_RINGFENCE_WORKER_LOST', String(r?.message ?? r));
+      // Take every block the pool will give and fill it: none may be a stuck write's.
+      const taken = [];
+      for (;;) { try { taken.push(engine.alloc(65536).fill(0xee)); } catch { break; } }
+      assert.ok(engine.stats().pool.used >= 8 * 65536, 'the stuck writes still hold their blocks');
+      thaw();
+      await sleep(1000);
+    });
+    await engine.close({ deadlineMs: 2000 });
+    engine = null;
+    const disk = readFileSync(path);
+    assert.not.ok(disk.includes(0xee), 'no stuck write carried another allocation\'s bytes');
+  } finally {
+    await engine?.close({ deadlineMs: 2000 });
+    await sleep(500);
+    vol.cleanup();
+  }
+});
+
 test.run();

@@ -10,13 +10,14 @@
 import { fstatSync } from 'node:fs';
 import { threadId, type MessagePort } from 'node:worker_threads';
 import {
-  COMPL_WORDS, ENTRY_WORDS, E_AUX, E_BUF, E_FILE, E_LEN, E_OFF_HI, E_OFF_LO, E_OP, E_TAG, MAX_FILES, Op, OpFlag,
+  COMPL_WORDS, ENTRY_WORDS, E_AUX, E_BUF, E_FILE, E_LEN, E_OFF_HI, E_OFF_LO, E_OP, E_TAG, IOV_MAX, MAX_FILES, Op, OpFlag,
 } from '../src/protocol.js';
 import {
-  CQ_ENTRY, CTRL_STRIDE, FSTAT_WORDS, FS_EMULATED, FS_FULL, FS_SERIALISING, FS_TRACKED, FS_WAITS, FS_WAIT_MAX_NS, FS_WAIT_NS,
-  MAIN_AWAKE, MAIN_SLEEPING, MAIN_STATE, RING_HDR_WORDS, RING_HEAD, RING_TAIL, SQ_ENTRY, STATE_RUNNING, STATE_SLEEP_FUTEX,
-  STATE_SLEEP_KERNEL, WAKE_CONTROL, WAKE_TABLE, WSTAT_WORDS, WS_BATCHES, WS_BYTES, WS_ERRORS, WS_INFLIGHT, WS_OPS, WS_WAKEUPS,
-  W_BUSY, W_CTRL_SEQ, W_HEARTBEAT, W_KINFLIGHT, W_STATE, W_WAKE, wakeWorker,
+  CQ_ENTRY, CQ_ID, CQ_RES, CQ_SEQ, CQ_SUM, CTRL_STRIDE, FSTAT_WORDS, FS_EMULATED, FS_FULL, FS_SERIALISING, FS_TRACKED, FS_WAITS,
+  FS_WAIT_MAX_NS, FS_WAIT_NS, MAIN_AWAKE, MAIN_SLEEPING, MAIN_STATE, RING_HDR_WORDS, RING_HEAD, RING_TAIL, SQ_ENTRY, SQ_GEN, SQ_SEQ,
+  SQ_SUM, STATE_RUNNING, STATE_SLEEP_FUTEX, STATE_SLEEP_KERNEL, WAKE_CONTROL, WAKE_TABLE, WSTAT_WORDS, WS_BATCHES, WS_BYTES,
+  WS_ERRORS, WS_INFLIGHT, WS_OPS, WS_WAKEUPS, W_BUSY, W_CTRL_SEQ, W_HEARTBEAT, W_KINFLIGHT, W_STALL, W_STATE, W_WAKE, entrySum,
+  poolRangeLive, wakeWorker,
 } from '../src/shm.js';
 import { ADMITTED, AtomicWords, FULL, ReqType, TrackedTable } from '../src/table.js';
 import type { BackendName, NativeAddon, NativeContext, WorkerInit, WorkerReady, ControlMessage } from '../src/types.js';
@@ -56,9 +57,28 @@ class Worker {
   private ctx!: NativeContext;
   private readonly sq: Int32Array;
   private readonly sqMask: number;
+  private readonly sqCap: number;
+  /** Our own copy of the submission head (the shared word is only published to: untrusted). */
+  private sqHead = 0;
   private readonly cq: Int32Array;
   private readonly cqMask: number;
   private readonly cqCap: number;
+  /** Our own copy of the completion tail, likewise. */
+  private cqTail = 0;
+  /** The pool's page-generation map (src/shm.ts poolRangeLive), written by the main thread. */
+  private readonly pageGen: Int32Array;
+  /** The pool as uint32 words, for reading iovec tables. */
+  private readonly poolWords: Uint32Array;
+  /** An entry copied out of the submission ring, checked before anything uses it. */
+  private readonly pulledEntry = new Int32Array(SQ_ENTRY);
+  /**
+   * Set when the ring memory was found corrupt or stale: what was wrong. The worker then never
+   * reads its submission ring again, lets what is in the kernel complete, and ends its task
+   * with this reason (the main thread fails what it still held with ERR_RINGFENCE_RING_CORRUPT).
+   */
+  private corrupt: string | null = null;
+  /** The completion ring's head was found corrupt: completions can no longer be posted. */
+  private cqBroken = false;
   private readonly ctrl: Int32Array;
   private readonly base: number;
   private readonly doorbells: number[];
@@ -82,6 +102,10 @@ class Worker {
   /** Size to restore after a padded write that extended the file (-1: none). */
   private readonly slotTrunc: Float64Array;
   private readonly slotInf: Uint8Array;
+  /** SQ_GEN of the request: the pool allocation its memory must still belong to. */
+  private readonly slotGen: Int32Array;
+  /** Some part of the request was handed to the kernel (a corrupt ring lets these finish). */
+  private readonly slotStarted: Uint8Array;
   private readonly poolBytes: Uint8Array;
   private readonly slotFile: (FileEntry | undefined)[];
   private readonly freeSlots: Int32Array;
@@ -113,7 +137,13 @@ class Worker {
     this.addon = loadAddon();
     this.sq = new Int32Array(init.sq);
     this.sqMask = init.sqCapacity - 1;
+    this.sqCap = init.sqCapacity;
+    // Fresh rings start at 0 (the engine gives every worker generation new ones).
+    this.sqHead = Atomics.load(this.sq, RING_HEAD);
     this.cq = new Int32Array(init.cq);
+    this.cqTail = Atomics.load(this.cq, RING_TAIL);
+    this.pageGen = new Int32Array(init.pageGen);
+    this.poolWords = new Uint32Array(init.pool, 0, Math.floor(init.pool.byteLength / 4));
     this.cqMask = init.cqCapacity - 1;
     this.cqCap = init.cqCapacity;
     this.ctrl = new Int32Array(init.ctrl);
@@ -135,6 +165,8 @@ class Worker {
     this.slotResult = new Int32Array(this.cap);
     this.slotTrunc = new Float64Array(this.cap);
     this.slotInf = new Uint8Array(this.cap);
+    this.slotGen = new Int32Array(this.cap);
+    this.slotStarted = new Uint8Array(this.cap);
     this.poolBytes = new Uint8Array(init.pool);
     this.slotFile = new Array(this.cap).fill(undefined);
     this.freeSlots = new Int32Array(this.cap);
@@ -158,6 +190,8 @@ class Worker {
         const ctx = this.addon.Context ? new this.addon.Context({
           backend, depth: init.depth, pool: new Uint8Array(init.pool), batch: this.batch, completions: this.compl,
           doorbellFd: init.doorbells[init.index], emulateWindowUs: init.emulateWindowUs,
+          // W_STALL, then W_GAVEUP (src/shm.ts): the native context writes both.
+          stall: new Int32Array(init.ctrl, (this.base + W_STALL) * 4, 2),
         }) : null;
         if (!ctx) throw new Error('native addon has no Context');
         const ready: WorkerReady = { type: 'ready', index: this.index, backend, refused, info: ctx.info(), threadId };
@@ -221,6 +255,10 @@ class Worker {
           this.handleControl();
         }
         if (wake & WAKE_TABLE) this.retryWaiting();
+        // Corrupt ring memory: once what it held has finished and been posted (or, with a
+        // corrupt completion ring, once nothing is left in the kernel), end the task.
+        if (this.corrupt !== null && this.nativeInflight === 0 && this.readyLen === 0 &&
+            (this.cqBroken || (this.popped === 0 && this.doneLen === 0))) break;
         if (this.stopping && this.popped === 0 && this.doneLen === 0 && this.sqEmpty()) break;
 
         let progress = this.pull();
@@ -256,7 +294,7 @@ class Worker {
           Atomics.store(ctrl, st, STATE_RUNNING);
         }
       }
-      return { index: this.index, reason: 'stopped' };
+      return { index: this.index, reason: this.corrupt ?? 'stopped' };
     } finally {
       this.ctx.close();
     }
@@ -273,30 +311,88 @@ class Worker {
   }
 
   private sqEmpty(): boolean {
-    return Atomics.load(this.sq, RING_TAIL) === Atomics.load(this.sq, RING_HEAD);
+    // A corrupt ring is never read again: it counts as empty.
+    return this.corrupt !== null || Atomics.load(this.sq, RING_TAIL) === this.sqHead;
   }
 
-  /** Pulls requests from the submission ring into local slots and routes each one. */
+  /**
+   * Pulls requests from the submission ring into local slots and routes each one. Ring memory
+   * is shared and untrusted: the tail must be at most one ring ahead of our head, and each
+   * entry must carry the index it is read at (an entry from an earlier lap is stale) and a
+   * matching check value (src/shm.ts). Anything else is corruption: see ringCorrupt().
+   */
   private pull(): boolean {
-    const sq = this.sq;
-    let head = Atomics.load(sq, RING_HEAD);
+    if (this.corrupt !== null) return false;
+    const sq = this.sq, P = this.pulledEntry;
+    let head = this.sqHead;
     const tail = Atomics.load(sq, RING_TAIL);
     // Every request pulled must be able to wait in doneQ (capacity: cap) if the completion
     // ring is full, so requests held plus completions not yet delivered stay <= cap.
     if (head === tail || this.nFree === 0 || this.popped + this.doneLen >= this.cap) return false;
+    const avail = (tail - head) | 0;
+    if (avail < 0 || avail > this.sqCap) {
+      this.ringCorrupt(`submission tail ${tail} is ${avail} ahead of head ${head} (capacity ${this.sqCap})`);
+      return true;
+    }
     while (head !== tail && this.nFree > 0 && this.popped + this.doneLen < this.cap) {
-      const slot = this.freeSlots[--this.nFree];
       const src = RING_HDR_WORDS + (head & this.sqMask) * SQ_ENTRY;
+      // Check a copy, so that the words used are the words checked.
+      for (let i = 0; i <= SQ_SUM; i++) P[i] = sq[src + i];
+      if (P[SQ_SEQ] !== head) {
+        this.ringCorrupt(`submission entry at index ${head} carries index ${P[SQ_SEQ]} (a stale entry from an earlier lap, or an overwritten one)`);
+        break;
+      }
+      if (P[SQ_SUM] !== entrySum(P, 0, SQ_SUM)) {
+        this.ringCorrupt(`submission entry at index ${head} fails its check value (a word of it was overwritten)`);
+        break;
+      }
+      const slot = this.freeSlots[--this.nFree];
       const dst = slot * ENTRY_WORDS;
-      for (let i = 0; i < ENTRY_WORDS; i++) this.slotEntry[dst + i] = sq[src + i];
+      for (let i = 0; i < ENTRY_WORDS; i++) this.slotEntry[dst + i] = P[i];
+      this.slotGen[slot] = P[SQ_GEN];
       head = (head + 1) | 0;
       this.popped++;
       if (this.faults !== null) this.faults.onRequest();
       this.route(slot);
     }
+    this.sqHead = head;
     Atomics.store(sq, RING_HEAD, head);
     Atomics.store(this.ctrl, this.base + W_BUSY, this.popped);
     return true;
+  }
+
+  /**
+   * The ring memory is corrupt or stale. From now on the submission ring is never read again
+   * (sqEmpty() says empty, pull() returns at once). The requests already pulled passed every
+   * check, so they finish and post their completions as usual; then run() ends the task with
+   * the reason, and the main thread fails whatever the ring still held. If the completion ring
+   * is the corrupt one, completions can no longer be posted: requests not yet handed to the
+   * kernel do not run (their table entries are released, and the main thread fails them), and
+   * only those in the kernel, with the remaining steps of a padded write already started, finish.
+   */
+  private ringCorrupt(reason: string): void {
+    if (this.corrupt === null) this.corrupt = `ring-corrupt: ${reason}`;
+    if (this.cqBroken) this.abandonUnstarted();
+  }
+
+  private abandonUnstarted(): void {
+    for (let i = 0; i < this.nWaiting; i++) this.abandon(this.waitList[i]);
+    this.nWaiting = 0;
+    let kept = 0;
+    for (let i = 0; i < this.readyLen; i++) {
+      const v = this.readyQ[(this.readyHead + i) % this.readyCap];
+      if (this.slotStarted[v >> 3] === 1) this.readyQ[(this.readyHead + kept++) % this.readyCap] = v;
+      else this.abandon(v >> 3);
+    }
+    this.readyLen = kept;
+  }
+
+  /** A request that will not run (corrupt ring): gives up its table entry; no completion. */
+  private abandon(slot: number): void {
+    const h = this.slotHandle[slot], f = this.slotFile[slot];
+    if (h >= 0 && f !== undefined && f.table !== null) this.wake(f.table.release(h));
+    this.slotHandle[slot] = -1;
+    this.slotState[slot] = S_FREE;
   }
 
   /** Registers a freshly pulled request with its file's table, then admits or parks it. */
@@ -309,6 +405,7 @@ class Worker {
     const op = this.slotEntry[e + E_OP] & 0xff;
     this.slotPhase[slot] = 0;
     this.slotInf[slot] = 0;
+    this.slotStarted[slot] = 0;
     if (this.slotEntry[e + E_OP] & OpFlag.RMW) {
       // The RMW flag never reaches the addon, so its validation is ours: no other flag with it.
       if (op !== Op.WRITE || (this.slotEntry[e + E_OP] & ~0xff) !== OpFlag.RMW || !this.validRmw(slot)) return this.finish(slot, -22 /* EINVAL */);
@@ -318,10 +415,13 @@ class Worker {
       this.slotEntry[e + E_OP] |= OpFlag.EMULATE_XFS_BUG;
       f.stats[FS_EMULATED]++;
     }
-    if (f.table === null || op === Op.FSYNC || op === Op.NOP || op < 1 || op > Op.NOP) return this.admitted(slot, f);
+    const tracked = f.table !== null && op !== Op.FSYNC && op !== Op.NOP && op >= 1 && op <= Op.NOP;
     // The entry came through shared memory: its range must make sense before it may occupy
     // the table (the addon validates everything again before the kernel sees it).
-    if (!this.rangeValid(slot, op)) return this.finish(slot, -22 /* EINVAL */);
+    if (tracked && !this.rangeValid(slot, op)) return this.finish(slot, -22 /* EINVAL */);
+    // The pool memory it names must still belong to the allocation the entry was made for.
+    if (op >= Op.READ && op <= Op.WRITEV && !this.poolLive(slot, op)) return this.finish(slot, -14 /* EFAULT */);
+    if (!tracked) return this.admitted(slot, f);
     let h: number;
     try { h = this.register(slot, f); } catch { return this.finish(slot, -22 /* EINVAL */); }
     if (h === FULL) {
@@ -333,6 +433,42 @@ class Worker {
     }
     this.slotHandle[slot] = h;
     this.admitOrPark(slot, f, h);
+  }
+
+  /**
+   * Every byte of pool memory the kernel may touch for this request lies in one live
+   * allocation: the one whose generation the entry carries (SQ_GEN; for the buffers an iovec
+   * table names, the same allocation at both ends of each). A stale or scribbled entry so
+   * cannot make the kernel read or write memory that is free or was reallocated. Entries the
+   * addon refuses without touching memory (length < 1, bad iovec count) pass here and get
+   * their errno there. The addon still checks every range against the pool's bounds.
+   */
+  private poolLive(slot: number, op: number): boolean {
+    const e = slot * ENTRY_WORDS, E = this.slotEntry, G = this.pageGen, gen = this.slotGen[slot];
+    const buf = E[e + E_BUF] >>> 0, len = E[e + E_LEN];
+    if (op === Op.READ || op === Op.WRITE) {
+      if (this.slotPhase[slot] !== 0) {
+        // A padded write (validRmw() checked its layout): [padded range][scratch: 2 * alignment].
+        const align = E[e + E_AUX];
+        const off = E[e + E_OFF_HI] * 4294967296 + (E[e + E_OFF_LO] >>> 0);
+        const a0 = off - (off % align), a1 = Math.ceil((off + len) / align) * align;
+        return poolRangeLive(G, gen, buf, a1 - a0 + 2 * align);
+      }
+      return len < 1 || poolRangeLive(G, gen, buf, len);
+    }
+    // READV / WRITEV: the iovec table is the entry's allocation; each buffer it names must lie
+    // in one live allocation (the first and the last page carry the same, non-zero generation).
+    const count = E[e + E_AUX];
+    if (len < 1 || count < 1 || count > IOV_MAX) return true;
+    if (buf % 8 !== 0 || !poolRangeLive(G, gen, buf, 8 * count)) return false;
+    const W = this.poolWords, at = buf >>> 2;
+    for (let i = 0; i < count; i++) {
+      const o = W[at + 2 * i], l = W[at + 2 * i + 1];
+      if (l === 0) continue; // the addon refuses the whole entry (EINVAL)
+      const first = Math.floor(o / 4096), last = Math.floor((o + l - 1) / 4096);
+      if (last >= G.length || G[first] === 0 || G[first] !== G[last]) return false;
+    }
+    return true;
   }
 
   /** Non-negative offset, positive length, end <= 2^63-1 (for the ops the table tracks). */
@@ -370,15 +506,17 @@ class Worker {
         const from = off < size ? off : size;
         [offHi, offLo] = split64(from - (from % align));
         endHi = INT64_MAX_ALIGNED_HI; endLo = -f.align | 0;
-      } else if (f.workaround && end > (eof = this.sizeOf(f))) {
+      } else if (f.workaround && (end > (eof = this.sizeOf(f)) || this.slotInf[slot] === 1)) {
         // The XFS workaround (QEMU 292d06b925b2): a zero-write that may end beyond EOF is
         // extended to "infinity" and serialised, so no write past it can be in flight while
         // the kernel computes and sets the new size. Unlike QEMU, the range starts at EOF when
         // EOF is below the zero-write: raising the size zeroes [old EOF, new size) (XFS's
         // truncate-up path reads the old size before it waits for direct I/O), so a write
         // in flight in that gap is as exposed as one past the zero-write's end.
+        // (slotInf: admitted() found that it now ends past EOF, and re-registers it.)
         type = ReqType.ZERO;
         serialising = true;
+        this.slotInf[slot] = 1;
         const from = off < eof ? off : eof;
         [offHi, offLo] = split64(from - (from % align));
         endHi = INT64_MAX_ALIGNED_HI; endLo = -f.align | 0;
@@ -465,7 +603,18 @@ class Worker {
 
   /** The table admitted the request: hand it to the kernel, or start its padding RMW. */
   private admitted(slot: number, f: FileEntry): void {
-    if (this.slotPhase[slot] === 0) return this.makeReady(slot);
+    if (this.slotPhase[slot] === 0) {
+      if (f.workaround && this.slotInf[slot] === 0 && this.slotHandle[slot] >= 0 &&
+          (this.slotEntry[slot * ENTRY_WORDS + E_OP] & 0xff) === Op.FALLOCATE && this.zeroEndsPastEof(slot, f)) {
+        // A zero-write that ended before EOF when it registered (so it is not serialising), and
+        // EOF has since moved below its end: it parked behind a shrinking truncate, or a padded
+        // write that trimmed the size back. Run as it is, it would set the size while writes past
+        // it may be in flight (the XFS race). Re-register it serialising, as at registration: it
+        // then waits for the older writes past EOF, and newer ones wait for it.
+        return this.reregister(slot, f);
+      }
+      return this.makeReady(slot);
+    }
     const e = slot * ENTRY_WORDS, E = this.slotEntry;
     const align = E[e + E_AUX];
     const off = E[e + E_OFF_HI] * 4294967296 + (E[e + E_OFF_LO] >>> 0), end = off + (E[e + E_LEN] >>> 0);
@@ -474,13 +623,7 @@ class Worker {
     if (a1 > size && this.slotInf[slot] === 0 && this.slotHandle[slot] >= 0) {
       // EOF moved below the padded end since registration (an older truncate completed):
       // re-register with the range extended to infinity before trimming the size later.
-      this.wake(f.table!.release(this.slotHandle[slot]));
-      this.slotHandle[slot] = -1;
-      this.slotInf[slot] = 1;
-      const h = this.register(slot, f);
-      if (h === FULL) { this.slotState[slot] = S_FULLWAIT; this.waitList[this.nWaiting++] = slot; return; }
-      this.slotHandle[slot] = h;
-      return this.admitOrPark(slot, f, h);
+      return this.reregister(slot, f);
     }
     this.slotTrunc[slot] = a1 > size && a1 > end ? Math.max(size, end) : -1;
     this.slotResult[slot] = 0;
@@ -490,6 +633,23 @@ class Worker {
     this.slotPhase[slot] = PH_READ;
     this.slotPending[slot] = pending;
     if (pending === 0) this.rmwWrite(slot);
+  }
+
+  /** Releases the request's table entry and registers it again serialising to "infinity" (slotInf). */
+  private reregister(slot: number, f: FileEntry): void {
+    this.wake(f.table!.release(this.slotHandle[slot]));
+    this.slotHandle[slot] = -1;
+    this.slotInf[slot] = 1;
+    const h = this.register(slot, f);
+    if (h === FULL) { this.slotState[slot] = S_FULLWAIT; this.waitList[this.nWaiting++] = slot; return; }
+    this.slotHandle[slot] = h;
+    this.admitOrPark(slot, f, h);
+  }
+
+  /** Does this FALLOCATE end past EOF now? (Exact 64-bit arithmetic, like register().) */
+  private zeroEndsPastEof(slot: number, f: FileEntry): boolean {
+    const e = slot * ENTRY_WORDS, E = this.slotEntry;
+    return join64(E[e + E_OFF_HI], E[e + E_OFF_LO]) + join64(E[e + E_BUF], E[e + E_LEN]) > this.sizeOf(f);
   }
 
   private validRmw(slot: number): boolean {
@@ -573,6 +733,7 @@ class Worker {
       const slot = v >> 3;
       this.fillBatch(n, slot, v & 7);
       this.slotState[slot] = S_INFLIGHT;
+      this.slotStarted[slot] = 1;
       n++;
     }
     void B; void E;
@@ -640,24 +801,33 @@ class Worker {
 
   /** Moves queued completions into the completion ring; wakes main once per batch if it sleeps. */
   private flushDone(): boolean {
-    if (this.doneLen === 0) return false;
+    if (this.doneLen === 0 || this.cqBroken) return false;
     const cq = this.cq;
-    let tail = Atomics.load(cq, RING_TAIL);
-    const head = Atomics.load(cq, RING_HEAD);
-    let room = this.cqCap - ((tail - head) | 0);
+    // The tail is ours; the head is the main thread's word in shared memory: untrusted.
+    let tail = this.cqTail;
+    const head = Atomics.load(cq, RING_HEAD), used = (tail - head) | 0;
+    if (used < 0 || used > this.cqCap) {
+      this.cqBroken = true;
+      this.ringCorrupt(`completion head ${head} is ${used} behind tail ${tail} (capacity ${this.cqCap})`);
+      return false;
+    }
+    let room = this.cqCap - used;
     if (room === 0) return false;
     let moved = 0;
     while (this.doneLen > 0 && room > 0) {
       const q = this.doneHead;
       const dst = RING_HDR_WORDS + (tail & this.cqMask) * CQ_ENTRY;
-      cq[dst] = this.doneQ[q * 2];
-      cq[dst + 1] = this.doneQ[q * 2 + 1];
+      cq[dst + CQ_ID] = this.doneQ[q * 2];
+      cq[dst + CQ_RES] = this.doneQ[q * 2 + 1];
+      cq[dst + CQ_SEQ] = tail;
+      cq[dst + CQ_SUM] = entrySum(cq, dst, CQ_SUM);
       this.doneHead = (this.doneHead + 1) % this.cap;
       this.doneLen--;
       tail = (tail + 1) | 0;
       room--;
       moved++;
     }
+    this.cqTail = tail;
     Atomics.store(cq, RING_TAIL, tail);
     Atomics.store(this.ctrl, this.base + W_BUSY, this.popped);
     if (Atomics.load(this.ctrl, MAIN_STATE) === MAIN_SLEEPING &&
