@@ -7,21 +7,13 @@ import { closeSync, constants as fsc, existsSync, openSync, readFileSync, readdi
 import { release as osRelease } from 'node:os';
 import { join } from 'node:path';
 import { loadAddon } from '../addon.js';
-import { decideWorkaround, kernelHasXfsFix, statfsName, type FsResolution, type WorkaroundDecision } from '../policy.js';
+import { decideWorkaround, kernelHasXfsFix, mountOf, parseMountinfo, statfsName, type FsResolution, type MountEntry, type WorkaroundDecision } from '../policy.js';
+export { parseMountinfo };
 import { haveCommand } from '../volume.js';
 import type { ProbeResult } from '../types.js';
 import type { Scratch } from './scratch.js';
 
-export interface MountEntry {
-  mountId: number;
-  majorMinor: string;
-  root: string;
-  point: string;
-  options: string;
-  fstype: string;
-  source: string;
-  superOptions: string;
-}
+export type { MountEntry } from '../policy.js';
 
 export interface StaticFacts {
   /** The directory probed (PATH, or its parent directory when PATH is a file). */
@@ -48,36 +40,8 @@ export interface StaticFacts {
   auto: WorkaroundDecision;
 }
 
-/** Undoes mountinfo's octal escapes (\040 space, \011 tab, \012 newline, \134 backslash). */
-function unescapeMount(s: string): string {
-  return s.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
-}
-
-export function parseMountinfo(text: string): MountEntry[] {
-  const out: MountEntry[] = [];
-  for (const line of text.split('\n')) {
-    if (line.trim() === '') continue;
-    const f = line.split(' ');
-    const dash = f.indexOf('-', 6);
-    if (dash < 0 || f.length < dash + 3) continue;
-    out.push({
-      mountId: Number(f[0]), majorMinor: f[2], root: unescapeMount(f[3]), point: unescapeMount(f[4]), options: f[5],
-      fstype: f[dash + 1], source: unescapeMount(f[dash + 2]), superOptions: f[dash + 3] ?? '',
-    });
-  }
-  return out;
-}
-
-/** The mount whose mount point is the longest prefix of `real`; of stacked mounts on one point, the last (topmost). */
-export function mountFor(real: string, entries: MountEntry[]): MountEntry | null {
-  let best: MountEntry | null = null;
-  for (const m of entries) {
-    const p = m.point;
-    const under = p === '/' || real === p || real.startsWith(p.endsWith('/') ? p : p + '/');
-    if (under && (best === null || p.length >= best.point.length)) best = m;
-  }
-  return best;
-}
+/** The mount of `real` (a resolved path): src/policy.ts mountOf, which the workaround decision uses too. */
+export const mountFor = mountOf;
 
 export function devOf(dev: bigint): { major: number; minor: number; text: string } {
   const major = Number(((dev >> 8n) & 0xfffn) | ((dev >> 32n) & ~0xfffn));
