@@ -215,6 +215,9 @@ export class Engine {
    */
   private reqBuf: (Uint8Array | null)[] = new Array(1024).fill(null);
   private reqRec: (PoolAllocation | null)[] = new Array(1024).fill(null);
+  /** Bytes a write() already wrote in earlier, short attempts; whether a short write is retried (not for submitRaw). */
+  private reqPartial = new Float64Array(1024);
+  private reqRetry = new Uint8Array(1024);
   private freeIds: number[] = [];
   private nextId = 0;
   private outstanding = 0;
@@ -646,6 +649,8 @@ export class Engine {
     const k = new Uint8Array(n); k.set(this.reqKind); this.reqKind = k;
     const e = new Int32Array(n * ENTRY_WORDS); e.set(this.reqEntry); this.reqEntry = e;
     const bi = new Int32Array(n); bi.set(this.reqBatchIndex); this.reqBatchIndex = bi;
+    const pa = new Float64Array(n); pa.set(this.reqPartial); this.reqPartial = pa;
+    const rt = new Uint8Array(n); rt.set(this.reqRetry); this.reqRetry = rt;
     for (const arr of [this.reqResolve, this.reqReject, this.reqBatch, this.reqFile, this.reqDone, this.reqBuf, this.reqRec] as unknown[][]) {
       arr.length = n;
       arr.fill(null, n / 2);
@@ -658,7 +663,7 @@ export class Engine {
    */
   submit(file: File, op: number, offLo: number, offHi: number, len: number, buf: number, aux: number,
     done: ((res: number) => number | void) | null, resolve: ((n: number) => void) | null, reject: ((e: unknown) => void) | null,
-    batch: BatchState | null, batchIndex: number, view: Uint8Array | null = null, rec: PoolAllocation | null = null): void {
+    batch: BatchState | null, batchIndex: number, view: Uint8Array | null = null, rec: PoolAllocation | null = null): number {
     // Spread requests over all workers: the tracked-request table keeps them safe. The worker
     // is chosen first, so a refusal (every worker retired) leaves nothing allocated.
     let w = this.workers[this.rr];
@@ -672,7 +677,7 @@ export class Engine {
         try { done?.(-5); } catch { /* the hook only releases memory here */ }
         file.settled();
         if (batch !== null) settleBatchOp(batch, batchIndex, 0, err); else reject?.(err);
-        return;
+        return -1;
       }
       w = live;
     }
@@ -684,9 +689,16 @@ export class Engine {
     this.reqResolve[id] = resolve; this.reqReject[id] = reject; this.reqDone[id] = done;
     this.reqBatch[id] = batch; this.reqBatchIndex[id] = batchIndex; this.reqFile[id] = file;
     this.reqBuf[id] = view; this.reqRec[id] = rec;
+    this.reqPartial[id] = 0; this.reqRetry[id] = 1;
     if (rec !== null) this.buffers.hold(rec);
     this.holdOpen(1);
-    E[e + E_TAG] = w.index; // which worker holds it (worker-loss accounting); replaced by the id on the ring
+    this.send(w, id);
+    return id;
+  }
+
+  /** Puts request `id` (its entry filled in) on w's ring, or in w's overflow queue; one flush per tick. */
+  private send(w: WorkerSlot, id: number): void {
+    this.reqEntry[id * ENTRY_WORDS + E_TAG] = w.index; // which worker holds it (worker-loss accounting); replaced by the id on the ring
     if (w.dead || w.overflow.length - w.overflowHead > 0 || !this.push(w, id)) {
       w.overflow.push(id);
       w.ringFullEvents++;
@@ -696,6 +708,25 @@ export class Engine {
       this.flushScheduled = true;
       queueMicrotask(this.flush);
     }
+  }
+
+  /**
+   * A write() the kernel completed short (the filesystem filled up part-way): the rest is
+   * written as the same request, so write() resolves with its whole length or rejects with the
+   * error the rest failed with (ENOSPC), never with a short count. True when it was re-sent.
+   */
+  private retryShortWrite(id: number, res: number): boolean {
+    const e = id * ENTRY_WORDS, E = this.reqEntry;
+    if (E[e + E_OP] !== Op.WRITE || this.reqRetry[id] === 0 || res <= 0 || res >= (E[e + E_LEN] >>> 0) || this.destroying) return false;
+    let w = this.workers[this.rr];
+    this.rr = this.rr + 1 === this.workers.length ? 0 : this.rr + 1;
+    if (w.retired) { const live = this.liveWorker(); if (live === null) return false; w = live; }
+    this.reqPartial[id] += res;
+    const lo = (E[e + E_OFF_LO] >>> 0) + res;
+    E[e + E_OFF_LO] = lo | 0; E[e + E_OFF_HI] += lo > 0xffffffff ? 1 : 0;
+    E[e + E_LEN] -= res; E[e + E_BUF] += res;
+    this.send(w, id);
+    return true;
   }
 
   /** The next worker that is not retired (slow path: only after repeated worker failures). */
@@ -850,6 +881,9 @@ export class Engine {
   }
 
   private settle(id: number, res: number, error: RingfenceError | null): void {
+    if (error === null && this.retryShortWrite(id, res)) return;
+    const partial = this.reqPartial[id];
+    if (partial > 0 && res >= 0) res += partial;
     const done = this.reqDone[id];
     let hookError: RingfenceError | null = null;
     if (done !== null) {
@@ -872,6 +906,7 @@ export class Engine {
       // A flush has no offset; a truncate's offset word is the new size.
       const file = this.reqFile[id];
       err = errnoError(res, opName(op), file?.path, op === Op.FSYNC ? undefined : off, op === Op.FSYNC || op === Op.TRUNCATE ? undefined : len, file?.direct ?? true);
+      if (partial > 0) err.message += ` (this is the rest of a write whose first ${partial} bytes, before offset ${off}, were written; the range from there on is not)`;
     }
     if (kind === K_SINGLE) {
       if (err !== null) this.reqReject[id]!(err); else this.reqResolve[id]!(res);
@@ -909,8 +944,9 @@ export class Engine {
       this.rawFileId = words[E_FILE] | 0; // the caller controls the file id word too
       this.rawFile = true;
       file.acquire();
-      this.submit(file, words[E_OP] | 0, words[E_OFF_LO] | 0, words[E_OFF_HI] | 0, words[E_LEN] | 0, words[E_BUF] | 0, words[E_AUX] | 0,
+      const id = this.submit(file, words[E_OP] | 0, words[E_OFF_LO] | 0, words[E_OFF_HI] | 0, words[E_LEN] | 0, words[E_BUF] | 0, words[E_AUX] | 0,
         (res) => { resolve(res); return 0; }, () => {}, () => {}, null, 0);
+      if (id >= 0) this.reqRetry[id] = 0; // raw results are reported as the kernel gave them
       this.rawFile = false;
     });
   }
