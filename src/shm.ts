@@ -10,6 +10,14 @@ import { COMPL_WORDS, ENTRY_WORDS } from './protocol.js';
  * The producer writes an entry with plain stores, then publishes with Atomics.store(tail):
  * a sequentially-consistent store, so a consumer that Atomics.load()s the new tail sees the
  * entry's words. The consumer reads the entry, then Atomics.store(head) to give the slot back.
+ *
+ * Ring memory is shared, so each side trusts only what it keeps itself: its own index (the
+ * producer its tail, the consumer its head) lives in a local variable and the shared word is
+ * only published to; the other side's index is checked, (tail - head) | 0 in [0, capacity], and
+ * each entry is checked (ring index and check value, below) before it is used. A failed check
+ * means corrupt or stale ring memory: that ring is never used again, and the worker is replaced
+ * (the requests it held fail with ERR_RINGFENCE_RING_CORRUPT; see workers/worker.ts
+ * ringCorrupt() and Engine.workerGone()).
  */
 export const RING_TAIL = 0;
 export const RING_HEAD = 16;
@@ -61,10 +69,14 @@ export function entrySum(a: Int32Array, at: number, n: number): number {
  * allocator): one int32 per 4 KiB pool page, 0 while the page is free, else the generation of
  * the allocation that holds it (every page of one block carries the same, never-0 value; each
  * allocation draws a new one). A worker accepts a request only if the first and the last page
- * of every pool range it names carry the generation in the entry (SQ_GEN), so a stale or
- * scribbled entry cannot make the kernel touch memory that is free or belongs to another
- * allocation. Generations wrap after 2^31 allocations; a stale entry would have to survive that
- * long and still pass its ring index and check value.
+ * of the pool range it names carry the generation in the entry (SQ_GEN): for READ/WRITE the
+ * buffer, for a padded write the bounce block with its scratch, for READV/WRITEV the iovec
+ * table (and each buffer the table names must lie in one live allocation: its first and last
+ * page carry the same non-zero generation). So a stale or scribbled entry cannot make the kernel
+ * touch memory that is free or belongs to another allocation; it fails with -EFAULT. The main
+ * thread stamps SQ_GEN from BufferPool.genAt(buffer offset) when it writes the entry.
+ * Generations wrap after 2^31 allocations; a stale entry would have to survive that long and
+ * still pass its ring index and check value.
  */
 export function poolRangeLive(pageGen: Int32Array, gen: number, off: number, len: number): boolean {
   if (gen === 0 || len <= 0 || off < 0) return false;

@@ -73,8 +73,9 @@ class Worker {
   private readonly pulledEntry = new Int32Array(SQ_ENTRY);
   /**
    * Set when the ring memory was found corrupt or stale: what was wrong. The worker then never
-   * reads its submission ring again, lets what is in the kernel complete, and ends its task
-   * with this reason (the main thread fails what it still held with ERR_RINGFENCE_RING_CORRUPT).
+   * reads its submission ring again, finishes what it already pulled (see ringCorrupt()), and
+   * ends its task with this reason (the main thread fails what it still held with
+   * ERR_RINGFENCE_RING_CORRUPT and starts a replacement on fresh rings).
    */
   private corrupt: string | null = null;
   /** The completion ring's head was found corrupt: completions can no longer be posted. */
@@ -104,7 +105,7 @@ class Worker {
   private readonly slotInf: Uint8Array;
   /** SQ_GEN of the request: the pool allocation its memory must still belong to. */
   private readonly slotGen: Int32Array;
-  /** Some part of the request was handed to the kernel (a corrupt ring lets these finish). */
+  /** Some part of the request was handed to the kernel (a corrupt completion ring lets only these finish). */
   private readonly slotStarted: Uint8Array;
   private readonly poolBytes: Uint8Array;
   private readonly slotFile: (FileEntry | undefined)[];
