@@ -244,6 +244,7 @@ class Context : public Napi::ObjectWrap<Context> {
         o.Set("backend", info_.backend);
         o.Set("depth", depth_);
         o.Set("fixedBuffers", info_.fixed_buffers);
+        if (!info_.fixed_buffers_reason.empty()) o.Set("fixedBuffersReason", info_.fixed_buffers_reason);
         o.Set("fixedFiles", info_.fixed_files);
         o.Set("setupFlags", strings(info_.setup_flags));
         o.Set("asyncFtruncate", info_.async_ftruncate);

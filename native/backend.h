@@ -53,6 +53,8 @@ struct BackendConfig {
 struct BackendInfo {
     std::string backend;
     bool fixed_buffers = false;
+    /* Why fixed_buffers is false, when registration was tried and refused ("" otherwise). */
+    std::string fixed_buffers_reason;
     bool fixed_files = false;
     bool async_ftruncate = false;
     std::vector<std::string> setup_flags;

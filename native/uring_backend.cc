@@ -29,6 +29,7 @@
 #include "uring.h"
 
 #include <poll.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -328,6 +329,7 @@ class UringBackend : public Backend {
     void fill_info(BackendInfo *info) const override {
         info->backend = "io_uring";
         info->fixed_buffers = fixed_buffers_;
+        info->fixed_buffers_reason = fixed_buffers_reason_;
         info->fixed_files = fixed_files_;
         info->async_ftruncate = async_ftruncate_;
         info->setup_flags = uring_setup_flag_names(setup_flags_);
@@ -349,8 +351,25 @@ class UringBackend : public Backend {
                 len = kFixedChunk;
             chunks.push_back({cfg_.pool.base + off, size_t(len)});
         }
-        fixed_buffers_ = io_uring_register_buffers(r(), chunks.data(),
-                                                   unsigned(chunks.size())) == 0;
+        int rc = io_uring_register_buffers(r(), chunks.data(), unsigned(chunks.size()));
+        fixed_buffers_ = rc == 0;
+        if (rc == -ENOMEM || rc == -EPERM) {
+            /*
+             * Registered buffers are pinned and charged to RLIMIT_MEMLOCK unless the
+             * process has CAP_IPC_LOCK: the usual reason a non-root process gets none.
+             */
+            struct rlimit rl{};
+            getrlimit(RLIMIT_MEMLOCK, &rl);
+            fixed_buffers_reason_ = "io_uring_register_buffers failed with " + errno_name(-rc) +
+                ": the locked-memory limit (RLIMIT_MEMLOCK, " +
+                (rl.rlim_cur == RLIM_INFINITY ? std::string("unlimited") : std::to_string(rl.rlim_cur / 1024) + " KiB") +
+                ") is below the " + std::to_string(cfg_.pool.size >> 20) +
+                " MiB buffer pool; raise it (ulimit -l, or LimitMEMLOCK= for a systemd service) or grant CAP_IPC_LOCK. "
+                "I/O still works, through unregistered buffers";
+        } else if (rc < 0) {
+            fixed_buffers_reason_ = "io_uring_register_buffers failed with " + errno_name(-rc) +
+                "; I/O still works, through unregistered buffers";
+        }
     }
 
     void prepare(struct io_uring_sqe *sqe, uint32_t s, const Request &req) {
@@ -594,6 +613,7 @@ class UringBackend : public Backend {
     unsigned features_ = 0;
     bool async_ftruncate_ = false;
     bool fixed_buffers_ = false;
+    std::string fixed_buffers_reason_;
     bool fixed_files_ = false;
     FileTable files_;
     SlotPool slots_;

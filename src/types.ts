@@ -20,6 +20,8 @@ export interface NativeContextInfo {
   backend: BackendName;
   depth: number;
   fixedBuffers: boolean;
+  /** Why the pool is not registered as fixed buffers, when registration was refused (RLIMIT_MEMLOCK, usually). */
+  fixedBuffersReason?: string;
   fixedFiles: boolean;
   setupFlags: string[];
   asyncFtruncate: boolean;

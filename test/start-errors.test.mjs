@@ -1,12 +1,17 @@
-// Engine.start() failures are RingfenceErrors with a code and advice: a forced backend the kernel
-// refuses (kernel.io_uring_disabled=2), and a process out of file descriptors (ulimit -n).
+// Errors whose cause is the environment say that cause and what to do: a forced backend the kernel
+// refuses (kernel.io_uring_disabled=2), a process out of file descriptors (ulimit -n), a
+// locked-memory limit too low for registered buffers (ulimit -l), and EINVAL from a file that is
+// not O_DIRECT (no alignment advice), including a flush (no offset).
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { readFileSync, writeFileSync, existsSync } from 'node:fs';
 import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { Engine, RingfenceError } from '../dist/src/index.js';
-import { isRoot } from './helpers/env.mjs';
+import { isRoot, availableBackends } from './helpers/env.mjs';
+import { loadAddon } from '../dist/src/addon.js';
+
+const BACKENDS = availableBackends(loadAddon().probe());
 
 const SYSCTL = '/proc/sys/kernel/io_uring_disabled';
 const canToggle = isRoot && existsSync(SYSCTL);
@@ -45,6 +50,46 @@ test('Engine.start() with too few file descriptors says the process is out of th
   assert.is(e.code, 'EMFILE', line);
   assert.is(e.name, 'RingfenceError');
   assert.match(e.message, /out of file descriptors.*ulimit -n/);
+});
+
+(BACKENDS.includes('io_uring') ? test : test.skip)('io_uring under a low RLIMIT_MEMLOCK: info() says why the pool is not registered, and what to raise', () => {
+  const script = `const { Engine } = await import('${new URL('../dist/src/index.js', import.meta.url).href}');
+    const e = await Engine.start({ backend: 'io_uring', workers: 1 });
+    const f = await e.open('/proc/self/status', { direct: false, readOnly: true });
+    const n = await f.read(Buffer.alloc(4096), 0);
+    console.log(JSON.stringify({ info: e.info().workers[0].info, n }));
+    await e.close();`;
+  // Root has CAP_IPC_LOCK, which the limit does not bind: run the child as nobody then.
+  const drop = isRoot ? 'setpriv --reuid=65534 --regid=65534 --clear-groups ' : '';
+  const r = spawnSync('bash', ['-c', `ulimit -l 64 && cd / && exec ${drop}"${process.execPath}" --input-type=module -e "$0"`, script], { encoding: 'utf8', timeout: 30000 });
+  const line = r.stdout.trim().split('\n').pop() ?? '';
+  assert.ok(line.startsWith('{'), `child output: ${r.stdout} ${r.stderr.slice(-400)}`);
+  const { info, n } = JSON.parse(line);
+  assert.is(info.fixedBuffers, false);
+  assert.match(info.fixedBuffersReason ?? '', /RLIMIT_MEMLOCK, 64 KiB.*ulimit -l/);
+  assert.ok(n > 0, 'I/O still works without registered buffers');
+});
+
+test('EINVAL on a file that is not O_DIRECT gives no alignment advice; a failed flush names no offset', async () => {
+  for (const backend of BACKENDS) {
+    const e = await Engine.start({ backend, workers: 1 });
+    try {
+      const f = await e.open('/proc/self/status', { direct: false, readOnly: true });
+      const fl = await f.flush().then(() => null, (x) => x);
+      assert.ok(fl instanceof RingfenceError, `${backend}: fsync of a /proc file fails`);
+      assert.is(fl.code, 'EINVAL');
+      assert.not.match(fl.message, /offset/, `${backend}: ${fl.message}`);
+      assert.not.match(fl.message, /multiples|alignment of|direct: false \}/, `${backend}: no O_DIRECT advice for a buffered file`);
+      assert.match(fl.message, /not O_DIRECT/);
+      if (backend === 'libaio') {
+        // libaio cannot read /proc files asynchronously: EINVAL, with the same advice.
+        const rd = await f.read(Buffer.alloc(4096), 0).then(() => null, (x) => x);
+        assert.ok(rd instanceof RingfenceError && rd.code === 'EINVAL', String(rd));
+        assert.match(rd.message, /not O_DIRECT, so alignment is not the cause/);
+      }
+      await f.close();
+    } finally { await e.close(); }
+  }
 });
 
 test.run();
