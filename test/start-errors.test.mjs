@@ -92,4 +92,24 @@ test('EINVAL on a file that is not O_DIRECT gives no alignment advice; a failed 
   }
 });
 
+test('open() out of file descriptors says so and what to raise (EMFILE)', () => {
+  const script = `const { Engine } = await import('${new URL('../dist/src/index.js', import.meta.url).href}');
+    const e = await Engine.start({ workers: 1 });
+    const files = [];
+    let err = null;
+    for (let i = 0; i < 200 && err === null; i++) {
+      try { files.push(await e.open('/proc/self/status', { direct: false, readOnly: true })); } catch (x) { err = x; }
+    }
+    for (const f of files) await f.close();
+    await e.close();
+    console.log(JSON.stringify(err && { code: err.code, name: err.name, message: err.message }));`;
+  const r = spawnSync('bash', ['-c', `ulimit -n 64 && exec "${process.execPath}" --input-type=module -e "$0"`, script], { encoding: 'utf8', timeout: 30000 });
+  const line = r.stdout.trim().split('\n').pop() ?? '';
+  assert.ok(line.startsWith('{'), `the child ran out of descriptors (stdout ${JSON.stringify(r.stdout)}, stderr ${r.stderr.slice(-300)})`);
+  const e = JSON.parse(line);
+  assert.is(e.code, 'EMFILE');
+  assert.is(e.name, 'RingfenceError');
+  assert.match(e.message, /out of file descriptors.*ulimit -n/);
+});
+
 test.run();
