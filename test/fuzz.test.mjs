@@ -312,6 +312,9 @@ for (const backend of BACKENDS) {
       assert.is(st.workerLosses, 0, 'no worker died');
       assert.is(st.inFlight, 0);
       for (const f of [good, fd, fb, fro]) await f.close();
+      // Freed only now: until here the region must stay allocated (a region the GC collected
+      // mid-run would make the engine refuse the raw entries that name it, rightly, with EFAULT).
+      engine.free(region);
     } finally {
       // A hung engine must fail the test, not hang it.
       let t;
