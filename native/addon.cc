@@ -23,6 +23,7 @@
 #include <memory>
 
 #include "backend.h"
+#include "inline.h"
 #include "ops.h"
 #include "probe.h"
 #include "views.h"
@@ -86,10 +87,28 @@ class Context : public Napi::ObjectWrap<Context> {
                          " entries; need at least depth + batch capacity = " +
                          std::to_string(cfg.depth + batch_cap_));
 
-        cfg.doorbell_fd = int(int_arg(env, opts.Get("doorbellFd"), "Context: doorbellFd", 0, INT_MAX));
-        if (fcntl(cfg.doorbell_fd, F_GETFD) < 0)
-            throw Napi::Error::New(env, "Context: doorbellFd " + std::to_string(cfg.doorbell_fd) +
-                                            " is not open: " + errno_name(errno));
+        /*
+         * Inline mode (inline.h): onReady is called on this thread's loop
+         * when completions may be waiting; the Context's own eventfd takes
+         * the doorbell's place.  Worker mode: the main thread's doorbell.
+         */
+        Napi::Value on_ready = opts.Get("onReady");
+        if (!on_ready.IsUndefined()) {
+            if (!on_ready.IsFunction())
+                throw Napi::TypeError::New(env, "Context: onReady must be a function");
+            try {
+                inline_.reset(new InlineLoop(env, cfg));
+            } catch (const BackendError &e) {
+                throw Napi::Error::New(env, e.what());
+            }
+            cfg.doorbell_fd = inline_->fd();
+            cfg.offload = inline_.get();
+        } else {
+            cfg.doorbell_fd = int(int_arg(env, opts.Get("doorbellFd"), "Context: doorbellFd", 0, INT_MAX));
+            if (fcntl(cfg.doorbell_fd, F_GETFD) < 0)
+                throw Napi::Error::New(env, "Context: doorbellFd " + std::to_string(cfg.doorbell_fd) +
+                                                " is not open: " + errno_name(errno));
+        }
         v = opts.Get("emulateWindowUs");
         if (!v.IsUndefined())
             cfg.emulate_window_us = uint32_t(int_arg(env, v, "Context: emulateWindowUs", 0, 60000000));
@@ -134,6 +153,15 @@ class Context : public Napi::ObjectWrap<Context> {
         }
         depth_ = cfg.depth;
         backend_->fill_info(&info_);
+        if (inline_) {
+            try {
+                inline_->start(on_ready.As<Napi::Function>());
+            } catch (const BackendError &e) {
+                backend_->shutdown();
+                backend_.reset();
+                throw Napi::Error::New(env, e.what());
+            }
+        }
 
         env_ = env;
         napi_add_env_cleanup_hook(env, &Context::EnvCleanup, this);
@@ -168,6 +196,17 @@ class Context : public Napi::ObjectWrap<Context> {
                 if (gave_up_ != nullptr) __atomic_store_n(gave_up_, 1, __ATOMIC_SEQ_CST);
             }
             backend_.reset();
+        }
+        if (inline_) {
+            /*
+             * Helper jobs still running may read or write the pool: keep it
+             * (they keep their own state alive; their results are dropped).
+             */
+            if (!inline_->close() && !pool_leaked_) {
+                pool_ref_.SuppressDestruct();
+                pool_leaked_ = true;
+            }
+            inline_.reset();
         }
         if (hooked_) {
             napi_remove_env_cleanup_hook(env_, &Context::EnvCleanup, this);
@@ -204,7 +243,14 @@ class Context : public Napi::ObjectWrap<Context> {
             throw Napi::Error::New(env, "pump: batch or completions array was detached");
 
         CompletionSink sink(static_cast<int32_t *>(compl_.data), compl_cap_);
-        backend_->pump(static_cast<const int32_t *>(batch.data), n, sink, wait_ms);
+        if (inline_) {
+            /* Never wait on the loop thread: completions arrive through onReady. */
+            backend_->pump(static_cast<const int32_t *>(batch.data), n, sink, 0);
+            inline_->drain(sink);
+            inline_->set_active(backend_->inflight() > 0);
+        } else {
+            backend_->pump(static_cast<const int32_t *>(batch.data), n, sink, wait_ms);
+        }
         return Napi::Number::New(env, sink.count());
     }
 
@@ -229,7 +275,9 @@ class Context : public Napi::ObjectWrap<Context> {
     }
 
     Napi::Value Inflight(const Napi::CallbackInfo &info) {
-        return Napi::Number::New(info.Env(), backend_ ? backend_->inflight() : 0);
+        uint32_t n = backend_ ? backend_->inflight() : 0;
+        if (inline_) n += inline_->jobs();
+        return Napi::Number::New(info.Env(), n);
     }
 
     Napi::Value Info(const Napi::CallbackInfo &info) {
@@ -249,6 +297,9 @@ class Context : public Napi::ObjectWrap<Context> {
         o.Set("setupFlags", strings(info_.setup_flags));
         o.Set("asyncFtruncate", info_.async_ftruncate);
         o.Set("syncOps", strings(info_.sync_ops));
+        /* inline: driven by this thread's loop; the syncOps then run on libuv's threadpool. */
+        o.Set("mode", inline_ ? "inline" : "worker");
+        o.Set("ringFdRegistered", info_.ring_fd_registered);
         return o;
     }
 
@@ -266,6 +317,8 @@ class Context : public Napi::ObjectWrap<Context> {
         return info.Env().Undefined();
     }
 
+    /* Declared before backend_: destroyed after it (the backend may point at its eventfd). */
+    std::unique_ptr<InlineLoop> inline_;
     std::unique_ptr<Backend> backend_;
     BackendInfo info_;
     uint32_t depth_ = 0;

@@ -15,6 +15,7 @@
  * the main thread's doorbell rings land on the same eventfd and a single
  * poll() waits for either.
  */
+#include <fcntl.h>
 #include <libaio.h>
 #include <sys/uio.h>
 
@@ -66,6 +67,15 @@ class AioBackend : public Backend {
                 out.push(req.tag, rc);
                 continue;
             }
+            /*
+             * Inline mode (inline.h): what would block the loop thread goes to a
+             * helper: the ops libaio cannot queue, and all I/O on a file opened
+             * without O_DIRECT (io_submit runs buffered I/O synchronously).
+             */
+            if (cfg_.offload != nullptr && (!queueable(req.op) || !direct_[req.file])) {
+                cfg_.offload->run(req, iov);
+                continue;
+            }
             if (!queueable(req.op)) {
                 out.push(req.tag, execute_sync(req, iov, cfg_));
                 continue;
@@ -89,8 +99,15 @@ class AioBackend : public Backend {
     }
 
     uint32_t inflight() const override { return slots_.inflight(); }
-    void set_file(uint32_t id, int fd) override { files_.fd[id] = fd; }
-    void clear_file(uint32_t id) override { files_.fd[id] = -1; }
+    void set_file(uint32_t id, int fd) override {
+        files_.fd[id] = fd;
+        int fl = fcntl(fd, F_GETFL);
+        direct_[id] = fl >= 0 && (fl & O_DIRECT) != 0;
+    }
+    void clear_file(uint32_t id) override {
+        files_.fd[id] = -1;
+        direct_[id] = false;
+    }
 
     /*
      * Never gives up: io_destroy() itself waits for whatever is still in
@@ -208,6 +225,8 @@ class AioBackend : public Backend {
     BackendConfig cfg_;
     io_context_t ctx_ = nullptr;
     FileTable files_;
+    /* Opened with O_DIRECT (only those are queued in inline mode). */
+    bool direct_[MAX_FILES] = {};
     SlotPool slots_;
     std::vector<struct iocb> iocbs_;
     std::vector<struct iocb *> queue_;

@@ -40,6 +40,18 @@ class BackendError : public std::runtime_error {
 /* "EPERM" for EPERM, or the number if glibc does not know it. */
 std::string errno_name(int err);
 
+/*
+ * Where a backend in inline mode sends an op it would otherwise run with
+ * execute_sync() on the calling thread (see inline.h): the thread that owns
+ * the Context then never blocks in such a call.  The result comes back
+ * later through the Context's pump, not from the pump that submitted it.
+ */
+class Offload {
+ public:
+    virtual ~Offload() {}
+    virtual void run(const Request &req, const struct iovec *iov) = 0;
+};
+
 /* Everything a backend needs from the Context constructor. */
 struct BackendConfig {
     uint32_t depth = 0;
@@ -48,6 +60,12 @@ struct BackendConfig {
     uint32_t emulate_window_us = 0;
     /* Word 0 of the stall Int32Array, or nullptr: see stall.h. */
     uint32_t *stall = nullptr;
+    /*
+     * Inline mode (inline.h): doorbell_fd is the Context's completion
+     * eventfd, which io_uring registers with the ring; blocking ops go to
+     * offload instead of running on the calling thread.  nullptr: worker mode.
+     */
+    Offload *offload = nullptr;
 };
 
 struct BackendInfo {
@@ -57,6 +75,8 @@ struct BackendInfo {
     std::string fixed_buffers_reason;
     bool fixed_files = false;
     bool async_ftruncate = false;
+    /* io_uring: the ring fd is registered (IORING_REGISTER_RING_FDS), so enters skip fdget. */
+    bool ring_fd_registered = false;
     std::vector<std::string> setup_flags;
     std::vector<std::string> sync_ops;
 };

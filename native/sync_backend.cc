@@ -102,6 +102,11 @@ class SyncBackend : public Backend {
             Request req;
             int rc = validate_entry(batch + size_t(i) * ENTRY_WORDS, cfg_.pool,
                                     files_, &req, iov_);
+            if (rc == 0 && cfg_.offload != nullptr) {
+                /* Inline mode: every op blocks, so every op runs on a helper (inline.h). */
+                cfg_.offload->run(req, iov_);
+                continue;
+            }
             if (rc == 0)
                 rc = execute_sync(req, iov_, cfg_);
             out.push(req.tag, rc);

@@ -180,6 +180,15 @@ class UringBackend : public Backend {
         }
         register_pool();
         fixed_files_ = io_uring_register_files_sparse(r(), MAX_FILES) == 0;
+        /* Enters then skip the fd lookup (Linux >= 5.18; refused earlier: harmless). */
+        ring_fd_registered_ = io_uring_register_ring_fd(r()) == 1;
+        if (cfg.offload != nullptr) {
+            /* Inline mode (inline.h): every CQE, or deferred task work, signals the eventfd. */
+            int erc = io_uring_register_eventfd(r(), cfg.doorbell_fd);
+            if (erc < 0)
+                throw BackendError("io_uring_register_eventfd failed: " + errno_name(erc) +
+                                   "; inline mode needs it: start the engine with mode: 'workers'");
+        }
         if (test_fail_after_init())
             throw BackendError("io_uring setup failed after io_uring_queue_init "
                                "(test hook RINGFENCE_TEST_URING_FAIL_AFTER_INIT)");
@@ -204,7 +213,11 @@ class UringBackend : public Backend {
              */
             if ((req.flags & FLAG_EMULATE_XFS_BUG) ||
                 (req.op == OP_TRUNCATE && !async_ftruncate_)) {
-                out.push(req.tag, execute_sync(req, iov, cfg_));
+                /* Inline mode: on a helper thread, never on the loop (inline.h). */
+                if (cfg_.offload != nullptr)
+                    cfg_.offload->run(req, iov);
+                else
+                    out.push(req.tag, execute_sync(req, iov, cfg_));
                 continue;
             }
             struct io_uring_sqe *sqe = slots_.empty() ? nullptr : io_uring_get_sqe(r());
@@ -332,6 +345,7 @@ class UringBackend : public Backend {
         info->fixed_buffers_reason = fixed_buffers_reason_;
         info->fixed_files = fixed_files_;
         info->async_ftruncate = async_ftruncate_;
+        info->ring_fd_registered = ring_fd_registered_;
         info->setup_flags = uring_setup_flag_names(setup_flags_);
         info->sync_ops.push_back("emulatedFallocate");
         if (!async_ftruncate_)
@@ -615,6 +629,7 @@ class UringBackend : public Backend {
     bool fixed_buffers_ = false;
     std::string fixed_buffers_reason_;
     bool fixed_files_ = false;
+    bool ring_fd_registered_ = false;
     FileTable files_;
     SlotPool slots_;
     struct iovec scratch_iov_[RF_IOV_MAX];

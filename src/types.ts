@@ -92,8 +92,12 @@ export interface WorkerReady {
   threadId: number;
 }
 
+export interface ControlOpen {
+  type: 'open'; seq: number; fileId: number; fd: number; path: string; table: SharedArrayBuffer | null; tableCapacity: number;
+  workaround: boolean; emulate: boolean; align: number; stats: SharedArrayBuffer;
+}
+
 export type ControlMessage =
-  | { type: 'open'; seq: number; fileId: number; fd: number; path: string; table: SharedArrayBuffer | null; tableCapacity: number;
-      workaround: boolean; emulate: boolean; align: number; stats: SharedArrayBuffer }
+  | ControlOpen
   | { type: 'close'; seq: number; fileId: number }
   | { type: 'stop' };

@@ -1,0 +1,85 @@
+/*
+ * Inline mode: a Context driven from the thread's own libuv loop.
+ *
+ * In worker mode a Context belongs to an offload worker that sleeps in
+ * pump(n, waitMs).  In inline mode it belongs to the thread that called
+ * Engine.start() (the main thread, or any worker_threads Worker), and that
+ * thread must never wait in the kernel: its event loop runs everything
+ * else.  So:
+ *
+ *   - pump() is only ever called with waitMs = 0 (submit, flush deferred
+ *     completions, reap: one io_uring_enter);
+ *   - the backend signals completions on an eventfd (io_uring: registered
+ *     with IORING_REGISTER_EVENTFD; libaio: io_set_eventfd on every iocb),
+ *     which a uv_poll_t on the thread's loop watches.  When it becomes
+ *     readable the counter is cleared first and then JavaScript is called
+ *     once (onReady), which calls pump(n, 0) to reap every CQE there is.
+ *     Clearing before reaping is what makes a wake-up impossible to lose:
+ *     a completion posted after the read signals the eventfd again;
+ *   - ops that can block in a system call (fsync/fallocate/ftruncate under
+ *     libaio, buffered libaio I/O, the emulated XFS fallocate, every op of
+ *     the sync backend) go to libuv's threadpool (uv_queue_work): the
+ *     helper runs execute_sync(), and its after-callback, on the loop
+ *     thread, queues the result and calls onReady like a completion;
+ *   - the poll handle is referenced only while ops are in the kernel, so a
+ *     program with nothing in flight exits (queued helper jobs keep the
+ *     loop alive by themselves).
+ */
+#ifndef RINGFENCE_INLINE_H
+#define RINGFENCE_INLINE_H
+
+#include <napi.h>
+#include <uv.h>
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "backend.h"
+
+namespace rf {
+
+class InlineLoop : public Offload {
+ public:
+    /* Creates the eventfd; start() begins watching it. Throws BackendError. */
+    InlineLoop(napi_env env, const BackendConfig &cfg);
+    ~InlineLoop() override;
+
+    int fd() const { return efd_; }
+
+    /* Watch the eventfd on the env's loop; `cb` is called with no arguments. */
+    void start(Napi::Function cb);
+
+    /* Offload: run req on a helper thread; its completion arrives through drain(). */
+    void run(const Request &req, const struct iovec *iov) override;
+
+    /* Move helper results into the sink (as many as fit). */
+    void drain(CompletionSink &out);
+
+    /* Reference the poll handle while anything is in the kernel. */
+    void set_active(bool active);
+
+    /* Helper jobs not yet completed (queued or running). */
+    uint32_t jobs() const;
+
+    /*
+     * Stop watching and forget the callback.  Returns false if helper jobs
+     * are still running: they keep the state they use (and the caller must
+     * keep the pool, which they may still read or write) alive.
+     */
+    bool close();
+
+    struct Shared;
+
+ private:
+    napi_env env_;
+    BackendConfig cfg_;
+    int efd_ = -1;
+    uv_poll_t *poll_ = nullptr;
+    bool active_ = false;
+    std::shared_ptr<Shared> shared_;
+};
+
+}  // namespace rf
+
+#endif
