@@ -96,13 +96,6 @@ class Context : public Napi::ObjectWrap<Context> {
         if (!on_ready.IsUndefined()) {
             if (!on_ready.IsFunction())
                 throw Napi::TypeError::New(env, "Context: onReady must be a function");
-            try {
-                inline_.reset(new InlineLoop(env, cfg));
-            } catch (const BackendError &e) {
-                throw Napi::Error::New(env, e.what());
-            }
-            cfg.doorbell_fd = inline_->fd();
-            cfg.offload = inline_.get();
         } else {
             cfg.doorbell_fd = int(int_arg(env, opts.Get("doorbellFd"), "Context: doorbellFd", 0, INT_MAX));
             if (fcntl(cfg.doorbell_fd, F_GETFD) < 0)
@@ -133,6 +126,17 @@ class Context : public Napi::ObjectWrap<Context> {
              * thread then must not reuse any memory those ops name.
              */
             if (stall.length >= 2) gave_up_ = static_cast<int32_t *>(stall.data) + 1;
+        }
+
+        if (!on_ready.IsUndefined()) {
+            /* Last: the helpers get a copy of the finished config (emulate window...). */
+            try {
+                inline_.reset(new InlineLoop(env, cfg));
+            } catch (const BackendError &e) {
+                throw Napi::Error::New(env, e.what());
+            }
+            cfg.doorbell_fd = inline_->fd();
+            cfg.offload = inline_.get();
         }
 
         try {

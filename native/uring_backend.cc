@@ -180,9 +180,14 @@ class UringBackend : public Backend {
         }
         register_pool();
         fixed_files_ = io_uring_register_files_sparse(r(), MAX_FILES) == 0;
-        /* Enters then skip the fd lookup (Linux >= 5.18; refused earlier: harmless). */
-        ring_fd_registered_ = io_uring_register_ring_fd(r()) == 1;
         if (cfg.offload != nullptr) {
+            /*
+             * Inline mode: enters then skip the fd lookup, which in a multi-threaded
+             * process costs a reference count per enter (Linux >= 5.18; refused
+             * earlier: harmless).  Worker mode keeps the plain fd, which is what
+             * test/native.test.mjs closes to make the ring unusable.
+             */
+            ring_fd_registered_ = io_uring_register_ring_fd(r()) == 1;
             /* Inline mode (inline.h): every CQE, or deferred task work, signals the eventfd. */
             int erc = io_uring_register_eventfd(r(), cfg.doorbell_fd);
             if (erc < 0)

@@ -6,6 +6,8 @@
 #                                  its directory goes first on PATH, so child processes use it too
 #   RINGFENCE_TEST_SKIP="a b"      leave out test/a.test.mjs and test/b.test.mjs (listed, not counted)
 #   RINGFENCE_TEST_TIMEOUT=900     seconds per file
+#   RINGFENCE_TEST_INLINE="a b"    the mode-agnostic files, run a second time with
+#                                  RINGFENCE_TEST_MODE=inline (default: the list below; "" for none)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 NODE=${RINGFENCE_NODE:-node}
@@ -17,29 +19,42 @@ fi
 echo "=== node $("$NODE" --version) ($(command -v "$NODE"))"
 passed=0; failed=0; skipped=0
 files=("$@")
-if [ "${#files[@]}" -eq 0 ]; then mapfile -t files < <(ls test/*.test.mjs | sort); fi
+runs=()
+if [ "${#files[@]}" -eq 0 ]; then
+  mapfile -t files < <(ls test/*.test.mjs | sort)
+  # Files written with worker-mode options ({ workers: N }) that hold in either mode: run once
+  # as written, then again with test/helpers/env.mjs engineOptions() turning them into inline mode.
+  inline=${RINGFENCE_TEST_INLINE-engine lifetimes unaligned xfs-race durability fulldisk short-writes zero-admission inputs leaks policy overload}
+  for f in "${files[@]}"; do runs+=("$f"); done
+  for n in $inline; do runs+=("inline:test/$n.test.mjs"); done
+else
+  for f in "${files[@]}"; do runs+=("$f"); done
+fi
 skip=" ${RINGFENCE_TEST_SKIP:-} "
 t_all=$SECONDS
-for f in "${files[@]}"; do
+for run in "${runs[@]}"; do
+  f=${run#inline:}
+  mode=""; [ "$run" != "$f" ] && mode=inline
   name=$(basename "$f" .test.mjs)
   if [[ "$skip" == *" $name "* ]]; then echo "=== $f: not run with this Node (RINGFENCE_TEST_SKIP)"; continue; fi
-  echo "=== $f"
+  label=$f; [ -n "$mode" ] && label="$f (inline mode)"
+  echo "=== $label"
   out=$(mktemp)
   t0=$SECONDS
-  timeout "${RINGFENCE_TEST_TIMEOUT:-900}" "$NODE" "$f" 2>&1 | tee "$out"
+  RINGFENCE_TEST_MODE=$mode timeout "${RINGFENCE_TEST_TIMEOUT:-900}" "$NODE" "$f" 2>&1 | tee "$out"
   rc=${PIPESTATUS[0]}
-  echo "=== $f: $((SECONDS - t0)) s"
+  echo "=== $label: $((SECONDS - t0)) s"
   t=$(grep -aE '^\s*Total:' "$out" | tail -1 | grep -oE '[0-9]+' || true)
   p=$(grep -aE '^\s*Passed:' "$out" | tail -1 | grep -oE '[0-9]+' || true)
   s=$(grep -aE '^\s*Skipped:' "$out" | tail -1 | grep -oE '[0-9]+' || true)
   if [ -z "$t" ] || [ -z "$p" ]; then
-    echo "!!! $f exited with code $rc without a uvu summary: counted as 1 failed"
+    echo "!!! $label exited with code $rc without a uvu summary: counted as 1 failed"
     failed=$((failed + 1))
   else
     s=${s:-0}
     passed=$((passed + p)); skipped=$((skipped + s))
     f_failed=$((t - p))   # uvu leaves skipped tests out of Total
-    if [ "$rc" -ne 0 ] && [ "$f_failed" -eq 0 ]; then f_failed=1; echo "!!! $f exited with code $rc"; fi
+    if [ "$rc" -ne 0 ] && [ "$f_failed" -eq 0 ]; then f_failed=1; echo "!!! $label exited with code $rc"; fi
     failed=$((failed + f_failed))
   fi
   rm -f "$out"

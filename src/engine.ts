@@ -27,6 +27,7 @@ import type {
 } from './types.js';
 import { File, openFile, type IdentityRecord, type OpenOptions } from './file.js';
 import { releaseOwnedBy } from './table.js';
+import { InlineContext } from './core/inline.js';
 
 export interface CloseOptions {
   /**
@@ -36,8 +37,17 @@ export interface CloseOptions {
   deadlineMs?: number;
 }
 
+export type EngineMode = 'inline' | 'workers';
+
 export interface EngineOptions {
-  /** Worker threads, each owning one kernel I/O context. Default: min(4, cores - 1), at least 1. */
+  /**
+   * 'inline' (the default): the thread that calls Engine.start() owns the kernel I/O context
+   * and drives it from its own event loop; no other thread is involved in a request.
+   * 'workers': `workers` offload threads each own one. Giving `workers` (or `faults`) without
+   * `mode` means 'workers'.
+   */
+  mode?: EngineMode;
+  /** Offload worker threads (mode 'workers'), each owning one kernel I/O context. Default: min(4, cores - 1), at least 1. */
   workers?: number;
   /** 'auto' picks io_uring, then libaio, then sync, per worker. Default 'auto'. */
   backend?: BackendChoice;
@@ -62,6 +72,8 @@ export interface EngineOptions {
 }
 
 export interface ResolvedOptions {
+  mode: EngineMode;
+  /** Offload workers (0 in inline mode). */
   workers: number;
   backend: BackendChoice;
   queueDepth: number;
@@ -77,7 +89,7 @@ export interface ResolvedOptions {
 }
 
 const OPTION_KEYS = [
-  'workers', 'backend', 'queueDepth', 'bufferPoolBytes', 'xfsWorkaround', 'emulateXfsFallocateBug', 'trackRequests',
+  'mode', 'workers', 'backend', 'queueDepth', 'bufferPoolBytes', 'xfsWorkaround', 'emulateXfsFallocateBug', 'trackRequests',
   'tableCapacity', 'faults', 'watchdogMs', 'spinUs',
 ] as const;
 
@@ -85,7 +97,12 @@ export function resolveOptions(options: unknown): ResolvedOptions {
   const o = options === undefined ? {} : validateObject(options, 'options');
   validateKnownKeys(o, 'options', OPTION_KEYS);
   // One core is left for the main thread, which submits and completes every request.
-  const workers = o.workers === undefined ? Math.max(1, Math.min(4, availableParallelism() - 1)) : validateInteger(o.workers, 'options.workers', 1, MAX_WORKERS);
+  const givenMode = o.mode === undefined ? undefined : validateOneOf(o.mode, 'options.mode', ['inline', 'workers'] as const);
+  const fs0 = o.faults ?? process.env.RINGFENCE_FAULTS;
+  // Asking for workers (or for worker fault injection) without a mode means worker mode.
+  const mode: EngineMode = givenMode ?? (o.workers !== undefined || (fs0 !== undefined && fs0 !== '') ? 'workers' : 'inline');
+  if (mode === 'inline' && o.workers !== undefined) throw invalidArg('options.workers', "applies to mode 'workers' only; drop it, or start with mode: 'workers'", o.workers);
+  const workers = mode === 'inline' ? 0 : o.workers === undefined ? Math.max(1, Math.min(4, availableParallelism() - 1)) : validateInteger(o.workers, 'options.workers', 1, MAX_WORKERS);
   const backend = o.backend === undefined ? 'auto' : validateOneOf(o.backend, 'options.backend', ['auto', 'io_uring', 'libaio', 'sync'] as const);
   const queueDepth = o.queueDepth === undefined ? 128 : validateInteger(o.queueDepth, 'options.queueDepth', 1, 4096);
   const bufferPoolBytes = o.bufferPoolBytes === undefined ? 64 << 20 : validateInteger(o.bufferPoolBytes, 'options.bufferPoolBytes', PAGE, 2 ** 32 - PAGE);
@@ -112,7 +129,8 @@ export function resolveOptions(options: unknown): ResolvedOptions {
   }
   const watchdogMs = o.watchdogMs === undefined ? 30000 : validateInteger(o.watchdogMs, 'options.watchdogMs', 0, 2 ** 31 - 1);
   const spinUs = o.spinUs === undefined ? 50 : validateInteger(o.spinUs, 'options.spinUs', 0, 1_000_000);
-  return { workers, backend, queueDepth, bufferPoolBytes, xfsWorkaround, emulate, emulateWindowUs, trackRequests, tableCapacity, faults, watchdogMs, spinUs };
+  if (mode === 'inline' && faults !== null) throw invalidArg('options.faults', "injects faults into offload workers: start with mode: 'workers'", faults);
+  return { mode, workers, backend, queueDepth, bufferPoolBytes, xfsWorkaround, emulate, emulateWindowUs, trackRequests, tableCapacity, faults, watchdogMs, spinUs };
 }
 
 interface WorkerSlot {
@@ -170,6 +188,9 @@ export interface EngineInfo {
   ioUringDisabled: number;
   ioUring: ProbeResult['ioUring'];
   libaio: ProbeResult['libaio'];
+  /** 'inline': the engine's own thread owns the one context; 'workers': offload workers do. */
+  mode: EngineMode;
+  /** The kernel I/O contexts: the inline one (index 0), or one per offload worker. */
   workers: { index: number; backend: BackendName; refused: Record<string, string>; info: NativeContextInfo }[];
   options: ResolvedOptions;
 }
@@ -190,7 +211,13 @@ export class Engine {
   readonly options: ResolvedOptions;
   /** @internal */ readonly addon: NativeAddon;
   /** @internal */ readonly pool: BufferPool;
-  private readonly piscina: Piscina;
+  /** Worker mode only. */
+  private readonly piscina: Piscina | null = null;
+  /** Inline mode only: this thread's own kernel I/O context. */
+  private lane: InlineContext | null = null;
+  /** Inline mode: request ids waiting for a free local slot of the lane (FIFO). */
+  private laneOverflow: number[] = [];
+  private laneOverflowHead = 0;
   private readonly ctrl: Int32Array;
   private readonly workerStats: Float64Array;
   private readonly workers: WorkerSlot[] = [];
@@ -270,28 +297,30 @@ export class Engine {
     this.abandoned = new Promise<void>((r) => { this.abandonNow = r; });
     this.ctrl = new Int32Array(new SharedArrayBuffer(CTRL_WORDS * 4));
     this.workerStats = new Float64Array(new SharedArrayBuffer(MAX_WORKERS * WSTAT_WORDS * 8));
-    const workerFile = fileURLToPath(new URL('../workers/worker.js', import.meta.url));
-    this.piscina = new Piscina({
-      filename: workerFile,
-      minThreads: options.workers,
-      maxThreads: options.workers,
-      // Each worker runs one task for its whole life: it must never be reaped as idle,
-      // and must not block its event loop in Atomics.wait between tasks.
-      idleTimeout: Infinity,
-      atomics: 'disabled',
-      concurrentTasksPerWorker: 1,
-    });
-    // A worker that fails with no task running is reported as an 'error' event: the engine's
-    // own loss handling covers it, so the event must not crash the process.
-    this.piscina.on('error', () => {});
-    this.piscina.on('workerCreate', (w: object) => {
-      const sym = Object.getOwnPropertySymbols(w).find((x) => x.description === 'Piscina.kWorkerData');
-      if (sym !== undefined) this.piscinaWorkers.add((w as Record<symbol, object>)[sym]);
-    });
-    this.piscina.on('workerDestroy', (w: object) => {
-      const sym = Object.getOwnPropertySymbols(w).find((x) => x.description === 'Piscina.kWorkerData');
-      if (sym !== undefined) this.piscinaWorkers.delete((w as Record<symbol, object>)[sym]);
-    });
+    if (options.mode === 'workers') {
+      const workerFile = fileURLToPath(new URL('../workers/worker.js', import.meta.url));
+      this.piscina = new Piscina({
+        filename: workerFile,
+        minThreads: options.workers,
+        maxThreads: options.workers,
+        // Each worker runs one task for its whole life: it must never be reaped as idle,
+        // and must not block its event loop in Atomics.wait between tasks.
+        idleTimeout: Infinity,
+        atomics: 'disabled',
+        concurrentTasksPerWorker: 1,
+      });
+      // A worker that fails with no task running is reported as an 'error' event: the engine's
+      // own loss handling covers it, so the event must not crash the process.
+      this.piscina!.on('error', () => {});
+      this.piscina!.on('workerCreate', (w: object) => {
+        const sym = Object.getOwnPropertySymbols(w).find((x) => x.description === 'Piscina.kWorkerData');
+        if (sym !== undefined) this.piscinaWorkers.add((w as Record<symbol, object>)[sym]);
+      });
+      this.piscina!.on('workerDestroy', (w: object) => {
+        const sym = Object.getOwnPropertySymbols(w).find((x) => x.description === 'Piscina.kWorkerData');
+        if (sym !== undefined) this.piscinaWorkers.delete((w as Record<symbol, object>)[sym]);
+      });
+    }
     this.keepAlive = setInterval(() => this.watch(), Math.max(10, Math.min(1000, options.watchdogMs / 4 || 1000)));
     this.keepAlive.unref();
   }
@@ -301,12 +330,25 @@ export class Engine {
     const opts = resolveOptions(options);
     const engine = new Engine(opts);
     try {
-      await engine.startWorkers();
+      if (opts.mode === 'inline') engine.startInline(); else await engine.startWorkers();
     } catch (err) {
       await engine.destroy();
       throw startError(err, opts);
     }
     return engine;
+  }
+
+  /** Inline mode: this thread's own kernel I/O context, driven by its event loop. */
+  private startInline(): void {
+    const o = this.options;
+    this.lane = new InlineContext({
+      addon: this.addon, backend: o.backend, depth: o.queueDepth, pool: this.pool.sab, pageGen: this.pool.pageGenSab,
+      workerStats: this.workerStats.buffer as SharedArrayBuffer, emulateWindowUs: o.emulateWindowUs,
+      settle: (id, res) => {
+        if (id >= 0 && id < this.nextId && this.reqKind[id] !== K_FREE) this.settle(id, res, null);
+      },
+      drained: () => this.feedLane(),
+    });
   }
 
   private async startWorkers(): Promise<void> {
@@ -354,7 +396,7 @@ export class Engine {
         else if (m.type === 'ack') { const a = this.acks.get(m.seq); this.acks.delete(m.seq); a?.(); }
       });
     });
-    slot.task = this.piscina.run(init, { transferList: [port2] as never }).then(
+    slot.task = this.piscina!.run(init, { transferList: [port2] as never }).then(
       (r: unknown) => {
         failed(new Error(`worker ${slot.index} stopped`));
         // A worker that found its rings corrupt ends its task with a reason saying what it found.
@@ -486,6 +528,9 @@ export class Engine {
 
   /** Every second: a safety-net drain, and the watchdog for hung workers. */
   private watch(): void {
+    // Inline: a backstop kick (completions arrive through the event loop; this costs one
+    // non-blocking enter per interval while requests are outstanding).
+    if (this.lane !== null) { if (this.outstanding > 0) this.lane.kick(); return; }
     if (this.outstanding > 0) this.drain();
     const limit = this.options.watchdogMs;
     if (limit === 0) return;
@@ -517,7 +562,7 @@ export class Engine {
       // path above. Once per generation: a second terminate() changes nothing.
       if (w.killed === w.generation) continue;
       w.killed = w.generation;
-      const thread = this.piscina.threads.find((t) => t.threadId === w.ready!.threadId);
+      const thread = this.piscina!.threads.find((t) => t.threadId === w.ready!.threadId);
       void thread?.terminate();
     }
   }
@@ -552,6 +597,12 @@ export class Engine {
   /** @internal Sends a control message to every worker and waits for all acks. */
   async broadcast(make: (seq: number) => ControlMessage): Promise<void> {
     if (this.destroying) return; // the workers are stopping or gone: nobody to tell
+    if (this.lane !== null) {
+      // Inline: this thread's own context, told at once.
+      const m = make(++this.seq);
+      if (m.type === 'open') this.lane.openFile(m); else if (m.type === 'close') this.lane.closeFile(m.fileId);
+      return;
+    }
     await Promise.all(this.workers.filter((w) => !w.dead).map((w) => this.sendTo(w, make)));
   }
 
@@ -664,11 +715,13 @@ export class Engine {
   submit(file: File, op: number, offLo: number, offHi: number, len: number, buf: number, aux: number,
     done: ((res: number) => number | void) | null, resolve: ((n: number) => void) | null, reject: ((e: unknown) => void) | null,
     batch: BatchState | null, batchIndex: number, view: Uint8Array | null = null, rec: PoolAllocation | null = null): number {
-    // Spread requests over all workers: the tracked-request table keeps them safe. The worker
-    // is chosen first, so a refusal (every worker retired) leaves nothing allocated.
-    let w = this.workers[this.rr];
-    this.rr = this.rr + 1 === this.workers.length ? 0 : this.rr + 1;
-    if (w.retired) {
+    // Worker mode: spread requests over all workers (the tracked-request table keeps them
+    // safe). The worker is chosen first, so a refusal (every worker retired) leaves nothing
+    // allocated. Inline mode: this thread's own context takes everything.
+    let w: WorkerSlot | null = null;
+    if (this.lane === null) w = this.workers[this.rr];
+    if (w !== null) this.rr = this.rr + 1 === this.workers.length ? 0 : this.rr + 1;
+    if (w !== null && w.retired) {
       const live = this.liveWorker();
       if (live === null) {
         // Nothing was queued: release what the caller prepared and fail this request alone.
@@ -692,8 +745,36 @@ export class Engine {
     this.reqPartial[id] = 0; this.reqRetry[id] = 1;
     if (rec !== null) this.buffers.hold(rec);
     this.holdOpen(1);
-    this.send(w, id);
+    if (w === null) this.sendLane(id); else this.send(w, id);
     return id;
+  }
+
+  /** Inline mode: hands request `id` to this thread's context (or queues it); one kick per tick. */
+  private sendLane(id: number): void {
+    this.reqEntry[id * ENTRY_WORDS + E_TAG] = id;
+    if (this.laneOverflowHead === this.laneOverflow.length && this.lane!.hasRoom()) this.laneAccept(id);
+    else { this.laneOverflow.push(id); this.queued++; }
+    if (!this.flushScheduled) {
+      this.flushScheduled = true;
+      queueMicrotask(this.flush);
+    }
+  }
+
+  private laneAccept(id: number): void {
+    const e = id * ENTRY_WORDS, E = this.reqEntry, op = E[e + E_OP] & 0xff;
+    // The allocation generation of the pool memory it names (checked again at admission).
+    this.lane!.accept(E, e, op >= Op.READ && op <= Op.WRITEV ? this.pool.genAt(E[e + E_BUF] >>> 0) : 0);
+  }
+
+  /** Inline mode: requests that waited for a local slot take the slots completions freed. */
+  private feedLane(): void {
+    const q = this.laneOverflow, lane = this.lane!;
+    while (this.laneOverflowHead < q.length && lane.hasRoom()) {
+      this.queued--;
+      this.laneAccept(q[this.laneOverflowHead++]);
+    }
+    if (this.laneOverflowHead === q.length) { q.length = 0; this.laneOverflowHead = 0; }
+    else if (this.laneOverflowHead > 4096) { q.splice(0, this.laneOverflowHead); this.laneOverflowHead = 0; }
   }
 
   /** Puts request `id` (its entry filled in) on w's ring, or in w's overflow queue; one flush per tick. */
@@ -718,14 +799,17 @@ export class Engine {
   private retryShortWrite(id: number, res: number): boolean {
     const e = id * ENTRY_WORDS, E = this.reqEntry;
     if (E[e + E_OP] !== Op.WRITE || this.reqRetry[id] === 0 || res <= 0 || res >= (E[e + E_LEN] >>> 0) || this.destroying) return false;
-    let w = this.workers[this.rr];
-    this.rr = this.rr + 1 === this.workers.length ? 0 : this.rr + 1;
-    if (w.retired) { const live = this.liveWorker(); if (live === null) return false; w = live; }
+    let w: WorkerSlot | null = null;
+    if (this.lane === null) {
+      w = this.workers[this.rr];
+      this.rr = this.rr + 1 === this.workers.length ? 0 : this.rr + 1;
+      if (w.retired) { w = this.liveWorker(); if (w === null) return false; }
+    }
     this.reqPartial[id] += res;
     const lo = (E[e + E_OFF_LO] >>> 0) + res;
     E[e + E_OFF_LO] = lo | 0; E[e + E_OFF_HI] += lo > 0xffffffff ? 1 : 0;
     E[e + E_LEN] -= res; E[e + E_BUF] += res;
-    this.send(w, id);
+    if (w === null) this.sendLane(id); else this.send(w, id);
     return true;
   }
 
@@ -771,6 +855,7 @@ export class Engine {
   /** Publishes every ring written this tick and wakes sleeping workers: one wake per batch. */
   private readonly flush = (): void => {
     this.flushScheduled = false;
+    if (this.lane !== null) { this.lane.kick(); return; }
     for (const w of this.workers) {
       if (!w.dirty || w.dead) continue;
       w.dirty = false;
@@ -876,7 +961,7 @@ export class Engine {
     if (w.corrupt !== null) return;
     w.corrupt = `ring-corrupt: ${reason}`;
     w.dead = true;
-    const thread = w.ready === null ? undefined : this.piscina.threads.find((t) => t.threadId === w.ready!.threadId);
+    const thread = w.ready === null ? undefined : this.piscina!.threads.find((t) => t.threadId === w.ready!.threadId);
     void thread?.terminate();
   }
 
@@ -967,14 +1052,18 @@ export class Engine {
     const p = this.probeResult;
     return {
       kernel: p.kernel, ioUringDisabled: p.ioUringDisabled, ioUring: p.ioUring, libaio: p.libaio,
-      workers: this.workers.map((w) => ({ index: w.index, backend: w.ready!.backend, refused: w.ready!.refused, info: w.ready!.info })),
+      mode: this.options.mode,
+      workers: this.lane !== null
+        ? [{ index: 0, backend: this.lane.backend, refused: this.lane.refused, info: this.lane.info }]
+        : this.workers.map((w) => ({ index: w.index, backend: w.ready!.backend, refused: w.ready!.refused, info: w.ready!.info })),
       options: { ...this.options },
     };
   }
 
   /** Counters: ops, bytes, in flight, ring-full events, per worker and per file. */
   stats(): EngineStats {
-    const workers = this.workers.map((w) => {
+    const rows = this.lane !== null ? [{ index: 0, ringFullEvents: 0 }] : this.workers;
+    const workers = rows.map((w) => {
       const s = this.workerStats.subarray(w.index * WSTAT_WORDS, (w.index + 1) * WSTAT_WORDS);
       return { index: w.index, ops: s[WS_OPS], bytes: s[WS_BYTES], batches: s[WS_BATCHES], wakeups: s[WS_WAKEUPS], inFlight: s[WS_INFLIGHT], errors: s[WS_ERRORS], ringFullEvents: w.ringFullEvents };
     });
@@ -991,7 +1080,8 @@ export class Engine {
     };
   }
 
-  /** @internal */ get workerCount(): number { return this.workers.length; }
+  /** @internal Kernel I/O contexts (1 in inline mode). */
+  get workerCount(): number { return this.lane !== null ? 1 : this.workers.length; }
   /** @internal */ get kernelRelease(): string { return this.probeResult.kernel || osRelease(); }
 
   /** @internal */ assertOpen(op: string): void {
@@ -1083,7 +1173,12 @@ export class Engine {
     if (graceMs > 0) await bounded(Promise.all(this.workers.map((w) => w.task)), graceMs);
     // A thread blocked in a system call ends only when the call returns: terminating it is
     // asked for, but close() does not wait for it beyond a second.
-    await bounded(this.piscina.destroy(), graceMs > 0 ? 30000 : 1000);
+    if (this.piscina !== null) await bounded(this.piscina.destroy(), graceMs > 0 ? 30000 : 1000);
+    // Inline: in-flight kernel I/O is drained (close() waited for it, or gave up on it: then
+    // the native context keeps the pool and its own memory alive, see native/addon.cc).
+    // After an abandoned close the kernel may still use the ring: it stays open (and keeps the
+    // pool alive) rather than block this thread in a bounded drain.
+    if (!this.fdsPinned) this.lane?.close();
     for (const w of this.workers) w.port?.close();
     // After an abandoned close, a thread stuck in the kernel may still ring a doorbell when its
     // call returns: a closed, reused fd number would take that write. They stay open.

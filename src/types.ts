@@ -10,8 +10,14 @@ export interface NativeContextOptions {
   pool: Uint8Array;
   batch: Int32Array;
   completions: Int32Array;
-  doorbellFd: number;
+  /** Worker mode: the main thread's doorbell for this worker. */
+  doorbellFd?: number;
   emulateWindowUs: number;
+  /**
+   * Inline mode (native/inline.h): called on this thread's event loop when completions may be
+   * waiting; pump() then never waits. Replaces doorbellFd.
+   */
+  onReady?: () => void;
   /** Int32Array (over the control SharedArrayBuffer) of length >= 1: see W_STALL in src/shm.ts. */
   stall?: Int32Array;
 }
@@ -25,7 +31,12 @@ export interface NativeContextInfo {
   fixedFiles: boolean;
   setupFlags: string[];
   asyncFtruncate: boolean;
+  /** Ops run synchronously: on the worker thread (worker mode) or on libuv's threadpool (inline mode). */
   syncOps: string[];
+  /** 'inline': driven by the owning thread's event loop; 'worker': by an offload worker. */
+  mode: 'inline' | 'worker';
+  /** io_uring: the ring fd is registered (IORING_REGISTER_RING_FDS). */
+  ringFdRegistered: boolean;
 }
 
 export interface NativeContext {

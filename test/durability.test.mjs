@@ -15,7 +15,7 @@ import { fileURLToPath } from 'node:url';
 import { readFileSync, existsSync } from 'node:fs';
 import { Engine, RingfenceError } from '../dist/src/index.js';
 import { makeXfsVolume } from '../dist/src/volume.js';
-import { scratchDir, pattern, skipUnless, xfsVolumeUnavailable } from './helpers/env.mjs';
+import { scratchDir, pattern, skipUnless, xfsVolumeUnavailable, engineOptions } from './helpers/env.mjs';
 
 const scratch = scratchDir('rf-durable-');
 test.after(() => scratch.cleanup());
@@ -51,7 +51,7 @@ for (const direct of [true, false]) {
     const path = join(scratch.dir, `kill-${direct}`);
     const { signal } = await runAndKill(path, direct);
     assert.is(signal, 'SIGKILL');
-    const engine = await Engine.start({ workers: 1 });
+    const engine = await Engine.start(engineOptions({ workers: 1 }));
     try {
       const f = await engine.open(path, { direct: false });
       for (let i = 0; i < BLOCKS; i++) {
@@ -105,7 +105,7 @@ test('a process that ends with an open engine (no close()) exits by itself withi
 });
 
 test('close() with requests in flight finishes them; later calls reject with ERR_RINGFENCE_CLOSED', async () => {
-  const engine = await Engine.start({ workers: 2, queueDepth: 4 });
+  const engine = await Engine.start(engineOptions({ workers: 2, queueDepth: 4 }));
   const path = join(scratch.dir, 'closing');
   const f = await engine.open(path, { create: true, truncate: true });
   const g = await engine.open(path); // a second handle, left for close() to close

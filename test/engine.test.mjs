@@ -5,7 +5,7 @@ import { openSync, readSync, closeSync, statSync, writeFileSync, readFileSync, f
 import { join } from 'node:path';
 import { Engine, RingfenceError } from '../dist/src/index.js';
 import { loadAddon } from '../dist/src/addon.js';
-import { scratchDir, rng, pattern, availableBackends } from './helpers/env.mjs';
+import { scratchDir, rng, pattern, availableBackends, engineOptions } from './helpers/env.mjs';
 
 const probe = loadAddon().probe();
 const BACKENDS = availableBackends(probe);
@@ -24,7 +24,7 @@ function readBack(path, offset, len) {
 for (const backend of BACKENDS) {
   for (const direct of [true, false]) {
     test(`${backend} ${direct ? 'O_DIRECT' : 'buffered'}: random writes and reads round-trip (checked with node:fs)`, async () => {
-      const engine = await Engine.start({ backend, workers: 2, queueDepth: 16, bufferPoolBytes: 8 << 20 });
+      const engine = await Engine.start(engineOptions({ backend, workers: 2, queueDepth: 16, bufferPoolBytes: 8 << 20 }));
       const path = join(scratch.dir, `rt-${backend}-${direct}`);
       try {
         const f = await engine.open(path, { create: true, truncate: true, direct });
@@ -64,7 +64,7 @@ for (const backend of BACKENDS) {
   }
 
   test(`${backend}: readv/writev, writeZeroes, fallocate, flush, truncate, size`, async () => {
-    const engine = await Engine.start({ backend, workers: 2, queueDepth: 8, bufferPoolBytes: 4 << 20 });
+    const engine = await Engine.start(engineOptions({ backend, workers: 2, queueDepth: 8, bufferPoolBytes: 4 << 20 }));
     const path = join(scratch.dir, `ops-${backend}`);
     try {
       const f = await engine.open(path, { create: true, truncate: true });
@@ -96,7 +96,7 @@ for (const backend of BACKENDS) {
   });
 
   test(`${backend}: bigint offsets beyond 4 GiB on a sparse file`, async () => {
-    const engine = await Engine.start({ backend, workers: 1, queueDepth: 4, bufferPoolBytes: 1 << 20 });
+    const engine = await Engine.start(engineOptions({ backend, workers: 1, queueDepth: 4, bufferPoolBytes: 1 << 20 }));
     const path = join(scratch.dir, `big-${backend}`);
     try {
       const f = await engine.open(path, { create: true, truncate: true });
@@ -114,7 +114,7 @@ for (const backend of BACKENDS) {
 }
 
 test('batch submit resolves results in order; several workers on one file at once', async () => {
-  const engine = await Engine.start({ workers: 3, queueDepth: 8, bufferPoolBytes: 8 << 20 });
+  const engine = await Engine.start({ mode: 'workers', workers: 3, queueDepth: 8, bufferPoolBytes: 8 << 20 });
   const path = join(scratch.dir, 'batch');
   try {
     const f = await engine.open(path, { create: true, truncate: true });
@@ -133,7 +133,7 @@ test('batch submit resolves results in order; several workers on one file at onc
 });
 
 test('a full submission ring loses nothing: 20x more requests than ring slots', async () => {
-  const engine = await Engine.start({ workers: 2, queueDepth: 4, bufferPoolBytes: 64 << 20 });
+  const engine = await Engine.start({ mode: 'workers', workers: 2, queueDepth: 4, bufferPoolBytes: 64 << 20 });
   const path = join(scratch.dir, 'flood');
   try {
     const f = await engine.open(path, { create: true, truncate: true });
@@ -149,7 +149,7 @@ test('a full submission ring loses nothing: 20x more requests than ring slots', 
 });
 
 test('close() drains in-flight requests, then rejects with ERR_RINGFENCE_CLOSED', async () => {
-  const engine = await Engine.start({ workers: 2, queueDepth: 8 });
+  const engine = await Engine.start(engineOptions({ workers: 2, queueDepth: 8 }));
   const path = join(scratch.dir, 'drain');
   const f = await engine.open(path, { create: true, truncate: true });
   const writes = [];
@@ -167,7 +167,7 @@ test('close() drains in-flight requests, then rejects with ERR_RINGFENCE_CLOSED'
 });
 
 test('unaligned user buffers are bounced correctly (memory alignment)', async () => {
-  const engine = await Engine.start({ workers: 2, queueDepth: 8 });
+  const engine = await Engine.start(engineOptions({ workers: 2, queueDepth: 8 }));
   const path = join(scratch.dir, 'bounce');
   try {
     const f = await engine.open(path, { create: true, truncate: true, direct: true });
@@ -185,7 +185,7 @@ test('unaligned user buffers are bounced correctly (memory alignment)', async ()
 });
 
 test('errors carry code, errno, op, path, offset, length and say what to do', async () => {
-  const engine = await Engine.start({ workers: 1 });
+  const engine = await Engine.start(engineOptions({ workers: 1 }));
   const path = join(scratch.dir, 'errs');
   try {
     const f = await engine.open(path, { create: true, truncate: true, direct: true });
@@ -208,7 +208,7 @@ test('errors carry code, errno, op, path, offset, length and say what to do', as
 });
 
 test('engine.info() reports the backend of each worker and why others were refused', async () => {
-  const engine = await Engine.start({ workers: 2, backend: 'auto' });
+  const engine = await Engine.start({ mode: 'workers', workers: 2, backend: 'auto' });
   try {
     const info = engine.info();
     assert.is(info.workers.length, 2);
@@ -223,7 +223,7 @@ test('completions that do not fit the completion ring wait, none lost: a long mi
   // The main thread drains completions in a macrotask; a caller that keeps submitting from a
   // chain of microtasks starves it, so the completion ring fills and the worker must hold
   // completions back (and stop taking requests) without overwriting any.
-  const engine = await Engine.start({ workers: 1, queueDepth: 1, spinUs: 0 });
+  const engine = await Engine.start(engineOptions({ workers: 1, queueDepth: 1, spinUs: 0 }));
   try {
     const f = await engine.open(join(scratch.dir, 'cqfull'), { create: true, truncate: true, direct: false });
     const buf = engine.alloc(4096);

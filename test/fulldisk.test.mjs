@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { unlinkSync, statfsSync } from 'node:fs';
 import { Engine, RingfenceError } from '../dist/src/index.js';
 import { makeXfsVolume } from '../dist/src/volume.js';
-import { pattern, skipUnless, xfsVolumeUnavailable } from './helpers/env.mjs';
+import { pattern, skipUnless, xfsVolumeUnavailable, engineOptions } from './helpers/env.mjs';
 
 const MiB = 1 << 20;
 const base = pattern(MiB, 99);
@@ -22,7 +22,7 @@ skipUnless(test, xfsVolumeUnavailable())('filling an XFS volume: ENOSPC with adv
   const vol = makeXfsVolume(300 * MiB);
   let engine;
   try {
-    engine = await Engine.start({ workers: 2, queueDepth: 16, bufferPoolBytes: 16 * MiB });
+    engine = await Engine.start(engineOptions({ workers: 2, queueDepth: 16, bufferPoolBytes: 16 * MiB }));
     const ballastPath = join(vol.dir, 'ballast'), fillPath = join(vol.dir, 'fill');
     const ballast = await engine.open(ballastPath, { create: true, direct: true });
     const wbuf = Array.from({ length: 4 }, () => engine.alloc(MiB));

@@ -13,7 +13,7 @@ import { readFileSync, writeFileSync, mkdirSync } from 'node:fs';
 import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { Engine, RingfenceError } from '../dist/src/index.js';
-import { scratchDir, pattern } from './helpers/env.mjs';
+import { scratchDir, pattern, engineOptions } from './helpers/env.mjs';
 
 const scratch = scratchDir('rf-inputs-');
 test.after(() => scratch.cleanup());
@@ -66,7 +66,7 @@ function check(row, err) {
 let engine, f, ro, closedFile, deadEngine, deadFile, align, direct;
 
 test.before(async () => {
-  engine = await Engine.start({ workers: 2, queueDepth: 8, bufferPoolBytes: 4 << 20 });
+  engine = await Engine.start(engineOptions({ workers: 2, queueDepth: 8, bufferPoolBytes: 4 << 20 }));
   const path = join(scratch.dir, 'data');
   f = await engine.open(path, { create: true, truncate: true, direct: true });
   align = f.info().alignment;
@@ -75,7 +75,7 @@ test.before(async () => {
   ro = await engine.open(path, { readOnly: true });
   closedFile = await engine.open(path);
   await closedFile.close();
-  deadEngine = await Engine.start({ workers: 1, queueDepth: 4, bufferPoolBytes: 1 << 20 });
+  deadEngine = await Engine.start(engineOptions({ workers: 1, queueDepth: 4, bufferPoolBytes: 1 << 20 }));
   deadFile = await deadEngine.open(path);
   await deadEngine.close();
   mkdirSync(join(scratch.dir, 'adir'));

@@ -10,7 +10,7 @@ import { Engine } from '../dist/src/index.js';
 import { loadAddon } from '../dist/src/addon.js';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
-import { scratchDir, pattern, availableBackends } from './helpers/env.mjs';
+import { scratchDir, pattern, availableBackends, engineOptions } from './helpers/env.mjs';
 
 // A real GC, so that buffers dropped without free() can be seen coming back.
 setFlagsFromString('--expose-gc');
@@ -41,7 +41,7 @@ let loopRings;
 async function loopRingsPerThread() {
   if (loopRings === undefined) {
     const before = resources().io_uring;
-    const e = await Engine.start({ backend: 'sync', workers: 2 });
+    const e = await Engine.start(engineOptions({ backend: 'sync', workers: 2 }));
     const f = await e.open(join(scratch.dir, 'loop-rings'), { create: true });
     await f.write(Buffer.alloc(4096), 0);
     loopRings = (resources().io_uring - before) / 2;
@@ -65,7 +65,7 @@ async function settled(base, label, ignore = []) {
 }
 
 test('300 open/close cycles (with I/O, failed opens, pooled and bounced buffers) leak no fd and no pool memory', async () => {
-  const engine = await Engine.start({ workers: 2, queueDepth: 16, bufferPoolBytes: 4 << 20 });
+  const engine = await Engine.start(engineOptions({ workers: 2, queueDepth: 16, bufferPoolBytes: 4 << 20 }));
   try {
     mkdirSync(join(scratch.dir, 'adir'));
     // O_DIRECT and buffered handles use different files: one engine refuses to mix them on one.
@@ -116,24 +116,26 @@ test('300 open/close cycles (with I/O, failed opens, pooled and bounced buffers)
 for (const backend of BACKENDS) {
   test(`${backend}: 10 Engine.start/close cycles leak no fd, ring, eventfd, aio context or thread`, async () => {
     // Warm-up: the first engine in a process loads the addon and starts lazily created threads.
-    await (await Engine.start({ backend, workers: 2 })).close();
+    await (await Engine.start(engineOptions({ backend, workers: 2 }))).close();
     const base = resources();
     for (let i = 0; i < 10; i++) {
-      const engine = await Engine.start({ backend, workers: 2, queueDepth: 8, bufferPoolBytes: 1 << 20 });
+      const engine = await Engine.start(engineOptions({ backend, workers: 2, queueDepth: 8, bufferPoolBytes: 1 << 20 }));
       const f = await engine.open(join(scratch.dir, `e${backend}`), { create: true });
       const buf = engine.alloc(4096); buf.set(pattern(4096, i));
       assert.is(await f.write(buf, i * 4096), 4096);
       if (i === 0) {
         // The counters do see what an engine holds, so a leak would show.
         const during = resources();
+        // Contexts: one per worker (worker mode, 2) or the engine thread's own (inline mode, 1).
+        const inline = engine.info().mode === 'inline', k = inline ? 1 : 2, threads = inline ? 0 : 2;
         // Node >= 22's libuv gives each thread's event loop an io_uring of its own: count the
         // addon's rings net of those (measured with the sync backend, which has none).
-        assert.is(during.io_uring - base.io_uring - 2 * await loopRingsPerThread(), backend === 'io_uring' ? 2 : 0, 'one ring per worker');
-        // One doorbell per worker, plus one for each worker thread's own libuv loop.
-        assert.ok(during.eventfd - base.eventfd >= 2, `one doorbell per worker (${during.eventfd - base.eventfd} eventfds)`);
-        assert.is(during.aio - base.aio, backend === 'libaio' ? 2 : 0, 'one aio context per worker');
+        assert.is(during.io_uring - base.io_uring - threads * await loopRingsPerThread(), backend === 'io_uring' ? k : 0, 'one ring per context');
+        // One doorbell (worker) or completion eventfd (inline) per context, plus one for each worker thread's own libuv loop.
+        assert.ok(during.eventfd - base.eventfd >= k, `one eventfd per context (${during.eventfd - base.eventfd} eventfds)`);
+        assert.is(during.aio - base.aio, backend === 'libaio' ? k : 0, 'one aio context per context');
         // >= : io_uring's kernel io-wq workers (iou-wrk-*) are threads of this process too.
-        assert.ok(during.threads - base.threads >= 2, `two worker threads (${during.threads - base.threads})`);
+        assert.ok(during.threads - base.threads >= threads, `${threads} worker threads (${during.threads - base.threads})`);
         assert.is(during.files - base.files, 1, 'the open file');
       }
       if (i % 2 === 0) await f.close(); // otherwise engine.close() closes it
@@ -145,11 +147,11 @@ for (const backend of BACKENDS) {
 }
 
 test('engines that fail to start leak nothing either', async () => {
-  await (await Engine.start({ workers: 1 })).close();
+  await (await Engine.start(engineOptions({ workers: 1 }))).close();
   const base = resources();
   for (let i = 0; i < 5; i++) {
-    await Engine.start({ workers: 1, queueDepth: 0 }).catch(() => {});
-    await Engine.start({ workers: 1, faults: 'nonsense' }).catch(() => {});
+    await Engine.start(engineOptions({ workers: 1, queueDepth: 0 })).catch(() => {});
+    await Engine.start(engineOptions({ workers: 1, faults: 'nonsense' })).catch(() => {});
   }
   await settled(base, 'after failed starts');
 });

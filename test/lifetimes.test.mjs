@@ -11,7 +11,7 @@ import v8 from 'node:v8';
 import vm from 'node:vm';
 import { Engine } from '../dist/src/index.js';
 import { loadAddon } from '../dist/src/addon.js';
-import { scratchDir, pattern, availableBackends } from './helpers/env.mjs';
+import { scratchDir, pattern, availableBackends, engineOptions } from './helpers/env.mjs';
 
 v8.setFlagsFromString('--expose-gc');
 const gc = vm.runInNewContext('gc');
@@ -45,7 +45,7 @@ function readAt(path, off, len) {
 
 for (const backend of BACKENDS) {
   test(`${backend}: a write waiting for pool memory when its file closes is rejected, never lands in the next file`, async () => {
-    const engine = await Engine.start({ backend, workers: 1, bufferPoolBytes: 1 << 20 });
+    const engine = await Engine.start(engineOptions({ backend, workers: 1, bufferPoolBytes: 1 << 20 }));
     const a = join(scratch.dir, `wait-a-${backend}`), b = join(scratch.dir, `wait-b-${backend}`);
     try {
       const A = await engine.open(a, { create: true, truncate: true });
@@ -65,7 +65,7 @@ for (const backend of BACKENDS) {
 }
 
 test('close() while requests are in flight waits for them; a second close() waits too', async () => {
-  const engine = await Engine.start({ workers: 1 });
+  const engine = await Engine.start(engineOptions({ workers: 1 }));
   try {
     const f = await engine.open(join(scratch.dir, 'close-wait'), { create: true, truncate: true });
     const buf = engine.alloc(4096).fill(3);
@@ -80,7 +80,7 @@ test('close() while requests are in flight waits for them; a second close() wait
 });
 
 test('engine.close() rejects requests still waiting for pool memory the caller holds, instead of hanging', async () => {
-  const engine = await Engine.start({ workers: 1, bufferPoolBytes: 1 << 20 });
+  const engine = await Engine.start(engineOptions({ workers: 1, bufferPoolBytes: 1 << 20 }));
   const f = await engine.open(join(scratch.dir, 'engine-close-wait'), { create: true, truncate: true });
   engine.alloc(1 << 20);
   const w = later(f.write(Buffer.alloc(4096, 1), 0));
@@ -91,7 +91,7 @@ test('engine.close() rejects requests still waiting for pool memory the caller h
 // ---- pool memory stays reserved while any view or request uses it (items 2 and 5)
 
 test('a subarray of a pooled buffer keeps its memory reserved after the original view is collected', async () => {
-  const engine = await Engine.start({ workers: 1, bufferPoolBytes: 1 << 20 });
+  const engine = await Engine.start(engineOptions({ workers: 1, bufferPoolBytes: 1 << 20 }));
   try {
     let sub = engine.alloc(8192).subarray(0, 4096);
     sub.fill(0x11);
@@ -113,7 +113,7 @@ test('a subarray of a pooled buffer keeps its memory reserved after the original
 for (const backend of BACKENDS) {
   test(`${backend}: writes from pooled buffers nobody keeps land intact while the GC runs during flight`, async () => {
     // Room for every buffer even if the GC returns none: the test is about memory reuse, not exhaustion.
-    const engine = await Engine.start({ backend, workers: 1, bufferPoolBytes: 16 << 20 });
+    const engine = await Engine.start(engineOptions({ backend, workers: 1, bufferPoolBytes: 16 << 20 }));
     const path = join(scratch.dir, `gc-${backend}`);
     try {
       const f = await engine.open(path, { create: true, truncate: true });
@@ -137,7 +137,7 @@ for (const backend of BACKENDS) {
   });
 
   test(`${backend}: free() of a buffer still in flight keeps its memory until the request settles`, async () => {
-    const engine = await Engine.start({ backend, workers: 1, bufferPoolBytes: 1 << 20 });
+    const engine = await Engine.start(engineOptions({ backend, workers: 1, bufferPoolBytes: 1 << 20 }));
     const path = join(scratch.dir, `free-inflight-${backend}`);
     try {
       const f = await engine.open(path, { create: true, truncate: true });
@@ -158,7 +158,7 @@ for (const backend of BACKENDS) {
 }
 
 test('free() refuses a stale buffer, a second free and a partial view, and never frees another buffer\'s block', async () => {
-  const engine = await Engine.start({ workers: 1, bufferPoolBytes: 1 << 20 });
+  const engine = await Engine.start(engineOptions({ workers: 1, bufferPoolBytes: 1 << 20 }));
   try {
     const a = engine.alloc(4096);
     engine.free(a);
@@ -180,8 +180,8 @@ test('free() refuses a stale buffer, a second free and a partial view, and never
 // ---- a rejected batch runs nothing (item 4)
 
 test('submit(): a batch with an op that cannot fit the pool, or cannot be padded, runs none of its ops', async () => {
-  const engine = await Engine.start({ workers: 1, bufferPoolBytes: 1 << 20 });
-  const untracked = await Engine.start({ workers: 1, trackRequests: false });
+  const engine = await Engine.start(engineOptions({ workers: 1, bufferPoolBytes: 1 << 20 }));
+  const untracked = await Engine.start(engineOptions({ workers: 1, trackRequests: false }));
   try {
     const p1 = join(scratch.dir, 'batch-fit');
     const f = await engine.open(p1, { create: true, truncate: true });
@@ -204,7 +204,7 @@ test('submit(): a batch with an op that cannot fit the pool, or cannot be padded
 });
 
 test('submit(): an op whose buffer is detached while it waits for pool memory fails alone, with every result attached', async () => {
-  const engine = await Engine.start({ workers: 1, bufferPoolBytes: 1 << 20 });
+  const engine = await Engine.start(engineOptions({ workers: 1, bufferPoolBytes: 1 << 20 }));
   try {
     const f = await engine.open(join(scratch.dir, 'batch-detach'), { create: true, truncate: true });
     const hold = engine.alloc(1 << 20);
@@ -224,7 +224,7 @@ test('submit(): an op whose buffer is detached while it waits for pool memory fa
 // ---- the pool's waiting queue (items 11, 12)
 
 test('a waiter that fails (detached buffer) neither leaks its block nor blocks the queue nor blames another request', async () => {
-  const engine = await Engine.start({ workers: 1, bufferPoolBytes: 1 << 20 });
+  const engine = await Engine.start(engineOptions({ workers: 1, bufferPoolBytes: 1 << 20 }));
   try {
     const f = await engine.open(join(scratch.dir, 'waiters'), { create: true, truncate: true });
     const hold = engine.alloc(1 << 20);
@@ -247,7 +247,7 @@ test('a waiter that fails (detached buffer) neither leaks its block nor blocks t
 });
 
 test('many ordinary-buffer writes queued behind a small pool all complete with the right data', async () => {
-  const engine = await Engine.start({ workers: 1, bufferPoolBytes: 256 << 10, queueDepth: 32 });
+  const engine = await Engine.start(engineOptions({ workers: 1, bufferPoolBytes: 256 << 10, queueDepth: 32 }));
   const path = join(scratch.dir, 'queued-bounce');
   try {
     const f = await engine.open(path, { create: true, truncate: true });
@@ -280,7 +280,7 @@ for (const backend of BACKENDS) {
 
 test('open() racing engine.close() rejects and leaks no file descriptor', async () => {
   const before = readdirSync('/proc/self/fd').length;
-  const engine = await Engine.start({ workers: 1 });
+  const engine = await Engine.start(engineOptions({ workers: 1 }));
   const p = engine.open(join(scratch.dir, 'race-open'), { create: true, truncate: true });
   const c = engine.close();
   await rejects(p, 'ERR_RINGFENCE_CLOSED');
@@ -293,7 +293,7 @@ test('open() racing engine.close() rejects and leaks no file descriptor', async 
 // ---- what can be opened (items 7, 10)
 
 test('one engine refuses to mix O_DIRECT and buffered handles on one file', async () => {
-  const engine = await Engine.start({ workers: 1 });
+  const engine = await Engine.start(engineOptions({ workers: 1 }));
   try {
     const p = join(scratch.dir, 'mixed');
     const d = await engine.open(p, { create: true, truncate: true });
@@ -306,7 +306,7 @@ test('one engine refuses to mix O_DIRECT and buffered handles on one file', asyn
 });
 
 test('FIFOs, sockets and character devices are refused at open() with a clear error', async () => {
-  const engine = await Engine.start({ workers: 1 });
+  const engine = await Engine.start(engineOptions({ workers: 1 }));
   try {
     const fifo = join(scratch.dir, 'fifo');
     spawnSync('mkfifo', [fifo]);
@@ -321,7 +321,7 @@ test('FIFOs, sockets and character devices are refused at open() with a clear er
 
 test('close({ deadlineMs }) settles requests that never complete, and returns', async () => {
   // The injected 'hang' fault blocks the worker after its first request: nothing completes.
-  const engine = await Engine.start({ workers: 1, faults: '0:hang:1', watchdogMs: 0 });
+  const engine = await Engine.start(engineOptions({ workers: 1, faults: '0:hang:1', watchdogMs: 0 }));
   const f = await engine.open(join(scratch.dir, 'deadline'), { create: true, truncate: true });
   const w = [later(f.write(Buffer.alloc(4096, 1), 0)), later(f.write(Buffer.alloc(4096, 2), 4096))];
   await new Promise((r) => setTimeout(r, 100));
@@ -335,7 +335,7 @@ test('close({ deadlineMs }) settles requests that never complete, and returns', 
 });
 
 test('close() then close({ deadlineMs }): the later deadline applies; an open stuck behind a hung worker does not hold close() forever', async () => {
-  const engine = await Engine.start({ workers: 1, faults: '0:hang:1', watchdogMs: 0 });
+  const engine = await Engine.start(engineOptions({ workers: 1, faults: '0:hang:1', watchdogMs: 0 }));
   const f = await engine.open(join(scratch.dir, 'deadline2'), { create: true, truncate: true });
   const w = later(f.write(Buffer.alloc(4096, 1), 0));
   await new Promise((r) => setTimeout(r, 100));
@@ -351,7 +351,7 @@ test('close() then close({ deadlineMs }): the later deadline applies; an open st
 });
 
 test('submit(): ops are issued from what was validated, not read again (a getter cannot swap the buffer)', async () => {
-  const engine = await Engine.start({ workers: 1, bufferPoolBytes: 1 << 20 });
+  const engine = await Engine.start(engineOptions({ workers: 1, bufferPoolBytes: 1 << 20 }));
   const path = join(scratch.dir, 'batch-getter');
   try {
     const f = await engine.open(path, { create: true, truncate: true });
@@ -370,7 +370,7 @@ test('submit(): ops are issued from what was validated, not read again (a getter
 });
 
 test('engine.submitRaw() counts against its file: close() waits for it', async () => {
-  const engine = await Engine.start({ workers: 1 });
+  const engine = await Engine.start(engineOptions({ workers: 1 }));
   try {
     const f = await engine.open(join(scratch.dir, 'raw-refs'), { create: true, truncate: true });
     const nop = [8, f.id, 0, 0, 0, 0, 0, 0];

@@ -6,7 +6,7 @@ import * as assert from 'uvu/assert';
 import { join } from 'node:path';
 import { writeFileSync } from 'node:fs';
 import { Engine } from '../dist/src/index.js';
-import { scratchDir, pattern } from './helpers/env.mjs';
+import { scratchDir, pattern, engineOptions } from './helpers/env.mjs';
 
 const scratch = scratchDir('rf-overload-');
 test.after(() => scratch.cleanup());
@@ -24,7 +24,7 @@ test(`${N.toLocaleString('en')} reads submitted at once all complete correctly; 
   const path = join(scratch.dir, 'small');
   const data = pattern(4096, 7);
   writeFileSync(path, data);
-  const engine = await Engine.start({ workers: 2, queueDepth: 128, bufferPoolBytes: 1 << 20 });
+  const engine = await Engine.start(engineOptions({ workers: 2, queueDepth: 128, bufferPoolBytes: 1 << 20 }));
   try {
     const f = await engine.open(path, { direct: false });
     // Eight pool buffers: request i reads block i&7 into buffer i&7, so every buffer always

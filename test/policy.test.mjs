@@ -7,7 +7,7 @@ import { execFileSync } from 'node:child_process';
 import { decideWorkaround, kernelHasXfsFix, Engine } from '../dist/src/index.js';
 import { makeXfsVolume } from '../dist/src/volume.js';
 import { parseMountinfo, parseSuperOptions, mountOf, unescapeMountField, writableBranches, resolveFs, statfsName, describeStack } from '../dist/src/policy.js';
-import { scratchDir, isRoot, skipUnless, xfsVolumeUnavailable } from './helpers/env.mjs';
+import { scratchDir, isRoot, skipUnless, xfsVolumeUnavailable, engineOptions } from './helpers/env.mjs';
 
 const XFS = 0x58465342, EXT4 = 0xef53, NFS = 0x6969, FUSE = 0x65735546, TMPFS = 0x01021994, BTRFS = 0x9123683e, CIFS = 0xff534d42;
 const OVERLAY = 0x794c7630, ECRYPTFS = 0xf15f, SHIFTFS = 0x6a656a62, AUFS = 0x61756673, UNIONFS = 0xf15f083d, SDCARDFS = 0x5dca2df5;
@@ -54,7 +54,7 @@ test("'auto' decides from the filesystem and the kernel, and names the rule", ()
 
 test('file.info() explains the decision on a real file; per-file override in open()', async () => {
   const s = scratchDir('rf-pol-');
-  const engine = await Engine.start({ workers: 1 });
+  const engine = await Engine.start(engineOptions({ workers: 1 }));
   try {
     const f = await engine.open(join(s.dir, 'a'), { create: true });
     const info = f.info();
@@ -71,7 +71,7 @@ test('file.info() explains the decision on a real file; per-file override in ope
 
 skipUnless(test, xfsVolumeUnavailable())('on a loop-mounted XFS volume with this (fixed) kernel, auto turns the workaround off', async () => {
   const vol = makeXfsVolume(512 * 2 ** 20);
-  const engine = await Engine.start({ workers: 1 });
+  const engine = await Engine.start(engineOptions({ workers: 1 }));
   try {
     const f = await engine.open(join(vol.dir, 'x'), { create: true });
     const d = f.info().xfsWorkaround;
@@ -90,7 +90,7 @@ test("xfsWorkaround 'probe': the dynamic check decides once per filesystem and k
   try {
     for (const round of [0, 1]) {
       clearProbeMemo(); // a new process would have no in-memory memo: only the cache file is left
-      const engine = await Engine.start({ workers: 2, xfsWorkaround: 'probe' });
+      const engine = await Engine.start(engineOptions({ workers: 2, xfsWorkaround: 'probe' }));
       try {
         const f = await engine.open(join(s.dir, `p${round}`), { create: true });
         const d = f.info().xfsWorkaround;
@@ -368,7 +368,7 @@ function mountOverlay(base) {
 
 /** Opens a file in the overlay through the engine and checks file.info() against what is under it. */
 async function checkOverlayFile(ovl, expectFs) {
-  const engine = await Engine.start({ workers: 1 });
+  const engine = await Engine.start(engineOptions({ workers: 1 }));
   try {
     const kernel = engine.info().kernel;
     const expected = decideWorkaround('auto', expectFs.magic, kernel, false);

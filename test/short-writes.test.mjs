@@ -8,7 +8,7 @@ import { spawnSync } from 'node:child_process';
 import { statSync } from 'node:fs';
 import { join } from 'node:path';
 import { loadAddon } from '../dist/src/addon.js';
-import { scratchDir, availableBackends } from './helpers/env.mjs';
+import { scratchDir, availableBackends, engineOptions } from './helpers/env.mjs';
 
 const BACKENDS = availableBackends(loadAddon().probe());
 const scratch = scratchDir('rf-short-');
@@ -21,7 +21,7 @@ for (const backend of BACKENDS) {
       const path = join(scratch.dir, `short-${backend}-${direct}`);
       const script = `process.on('SIGXFSZ', () => {});
         const { Engine } = await import('${index}');
-        const engine = await Engine.start({ backend: '${backend}', workers: 1 });
+        const engine = await Engine.start(${JSON.stringify(engineOptions({ backend, workers: 1 }))});
         const f = await engine.open('${path}', { create: true, truncate: true, direct: ${direct} });
         const buf = engine.alloc(16384).fill(7);
         const out = await f.write(buf, 0).then((n) => ({ n }), (e) => ({ code: e.code, message: e.message }));

@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { readFileSync, writeFileSync, statSync } from 'node:fs';
 import { Engine } from '../dist/src/index.js';
 import { loadAddon } from '../dist/src/addon.js';
-import { scratchDir, pattern, rng, availableBackends, skipUnless } from './helpers/env.mjs';
+import { scratchDir, pattern, rng, availableBackends, skipUnless, engineOptions } from './helpers/env.mjs';
 
 const scratch = scratchDir('rf-unal-');
 test.after(() => scratch.cleanup());
@@ -15,7 +15,7 @@ const BACKENDS = availableBackends(loadAddon().probe());
 for (const backend of ['io_uring', 'libaio', 'sync']) {
   // A backend this machine cannot run is a counted skip (availableBackends printed why).
   skipUnless(test, BACKENDS.includes(backend) ? null : `backend ${backend} is not available here`)(`${backend}: 300 concurrent unaligned writes sharing blocks lose no byte`, async () => {
-    const engine = await Engine.start({ backend, workers: 3, queueDepth: 16 });
+    const engine = await Engine.start(engineOptions({ backend, workers: 3, queueDepth: 16 }));
     const path = join(scratch.dir, `share-${backend}`);
     const base = pattern(65536, 5);
     writeFileSync(path, base);
@@ -44,7 +44,7 @@ for (const backend of ['io_uring', 'libaio', 'sync']) {
 }
 
 test('unaligned writes past EOF leave the exact size; unaligned reads return the right bytes', async () => {
-  const engine = await Engine.start({ workers: 2, queueDepth: 8 });
+  const engine = await Engine.start(engineOptions({ workers: 2, queueDepth: 8 }));
   const path = join(scratch.dir, 'eof');
   try {
     const f = await engine.open(path, { create: true, truncate: true, direct: true });

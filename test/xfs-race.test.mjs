@@ -5,7 +5,7 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { join } from 'node:path';
 import { Engine } from '../dist/src/index.js';
-import { scratchDir, pattern, skipUnless, xfsVolumeUnavailable } from './helpers/env.mjs';
+import { scratchDir, pattern, skipUnless, xfsVolumeUnavailable, engineOptions } from './helpers/env.mjs';
 import { makeXfsVolume } from '../dist/src/volume.js';
 
 const scratch = scratchDir('rf-586-');
@@ -13,7 +13,7 @@ test.after(() => scratch.cleanup());
 const BS = 4096;
 
 async function run586(workaround, iterations, emulate = { windowUs: 1000 }) {
-  const engine = await Engine.start({ workers: 2, queueDepth: 8, xfsWorkaround: workaround, emulateXfsFallocateBug: emulate });
+  const engine = await Engine.start(engineOptions({ workers: 2, queueDepth: 8, xfsWorkaround: workaround, emulateXfsFallocateBug: emulate }));
   const f = await engine.open(join(scratch.dir, `586-${workaround}-${!!emulate}`), { create: true, truncate: true });
   const data = engine.alloc(BS);
   data.set(pattern(BS, 586));
@@ -63,7 +63,7 @@ const xfsTest = skipUnless(test, xfsVolumeUnavailable());
 
 xfsTest('offsets beyond 2^53 (sparse XFS file): zero-writes, writes and truncates are tracked exactly', async () => {
   const vol = makeXfsVolume(512 * 2 ** 20);
-  const engine = await Engine.start({ workers: 2, queueDepth: 8, xfsWorkaround: 'always' });
+  const engine = await Engine.start(engineOptions({ workers: 2, queueDepth: 8, xfsWorkaround: 'always' }));
   try {
     const f = await engine.open(join(vol.dir, 'huge'), { create: true, truncate: true });
     const base = (1n << 60n) + 4096n; // far beyond 2^53: doubles would round these offsets
@@ -91,7 +91,7 @@ const LAST = (1n << 63n) - 2n * BigInt(BS); // the last whole block below the se
 
 xfsTest('a zero-write at 2^60 past EOF, alone: registered as serialising, exactly once', async () => {
   const vol = makeXfsVolume(512 * 2 ** 20);
-  const engine = await Engine.start({ workers: 2, queueDepth: 8, xfsWorkaround: 'always' });
+  const engine = await Engine.start(engineOptions({ workers: 2, queueDepth: 8, xfsWorkaround: 'always' }));
   try {
     const f = await engine.open(join(vol.dir, 'alone'), { create: true, truncate: true });
     const info = f.info();
@@ -122,7 +122,7 @@ xfsTest('a zero-write at 2^60 past EOF, alone: registered as serialising, exactl
 // the writes back until the zero-write has released its [EOF, 2^63-1 aligned down) range.
 xfsTest('the 2^60 zero-write range reaches "infinity": writes beyond it issued in the same tick wait and complete after it, and survive the emulated bug', async () => {
   const vol = makeXfsVolume(512 * 2 ** 20);
-  const engine = await Engine.start({ workers: 1, queueDepth: 8, xfsWorkaround: 'always', emulateXfsFallocateBug: { windowUs: 200000 } });
+  const engine = await Engine.start(engineOptions({ workers: 1, queueDepth: 8, xfsWorkaround: 'always', emulateXfsFallocateBug: { windowUs: 200000 } }));
   try {
     const f = await engine.open(join(vol.dir, 'held'), { create: true, truncate: true });
     assert.is(await f.size(), 0n);
@@ -163,7 +163,7 @@ xfsTest('the 2^60 zero-write range reaches "infinity": writes beyond it issued i
 // cut off by the emulated fallocate's size update.)
 xfsTest('across workers: a write beyond a registered 2^60 zero-write completes after it and survives the emulated bug', async () => {
   const vol = makeXfsVolume(512 * 2 ** 20);
-  const engine = await Engine.start({ workers: 2, queueDepth: 8, xfsWorkaround: 'always', emulateXfsFallocateBug: { windowUs: 200000 } });
+  const engine = await Engine.start(engineOptions({ workers: 2, queueDepth: 8, xfsWorkaround: 'always', emulateXfsFallocateBug: { windowUs: 200000 } }));
   try {
     const f = await engine.open(join(vol.dir, 'cross'), { create: true, truncate: true });
     const data = engine.alloc(BS), back = engine.alloc(BS);
@@ -196,7 +196,7 @@ xfsTest('a post-EOF zero-write serialises from EOF, so a write in the gap below 
   // the range started at EOF, this lost about 1 write in 100.
   // XFS only: ext4's truncate-up does not zero that way, so there the test could not fail.
   const vol = makeXfsVolume(512 * 2 ** 20);
-  const engine = await Engine.start({ workers: 2, queueDepth: 8, xfsWorkaround: 'always', emulateXfsFallocateBug: { windowUs: 200 } });
+  const engine = await Engine.start(engineOptions({ workers: 2, queueDepth: 8, xfsWorkaround: 'always', emulateXfsFallocateBug: { windowUs: 200 } }));
   const f = await engine.open(join(vol.dir, 'gap'), { create: true, truncate: true });
   const data = engine.alloc(BS), back = engine.alloc(BS);
   data.set(pattern(BS, 77));

@@ -21,7 +21,7 @@ import { join } from 'node:path';
 import { fstatSync, openSync, closeSync, readFileSync } from 'node:fs';
 import { Engine } from '../dist/src/index.js';
 import { loadAddon } from '../dist/src/addon.js';
-import { scratchDir, pattern, availableBackends } from './helpers/env.mjs';
+import { scratchDir, pattern, availableBackends, engineOptions } from './helpers/env.mjs';
 
 const BACKENDS = availableBackends(loadAddon().probe());
 const scratch = scratchDir('rf-zadm-');
@@ -30,7 +30,7 @@ const BS = 4096;
 
 for (const backend of BACKENDS) {
   test(`${backend}: a zero-write that parked behind a shrinking truncate is re-checked at admission: the write past it survives`, async () => {
-    const engine = await Engine.start({ backend, workers: 2, queueDepth: 8, xfsWorkaround: 'always', emulateXfsFallocateBug: { windowUs: 200000 } });
+    const engine = await Engine.start(engineOptions({ backend, workers: 2, queueDepth: 8, xfsWorkaround: 'always', emulateXfsFallocateBug: { windowUs: 200000 } }));
     const path = join(scratch.dir, `zadm-${backend}`);
     const f = await engine.open(path, { create: true, truncate: true });
     const other = await engine.open(join(scratch.dir, `zadm-other-${backend}`), { create: true, truncate: true });

@@ -10,7 +10,7 @@ import { UsageError, bad, enumArg, enumListArg, exclusive, formatSize, intArg, i
 import { atExit, haveCommand, isRoot, reportDeadRuns } from '../cleanup.js';
 import { checkVolumeFlags, defaultVolume, dirVolume, makeXfsVolume, parseSize, tempVolumeBase, xfsFreeEstimate, type Volume } from '../volume.js';
 import { prepareDataFile } from './data.js';
-import { RW_VALUES, fio, nodeFs, qemuImg, ringfenceBatch, ringfencePerRequest, type BenchEngine, type Job, type Result, type Rw } from './engines.js';
+import { RW_VALUES, fio, nodeFs, nodeFsUring, qemuImg, ringfenceBatch, ringfencePerRequest, type BenchEngine, type Job, type Result, type Rw } from './engines.js';
 import { nbdBenchCommand } from './nbd.js';
 
 export interface BenchOptions {
@@ -26,7 +26,9 @@ export interface BenchReport {
   ratios: { rw: Rw; qd: number; ringfence: string; peer: string; ratio: number }[];
 }
 
-export const ENGINE_NAMES = ['ringfence', 'ringfence-batch', 'node:fs', 'fio-io_uring', 'fio-libaio', 'qemu-img'] as const;
+export const ENGINE_NAMES = [
+  'ringfence', 'ringfence-batch', 'ringfence-workers', 'node:fs', 'node:fs-uring', 'fio-io_uring', 'fio-io_uring-fixed', 'fio-libaio', 'qemu-img',
+] as const;
 const BACKENDS = ['auto', 'io_uring', 'libaio', 'sync'] as const;
 
 export const BENCH_LIMITS = {
@@ -158,6 +160,7 @@ export async function runBench(opts: BenchOptions, progress: (s: string) => void
     path = join(vol.dir, 'ringfence-bench.dat');
   }
   let engine: Engine | null = null;
+  let workersEngine: Engine | null = null;
   let unregister = (): void => {};
   try {
     const fresh = !existsSync(path) || statSync(path).size < opts.size;
@@ -170,11 +173,21 @@ export async function runBench(opts: BenchOptions, progress: (s: string) => void
     }
     progress(`${fresh ? 'preparing' : 'warming up'} ${Math.floor(opts.size / 2 ** 20)} MiB data file ${path}\n`);
     prepareDataFile(path, opts.size, fresh);
+    // 'ringfence' and 'ringfence-batch': the engine with its default mode (inline);
+    // 'ringfence-workers': the same per-request API on offload workers (--workers of them).
+    const common = { backend: opts.backend, queueDepth: Math.max(...opts.qd, 8), bufferPoolBytes: poolBytes(opts.bs, Math.max(...opts.qd)) };
     const getEngine = async (): Promise<Engine> => {
-      engine ??= await Engine.start({ workers: opts.workers, backend: opts.backend, queueDepth: Math.max(...opts.qd, 8), bufferPoolBytes: poolBytes(opts.bs, Math.max(...opts.qd)) });
+      engine ??= await Engine.start(common);
       return engine;
     };
-    const all: BenchEngine[] = [ringfencePerRequest(getEngine), fio('io_uring'), nodeFs(), ringfenceBatch(getEngine), fio('libaio'), qemuImg()];
+    const getWorkersEngine = async (): Promise<Engine> => {
+      workersEngine ??= await Engine.start({ ...common, mode: 'workers', workers: opts.workers });
+      return workersEngine;
+    };
+    const all: BenchEngine[] = [
+      ringfencePerRequest(getEngine), fio('io_uring'), fio('io_uring', true), nodeFs(), nodeFsUring(), ringfenceBatch(getEngine),
+      ringfencePerRequest(getWorkersEngine, 'ringfence-workers'), fio('libaio'), qemuImg(),
+    ];
     const engines = opts.engines ? all.filter((e) => opts.engines!.includes(e.name)) : all;
     const report: BenchReport = {
       date: new Date().toISOString(), kernel: release(), node: process.version, volume: vol?.note ?? path, fs: vol?.fs ?? '',
@@ -205,7 +218,7 @@ export async function runBench(opts: BenchOptions, progress: (s: string) => void
         }
       }
       report.results.push(...best.values());
-      for (const rf of ['ringfence', 'ringfence-batch']) {
+      for (const rf of ['ringfence', 'ringfence-batch', 'ringfence-workers']) {
         const mine = best.get(rf);
         if (!mine) continue;
         for (const [peer, r] of best) if (!peer.startsWith('ringfence')) report.ratios.push({ rw: job.rw, qd: job.qd, ringfence: rf, peer, ratio: mine.iops / r.iops });
@@ -215,6 +228,7 @@ export async function runBench(opts: BenchOptions, progress: (s: string) => void
     return report;
   } finally {
     if (engine) await (engine as Engine).close();
+    if (workersEngine) await (workersEngine as Engine).close();
     if (created) rmSync(path, { force: true });
     unregister();
     vol?.cleanup();
@@ -227,7 +241,7 @@ const k = (n: number): string => (n >= 1e4 ? `${(n / 1000).toFixed(1)}k` : n.toF
 export function formatReport(r: BenchReport): string {
   const out: string[] = [];
   out.push(`ringfence bench ${r.date}  kernel ${r.kernel}  node ${r.node}`);
-  out.push(`on ${r.volume}; bs ${r.options.bs}, ${r.options.direct ? 'O_DIRECT' : 'buffered'}, ${r.options.workers} workers (${r.options.backend}), ${r.options.runtime}s per engine`);
+  out.push(`on ${r.volume}; bs ${r.options.bs}, ${r.options.direct ? 'O_DIRECT' : 'buffered'}, inline mode (ringfence-workers: ${r.options.workers} workers), backend ${r.options.backend}, ${r.options.runtime}s per engine`);
   out.push('');
   const head = ['workload', 'QD', 'engine', 'IOPS', 'MiB/s', 'p50 us', 'p99 us', 'p99.9 us', 'CPU us/IO', 'ringfence x'];
   const rows: string[][] = [head];

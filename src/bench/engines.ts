@@ -101,17 +101,21 @@ async function perRequestLoops(engine: string, job: Job, io: (q: number, write: 
   return result(engine, job, ios, (performance.now() - t0) / 1000, h, cpuNow() - cpu0);
 }
 
-/** ringfence through the per-request promise API: qd loops of read()/write(). */
-export function ringfencePerRequest(getEngine: () => Promise<Engine>): BenchEngine {
+/**
+ * ringfence through the per-request promise API: qd loops of read()/write(). `name`
+ * 'ringfence' is the engine with its default options (inline mode); 'ringfence-workers' the
+ * same API on offload workers.
+ */
+export function ringfencePerRequest(getEngine: () => Promise<Engine>, name = 'ringfence'): BenchEngine {
   return {
-    name: 'ringfence',
+    name,
     skip: () => null,
     async run(job) {
       const engine = await getEngine();
       const f = await engine.open(job.path, { direct: job.direct });
       try {
         const bufs = Array.from({ length: job.qd }, () => engine.alloc(job.bs));
-        const r = await perRequestLoops('ringfence', job, (q, write, off) => (write ? f.write(bufs[q], off) : f.read(bufs[q], off)));
+        const r = await perRequestLoops(name, job, (q, write, off) => (write ? f.write(bufs[q], off) : f.read(bufs[q], off)));
         for (const b of bufs) engine.free(b);
         return r;
       } finally { await f.close(); }
@@ -176,9 +180,33 @@ export function nodeFs(): BenchEngine {
   };
 }
 
-function runChild(cmd: string, args: string[]): Promise<string> {
+/** Whether this Node's libuv may use io_uring for file I/O (Node >= 22.13 / 23.6 never does). */
+export function nodeUsesUringForFiles(version = process.versions.node): boolean {
+  const [maj, min] = version.split('.').map(Number);
+  return maj < 22 || (maj === 22 && min < 13) || (maj === 23 && min < 6);
+}
+
+/**
+ * node:fs/promises with UV_USE_IO_URING=1, in a child process (libuv reads the variable once,
+ * at start): the io_uring path a Node 20 user can switch on. The child runs the node:fs
+ * engine above on the same job and prints its result.
+ */
+export function nodeFsUring(): BenchEngine {
+  return {
+    name: 'node:fs-uring',
+    skip: () => (nodeUsesUringForFiles() ? null
+      : `Node ${process.versions.node} never uses io_uring for files (libuv dropped it in Node 22.13 / 23.6), so UV_USE_IO_URING=1 changes nothing: run the bench with Node 20 to measure it`),
+    async run(job) {
+      const child = new URL('./nodefs-child.js', import.meta.url);
+      const out = await runChild(process.execPath, [child.pathname, JSON.stringify(job)], { ...process.env, UV_USE_IO_URING: '1' });
+      return { ...(JSON.parse(out) as Result), engine: 'node:fs-uring' };
+    },
+  };
+}
+
+function runChild(cmd: string, args: string[], env?: NodeJS.ProcessEnv): Promise<string> {
   return new Promise((resolve, reject) => {
-    const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'], env });
     let out = '', err = '';
     child.stdout.on('data', (d) => { out += d; });
     child.stderr.on('data', (d) => { err += d; });
@@ -189,13 +217,18 @@ function runChild(cmd: string, args: string[]): Promise<string> {
 
 interface FioSide { iops: number; bw_bytes: number; total_ios: number; lat_ns: { percentile?: Record<string, number> } }
 
-/** fio with the io_uring or libaio engine, parsed from --output-format=json. */
-export function fio(ioengine: 'io_uring' | 'libaio'): BenchEngine {
+/**
+ * fio with the io_uring or libaio engine, parsed from --output-format=json. `fixed`: io_uring
+ * with registered buffers and files (fio's fixedbufs, registerfiles), the ceiling for a ring.
+ */
+export function fio(ioengine: 'io_uring' | 'libaio', fixed = false): BenchEngine {
+  const name = `fio-${ioengine}${fixed ? '-fixed' : ''}`;
   return {
-    name: `fio-${ioengine}`,
+    name,
     skip: () => (haveCommand('fio') ? null : 'fio is not installed (apt-get install fio)'),
     async run(job) {
       const out = await runChild('fio', [
+        ...(fixed ? ['--fixedbufs', '--registerfiles'] : []),
         '--name=bench', `--filename=${job.path}`, `--size=${job.size}`, `--rw=${job.rw}`, `--bs=${job.bs}`, `--ioengine=${ioengine}`,
         `--direct=${job.direct ? 1 : 0}`, `--iodepth=${job.qd}`, `--runtime=${job.seconds}`, '--time_based', '--output-format=json',
         // Total latency (submission to completion), like the other engines' figures: fio's
@@ -209,7 +242,7 @@ export function fio(ioengine: 'io_uring' | 'libaio'): BenchEngine {
       const pct = (p: string): number => Math.max(...sides.map((s) => s.lat_ns.percentile?.[p] ?? 0)) / 1000;
       const cpuUs = ((j.usr_cpu + j.sys_cpu) / 100) * seconds * 1e6;
       return {
-        engine: `fio-${ioengine}`, rw: job.rw, qd: job.qd, bs: job.bs, ios, seconds, iops: ios / seconds,
+        engine: name, rw: job.rw, qd: job.qd, bs: job.bs, ios, seconds, iops: ios / seconds,
         mibs: (ios * job.bs) / seconds / 2 ** 20, p50us: pct('50.000000'), p99us: pct('99.000000'), p999us: pct('99.900000'),
         cpuUsPerIo: ios > 0 ? cpuUs / ios : 0,
       };

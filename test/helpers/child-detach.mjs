@@ -3,11 +3,12 @@
 import { join } from 'node:path';
 import { writeFileSync } from 'node:fs';
 import { Engine } from '../../dist/src/index.js';
+import { engineOptions } from './env.mjs';
 
 const dir = process.argv[2];
 const path = join(dir, 'detach-child');
 writeFileSync(path, Buffer.alloc(1 << 20, 0x5a));
-const engine = await Engine.start({ workers: 1, queueDepth: 8, bufferPoolBytes: 1 << 20 });
+const engine = await Engine.start(engineOptions({ workers: 1, queueDepth: 8, bufferPoolBytes: 1 << 20 }));
 const f = await engine.open(path, { direct: false });
 const results = [];
 for (let i = 0; i < 32; i++) {

@@ -1,8 +1,9 @@
 // Child for durability.test.mjs: starts an engine, does I/O, and ends WITHOUT close().
 // The process must exit by itself. argv: path
 import { Engine } from '../../dist/src/index.js';
+import { engineOptions } from './env.mjs';
 
-const engine = await Engine.start({ workers: 2, queueDepth: 8, bufferPoolBytes: 1 << 20 });
+const engine = await Engine.start(engineOptions({ workers: 2, queueDepth: 8, bufferPoolBytes: 1 << 20 }));
 const f = await engine.open(process.argv[2], { create: true, truncate: true });
 const buf = engine.alloc(4096);
 buf.fill(0x42);

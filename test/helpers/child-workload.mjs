@@ -2,12 +2,13 @@
 // reads back and verifies, on each requested backend, then closes. argv: dir [ops] [backends]
 import { join } from 'node:path';
 import { Engine } from '../../dist/src/index.js';
+import { engineOptions } from './env.mjs';
 
 const dir = process.argv[2];
 const ops = Number(process.argv[3] ?? 200);
 const backends = (process.argv[4] ?? 'io_uring,libaio,sync').split(',');
 for (const backend of backends) {
-  const engine = await Engine.start({ backend, workers: 2, queueDepth: 16, bufferPoolBytes: 1 << 20 });
+  const engine = await Engine.start(engineOptions({ backend, workers: 2, queueDepth: 16, bufferPoolBytes: 1 << 20 }));
   const f = await engine.open(join(dir, `w-${backend}`), { create: true, truncate: true, direct: true });
   const buf = engine.alloc(4096);
   for (let i = 0; i < ops / 2; i++) {

@@ -64,3 +64,24 @@ function haveTool(cmd) {
   const dirs = (process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin').split(':').concat(['/usr/sbin', '/sbin']);
   return dirs.some((d) => d && existsSync(join(d, cmd)));
 }
+
+/**
+ * The engine mode the mode-agnostic test files run in: RINGFENCE_TEST_MODE=inline (scripts/test.sh
+ * runs those files once in each mode) turns `{ workers: N, ... }` into `{ mode: 'inline', ... }`;
+ * unset, the options are used as written (mostly worker mode). Options that only make sense
+ * for offload workers (faults, an explicit mode) are left alone. Test files only: the library
+ * itself reads no such variable.
+ */
+export const testMode = process.env.RINGFENCE_TEST_MODE === 'inline' ? 'inline' : 'as-written';
+
+export function engineOptions(o = {}) {
+  if (testMode !== 'inline' || o.mode !== undefined || o.faults !== undefined) return o;
+  const { workers: _w, watchdogMs: _d, spinUs: _s, ...rest } = o;
+  return { ...rest, mode: 'inline' };
+}
+
+/** Engine.start() with engineOptions() applied. */
+export async function startEngine(o) {
+  const { Engine } = await import('../../dist/src/index.js');
+  return Engine.start(engineOptions(o));
+}

@@ -1,0 +1,166 @@
+// Inline mode (the default): the calling thread owns its kernel I/O context and drives it from
+// its own event loop (src/core/inline.ts, native/inline.h). These tests cover what is particular
+// to it; the mode-agnostic files run in both modes (scripts/test.sh, RINGFENCE_TEST_MODE).
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import { join } from 'node:path';
+import { readFileSync, writeFileSync, statSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { Worker } from 'node:worker_threads';
+import { Engine } from '../dist/src/index.js';
+import { loadAddon } from '../dist/src/addon.js';
+import { scratchDir, pattern, availableBackends } from './helpers/env.mjs';
+
+const scratch = scratchDir('rf-inline-');
+test.after(() => scratch.cleanup());
+const BACKENDS = availableBackends(loadAddon().probe());
+const dist = new URL('../dist/src/index.js', import.meta.url).href;
+
+test('the default engine runs inline: one context, owned by this thread', async () => {
+  const engine = await Engine.start();
+  try {
+    const info = engine.info();
+    assert.is(info.mode, 'inline');
+    assert.is(info.options.mode, 'inline');
+    assert.is(info.options.workers, 0);
+    assert.is(info.workers.length, 1);
+    assert.is(info.workers[0].info.mode, 'inline');
+  } finally { await engine.close(); }
+});
+
+test('mode options: workers or faults mean worker mode; inline refuses them with advice', async () => {
+  const w = await Engine.start({ workers: 1 });
+  try { assert.is(w.info().mode, 'workers'); assert.is(w.info().workers[0].info.mode, 'worker'); } finally { await w.close(); }
+  for (const [o, re] of [[{ mode: 'inline', workers: 2 }, /mode 'workers'/], [{ mode: 'inline', faults: '0:exit:1' }, /mode: 'workers'/], [{ mode: 'threads' }, /options\.mode/]]) {
+    const err = await Engine.start(o).then(() => null, (e) => e);
+    assert.ok(err, `${JSON.stringify(o)} refused`);
+    assert.is(err.code, 'ERR_INVALID_ARG_VALUE', err.message);
+    assert.match(err.message, re);
+  }
+});
+
+for (const backend of BACKENDS) {
+  test(`${backend} inline: reads, writes, an unaligned write, fallocate, flush and truncate land as node:fs sees them`, async () => {
+    const engine = await Engine.start({ backend, queueDepth: 8, bufferPoolBytes: 4 << 20 });
+    const path = join(scratch.dir, `ops-${backend}`);
+    try {
+      assert.is(engine.info().workers[0].backend, backend);
+      const f = await engine.open(path, { create: true, truncate: true });
+      const data = pattern(64 * 4096, 7);
+      // 64 writes in one tick: more than queueDepth, so some wait for room.
+      await Promise.all(Array.from({ length: 64 }, (_, i) => f.write(data.subarray(i * 4096, (i + 1) * 4096), i * 4096)));
+      const odd = pattern(5000, 8);
+      await f.write(odd, 1000);
+      data.set(odd, 1000);
+      await f.writeZeroes(64 * 4096, 8192);
+      await f.flush();
+      const back = Buffer.alloc(64 * 4096);
+      assert.is(await f.read(back, 0), back.length);
+      assert.ok(back.equals(data), 'read back what was written');
+      assert.is(statSync(path).size, 66 * 4096);
+      await f.truncate(10000);
+      await f.close();
+      const disk = readFileSync(path);
+      assert.is(disk.length, 10000);
+      assert.ok(disk.equals(data.subarray(0, 10000)), 'node:fs sees the same bytes');
+    } finally { await engine.close(); }
+  });
+}
+
+test('libaio inline: a buffered file (no O_DIRECT) works; its I/O goes to the helpers, never the loop', async () => {
+  if (!BACKENDS.includes('libaio')) { console.log('  (libaio unavailable: covered by the sync case)'); }
+  const engine = await Engine.start({ backend: BACKENDS.includes('libaio') ? 'libaio' : 'sync' });
+  try {
+    const f = await engine.open(join(scratch.dir, 'buffered'), { create: true, truncate: true, direct: false });
+    const d = pattern(12345, 3);
+    assert.is(await f.write(d, 77), d.length);
+    const back = Buffer.alloc(d.length);
+    assert.is(await f.read(back, 77), d.length);
+    assert.ok(back.equals(d));
+    await f.close();
+  } finally { await engine.close(); }
+});
+
+test('the event loop keeps running while a blocking op (an emulated 300 ms fallocate) is in progress', async () => {
+  const engine = await Engine.start({ emulateXfsFallocateBug: { windowUs: 300000 }, xfsWorkaround: 'never' });
+  try {
+    const f = await engine.open(join(scratch.dir, 'blocking'), { create: true, truncate: true });
+    let ticks = 0, maxGap = 0, last = performance.now();
+    const timer = setInterval(() => { const now = performance.now(); maxGap = Math.max(maxGap, now - last); last = now; ticks++; }, 5);
+    const t0 = performance.now();
+    await f.writeZeroes(0, 1 << 20);
+    const took = performance.now() - t0;
+    clearInterval(timer);
+    console.log(`  fallocate took ${took.toFixed(0)} ms; timer ran ${ticks} times, longest gap ${maxGap.toFixed(1)} ms`);
+    assert.ok(took >= 290, 'the emulated window was really there');
+    assert.ok(ticks >= 20, 'timers ran during the fallocate');
+    assert.ok(maxGap < 150, `the loop was never blocked for long (longest gap ${maxGap.toFixed(1)} ms)`);
+    await f.close();
+  } finally { await engine.close(); }
+});
+
+test('an engine started inside a worker_threads Worker gets that thread its own inline context', async () => {
+  const path = join(scratch.dir, 'from-worker');
+  const src = `
+    const { parentPort, threadId } = require('node:worker_threads');
+    (async () => {
+      const { Engine } = await import(${JSON.stringify(dist)});
+      const engine = await Engine.start({ queueDepth: 16 });
+      const f = await engine.open(${JSON.stringify(path)}, { create: true, truncate: true });
+      const buf = Buffer.alloc(8192, 0x5a);
+      await Promise.all([f.write(buf, 0), f.write(buf, 8192)]);
+      const back = Buffer.alloc(16384);
+      const n = await f.read(back, 0);
+      const info = engine.info();
+      await f.close(); await engine.close();
+      parentPort.postMessage({ threadId, mode: info.mode, ctxMode: info.workers[0].info.mode, n, ok: back.every((b) => b === 0x5a) });
+    })().catch((e) => parentPort.postMessage({ error: String(e && e.stack || e) }));
+  `;
+  const w = new Worker(src, { eval: true });
+  const m = await new Promise((resolve, reject) => { w.once('message', resolve); w.once('error', reject); });
+  await w.terminate();
+  assert.is(m.error, undefined, m.error);
+  assert.ok(m.threadId > 0);
+  assert.is(m.mode, 'inline');
+  assert.is(m.ctxMode, 'inline');
+  assert.is(m.n, 16384);
+  assert.ok(m.ok);
+  assert.is(statSync(path).size, 16384);
+});
+
+test('a process whose engine is left open exits once nothing is in flight, and waits for what is', () => {
+  const path = join(scratch.dir, 'exit');
+  // Nothing else holds the loop open: the poll handle and keep-alive timer must hold it while
+  // the write is in flight, and must not once it settled.
+  const src = `
+    import { Engine } from ${JSON.stringify(dist)};
+    const engine = await Engine.start();
+    const f = await engine.open(${JSON.stringify(path)}, { create: true, truncate: true });
+    f.write(Buffer.alloc(1 << 20, 1), 0).then((n) => console.log('written', n));
+  `;
+  const t0 = Date.now();
+  const r = spawnSync(process.execPath, ['--input-type=module', '-e', src], { encoding: 'utf8', timeout: 20000 });
+  const ms = Date.now() - t0;
+  assert.is(r.status, 0, r.stderr);
+  assert.match(r.stdout, /written 1048576/);
+  assert.ok(ms < 15000, `exited by itself (${ms} ms)`);
+  assert.is(statSync(path).size, 1 << 20);
+});
+
+test('many more requests than slots (queueDepth 2): every one settles with the right data', async () => {
+  const engine = await Engine.start({ queueDepth: 2, bufferPoolBytes: 1 << 20 });
+  const path = join(scratch.dir, 'many');
+  writeFileSync(path, pattern(256 * 4096, 11));
+  const want = readFileSync(path);
+  try {
+    const f = await engine.open(path);
+    const bufs = Array.from({ length: 5000 }, () => Buffer.alloc(4096));
+    const ns = await Promise.all(bufs.map((b, i) => f.read(b, (i % 256) * 4096)));
+    assert.ok(ns.every((n) => n === 4096));
+    bufs.forEach((b, i) => { if (!b.equals(want.subarray((i % 256) * 4096, (i % 256 + 1) * 4096))) throw new Error(`read ${i} wrong`); });
+    assert.is(engine.stats().inFlight, 0);
+    await f.close();
+  } finally { await engine.close(); }
+});
+
+test.run();
