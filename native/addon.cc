@@ -21,6 +21,7 @@
 #include <climits>
 #include <cmath>
 #include <memory>
+#include <vector>
 
 #include "backend.h"
 #include "inline.h"
@@ -74,6 +75,7 @@ class Context : public Napi::ObjectWrap<Context> {
             throw Napi::TypeError::New(env, "Context: batch must be an Int32Array of at least 8 elements");
         batch_ref_ = Napi::Persistent(v.As<Napi::Object>());
         batch_cap_ = uint32_t(batch.length / ENTRY_WORDS);
+        ext_.resize(batch_cap_);
 
         v = opts.Get("completions");
         if (!typed_view(env, v, napi_int32_array, &compl_))
@@ -248,12 +250,35 @@ class Context : public Napi::ObjectWrap<Context> {
 
         CompletionSink sink(static_cast<int32_t *>(compl_.data), compl_cap_);
         if (inline_) {
+            /*
+             * FLAG_EXT entries name the caller's own buffer: exts[i] (a Uint8Array,
+             * kept referenced by the engine until the request settles).  Looked up
+             * only for the entries that carry the flag; a missing or detached one
+             * gives a null ExtBuf, which validation fails with -EFAULT.
+             */
+            const int32_t *b = static_cast<const int32_t *>(batch.data);
+            const ExtBuf *ext = nullptr;
+            Napi::Value exts = info[2];
+            if (exts.IsArray()) {
+                napi_value arr = exts;
+                for (uint32_t i = 0; i < n; i++) {
+                    ext_[i] = ExtBuf{};
+                    if (!(uint32_t(b[size_t(i) * ENTRY_WORDS + E_OP]) & FLAG_EXT))
+                        continue;
+                    napi_value el;
+                    View v;
+                    if (napi_get_element(env, arr, i, &el) == napi_ok &&
+                        typed_view(env, el, napi_uint8_array, &v) && v.data != nullptr)
+                        ext_[i] = ExtBuf{static_cast<uint8_t *>(v.data), uint64_t(v.length)};
+                }
+                ext = ext_.data();
+            }
             /* Never wait on the loop thread: completions arrive through onReady. */
-            backend_->pump(static_cast<const int32_t *>(batch.data), n, sink, 0);
+            backend_->pump(b, n, sink, 0, ext);
             inline_->drain(sink);
             inline_->set_active(backend_->inflight() > 0);
         } else {
-            backend_->pump(static_cast<const int32_t *>(batch.data), n, sink, wait_ms);
+            backend_->pump(static_cast<const int32_t *>(batch.data), n, sink, wait_ms, nullptr);
         }
         return Napi::Number::New(env, sink.count());
     }
@@ -327,6 +352,8 @@ class Context : public Napi::ObjectWrap<Context> {
     BackendInfo info_;
     uint32_t depth_ = 0;
     uint32_t batch_cap_ = 0;
+    /* pump()'s FLAG_EXT buffers, one per batch entry (inline mode). */
+    std::vector<ExtBuf> ext_;
     uint32_t compl_cap_ = 0;
     /* Keep the arrays (and so the pool the kernel writes into) alive. */
     Napi::ObjectReference pool_ref_, batch_ref_, compl_ref_, stall_ref_;
@@ -335,6 +362,28 @@ class Context : public Napi::ObjectWrap<Context> {
     napi_env env_ = nullptr;
     bool hooked_ = false;
 };
+
+/*
+ * The wire constants of ops.h, for src/addon.ts to compare with src/protocol.ts
+ * at load: a mismatch (an addon built from other sources) is refused there.
+ */
+Napi::Object Wire(Napi::Env env) {
+    Napi::Object o = Napi::Object::New(env);
+    const std::pair<const char *, uint32_t> kv[] = {
+        {"ENTRY_WORDS", ENTRY_WORDS}, {"E_OP", E_OP}, {"E_FILE", E_FILE}, {"E_OFF_LO", E_OFF_LO},
+        {"E_OFF_HI", E_OFF_HI}, {"E_LEN", E_LEN}, {"E_BUF", E_BUF}, {"E_TAG", E_TAG}, {"E_AUX", E_AUX},
+        {"COMPL_WORDS", COMPL_WORDS}, {"OP_MAX", OP_MAX}, {"OP_READ", OP_READ}, {"OP_WRITE", OP_WRITE},
+        {"OP_READV", OP_READV}, {"OP_WRITEV", OP_WRITEV}, {"OP_FALLOCATE", OP_FALLOCATE},
+        {"OP_FSYNC", OP_FSYNC}, {"OP_TRUNCATE", OP_TRUNCATE}, {"OP_NOP", OP_NOP},
+        {"FLAG_EMULATE_XFS_BUG", FLAG_EMULATE_XFS_BUG}, {"FLAG_EXT", FLAG_EXT},
+        {"IOV_MAX", RF_IOV_MAX}, {"MAX_FILES", MAX_FILES},
+        {"FALLOC_FL_KEEP_SIZE", uint32_t(RF_FALLOC_KEEP_SIZE)}, {"FALLOC_FL_PUNCH_HOLE", uint32_t(RF_FALLOC_PUNCH_HOLE)},
+        {"FALLOC_FL_ZERO_RANGE", uint32_t(RF_FALLOC_ZERO_RANGE)},
+    };
+    for (const auto &p : kv)
+        o.Set(p.first, p.second);
+    return o;
+}
 
 /* Per-env instance data: the module's exports and the Context class. */
 class Addon : public Napi::Addon<Addon> {
@@ -353,6 +402,7 @@ class Addon : public Napi::Addon<Addon> {
                         InstanceValue("detach", Napi::Function::New(env, Detach, "detach"), napi_enumerable),
                         InstanceValue("addressMod", Napi::Function::New(env, AddressMod, "addressMod"), napi_enumerable),
                         InstanceValue("Context", ctor, napi_enumerable),
+                        InstanceValue("wire", Wire(env), napi_enumerable),
                         InstanceValue("MAX_FILES", Napi::Number::New(env, MAX_FILES), napi_enumerable),
                         InstanceValue("IOV_MAX", Napi::Number::New(env, RF_IOV_MAX), napi_enumerable),
                     });

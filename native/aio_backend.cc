@@ -55,14 +55,14 @@ class AioBackend : public Backend {
     }
 
     void pump(const int32_t *batch, uint32_t n, CompletionSink &out,
-              int wait_ms) override {
+              int wait_ms, const ExtBuf *ext) override {
         uint32_t nq = 0;
         for (uint32_t i = 0; i < n; i++) {
             Request req;
             /* Validate straight into the slot we would use, to avoid a copy. */
             struct iovec *iov = slots_.empty() ? scratch_iov_ : slots_[slots_.peek()].iov;
             int rc = validate_entry(batch + size_t(i) * ENTRY_WORDS, cfg_.pool,
-                                    files_, &req, iov);
+                                    files_, &req, iov, ext ? ext + i : nullptr);
             if (rc != 0) {
                 out.push(req.tag, rc);
                 continue;
@@ -145,7 +145,7 @@ class AioBackend : public Backend {
 
     struct iocb *prepare(uint32_t s, const Request &req) {
         struct iocb *cb = &iocbs_[s];
-        void *buf = cfg_.pool.base + req.buf;
+        void *buf = req.mem;
         switch (req.op) {
         case OP_READ:
             io_prep_pread(cb, req.fd, buf, size_t(req.length), req.offset);

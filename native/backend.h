@@ -157,8 +157,9 @@ class Backend {
     virtual ~Backend() {}
 
     /* See the contract at the top of this file. */
+    /* ext: n caller buffers for FLAG_EXT entries (inline mode), or nullptr. */
     virtual void pump(const int32_t *batch, uint32_t n, CompletionSink &out,
-                      int wait_ms) = 0;
+                      int wait_ms, const ExtBuf *ext) = 0;
     virtual uint32_t inflight() const = 0;
 
     /* id < MAX_FILES and fd valid: checked by the caller. */

@@ -41,7 +41,14 @@ constexpr uint32_t OP_MASK = 0xff;
  * so a future flag can never be silently ignored by an old addon.
  */
 constexpr uint32_t FLAG_EMULATE_XFS_BUG = 0x100;
-constexpr uint32_t FLAGS_KNOWN = FLAG_EMULATE_XFS_BUG;
+/*
+ * READ/WRITE only, inline mode only: word 5 is a byte offset into the
+ * caller's own buffer, passed next to the batch (pump's third argument),
+ * instead of into the pool.  0x200 is the worker's RMW flag, which never
+ * reaches the addon.
+ */
+constexpr uint32_t FLAG_EXT = 0x400;
+constexpr uint32_t FLAGS_KNOWN = FLAG_EMULATE_XFS_BUG | FLAG_EXT;
 
 /*
  * Entry layout (int32 words):

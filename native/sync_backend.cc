@@ -29,7 +29,7 @@ int result(ssize_t rc) { return rc < 0 ? -errno : int(rc); }
 int execute_sync(const Request &req, const struct iovec *iov,
                  const BackendConfig &cfg) {
     ssize_t rc;
-    uint8_t *buf = cfg.pool.base + req.buf;
+    uint8_t *buf = req.mem; /* READ/WRITE only */
     /*
      * Each attempt is bracketed on its own (see stall.h): "odd" must mean
      * "inside the call", not "between an EINTR and the retry".
@@ -97,11 +97,11 @@ class SyncBackend : public Backend {
     explicit SyncBackend(const BackendConfig &cfg) : cfg_(cfg) {}
 
     void pump(const int32_t *batch, uint32_t n, CompletionSink &out,
-              int wait_ms) override {
+              int wait_ms, const ExtBuf *ext) override {
         for (uint32_t i = 0; i < n; i++) {
             Request req;
             int rc = validate_entry(batch + size_t(i) * ENTRY_WORDS, cfg_.pool,
-                                    files_, &req, iov_);
+                                    files_, &req, iov_, ext ? ext + i : nullptr);
             if (rc == 0 && cfg_.offload != nullptr) {
                 /* Inline mode: every op blocks, so every op runs on a helper (inline.h). */
                 cfg_.offload->run(req, iov_);

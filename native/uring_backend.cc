@@ -200,14 +200,14 @@ class UringBackend : public Backend {
     }
 
     void pump(const int32_t *batch, uint32_t n, CompletionSink &out,
-              int wait_ms) override {
+              int wait_ms, const ExtBuf *ext) override {
         bool queued = false;
         for (uint32_t i = 0; i < n; i++) {
             Request req;
             /* Validate straight into the slot we would use, to avoid a copy. */
             struct iovec *iov = slots_.empty() ? scratch_iov_ : slots_[slots_.peek()].iov;
             int rc = validate_entry(batch + size_t(i) * ENTRY_WORDS, cfg_.pool,
-                                    files_, &req, iov);
+                                    files_, &req, iov, ext ? ext + i : nullptr);
             if (rc != 0) {
                 out.push(req.tag, rc);
                 continue;
@@ -398,10 +398,10 @@ class UringBackend : public Backend {
             fd = int(req.file);
             flags |= IOSQE_FIXED_FILE;
         }
-        uint8_t *buf = cfg_.pool.base + req.buf;
+        uint8_t *buf = req.mem;
         unsigned len = unsigned(req.length);
-        /* A fixed buffer op must stay inside one registered chunk. */
-        bool fixed_buf = fixed_buffers_ &&
+        /* A fixed buffer op must stay inside one registered chunk (and be pool memory). */
+        bool fixed_buf = fixed_buffers_ && !req.ext &&
                          (req.buf / kFixedChunk) == ((uint64_t(req.buf) + len - 1) / kFixedChunk);
         int idx = int(req.buf / kFixedChunk);
 

@@ -75,7 +75,8 @@ int decode_iovecs(const Pool &pool, uint32_t table, uint32_t count,
 }  // namespace
 
 int validate_entry(const int32_t *entry, const Pool &pool,
-                   const FileTable &files, Request *req, struct iovec *iov) {
+                   const FileTable &files, Request *req, struct iovec *iov,
+                   const ExtBuf *ext) {
     int32_t w[ENTRY_WORDS];
     for (uint32_t i = 0; i < ENTRY_WORDS; i++)
         w[i] = load(entry, i);
@@ -93,6 +94,12 @@ int validate_entry(const int32_t *entry, const Pool &pool,
     /* The emulation flag only has a meaning for FALLOCATE. */
     if ((req->flags & FLAG_EMULATE_XFS_BUG) && req->op != OP_FALLOCATE)
         return -EINVAL;
+    /* A caller's buffer only for READ/WRITE, and only with one next to the entry. */
+    req->ext = (req->flags & FLAG_EXT) != 0;
+    if (req->ext && req->op != OP_READ && req->op != OP_WRITE)
+        return -EINVAL;
+    if (req->ext && (ext == nullptr || ext->data == nullptr))
+        return -EFAULT;
 
     /* NOP touches no file, so it does not need a file id. */
     if (req->op == OP_NOP)
@@ -118,10 +125,11 @@ int validate_entry(const int32_t *entry, const Pool &pool,
         if (req->offset > kInt64Max - len)
             return -EINVAL;
         uint32_t buf = static_cast<uint32_t>(w[E_BUF]);
-        if (uint64_t(buf) + uint64_t(len) > pool.size)
+        if (uint64_t(buf) + uint64_t(len) > (req->ext ? ext->length : pool.size))
             return -EFAULT;
         req->length = len;
         req->buf = buf;
+        req->mem = (req->ext ? ext->data : pool.base) + buf;
         return 0;
     }
     case OP_READV:

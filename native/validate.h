@@ -39,6 +39,12 @@ struct FileTable {
     }
 };
 
+/* A caller buffer for a FLAG_EXT entry (inline mode): where it is, how long. */
+struct ExtBuf {
+    uint8_t *data = nullptr;
+    uint64_t length = 0;
+};
+
 /* A validated request.  Only meaningful when validate_entry() returned 0. */
 struct Request {
     uint32_t op = 0;
@@ -49,7 +55,10 @@ struct Request {
     bool fixed_file = false;
     int64_t offset = 0;      /* file offset (TRUNCATE: new size) */
     int64_t length = 0;      /* bytes for rw ops, range for FALLOCATE */
-    uint32_t buf = 0;        /* pool offset for READ/WRITE */
+    uint32_t buf = 0;        /* pool offset for READ/WRITE (ext: offset in the caller's buffer) */
+    /* READ/WRITE: the bytes the kernel reads or writes (pool + buf, or the caller's buffer). */
+    uint8_t *mem = nullptr;
+    bool ext = false;        /* FLAG_EXT: mem is the caller's memory, never a fixed buffer */
     uint32_t iovcnt = 0;     /* READV/WRITEV: number of iovecs filled */
     int32_t aux = 0;         /* FALLOCATE mode, FSYNC datasync flag */
 };
@@ -57,12 +66,15 @@ struct Request {
 /*
  * Decode and check one 8-word entry.  On success returns 0 and fills *req;
  * for READV/WRITEV it also fills iov[0..req->iovcnt) with absolute pointers
- * into the pool (iov must hold RF_IOV_MAX elements).  On failure returns a
+ * into the pool (iov must hold RF_IOV_MAX elements).  ext: the caller
+ * buffer of a FLAG_EXT entry (nullptr: none, and such an entry fails with
+ * -EFAULT).  On failure returns a
  * negative errno; req->tag is valid either way so the caller can complete
  * the entry.
  */
 int validate_entry(const int32_t *entry, const Pool &pool,
-                   const FileTable &files, Request *req, struct iovec *iov);
+                   const FileTable &files, Request *req, struct iovec *iov,
+                   const ExtBuf *ext = nullptr);
 
 }  // namespace rf
 

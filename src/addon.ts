@@ -2,6 +2,10 @@ import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
 import { dirname, resolve } from 'node:path';
 import type { NativeAddon } from './types.js';
+import {
+  COMPL_WORDS, ENTRY_WORDS, E_AUX, E_BUF, E_FILE, E_LEN, E_OFF_HI, E_OFF_LO, E_OP, E_TAG, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE,
+  FALLOC_FL_ZERO_RANGE, IOV_MAX, MAX_FILES, OP_MAX, WIRE,
+} from './protocol.js';
 
 /** The package root: dist/src/addon.js -> ../.. */
 export const PACKAGE_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
@@ -29,5 +33,25 @@ export function loadAddon(): NativeAddon {
       { cause: err },
     );
   }
+  checkWire(cached, PACKAGE_ROOT);
   return cached;
+}
+
+/**
+ * The wire constants of src/protocol.ts against the addon's (native/ops.h): an addon built from
+ * other sources than this JavaScript would misread every entry, so it is refused here.
+ */
+export function checkWire(addon: NativeAddon, root: string): void {
+  const mine: Record<string, number> = {
+    ...WIRE, ENTRY_WORDS, E_OP, E_FILE, E_OFF_LO, E_OFF_HI, E_LEN, E_BUF, E_TAG, E_AUX, COMPL_WORDS, OP_MAX, IOV_MAX, MAX_FILES,
+    FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE,
+  };
+  const theirs = addon.wire ?? {};
+  const diff = Object.keys(mine).filter((k) => theirs[k] !== mine[k]);
+  if (diff.length > 0) {
+    cached = undefined;
+    throw new Error(`ringfence: the native addon in ${root} does not match this JavaScript (wire constants differ: ` +
+      `${diff.map((k) => `${k} ${theirs[k]} vs ${mine[k]}`).join(', ')}); it was built from other sources: rebuild it (\`npm run build\` in a clone, ` +
+      'or reinstall the package)');
+  }
 }

@@ -8,7 +8,7 @@ import { loadAddon } from './addon.js';
 import { BufferPool, PAGE } from './pool.js';
 import { PoolBuffers, type PoolAllocation, type PoolWaiter } from './buffers.js';
 import {
-  ENTRY_WORDS, E_AUX, E_BUF, E_FILE, E_LEN, E_OFF_HI, E_OFF_LO, E_OP, E_TAG, MAX_FILES, Op,
+  ENTRY_WORDS, E_AUX, E_BUF, E_FILE, E_LEN, E_OFF_HI, E_OFF_LO, E_OP, E_TAG, MAX_FILES, Op, OpFlag,
 } from './protocol.js';
 import {
   CQ_ENTRY, CTRL_STRIDE, CTRL_WORDS, WAKE_TABLE, W_BUSY, W_CTRL_SEQ, W_GAVEUP, W_HEARTBEAT, W_STALL, MAIN_AWAKE, MAIN_SLEEPING, MAIN_STATE, MAX_WORKERS, RING_HDR_WORDS, RING_HEAD,
@@ -763,7 +763,8 @@ export class Engine {
   private laneAccept(id: number): void {
     const e = id * ENTRY_WORDS, E = this.reqEntry, op = E[e + E_OP] & 0xff;
     // The allocation generation of the pool memory it names (checked again at admission).
-    this.lane!.accept(E, e, op >= Op.READ && op <= Op.WRITEV ? this.pool.genAt(E[e + E_BUF] >>> 0) : 0);
+    if (E[e + E_OP] & OpFlag.EXT) { this.lane!.accept(E, e, 0, this.reqBuf[id]!); return; }
+    this.lane!.accept(E, e, op >= Op.READ && op <= Op.WRITEV ? this.pool.genAt(E[e + E_BUF] >>> 0) : 0, undefined);
   }
 
   /** Inline mode: requests that waited for a local slot take the slots completions freed. */
@@ -798,7 +799,7 @@ export class Engine {
    */
   private retryShortWrite(id: number, res: number): boolean {
     const e = id * ENTRY_WORDS, E = this.reqEntry;
-    if (E[e + E_OP] !== Op.WRITE || this.reqRetry[id] === 0 || res <= 0 || res >= (E[e + E_LEN] >>> 0) || this.destroying) return false;
+    if ((E[e + E_OP] & ~OpFlag.EXT) !== Op.WRITE || this.reqRetry[id] === 0 || res <= 0 || res >= (E[e + E_LEN] >>> 0) || this.destroying) return false;
     let w: WorkerSlot | null = null;
     if (this.lane === null) {
       w = this.workers[this.rr];
@@ -1079,6 +1080,9 @@ export class Engine {
       files: [...this.files].map((f) => f.stats()),
     };
   }
+
+  /** @internal This thread owns the context (OpFlag.EXT buffers are possible). */
+  get inline(): boolean { return this.lane !== null; }
 
   /** @internal Kernel I/O contexts (1 in inline mode). */
   get workerCount(): number { return this.lane !== null ? 1 : this.workers.length; }

@@ -285,11 +285,20 @@ export class File {
       }
       const span = padSpan(off, len, align);
       this.checkFits(op === Op.WRITE ? span + 2 * align : span, name);
-    } else if (rec === undefined || (rec.off + b.byteOffset) % this.memAlign !== 0) {
+    } else if ((rec === undefined || (rec.off + b.byteOffset) % this.memAlign !== 0) && len > this.engine.pool.maxAlloc && !this.extOk(b)) {
       this.checkFits(len, name);
     }
     offHi = hi;
     return lo;
+  }
+
+  /**
+   * The kernel may use `b` itself, with no bounce copy: inline mode only (the memory is this
+   * thread's; in worker mode only pool memory can be named across threads), and for O_DIRECT
+   * only when its address meets the file's memory alignment (a buffered file has none).
+   */
+  private extOk(b: Uint8Array): boolean {
+    return this.engine.inline && (this.memAlign <= 1 || this.engine.addon.addressMod(b, this.memAlign) === 0);
   }
 
   private checkFits(bytes: number, name: string): void {
@@ -378,6 +387,12 @@ export class File {
         engine.submit(this, op, lo, hi, len, poolOff, 0, null, resolve, reject, batch, index, buf, rec);
         return;
       }
+    }
+    if (this.extOk(buf)) {
+      // Inline mode, and the caller's memory meets the file's alignment: the kernel uses it
+      // directly (OpFlag.EXT); the engine keeps `buf` referenced until the request settles.
+      engine.submit(this, op | OpFlag.EXT, lo, hi, len, 0, 0, null, resolve, reject, batch, index, buf, null);
+      return;
     }
     const name = op === Op.WRITE ? 'write' : 'read';
     const issue = (): boolean => {

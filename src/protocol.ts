@@ -1,5 +1,6 @@
 // Wire formats shared by the main thread, the workers and the native addon.
-// Every number here is mirrored in native/ops.h; change both together.
+// Every number here is mirrored in native/ops.h; change both together: src/addon.ts compares
+// them with the addon's own (its `wire` export) when it loads, and refuses a mismatch.
 
 /** Operation codes carried in ring entries and native batch entries (low 8 bits of word 0). */
 export const enum Op {
@@ -26,7 +27,21 @@ export const enum OpFlag {
    * data at (offset - aligned start); word 7 is the alignment.
    */
   RMW = 0x200,
+  /**
+   * Inline mode, READ/WRITE: word 5 is a byte offset into the caller's own buffer (passed to
+   * pump() next to the batch; the engine keeps it referenced until the request settles), not
+   * into the pool: an ordinary Buffer that meets the file's alignment needs no bounce copy.
+   */
+  EXT = 0x400,
 }
+
+/** The wire constants above, by their native names (compared with the addon's `wire` at load). */
+export const WIRE: Readonly<Record<string, number>> = {
+  ENTRY_WORDS: 8, E_OP: 0, E_FILE: 1, E_OFF_LO: 2, E_OFF_HI: 3, E_LEN: 4, E_BUF: 5, E_TAG: 6, E_AUX: 7, COMPL_WORDS: 4,
+  OP_MAX: 8, OP_READ: Op.READ, OP_WRITE: Op.WRITE, OP_READV: Op.READV, OP_WRITEV: Op.WRITEV, OP_FALLOCATE: Op.FALLOCATE,
+  OP_FSYNC: Op.FSYNC, OP_TRUNCATE: Op.TRUNCATE, OP_NOP: Op.NOP, FLAG_EMULATE_XFS_BUG: OpFlag.EMULATE_XFS_BUG, FLAG_EXT: OpFlag.EXT,
+  IOV_MAX: 64, MAX_FILES: 4096, FALLOC_FL_KEEP_SIZE: 0x01, FALLOC_FL_PUNCH_HOLE: 0x02, FALLOC_FL_ZERO_RANGE: 0x10,
+};
 
 /**
  * One request: 8 int32 words. Used for the submission rings (main -> worker) and,

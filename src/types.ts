@@ -42,7 +42,8 @@ export interface NativeContextInfo {
 export interface NativeContext {
   setFile(id: number, fd: number): void;
   clearFile(id: number): void;
-  pump(nSubmit: number, waitMs: number): number;
+  /** exts (inline mode): the caller buffers of the batch's OpFlag.EXT entries, by batch index. */
+  pump(nSubmit: number, waitMs: number, exts?: (Uint8Array | undefined)[]): number;
   inflight(): number;
   info(): NativeContextInfo;
   close(): void;
@@ -56,6 +57,8 @@ export interface ProbeResult {
 }
 
 export interface NativeAddon {
+  /** native/ops.h's wire constants (src/addon.ts checkWire). */
+  wire?: Record<string, number>;
   Context: new (opts: NativeContextOptions) => NativeContext;
   probe(): ProbeResult;
   createDoorbell(): number;

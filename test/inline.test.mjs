@@ -4,7 +4,9 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { join } from 'node:path';
+import * as fsMod from 'node:fs';
 import { readFileSync, writeFileSync, statSync } from 'node:fs';
+const require_fs = () => fsMod;
 import { spawnSync } from 'node:child_process';
 import { Worker } from 'node:worker_threads';
 import { Engine } from '../dist/src/index.js';
@@ -161,6 +163,101 @@ test('many more requests than slots (queueDepth 2): every one settles with the r
     assert.is(engine.stats().inFlight, 0);
     await f.close();
   } finally { await engine.close(); }
+});
+
+/** A subarray of a fresh Buffer whose address is a multiple of `align` (or, with misalign, is not). */
+function alignedBuffer(len, align, misalign = 0) {
+  const addon = loadAddon();
+  const big = Buffer.alloc(len + 2 * align);
+  const mod = addon.addressMod(big, align);
+  const start = (mod === 0 ? 0 : align - mod) + misalign;
+  return big.subarray(start, start + len);
+}
+
+test('ordinary Buffers that meet the alignment go to the kernel directly (no pool memory used); others bounce', async () => {
+  const engine = await Engine.start({ queueDepth: 16, bufferPoolBytes: 1 << 20 });
+  try {
+    const path = join(scratch.dir, 'ext');
+    const f = await engine.open(path, { create: true, truncate: true });
+    const align = f.info().memoryAlignment;
+    const data = pattern(64 * 4096, 21);
+    const bufs = Array.from({ length: 64 }, (_, i) => { const b = alignedBuffer(4096, Math.max(align, 512)); b.set(data.subarray(i * 4096, (i + 1) * 4096)); return b; });
+    assert.ok(bufs.every((b) => loadAddon().addressMod(b, Math.max(align, 512)) === 0));
+    await Promise.all(bufs.map((b, i) => f.write(b, i * 4096)));
+    const back = bufs.map(() => alignedBuffer(4096, Math.max(align, 512)));
+    await Promise.all(back.map((b, i) => f.read(b, i * 4096)));
+    assert.ok(Buffer.concat(back).equals(data), 'aligned Buffers: data round-trips');
+    // A batch with them too.
+    const res = await f.submit(back.slice(0, 8).map((b, i) => ({ op: 'read', buffer: b, offset: (i + 8) * 4096 })));
+    assert.equal(res, new Array(8).fill(4096));
+    assert.is(engine.stats().pool.peak, 0, 'no bounce block was ever allocated: the kernel used the Buffers');
+    await f.close();
+    assert.ok(readFileSync(path).equals(data), 'node:fs sees the same bytes');
+    if (align > 1) {
+      const f2 = await engine.open(path);
+      const odd = alignedBuffer(4096, Math.max(align, 512), 8);
+      assert.is(await f2.read(odd, 0), 4096);
+      assert.ok(odd.equals(data.subarray(0, 4096)), 'a misaligned Buffer still reads right');
+      assert.ok(engine.stats().pool.peak > 0, 'through a bounce block');
+      await f2.close();
+    }
+  } finally { await engine.close(); }
+});
+
+test('a buffered file needs no alignment: any Buffer goes to the kernel directly', async () => {
+  const engine = await Engine.start({ bufferPoolBytes: 1 << 20 });
+  try {
+    const f = await engine.open(join(scratch.dir, 'ext-buffered'), { create: true, truncate: true, direct: false });
+    const d = pattern(10007, 5);
+    const src = Buffer.concat([Buffer.alloc(3), d]).subarray(3); // an odd address
+    assert.is(await f.write(src, 13), d.length);
+    const back = Buffer.alloc(d.length + 1).subarray(1);
+    assert.is(await f.read(back, 13), d.length);
+    assert.ok(back.equals(d));
+    assert.is(engine.stats().pool.peak, 0);
+    await f.close();
+  } finally { await engine.close(); }
+});
+
+test('a short write from an ordinary Buffer is continued from the right byte (EXT offset advances)', () => {
+  const path = join(scratch.dir, 'ext-short');
+  const script = `process.on('SIGXFSZ', () => {});
+    const { Engine } = await import(${JSON.stringify(dist)});
+    const engine = await Engine.start();
+    const f = await engine.open(${JSON.stringify(path)}, { create: true, truncate: true, direct: false });
+    const buf = Buffer.alloc(16384, 7);
+    const out = await f.write(buf, 0).then((n) => ({ n }), (e) => ({ code: e.code, message: e.message, peak: engine.stats().pool.peak }));
+    await engine.close();
+    console.log(JSON.stringify(out));`;
+  const r = spawnSync('bash', ['-c', `ulimit -f 8 && exec "${process.execPath}" --input-type=module -e "$0"`, script], { encoding: 'utf8', timeout: 30000 });
+  const out = JSON.parse(r.stdout.trim().split('\n').pop() || '{}');
+  assert.is(out.code, 'EFBIG', r.stdout + r.stderr);
+  assert.match(out.message, /first 8192 bytes/);
+  assert.is(out.peak, 0, 'zero-copy');
+  assert.is(statSync(path).size, 8192);
+});
+
+test('native: an EXT entry is checked against its own buffer, and refused without one', () => {
+  const addon = loadAddon();
+  const pool = new Uint8Array(new SharedArrayBuffer(1 << 16, { maxByteLength: 1 << 16 }));
+  const batch = new Int32Array(8 * 8), completions = new Int32Array(4 * 32);
+  const fd = require_fs().openSync(join(scratch.dir, 'ext-native'), 'w+');
+  let ready = 0;
+  const ctx = new addon.Context({ backend: 'sync', depth: 8, pool, batch, completions, onReady: () => { ready++; } });
+  try {
+    ctx.setFile(0, fd);
+    const EXT = 0x400, buf = Buffer.alloc(100, 9);
+    batch.set([2 | EXT, 0, 0, 0, 100, 0, 1, 0], 0);        // fits its buffer: runs (on a helper)
+    batch.set([2 | EXT, 0, 0, 0, 100, 1, 2, 0], 8);        // 1 + 100 > 100: EFAULT
+    batch.set([5 | EXT, 0, 0, 0, 100, 0, 3, 0], 16);       // EXT is for READ/WRITE only: EINVAL
+    batch.set([1 | EXT, 0, 0, 0, 10, 0, 4, 0], 24);        // no buffer given for it: EFAULT
+    const got = ctx.pump(4, 0, [buf, buf, buf]);
+    const res = {};
+    for (let i = 0; i < got; i++) res[completions[i * 4]] = completions[i * 4 + 1];
+    assert.equal(res, { 2: -14, 3: -22, 4: -14 });
+    // Worker-mode pumps take no buffers: an EXT entry there is always refused.
+    assert.is(ctx.info().mode, 'inline');
+  } finally { ctx.close(); require_fs().closeSync(fd); }
 });
 
 test.run();

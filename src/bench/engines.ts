@@ -228,8 +228,9 @@ export function fio(ioengine: 'io_uring' | 'libaio', fixed = false): BenchEngine
     skip: () => (haveCommand('fio') ? null : 'fio is not installed (apt-get install fio)'),
     async run(job) {
       const out = await runChild('fio', [
-        ...(fixed ? ['--fixedbufs', '--registerfiles'] : []),
         '--name=bench', `--filename=${job.path}`, `--size=${job.size}`, `--rw=${job.rw}`, `--bs=${job.bs}`, `--ioengine=${ioengine}`,
+        // Engine options must follow --ioengine.
+        ...(fixed ? ['--fixedbufs', '--registerfiles'] : []),
         `--direct=${job.direct ? 1 : 0}`, `--iodepth=${job.qd}`, `--runtime=${job.seconds}`, '--time_based', '--output-format=json',
         // Total latency (submission to completion), like the other engines' figures: fio's
         // default percentiles are completion latency only, which excludes the submit call.

@@ -87,6 +87,10 @@ export abstract class Executor {
   /** Some part of the request was handed to the kernel (a corrupt completion ring lets only these finish). */
   protected readonly slotStarted: Uint8Array;
   protected readonly slotFile: (FileEntry | undefined)[];
+  /** The caller's buffer of an OpFlag.EXT request (inline mode). */
+  protected readonly slotExt: (Uint8Array | undefined)[];
+  /** pump()'s third argument: batchExt[i] for batch entry i. */
+  protected readonly batchExt: (Uint8Array | undefined)[];
   protected readonly freeSlots: Int32Array;
   protected nFree: number;
   /** Requests accepted and not yet delivered. */
@@ -100,6 +104,8 @@ export abstract class Executor {
   protected readonly waitList: Int32Array;
   protected nWaiting = 0;
   protected nativeInflight = 0;
+  /** The batch being filled has OpFlag.EXT entries (batchExt). */
+  protected batchHasExt = false;
 
   protected readonly batch: Int32Array;
   protected readonly compl: Int32Array;
@@ -126,6 +132,8 @@ export abstract class Executor {
     this.slotGen = new Int32Array(this.cap);
     this.slotStarted = new Uint8Array(this.cap);
     this.slotFile = new Array(this.cap).fill(undefined);
+    this.slotExt = new Array(this.cap).fill(undefined);
+    this.batchExt = new Array(init.depth).fill(undefined);
     this.freeSlots = new Int32Array(this.cap);
     for (let i = 0; i < this.cap; i++) this.freeSlots[i] = this.cap - 1 - i;
     this.nFree = this.cap;
@@ -150,13 +158,15 @@ export abstract class Executor {
   /**
    * Takes one request: copies its ENTRY_WORDS words from `words` at `at`, with `gen` the pool
    * allocation generation its memory must belong to, then registers and admits or parks it.
-   * The caller checked hasRoom().
+   * The caller checked hasRoom(). `ext`: the caller's buffer of an OpFlag.EXT entry (inline
+   * mode), handed to the native context next to the batch.
    */
-  accept(words: Int32Array, at: number, gen: number): void {
+  accept(words: Int32Array, at: number, gen: number, ext?: Uint8Array): void {
     const slot = this.freeSlots[--this.nFree];
     const dst = slot * ENTRY_WORDS;
     for (let i = 0; i < ENTRY_WORDS; i++) this.slotEntry[dst + i] = words[at + i];
     this.slotGen[slot] = gen;
+    this.slotExt[slot] = ext;
     this.held++;
     if (this.faults !== null) this.faults.onRequest();
     this.route(slot);
@@ -235,6 +245,8 @@ export abstract class Executor {
    */
   protected poolLive(slot: number, op: number): boolean {
     const e = slot * ENTRY_WORDS, E = this.slotEntry, G = this.pageGen, gen = this.slotGen[slot];
+    // The caller's own buffer (inline mode): no pool memory; the addon checks its bounds.
+    if (E[e + E_OP] & OpFlag.EXT) return true;
     const buf = E[e + E_BUF] >>> 0, len = E[e + E_LEN];
     if (op === Op.READ || op === Op.WRITE) {
       if (this.slotPhase[slot] !== 0) {
@@ -478,6 +490,8 @@ export abstract class Executor {
     if (sub === 0) {
       for (let i = 0; i < ENTRY_WORDS; i++) B[dst + i] = E[src + i];
       B[dst + E_TAG] = slot << 3;
+      const x = this.slotExt[slot];
+      if (x !== undefined) { this.batchExt[n] = x; this.batchHasExt = true; }
       return;
     }
     const align = E[src + E_AUX], buf = E[src + E_BUF] >>> 0;
@@ -527,7 +541,12 @@ export abstract class Executor {
     }
     if (n === 0 && waitMs === 0 && this.nativeInflight === 0 && this.undelivered() === 0) return false;
     this.nativeInflight += n;
-    const got = this.nativeInflight > 0 || n > 0 || waitMs > 0 ? this.ctx.pump(n, waitMs) : 0;
+    let got = 0;
+    if (this.batchHasExt) {
+      got = this.ctx.pump(n, waitMs, this.batchExt);
+      this.batchHasExt = false;
+      this.batchExt.fill(undefined, 0, n); // the engine holds the buffers until they settle
+    } else if (this.nativeInflight > 0 || n > 0 || waitMs > 0) got = this.ctx.pump(n, waitMs);
     if (n > 0) this.wstats[WS_BATCHES]++;
     const C = this.compl;
     for (let i = 0; i < got; i++) {
@@ -579,6 +598,7 @@ export abstract class Executor {
     this.slotState[slot] = S_FREE;
     this.slotHandle[slot] = -1;
     this.slotFile[slot] = undefined;
+    this.slotExt[slot] = undefined;
     this.freeSlots[this.nFree++] = slot;
     this.held--;
     this.deliver(tag, res);
