@@ -69,6 +69,12 @@ export interface EngineOptions {
   watchdogMs?: number;
   /** How long an idle worker polls its ring before sleeping, in microseconds (latency vs idle CPU). Default 50. */
   spinUs?: number;
+  /**
+   * Inline mode: after submitting, busy-poll the completion queue for up to this many
+   * microseconds before returning to the event loop (latency vs CPU; it competes with the
+   * kernel's own completion work on few cores). Default 0: never.
+   */
+  pollUs?: number;
 }
 
 export interface ResolvedOptions {
@@ -86,11 +92,12 @@ export interface ResolvedOptions {
   faults: string | null;
   watchdogMs: number;
   spinUs: number;
+  pollUs: number;
 }
 
 const OPTION_KEYS = [
   'mode', 'workers', 'backend', 'queueDepth', 'bufferPoolBytes', 'xfsWorkaround', 'emulateXfsFallocateBug', 'trackRequests',
-  'tableCapacity', 'faults', 'watchdogMs', 'spinUs',
+  'tableCapacity', 'faults', 'watchdogMs', 'spinUs', 'pollUs',
 ] as const;
 
 export function resolveOptions(options: unknown): ResolvedOptions {
@@ -129,8 +136,10 @@ export function resolveOptions(options: unknown): ResolvedOptions {
   }
   const watchdogMs = o.watchdogMs === undefined ? 30000 : validateInteger(o.watchdogMs, 'options.watchdogMs', 0, 2 ** 31 - 1);
   const spinUs = o.spinUs === undefined ? 50 : validateInteger(o.spinUs, 'options.spinUs', 0, 1_000_000);
+  const pollUs = o.pollUs === undefined ? 0 : validateInteger(o.pollUs, 'options.pollUs', 0, 1_000_000);
+  if (mode === 'workers' && pollUs > 0) throw invalidArg('options.pollUs', "applies to mode 'inline' only (offload workers have spinUs)", pollUs);
   if (mode === 'inline' && faults !== null) throw invalidArg('options.faults', "injects faults into offload workers: start with mode: 'workers'", faults);
-  return { mode, workers, backend, queueDepth, bufferPoolBytes, xfsWorkaround, emulate, emulateWindowUs, trackRequests, tableCapacity, faults, watchdogMs, spinUs };
+  return { mode, workers, backend, queueDepth, bufferPoolBytes, xfsWorkaround, emulate, emulateWindowUs, trackRequests, tableCapacity, faults, watchdogMs, spinUs, pollUs };
 }
 
 interface WorkerSlot {
@@ -343,7 +352,7 @@ export class Engine {
     const o = this.options;
     this.lane = new InlineContext({
       addon: this.addon, backend: o.backend, depth: o.queueDepth, pool: this.pool.sab, pageGen: this.pool.pageGenSab,
-      workerStats: this.workerStats.buffer as SharedArrayBuffer, emulateWindowUs: o.emulateWindowUs,
+      workerStats: this.workerStats.buffer as SharedArrayBuffer, emulateWindowUs: o.emulateWindowUs, pollUs: o.pollUs,
       settle: (id, res) => {
         if (id >= 0 && id < this.nextId && this.reqKind[id] !== K_FREE) this.settle(id, res, null);
       },

@@ -14,7 +14,7 @@ import { RW_VALUES, fio, nodeFs, nodeFsUring, qemuImg, ringfenceBatch, ringfence
 import { nbdBenchCommand } from './nbd.js';
 
 export interface BenchOptions {
-  rw: Rw[]; bs: number; qd: number[]; workers: number; backend: BackendChoice; direct: boolean; size: number; runtime: number;
+  rw: Rw[]; bs: number; qd: number[]; workers: number; backend: BackendChoice; direct: boolean; size: number; runtime: number; pollUs: number;
   file?: string; xfs?: string; dir?: string; json: boolean; chart?: string; engines?: string[]; repeat: number;
 }
 
@@ -43,7 +43,7 @@ export const BENCH_LIMITS = {
 } as const;
 
 interface RawBench {
-  rw: string; bs: string; qd: string; workers?: string; backend?: string; direct?: boolean; size: string; runtime: string;
+  rw: string; bs: string; qd: string; workers?: string; backend?: string; direct?: boolean; size: string; runtime: string; pollUs?: string;
   repeat: string; engines?: string; file?: string; xfs?: string; dir?: string; json?: boolean; chart?: string;
 }
 
@@ -60,6 +60,7 @@ export function checkBenchFlags(o: RawBench): BenchOptions {
   const qd = intListArg('--qd', o.qd, { ...L.qd, example: '1,4,16,32' });
   const workers = intArg('--workers', o.workers, { ...L.workers, example: 2, maxWhy: 'the engine\'s maximum, MAX_WORKERS' }) ?? Math.max(1, Math.min(4, availableParallelism() - 1));
   const backend = enumArg('--backend', o.backend, BACKENDS, 'auto');
+  const pollUs = intArg('--poll-us', o.pollUs, { min: 0, max: 1_000_000, example: 20 }) ?? 0;
   const size = sizeArg('--size', o.size, { ...L.size, example: '512M' })!;
   if (size < 16 * bs) bad('--size', o.size, `smaller than 16 blocks of --bs ${o.bs}`, `give --size ${formatSize(Math.max(16 * bs, L.size.min))} or more, or a smaller --bs`);
   const runtime = numberArg('--runtime', o.runtime, { above: 0, max: L.runtimeS.max, unit: 'seconds', example: 3 })!;
@@ -85,7 +86,7 @@ export function checkBenchFlags(o: RawBench): BenchOptions {
   }
   const chart = outputFileArg('--chart', o.chart, { allowExisting: true });
   return {
-    rw, bs, qd, workers, backend, direct: o.direct !== false, size, runtime, file: o.file, xfs: o.xfs, dir: o.dir,
+    rw, bs, qd, workers, backend, direct: o.direct !== false, size, runtime, pollUs, file: o.file, xfs: o.xfs, dir: o.dir,
     json: o.json === true, chart, engines, repeat,
   };
 }
@@ -99,6 +100,7 @@ export function registerBench(program: Command): void {
     .option('--qd <list>', `queue depths ${L.qd.min} to ${L.qd.max}, comma-separated (e.g. 1,4,16,32,64); --bs times the largest at most ${formatSize(L.bufferBytes)}`, '1,32')
     .option('--workers <n>', `ringfence worker threads, ${L.workers.min} to ${L.workers.max} (default: the engine default, min(4, cores - 1))`)
     .option('--backend <name>', `ringfence backend: ${BACKENDS.join(', ')} (default auto)`)
+    .option('--poll-us <us>', 'inline mode: busy-poll completions this many microseconds after each submit (engine option pollUs; default 0)')
     .option('--no-direct', 'buffered I/O instead of O_DIRECT')
     .option('--size <size>', `data file size: a multiple of 512 from 1M (and 16 blocks) to 1T that fits the volume`, '512M')
     .option('--runtime <seconds>', `seconds per engine and job, above 0 and at most ${L.runtimeS.max}`, '3')
@@ -177,7 +179,7 @@ export async function runBench(opts: BenchOptions, progress: (s: string) => void
     // 'ringfence-workers': the same per-request API on offload workers (--workers of them).
     const common = { backend: opts.backend, queueDepth: Math.max(...opts.qd, 8), bufferPoolBytes: poolBytes(opts.bs, Math.max(...opts.qd)) };
     const getEngine = async (): Promise<Engine> => {
-      engine ??= await Engine.start(common);
+      engine ??= await Engine.start({ ...common, pollUs: opts.pollUs });
       return engine;
     };
     const getWorkersEngine = async (): Promise<Engine> => {
@@ -191,7 +193,7 @@ export async function runBench(opts: BenchOptions, progress: (s: string) => void
     const engines = opts.engines ? all.filter((e) => opts.engines!.includes(e.name)) : all;
     const report: BenchReport = {
       date: new Date().toISOString(), kernel: release(), node: process.version, volume: vol?.note ?? path, fs: vol?.fs ?? '',
-      options: { rw: opts.rw, bs: opts.bs, qd: opts.qd, workers: opts.workers, backend: opts.backend, direct: opts.direct, size: opts.size, runtime: opts.runtime, file: opts.file, xfs: opts.xfs, dir: opts.dir, engines: opts.engines, repeat: opts.repeat },
+      options: { rw: opts.rw, bs: opts.bs, qd: opts.qd, pollUs: opts.pollUs, workers: opts.workers, backend: opts.backend, direct: opts.direct, size: opts.size, runtime: opts.runtime, file: opts.file, xfs: opts.xfs, dir: opts.dir, engines: opts.engines, repeat: opts.repeat },
       skipped: [], results: [], ratios: [],
     };
     const jobs: Job[] = [];

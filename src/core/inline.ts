@@ -18,6 +18,8 @@ export interface InlineInit {
   pageGen: SharedArrayBuffer;
   workerStats: SharedArrayBuffer;
   emulateWindowUs: number;
+  /** Busy-poll the completion queue this long after a kick while requests are in the kernel (0: never). */
+  pollUs: number;
   /** A completion for request `id` (its E_TAG word): bytes or -errno. */
   settle: (id: number, res: number) => void;
   /** Called after a batch of completions was settled (room in the slots again). */
@@ -38,6 +40,7 @@ export class InlineContext extends Executor {
   private pumping = false;
   private again = false;
   private closed = false;
+  private readonly pollUs: number;
 
   constructor(init: InlineInit) {
     super({
@@ -45,6 +48,7 @@ export class InlineContext extends Executor {
       wstats: new Float64Array(init.workerStats, 0, WSTAT_WORDS), faults: null,
     });
     this.settle = init.settle;
+    this.pollUs = init.pollUs;
     this.drained = init.drained;
     const order: BackendName[] = init.backend === 'auto' ? ['io_uring', 'libaio', 'sync'] : [init.backend];
     const refused: Record<string, string> = {};
@@ -86,16 +90,33 @@ export class InlineContext extends Executor {
     if (this.pumping) { this.again = true; return; }
     this.pumping = true;
     try {
-      for (let rounds = 0; ; rounds++) {
-        this.again = false;
-        if (this.tableWake) { this.tableWake = false; this.retryWaiting(); }
-        const progress = this.submitAndReap(0);
-        if (!this.again && !this.tableWake && !(progress && this.readyLen > 0 && this.nativeInflight < this.depth)) break;
-        if (rounds > 10000) break; // cannot happen: each round either submits or settles something
+      let progress = this.rounds();
+      // Opt-in busy poll (pollUs): with requests in the kernel, reap for a while before going
+      // back to the event loop; a completion found so saves the eventfd wake-up.
+      if (this.pollUs > 0 && this.nativeInflight > 0) {
+        const until = performance.now() + this.pollUs / 1000;
+        while (this.nativeInflight > 0 && performance.now() < until) {
+          if (this.submitAndReap(0)) { progress = true; this.rounds(); break; }
+        }
       }
+      void progress;
     } finally {
       this.pumping = false;
     }
+  }
+
+  /** Submit and reap until neither makes progress; true if anything happened. */
+  private rounds(): boolean {
+    let any = false;
+    for (let rounds = 0; ; rounds++) {
+      this.again = false;
+      if (this.tableWake) { this.tableWake = false; this.retryWaiting(); }
+      const progress = this.submitAndReap(0);
+      any ||= progress;
+      if (!this.again && !this.tableWake && !(progress && this.readyLen > 0 && this.nativeInflight < this.depth)) break;
+      if (rounds > 10000) break; // cannot happen: each round either submits or settles something
+    }
+    return any;
   }
 
   protected override deliver(tag: number, res: number): void {
