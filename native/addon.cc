@@ -56,7 +56,7 @@ class Context : public Napi::ObjectWrap<Context> {
 
         Napi::Value b = opts.Get("backend");
         if (!b.IsString())
-            throw Napi::TypeError::New(env, "Context: backend must be 'io_uring', 'libaio' or 'sync'");
+            throw Napi::TypeError::New(env, "Context: backend must be one of " + backend_names());
         std::string backend = b.As<Napi::String>().Utf8Value();
 
         BackendConfig cfg;
@@ -142,15 +142,10 @@ class Context : public Napi::ObjectWrap<Context> {
         }
 
         try {
-            if (backend == "io_uring")
-                backend_ = make_uring_backend(cfg);
-            else if (backend == "libaio")
-                backend_ = make_aio_backend(cfg);
-            else if (backend == "sync")
-                backend_ = make_sync_backend(cfg);
-            else
+            backend_ = make_backend(backend, cfg);
+            if (!backend_)
                 throw Napi::TypeError::New(env, "Context: unknown backend '" + backend +
-                                                    "' (expected 'io_uring', 'libaio' or 'sync')");
+                                                    "' (expected " + backend_names() + ")");
         } catch (const BackendError &e) {
             throw Napi::Error::New(env, e.what());
         } catch (const std::bad_alloc &) {

@@ -21,6 +21,37 @@ std::string errno_name(int err) {
     return "errno " + std::to_string(err);
 }
 
+/*
+ * The backends, registered by name in this one table (like fio's engines):
+ * each is one file behind the Backend interface.  src/backends.ts lists the
+ * same names, in the order 'auto' tries them.
+ */
+namespace {
+struct BackendEntry {
+    const char *name;
+    std::unique_ptr<Backend> (*make)(const BackendConfig &);
+};
+const BackendEntry kBackends[] = {
+    {"io_uring", make_uring_backend},
+    {"libaio", make_aio_backend},
+    {"sync", make_sync_backend},
+};
+}  // namespace
+
+std::unique_ptr<Backend> make_backend(const std::string &name, const BackendConfig &cfg) {
+    for (const BackendEntry &b : kBackends)
+        if (name == b.name)
+            return b.make(cfg);
+    return nullptr;
+}
+
+std::string backend_names() {
+    std::string s;
+    for (const BackendEntry &b : kBackends)
+        s += (s.empty() ? "'" : ", '") + std::string(b.name) + "'";
+    return s;
+}
+
 bool wait_doorbell(int fd, int wait_ms) {
     struct pollfd p;
     p.fd = fd;

@@ -180,6 +180,14 @@ class Backend {
     virtual void fill_info(BackendInfo *info) const = 0;
 };
 
+/*
+ * The backend registered under `name` (backend.cc), or nullptr if there is
+ * none; throws BackendError with an actionable message if it cannot start.
+ */
+std::unique_ptr<Backend> make_backend(const std::string &name, const BackendConfig &cfg);
+/* "'io_uring', 'libaio', 'sync'": the registered names, for messages. */
+std::string backend_names();
+
 /* Factories: throw BackendError with an actionable message on failure. */
 std::unique_ptr<Backend> make_uring_backend(const BackendConfig &cfg);
 std::unique_ptr<Backend> make_aio_backend(const BackendConfig &cfg);

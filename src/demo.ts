@@ -2,7 +2,7 @@
 import { join } from 'node:path';
 import { rmSync } from 'node:fs';
 import { Engine } from './engine.js';
-import type { BackendName } from './types.js';
+import { BACKENDS, type BackendName } from './backends.js';
 import type { Volume } from './volume.js';
 import { atExit } from './cleanup.js';
 
@@ -23,7 +23,7 @@ export async function runDemo(vol: Volume, opts: { blocks?: number; qd?: number;
   if (!Number.isInteger(blocks) || blocks < 1 || blocks > DEMO_MAX_BLOCKS) throw new RangeError(`blocks must be an integer from 1 to ${DEMO_MAX_BLOCKS}; got ${blocks}`);
   if (!Number.isInteger(qd) || qd < 1 || qd > 1024) throw new RangeError(`qd must be an integer from 1 to 1024; got ${qd}`);
   const results: DemoResult[] = [];
-  for (const backend of ['io_uring', 'libaio', 'sync'] as BackendName[]) {
+  for (const backend of BACKENDS) {
     const path = join(vol.dir, `demo-${backend}.dat`);
     let engine: Engine | null = null;
     // In an existing --dir the file is the user's disk space: removed on a signal too.

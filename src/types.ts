@@ -1,7 +1,7 @@
 import type { MessagePort } from 'node:worker_threads';
 
-export type BackendName = 'io_uring' | 'libaio' | 'sync';
-export type BackendChoice = BackendName | 'auto';
+import type { BackendChoice, BackendName } from './backends.js';
+export type { BackendChoice, BackendName } from './backends.js';
 export type WorkaroundPolicy = 'auto' | 'always' | 'never' | 'probe';
 
 export interface NativeContextOptions {

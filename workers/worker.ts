@@ -7,22 +7,23 @@
 // completed requests' table entries (waking workers parked behind them) and publish their
 // completions; then sleep if there is nothing to do: in the kernel while I/O is in flight,
 // in Atomics.waitAsync when idle (so the event loop stays free for control messages).
-import { threadId, type MessagePort } from 'node:worker_threads';
-import { ENTRY_WORDS } from '../src/protocol.js';
+import { isMainThread, parentPort, threadId, workerData, type MessagePort } from 'node:worker_threads';
 import {
   CQ_ENTRY, CQ_ID, CQ_RES, CQ_SEQ, CQ_SUM, CTRL_STRIDE, MAIN_AWAKE, MAIN_SLEEPING, MAIN_STATE, RING_HDR_WORDS, RING_HEAD,
   RING_TAIL, SQ_ENTRY, SQ_GEN, SQ_SEQ, SQ_SUM, STATE_RUNNING, STATE_SLEEP_FUTEX, STATE_SLEEP_KERNEL, WAKE_CONTROL, WAKE_TABLE,
   WSTAT_WORDS, WS_WAKEUPS, W_BUSY, W_CTRL_SEQ, W_HEARTBEAT, W_KINFLIGHT, W_STALL, W_STATE, W_WAKE, entrySum, wakeWorker,
 } from '../src/shm.js';
-import type { BackendName, NativeAddon, NativeContext, WorkerInit, WorkerReady, ControlMessage } from '../src/types.js';
+import type { NativeAddon, NativeContext, WorkerInit, WorkerReady, ControlMessage } from '../src/types.js';
 import { loadAddon } from '../src/addon.js';
 import { parseFaults } from '../src/faults.js';
 import { Executor } from '../src/core/executor.js';
+import { backendOrder } from '../src/backends.js';
 
 export default async function serve(init: WorkerInit): Promise<{ index: number; reason: string }> {
   const w = new Worker(init);
   return w.run();
 }
+
 
 class Worker extends Executor {
   private readonly addon: NativeAddon;
@@ -90,7 +91,7 @@ class Worker extends Executor {
 
   /** 'auto' tries io_uring, then libaio, then sync, and remembers why each was refused. */
   private startBackend(init: WorkerInit): NativeContext {
-    const order: BackendName[] = init.backend === 'auto' ? ['io_uring', 'libaio', 'sync'] : [init.backend];
+    const order = backendOrder(init.backend);
     const refused: Record<string, string> = {};
     for (const backend of order) {
       try {
@@ -341,3 +342,12 @@ class Worker extends Executor {
   }
 }
 
+// Started by src/core/workers.ts as a plain worker thread: serve for the thread's whole life,
+// then say why it ended ('end') and let the thread exit. An exception ends it with 'error'.
+if (!isMainThread && (workerData as { ringfenceWorker?: WorkerInit } | null)?.ringfenceWorker !== undefined) {
+  const init = (workerData as { ringfenceWorker: WorkerInit }).ringfenceWorker;
+  void serve(init).then((r) => {
+    parentPort!.postMessage({ type: 'end', reason: r.reason });
+    init.port.close();
+  });
+}

@@ -3,6 +3,7 @@ import { writeFileSync, existsSync, statSync, statfsSync, rmSync } from 'node:fs
 import { dirname, join, resolve } from 'node:path';
 import { availableParallelism, release } from 'node:os';
 import type { Command } from 'commander';
+import { BACKEND_CHOICES } from '../backends.js';
 import { Engine } from '../engine.js';
 import { MAX_WORKERS } from '../shm.js';
 import type { BackendChoice } from '../types.js';
@@ -29,7 +30,7 @@ export interface BenchReport {
 export const ENGINE_NAMES = [
   'ringfence', 'ringfence-batch', 'ringfence-workers', 'node:fs', 'node:fs-uring', 'fio-io_uring', 'fio-io_uring-fixed', 'fio-libaio', 'qemu-img',
 ] as const;
-const BACKENDS = ['auto', 'io_uring', 'libaio', 'sync'] as const;
+const BACKENDS = BACKEND_CHOICES;
 
 export const BENCH_LIMITS = {
   bs: { min: 512, max: 16 << 20, multipleOf: 512 },

@@ -6,9 +6,12 @@
 // never waits: completions that arrive later make the thread's libuv loop call onReady()
 // (native/inline.h), which kicks again and reaps them. Completions go straight back to the
 // engine (settle), which resolves the caller's promise: no other thread is involved.
+import { ENTRY_WORDS, E_BUF, E_OP, E_TAG, Op, OpFlag } from '../protocol.js';
 import { WSTAT_WORDS } from '../shm.js';
-import type { BackendChoice, BackendName, NativeAddon, NativeContextInfo } from '../types.js';
+import type { BackendChoice, BackendName, ControlMessage, NativeAddon, NativeContextInfo } from '../types.js';
+import type { ContextReport, Lane, LaneHost } from './lane.js';
 import { Executor } from './executor.js';
+import { backendOrder } from '../backends.js';
 
 export interface InlineInit {
   addon: NativeAddon;
@@ -50,7 +53,7 @@ export class InlineContext extends Executor {
     this.settle = init.settle;
     this.pollUs = init.pollUs;
     this.drained = init.drained;
-    const order: BackendName[] = init.backend === 'auto' ? ['io_uring', 'libaio', 'sync'] : [init.backend];
+    const order = backendOrder(init.backend);
     const refused: Record<string, string> = {};
     let started: BackendName | null = null;
     for (const backend of order) {
@@ -155,5 +158,86 @@ export class InlineContext extends Executor {
     if (this.closed) return;
     this.closed = true;
     this.ctx.close();
+  }
+}
+
+/**
+ * The inline lane: the engine hands each request to this thread's InlineContext directly (a
+ * copy of its words into a free local slot) or, when every slot is taken, queues it here in
+ * FIFO order until a completion frees one.
+ */
+export class InlineLane implements Lane {
+  queued = 0;
+  readonly losses = 0;
+  private readonly host: LaneHost;
+  private readonly ctx: InlineContext;
+  /** Request ids waiting for a free local slot (FIFO). */
+  private overflow: number[] = [];
+  private overflowHead = 0;
+  private seq = 0;
+
+  constructor(host: LaneHost) {
+    this.host = host;
+    const o = host.options, reqs = host.reqs;
+    this.ctx = new InlineContext({
+      addon: host.addon, backend: o.backend, depth: o.queueDepth, pool: host.pool.sab, pageGen: host.pool.pageGenSab,
+      workerStats: host.workerStats.buffer as SharedArrayBuffer, emulateWindowUs: o.emulateWindowUs, pollUs: o.pollUs,
+      settle: (id, res) => { if (reqs.live(id)) reqs.settle(id, res, null); },
+      drained: () => this.feed(),
+    });
+  }
+
+  send(id: number): void {
+    this.host.reqs.entry[id * ENTRY_WORDS + E_TAG] = id;
+    if (this.overflowHead === this.overflow.length && this.ctx.hasRoom()) this.accept(id);
+    else { this.overflow.push(id); this.queued++; }
+  }
+
+  private accept(id: number): void {
+    const E = this.host.reqs.entry, e = id * ENTRY_WORDS, op = E[e + E_OP] & 0xff;
+    // The caller's own buffer (OpFlag.EXT) goes next to the entry; pool memory is named by
+    // offset, with the allocation generation it must still belong to (checked at admission).
+    if (E[e + E_OP] & OpFlag.EXT) { this.ctx.accept(E, e, 0, this.host.reqs.buf[id]!); return; }
+    this.ctx.accept(E, e, op >= Op.READ && op <= Op.WRITEV ? this.host.pool.genAt(E[e + E_BUF] >>> 0) : 0, undefined);
+  }
+
+  /** Requests that waited for a local slot take the slots completions freed. */
+  private feed(): void {
+    const q = this.overflow;
+    while (this.overflowHead < q.length && this.ctx.hasRoom()) {
+      this.queued--;
+      this.accept(q[this.overflowHead++]);
+    }
+    if (this.overflowHead === q.length) { q.length = 0; this.overflowHead = 0; }
+    else if (this.overflowHead > 4096) { q.splice(0, this.overflowHead); this.overflowHead = 0; }
+  }
+
+  flush(): void { this.ctx.kick(); }
+
+  /** This thread's own context is told at once. */
+  async broadcast(make: (seq: number) => ControlMessage): Promise<void> {
+    if (this.host.destroying) return;
+    const m = make(++this.seq);
+    if (m.type === 'open') this.ctx.openFile(m); else if (m.type === 'close') this.ctx.closeFile(m.fileId);
+  }
+
+  remember(): void { /* no replacement contexts inline: nothing to re-announce */ }
+
+  /** A backstop kick (completions arrive through the event loop; this is one non-blocking enter). */
+  watch(): void { if (this.host.outstanding > 0) this.ctx.kick(); }
+
+  contexts(): ContextReport[] {
+    return [{ index: 0, backend: this.ctx.backend, refused: this.ctx.refused, info: this.ctx.info }];
+  }
+
+  statRows(): { index: number; ringFullEvents: number }[] { return [{ index: 0, ringFullEvents: 0 }]; }
+
+  /**
+   * In-flight kernel I/O is drained by then (close() waited for it). After an abandoned close
+   * the kernel may still use the ring: it stays open (and keeps the pool alive) rather than
+   * block this thread in a bounded drain.
+   */
+  async stop(): Promise<void> {
+    if (!this.host.fdsPinned) this.ctx.close();
   }
 }

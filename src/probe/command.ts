@@ -3,6 +3,7 @@
 import { accessSync, constants as fsc, existsSync, statSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import type { Command } from 'commander';
+import { BACKEND_CHOICES } from '../backends.js';
 import type { BackendChoice } from '../types.js';
 import { UsageError, enumArg, exclusive, intArg, numberArg, requires } from '../args.js';
 import { reportDeadRuns } from '../cleanup.js';
@@ -29,7 +30,7 @@ Exit codes: 0 no lost writes observed (or static facts only), 1 buggy: lost writ
 `;
 
 export const PROBE_LIMITS = { budgetS: { max: 86400 }, iterations: { min: 1, max: 100_000_000 } } as const;
-const BACKENDS = ['auto', 'io_uring', 'libaio', 'sync'] as const;
+const BACKENDS = BACKEND_CHOICES;
 
 export interface ProbePlan {
   path: string; dir: string; race: boolean; budgetMs?: number; iterations?: number; emulate: boolean; backend: BackendChoice;

@@ -4,6 +4,7 @@ import { onStopSignal } from '../cleanup.js';
 import { statSync } from 'node:fs';
 import { isIP } from 'node:net';
 import type { Command } from 'commander';
+import { BACKEND_CHOICES } from '../backends.js';
 import { parseSize } from '../volume.js';
 import type { BackendChoice } from '../types.js';
 import { DEFAULT_MAX_REQUEST, DEFAULT_PORT, serveNbd, type NbdServer } from './server.js';
@@ -66,7 +67,7 @@ flushed; exit 0 after a clean drain.`)
         if (!Number.isFinite(statsEvery) || statsEvery <= 0 || statsEvery > 86400) usage(`--stats: "${o.stats}" is not a number of seconds (0 < s <= 86400)`);
       }
       const workers = o.workers === undefined ? undefined : intFlag(o.workers, '--workers', 1, 64, usage);
-      if (!['auto', 'io_uring', 'libaio', 'sync'].includes(o.backend)) usage(`--backend: "${o.backend}" is not one of auto, io_uring, libaio, sync`);
+      if (!(BACKEND_CHOICES as readonly string[]).includes(o.backend)) usage(`--backend: "${o.backend}" is not one of ${BACKEND_CHOICES.join(', ')}`);
       if (o.name !== undefined && (Buffer.byteLength(o.name) > 4096 || o.name.includes('\0'))) usage('--name: at most 4096 bytes, no NUL');
 
       const json = !!o.json;

@@ -1,6 +1,7 @@
 // The `ringfence stress` command: options, volume set-up and teardown, output, exit codes.
 import { randomInt } from 'node:crypto';
 import type { Command } from 'commander';
+import { BACKEND_CHOICES } from '../backends.js';
 import { MAX_WORKERS } from '../shm.js';
 import { UsageError, enumArg, formatSize, intArg, numberArg, sizeArg } from '../args.js';
 import { XFS_MAX_BYTES, XFS_MIN_BYTES, checkVolumeFlags, openVolume, type VolumeSpec } from '../volume.js';
@@ -31,7 +32,7 @@ export const STRESS_LIMITS = {
   poolBytes: 2 ** 31,
 } as const;
 
-const BACKENDS = ['auto', 'io_uring', 'libaio', 'sync'] as const;
+const BACKENDS = BACKEND_CHOICES;
 const POLICIES = ['auto', 'always', 'never', 'probe'] as const;
 
 const EXAMPLES = `
