@@ -7,12 +7,14 @@
  * state.  A Context belongs to the thread that created it (the io_uring
  * backend relies on that for SINGLE_ISSUER/DEFER_TASKRUN).
  *
- * Teardown paths, all funnelled into Context::Teardown(), idempotent:
- *   - close() from JavaScript;
- *   - an env cleanup hook, for a Context still open when its worker
- *     thread exits (the kernel may still be writing into the pool: drain
- *     before the SharedArrayBuffer can go away);
- *   - the destructor, when a forgotten Context is garbage-collected.
+ * Teardown paths, idempotent:
+ *   - close() from JavaScript, and the destructor (a forgotten Context
+ *     that is garbage-collected): Context::Teardown();
+ *   - a Context still open when its thread exits (the kernel may still be
+ *     writing into the pool: drain before the SharedArrayBuffer can go
+ *     away): worker mode, an env cleanup hook (Teardown()); inline mode, an
+ *     async cleanup hook (AsyncCleanup()), which the env waits for until the
+ *     poll handle has closed and every helper job is back (inline.h).
  */
 #include <fcntl.h>
 #include <napi.h>
@@ -165,8 +167,17 @@ class Context : public Napi::ObjectWrap<Context> {
         }
 
         env_ = env;
-        napi_add_env_cleanup_hook(env, &Context::EnvCleanup, this);
-        hooked_ = true;
+        if (inline_) {
+            /*
+             * Inline: an async hook, which the env waits for (see
+             * InlineLoop::close_for_exit): the poll handle's close callback and
+             * helper jobs must come back before this library may be unloaded.
+             */
+            napi_add_async_cleanup_hook(env, &Context::AsyncCleanup, this, &async_hook_);
+        } else {
+            napi_add_env_cleanup_hook(env, &Context::EnvCleanup, this);
+            hooked_ = true;
+        }
     }
 
     ~Context() override { Teardown(); }
@@ -176,6 +187,26 @@ class Context : public Napi::ObjectWrap<Context> {
         auto *self = static_cast<Context *>(arg);
         self->hooked_ = false; /* the hook is consumed by running */
         self->Teardown();
+    }
+
+    /* Inline mode, thread exit: drain the kernel side, then close the loop side asynchronously. */
+    static void AsyncCleanup(napi_async_cleanup_hook_handle handle, void *arg) {
+        auto *self = static_cast<Context *>(arg);
+        self->async_hook_ = nullptr; /* removed by the InlineLoop when it is done */
+        if (self->backend_) {
+            if (!self->backend_->shutdown()) {
+                self->backend_.release();
+                self->pool_ref_.SuppressDestruct();
+                self->pool_leaked_ = true;
+            }
+            self->backend_.reset();
+        }
+        if (self->inline_) {
+            self->inline_->close_for_exit(handle);
+            self->inline_.reset();
+        } else {
+            napi_remove_async_cleanup_hook(handle);
+        }
     }
 
     /* Drain and release the kernel side.  Touches no JS values. */
@@ -212,6 +243,10 @@ class Context : public Napi::ObjectWrap<Context> {
         if (hooked_) {
             napi_remove_env_cleanup_hook(env_, &Context::EnvCleanup, this);
             hooked_ = false;
+        }
+        if (async_hook_ != nullptr) {
+            napi_remove_async_cleanup_hook(async_hook_);
+            async_hook_ = nullptr;
         }
     }
 
@@ -356,6 +391,7 @@ class Context : public Napi::ObjectWrap<Context> {
     bool pool_leaked_ = false;
     napi_env env_ = nullptr;
     bool hooked_ = false;
+    napi_async_cleanup_hook_handle async_hook_ = nullptr;
 };
 
 /*

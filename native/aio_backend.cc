@@ -18,6 +18,7 @@
 #include <fcntl.h>
 #include <libaio.h>
 #include <sys/uio.h>
+#include <linux/fs.h>
 
 #include <cerrno>
 #include <cstdint>
@@ -33,7 +34,7 @@ namespace {
 class AioBackend : public Backend {
  public:
     explicit AioBackend(const BackendConfig &cfg)
-        : cfg_(cfg), slots_(cfg.depth), iocbs_(cfg.depth), queue_(cfg.depth),
+        : cfg_(cfg), slots_(cfg.depth), reqs_(cfg.depth), iocbs_(cfg.depth), queue_(cfg.depth),
           events_(cfg.depth) {
         int rc = io_setup(int(cfg.depth), &ctx_);
         if (rc < 0) {
@@ -86,6 +87,7 @@ class AioBackend : public Backend {
             }
             uint32_t s = slots_.pop();
             slots_[s].tag = req.tag;
+            reqs_[s] = req;
             queue_[nq++] = prepare(s, req);
         }
         submit(nq, out);
@@ -161,6 +163,13 @@ class AioBackend : public Backend {
             break;
         }
         io_set_eventfd(cb, cfg_.doorbell_fd);
+        /*
+         * Inline mode: O_DIRECT io_submit can still block (an appending or
+         * extent-allocating write, the inode lock): RWF_NOWAIT makes the kernel
+         * refuse with EAGAIN instead, and the op goes to a helper (retry_on_helper).
+         */
+        if (cfg_.offload != nullptr && nowait_)
+            cb->aio_rw_flags = RWF_NOWAIT;
         cb->data = reinterpret_cast<void *>(uintptr_t(s));
         return cb;
     }
@@ -168,6 +177,12 @@ class AioBackend : public Backend {
     void fail(struct iocb *cb, int err, CompletionSink &out) {
         uint32_t s = uint32_t(reinterpret_cast<uintptr_t>(cb->data));
         out.push(slots_[s].tag, err);
+        slots_.push(s);
+    }
+
+    /* Inline mode: the kernel would have blocked (EAGAIN): run the op on a helper instead. */
+    void retry_on_helper(uint32_t s) {
+        cfg_.offload->run(reqs_[s], slots_[s].iov); /* copies the request and its iovecs */
         slots_.push(s);
     }
 
@@ -192,6 +207,20 @@ class AioBackend : public Backend {
             }
             if (rc == -EINTR)
                 continue;
+            if (cfg_.offload != nullptr) {
+                /*
+                 * Inline: never wait on the loop thread.  EAGAIN (would block, or
+                 * no kernel resources now) goes to a helper; so does a kernel that
+                 * does not know RWF_NOWAIT for AIO (EINVAL/EOPNOTSUPP: stop asking).
+                 */
+                if (rc == -EAGAIN || rc == 0 || ((rc == -EINVAL || rc == -EOPNOTSUPP) && nowait_)) {
+                    if (rc == -EINVAL || rc == -EOPNOTSUPP) nowait_ = false;
+                    retry_on_helper(uint32_t(reinterpret_cast<uintptr_t>(queue_[done++]->data)));
+                    continue;
+                }
+                fail(queue_[done++], rc, out);
+                continue;
+            }
             if (rc == -EAGAIN || rc == 0) {
                 uint32_t in_kernel = slots_.inflight() - (nq - done);
                 if (in_kernel > 0 && reap(out, 1, nullptr) > 0)
@@ -216,7 +245,12 @@ class AioBackend : public Backend {
         for (int i = 0; i < got; i++) {
             uint32_t s = slot_of(events_[i]);
             /* res is -errno or a byte count <= 2^31-1. */
-            out.push(slots_[s].tag, int32_t(long(events_[i].res)));
+            long res = long(events_[i].res);
+            if (res == -EAGAIN && cfg_.offload != nullptr) {
+                retry_on_helper(s); /* RWF_NOWAIT refused it after submission */
+                continue;
+            }
+            out.push(slots_[s].tag, int32_t(res));
             slots_.push(s);
         }
         return got;
@@ -228,6 +262,10 @@ class AioBackend : public Backend {
     /* Opened with O_DIRECT (only those are queued in inline mode). */
     bool direct_[MAX_FILES] = {};
     SlotPool slots_;
+    /* The validated request of each slot (inline mode retries it on a helper). */
+    std::vector<Request> reqs_;
+    /* Inline mode asks for RWF_NOWAIT until the kernel says it does not know it. */
+    bool nowait_ = true;
     std::vector<struct iocb> iocbs_;
     std::vector<struct iocb *> queue_;
     std::vector<struct io_event> events_;

@@ -23,7 +23,10 @@
  *     thread, queues the result and calls onReady like a completion;
  *   - the poll handle is referenced only while ops are in the kernel, so a
  *     program with nothing in flight exits (queued helper jobs keep the
- *     loop alive by themselves).
+ *     loop alive by themselves);
+ *   - at most half of libuv's threadpool runs helpers at once (the rest
+ *     wait in order), so a stuck device cannot take the process's whole
+ *     threadpool (fs, dns, zlib) with it.
  */
 #ifndef RINGFENCE_INLINE_H
 #define RINGFENCE_INLINE_H
@@ -68,6 +71,15 @@ class InlineLoop : public Offload {
      * keep the pool, which they may still read or write) alive.
      */
     bool close();
+
+    /*
+     * close() at thread exit, from the Context's async cleanup hook: the hook
+     * is removed (letting the env go on tearing down) only once the poll
+     * handle has closed and every helper job is back, so neither a close
+     * callback nor a job's after-callback can run in an unloaded library or
+     * write into a freed pool.
+     */
+    void close_for_exit(napi_async_cleanup_hook_handle hook);
 
     struct Shared;
 

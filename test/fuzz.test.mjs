@@ -217,7 +217,7 @@ for (const backend of BACKENDS) {
       // matching check value (what a stale entry for an earlier allocation looks like).
       const hr = rng(backend.length * 7 + 3);
       const otherGen = engine.pool.genAt(poolAt(goodBufs[0]));
-      const slots = engine['workers'];
+      const slots = engine['lane']['workers'];
       const stampHostile = (words) => {
         const before = slots.map((s) => s.sqTail);
         return (k) => {

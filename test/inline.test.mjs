@@ -260,4 +260,35 @@ test('native: an EXT entry is checked against its own buffer, and refused withou
   } finally { ctx.close(); require_fs().closeSync(fd); }
 });
 
+for (const [name, body, end] of [
+  ['ends by itself, its engine idle and never closed', "await f.write(Buffer.alloc(4096, 1), 0); parentPort.postMessage('ready');", 'exit'],
+  ['ends by itself (and only it loaded the addon)', "await f.write(Buffer.alloc(4096, 1), 0); parentPort.postMessage('ready');", 'exit-alone'],
+  ['is terminated while a helper job (an emulated 300 ms fallocate) is in flight', "f.writeZeroes(0, 1 << 20).catch(() => {}); setTimeout(() => parentPort.postMessage('ready'), 50); await new Promise(() => {});", 'terminate'],
+  ['is terminated with I/O in the kernel', "for (let i = 0; i < 64; i++) f.write(Buffer.alloc(65536, 2), i * 65536).catch(() => {}); parentPort.postMessage('ready'); await new Promise(() => {});", 'terminate'],
+]) {
+  test(`a Worker whose inline engine is still open ${name}: the process survives and exits cleanly`, () => {
+    // In a child process: a crash at thread teardown (a close callback or a helper's
+    // after-callback running in an unloaded addon) would kill it with a signal.
+    const tag = `${end}-${body.length}`;
+    const workerFile = join(scratch.dir, `teardown-worker-${tag}.mjs`), mainFile = join(scratch.dir, `teardown-main-${tag}.mjs`);
+    writeFileSync(workerFile, `import { parentPort } from 'node:worker_threads';
+      import { Engine } from ${JSON.stringify(dist)};
+      const engine = await Engine.start({ emulateXfsFallocateBug: { windowUs: 300000 }, xfsWorkaround: 'never' });
+      const f = await engine.open(${JSON.stringify(join(scratch.dir, `teardown-${tag}`))}, { create: true, truncate: true });
+      ${body}\n`);
+    writeFileSync(mainFile, `import { Worker } from 'node:worker_threads';
+      import { loadAddon } from ${JSON.stringify(new URL('../dist/src/addon.js', import.meta.url).href)};
+      ${end === 'exit-alone' ? '' : 'loadAddon(); // the main thread has the addon loaded too'}
+      const w = new Worker(${JSON.stringify(workerFile)});
+      w.on('error', (e) => { console.error('worker error', e); process.exitCode = 3; });
+      await new Promise((r) => w.once('message', r));
+      ${end.startsWith('exit') ? "await new Promise((r) => w.once('exit', r));" : 'await w.terminate();'}
+      console.log('main survived');\n`);
+    const r = spawnSync(process.execPath, [mainFile], { encoding: 'utf8', timeout: 30000 });
+    assert.is(r.signal, null, `killed by ${r.signal}: ${r.stderr.slice(-500)}`);
+    assert.is(r.status, 0, r.stderr.slice(-500));
+    assert.match(r.stdout, /main survived/);
+  });
+}
+
 test.run();

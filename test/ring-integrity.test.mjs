@@ -23,8 +23,8 @@ const BS = 4096;
 
 /** The engine's internal slot of worker 0 (its rings), and a way to wake that worker. */
 function slot0(engine) {
-  const s = engine['workers'][0];
-  return { s, wake: () => wakeWorker(engine['ctrl'], 0, WAKE_TABLE, engine.addon.ring, s.doorbell) };
+  const s = engine['lane']['workers'][0];
+  return { s, wake: () => wakeWorker(engine['lane']['ctrl'], 0, WAKE_TABLE, engine.addon.ring, s.doorbell) };
 }
 
 /** Resolves when the engine has handled `n` worker losses (bounded: a hang fails the test). */
@@ -182,7 +182,7 @@ for (const backend of BACKENDS) {
         const bufs = Array.from({ length: 4 }, () => Buffer.alloc(BS));
         const done = [];
         const held = bufs.map((b, i) => outcome(f.read(b, i * BS)).then((r) => (done[i] = r)));
-        const busy = () => Atomics.load(engine['ctrl'], W_BUSY); // worker 0's word
+        const busy = () => Atomics.load(engine['lane']['ctrl'], W_BUSY); // worker 0's word
         for (let i = 0; i < 5000 && busy() < 4; i++) await new Promise((r) => setTimeout(r, 1));
         assert.is(busy(), 4, 'the worker holds the four reads');
         // The completion tail moves half a ring ahead: the entries it now covers are old ones.
@@ -199,7 +199,7 @@ for (const backend of BACKENDS) {
         done.forEach(check);
         (await settled(held, 'held reads')).forEach(check);
         assert.is(await losses(engine, 1), 1);
-      } finally { engine['wakeMask'](table.release(blocker) | 1); }
+      } finally { engine['lane']['wakeMask'](table.release(blocker) | 1); }
       // The replacement works.
       const b = Buffer.alloc(BS);
       assert.is(await f.read(b, 2 * BS), BS);

@@ -116,7 +116,8 @@ export class InlineContext extends Executor {
       if (this.tableWake) { this.tableWake = false; this.retryWaiting(); }
       const progress = this.submitAndReap(0);
       any ||= progress;
-      if (!this.again && !this.tableWake && !(progress && this.readyLen > 0 && this.nativeInflight < this.depth)) break;
+      // (doneLen: a request fed from the overflow while settling failed at once, e.g. EBADF.)
+      if (!this.again && !this.tableWake && this.doneLen === 0 && !(progress && this.readyLen > 0 && this.nativeInflight < this.depth)) break;
       if (rounds > 10000) break; // cannot happen: each round either submits or settles something
     }
     return any;
