@@ -133,7 +133,7 @@ const rows = [
   [['bench', '--size', '2T'], '--size', '2T', /to 1T/],
   [['bench', '--size', '1048577'], '--size', '1048577', /multiple of 512/],
   [['bench', '--bs', '1M', '--size', '8M'], '--size', '8M', /16 blocks of --bs/],
-  [['bench', '--engines', 'nope'], '--engines', 'nope', /use ringfence, ringfence-batch, node:fs, fio-io_uring, fio-libaio, qemu-img/],
+  [['bench', '--engines', 'nope'], '--engines', 'nope', /use ringfence, ringfence-batch, ringfence-workers, node:fs, node:fs-uring, fio-io_uring, fio-io_uring-fixed, fio-libaio, qemu-img/],
   [['bench', '--engines', 'ringfence,ringfence'], '--engines', 'ringfence,ringfence', /at most once/],
   [['bench', '--repeat', '0'], '--repeat', '0', /from 1 to 100/],
   [['bench', '--repeat', '101'], '--repeat', '101', /from 1 to 100/],

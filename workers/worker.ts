@@ -1,5 +1,6 @@
 // The worker: owns one kernel I/O context (io_uring, libaio or sync) and serves one
-// submission ring. It runs as one long-lived piscina task; see docs/ARCHITECTURE.md.
+// submission ring. It runs as a plain worker thread for its whole life (src/core/workers.ts
+// starts it); see docs/ARCHITECTURE.md.
 //
 // Loop, per iteration: pull requests from the submission ring into local slots; register
 // each in its file's tracked-request table and either admit it (into the native batch) or

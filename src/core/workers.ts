@@ -132,7 +132,10 @@ export class WorkerLanes implements Lane {
         else if (m.type === 'ack') { const a = this.acks.get(m.seq); this.acks.delete(m.seq); a?.(); }
       });
     });
-    const thread = new Worker(WORKER_FILE, { workerData: { ringfenceWorker: init }, transferList: [port2] });
+    // The process's own flags, except --input-type (a Worker on a file refuses it: a program
+    // run with `node --input-type=module -e ...` must still be able to start workers).
+    const execArgv = process.execArgv.filter((a) => !a.startsWith('--input-type'));
+    const thread = new Worker(WORKER_FILE, { workerData: { ringfenceWorker: init }, transferList: [port2], execArgv });
     slot.thread = thread;
     // How the thread ended: an uncaught exception ('error'), or a reason it posted ('end': a
     // worker that found its rings corrupt says what it found), then 'exit'.
