@@ -14,6 +14,7 @@ import { DEMO_BLOCK, DEMO_MAX_BLOCKS, runDemo } from './demo.js';
 import { addStressCommand } from './stress/command.js';
 import { registerBench } from './bench/command.js';
 import { registerProbe } from './probe/command.js';
+import './probe/register.js';
 import { registerServe } from './serve/command.js';
 
 const pkg = JSON.parse(readFileSync(`${PACKAGE_ROOT}/package.json`, 'utf8')) as { version: string };

@@ -2,14 +2,17 @@
 // the caller's memory cannot be used directly, and the per-file workaround decision.
 import { closeSync, constants as fsc, fstatSync, openSync, readFileSync, statSync, type Stats } from 'node:fs';
 import { FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE, IOV_MAX, Op, OpFlag } from './protocol.js';
-import { settleBatchOp, type BatchState, type Engine } from './engine.js';
+import { settleBatchOp, type BatchState } from './core/requests.js';
+import type { BufferPool } from './pool.js';
+import type { ResolvedOptions } from './options.js';
+import type { NativeAddon } from './types.js';
 import { RingfenceError, closedError } from './errors.js';
 import {
   invalidArg, rangeError, validateBoolean, validateBuffer, validateKnownKeys, validateLength, validateObject,
   validateOffset, validateOneOf, validatePath,
 } from './validators.js';
-import { tooLarge, type PoolAllocation } from './buffers.js';
-import { decideFromProbe, decideWorkaround, statfsName, type WorkaroundDecision } from './policy.js';
+import { tooLarge, type PoolAllocation, type PoolBuffers, type PoolWaiter } from './buffers.js';
+import { decideFromProbe, decideWorkaround, getProbeResolver, statfsName, type WorkaroundDecision } from './policy.js';
 import { AtomicWords, TrackedTable } from './table.js';
 import type { ControlMessage, WorkaroundPolicy } from './types.js';
 import { FSTAT_WORDS, FS_EMULATED, FS_FULL, FS_SERIALISING, FS_TRACKED, FS_WAITS, FS_WAIT_MAX_NS, FS_WAIT_NS, MAX_WORKERS, fileStatsBytes } from './shm.js';
@@ -86,7 +89,35 @@ function unsupportedError(path: string, kind: string): RingfenceError {
     { code: 'ERR_RINGFENCE_UNSUPPORTED_FILE', op: 'open', path });
 }
 
-export async function openFile(engine: Engine, pathArg: string | Buffer | URL, options?: OpenOptions): Promise<File> {
+/**
+ * What a File needs from its engine (src/engine.ts Engine implements it): File depends on this
+ * narrow interface, not on the engine module.
+ */
+export interface FileHost {
+  readonly options: ResolvedOptions;
+  readonly addon: NativeAddon;
+  readonly pool: BufferPool;
+  readonly buffers: PoolBuffers;
+  readonly identities: Map<string, IdentityRecord>;
+  readonly kernelRelease: string;
+  /** This thread owns the kernel I/O context (a caller's own buffer may go to the kernel). */
+  readonly inline: boolean;
+  readonly fdsPinned: boolean;
+  submit(file: File, op: number, offLo: number, offHi: number, len: number, buf: number, aux: number,
+    done: ((res: number) => number | void) | null, resolve: ((n: number) => void) | null, reject: ((e: unknown) => void) | null,
+    batch: BatchState | null, batchIndex: number, view?: Uint8Array | null, rec?: PoolAllocation | null): number;
+  allocBounce(size: number, op: string): number;
+  releasePool(off: number): void;
+  waitForPool(w: PoolWaiter): void;
+  allocFileId(): number;
+  releaseFileId(id: number): void;
+  rememberFile(id: number, make: ((seq: number) => ControlMessage) | null): void;
+  broadcast(make: (seq: number) => ControlMessage): Promise<void>;
+  forgetFile(file: File, id: number): void;
+  assertOpen(op: string): void;
+}
+
+export async function openFile(engine: FileHost, pathArg: string | Buffer | URL, options?: OpenOptions): Promise<File> {
   const path = validatePath(pathArg, 'path');
   const o = options === undefined ? {} : validateObject(options, 'options');
   validateKnownKeys(o, 'options', OPEN_KEYS);
@@ -142,9 +173,13 @@ export async function openFile(engine: Engine, pathArg: string | Buffer | URL, o
     const { magic, resolution } = statfsName(path);
     let decision = decideWorkaround(policy, magic, engine.kernelRelease, engine.options.emulate, resolution);
     if (policy === 'probe' && !engine.options.emulate) {
-      // Loaded on demand: the probe starts an engine of its own for its race check.
-      const { resolveProbePolicy } = await import('./probe/cache.js');
-      decision = decideFromProbe(magic, engine.kernelRelease, false, await resolveProbePolicy(path, engine.kernelRelease));
+      // Injected (src/probe/register.ts): the probe starts an engine of its own for its race check.
+      const resolveProbe = getProbeResolver();
+      if (resolveProbe === null) {
+        throw new RingfenceError(`xfsWorkaround 'probe' for ${path} needs the probe, which this program did not load: import ringfence from its package entry ('ringfence', or dist/src/index.js), not from its internal files, or pick 'auto', 'always' or 'never'`,
+          { code: 'ERR_RINGFENCE_INTERNAL', op: 'open', path });
+      }
+      decision = decideFromProbe(magic, engine.kernelRelease, false, await resolveProbe(path, engine.kernelRelease));
     }
     const key = `${st.dev}:${st.ino}`;
     ident = engine.identities.get(key);
@@ -214,7 +249,7 @@ function logicalBlockSize(dev: number, fallback: number): number {
 export class File {
   /** @internal */ readonly id: number;
   readonly path: string;
-  private readonly engine: Engine;
+  private readonly engine: FileHost;
   private readonly fd: number;
   private readonly key: string;
   private readonly meta: FileInfo;
@@ -232,7 +267,7 @@ export class File {
   private closing: Promise<void> | null = null;
 
   /** @internal */
-  constructor(engine: Engine, id: number, fd: number, path: string, key: string, meta: FileInfo, stats: Float64Array) {
+  constructor(engine: FileHost, id: number, fd: number, path: string, key: string, meta: FileInfo, stats: Float64Array) {
     this.engine = engine; this.id = id; this.fd = fd; this.path = path; this.key = key; this.meta = meta; this.fstats = stats;
     this.align = meta.alignment; this.memAlign = meta.memoryAlignment;
   }

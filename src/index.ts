@@ -1,3 +1,4 @@
+import './probe/register.js';
 export { Engine, type EngineOptions, type EngineInfo, type EngineStats } from './engine.js';
 export { File, type OpenOptions, type BatchOp, type FileInfo } from './file.js';
 export { RingfenceError } from './errors.js';

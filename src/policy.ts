@@ -416,6 +416,18 @@ export function decideWorkaround(policy: WorkaroundPolicy, magic: number, kernel
   return { ...base, enabled: a.enabled, rule: `auto: ${a.rule}` };
 }
 
+/** What the dynamic check behind policy 'probe' (src/probe/cache.ts resolveProbePolicy) answers. */
+export type ProbeResolver = (path: string, kernelRelease: string) => Promise<{ enabled: boolean; rule: string; cached: boolean; verdict: string | null }>;
+
+let probeResolver: ProbeResolver | null = null;
+
+/**
+ * Injects the dynamic check (src/probe/register.ts does, for the package entry and the CLI):
+ * the probe starts engines of its own, so the library's core (file.ts) must not import it.
+ */
+export function setProbeResolver(r: ProbeResolver): void { probeResolver = r; }
+export function getProbeResolver(): ProbeResolver | null { return probeResolver; }
+
 /** The decision for policy 'probe' from the dynamic check's result (src/probe/cache.ts). */
 export function decideFromProbe(magic: number, kernel: string, emulated: boolean,
   probe: { enabled: boolean; rule: string; cached: boolean; verdict: string | null }): WorkaroundDecision {

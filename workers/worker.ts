@@ -344,11 +344,18 @@ class Worker extends Executor {
 }
 
 // Started by src/core/workers.ts as a plain worker thread: serve for the thread's whole life,
-// then say why it ended ('end') and let the thread exit. An exception ends it with 'error'.
+// then say why it ended ('end'). After a normal end (stop, or a corrupt ring: the native
+// context was drained and closed) the thread exits. After an exception it stays alive, idle,
+// until the engine terminates it: if its native teardown gave up on I/O stuck in the kernel,
+// exiting would block in the kernel (io_uring waits for its io-wq workers at thread exit), and
+// Node joins an exiting Worker's thread from the engine's thread, which would then block too.
 if (!isMainThread && (workerData as { ringfenceWorker?: WorkerInit } | null)?.ringfenceWorker !== undefined) {
   const init = (workerData as { ringfenceWorker: WorkerInit }).ringfenceWorker;
-  void serve(init).then((r) => {
+  serve(init).then((r) => {
     parentPort!.postMessage({ type: 'end', reason: r.reason });
     init.port.close();
+  }, (err: unknown) => {
+    parentPort!.postMessage({ type: 'end', error: String((err as Error)?.stack ?? (err as Error)?.message ?? err) });
+    setInterval(() => {}, 1 << 30);
   });
 }

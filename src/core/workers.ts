@@ -32,9 +32,12 @@ interface WorkerSlot {
   corrupt: string | null;
   doorbell: number;
   port: MessagePort;
-  /** This generation's thread, and a promise that resolves when it has exited. */
+  /** This generation's thread; `task` resolves when its worker ended (or its thread exited), `exited` when the thread has. */
   thread: Worker | null;
   task: Promise<unknown>;
+  exited: Promise<unknown>;
+  /** The generation whose end was handled (each is handled once). */
+  goneGen: number;
   ready: WorkerReady | null;
   /** Request ids waiting for room in this worker's submission ring. */
   overflow: number[];
@@ -71,6 +74,8 @@ export class WorkerLanes implements Lane {
   private readonly workers: WorkerSlot[] = [];
   private readonly doorbells: number[] = [];
   private readonly openers = new Map<number, (seq: number) => ControlMessage>();
+  /** Every thread not yet exited, with a promise of its exit (a failed worker's thread stays until stop()). */
+  private readonly threads = new Map<Worker, Promise<void>>();
   private readonly acks = new Map<number, () => void>();
   private seq = 0;
   private rr = 0;
@@ -97,7 +102,7 @@ export class WorkerLanes implements Lane {
     return {
       index: i, sq: new Int32Array(createRing(sqCap, SQ_ENTRY)), sqCap, sqTail: 0, sqHeadCache: 0,
       cq: new Int32Array(createRing(cqCap, CQ_ENTRY)), cqCap, cqHead: 0, corrupt: null, doorbell: this.doorbells[i], port: null as unknown as MessagePort,
-      thread: null, task: Promise.resolve(), ready: null, overflow: [], overflowHead: 0, dirty: false, ringFullEvents: 0,
+      thread: null, task: Promise.resolve(), exited: Promise.resolve(), goneGen: 0, ready: null, overflow: [], overflowHead: 0, dirty: false, ringFullEvents: 0,
       dead: false, retired: false, generation: 0, lastBeat: -1, lastBeatAt: 0, launchedAt: 0, quickDeaths: 0,
       lastStall: 0, killed: 0, stallWarned: false, ctrlRefs: 0,
     };
@@ -137,18 +142,35 @@ export class WorkerLanes implements Lane {
     const execArgv = process.execArgv.filter((a) => !a.startsWith('--input-type'));
     const thread = new Worker(WORKER_FILE, { workerData: { ringfenceWorker: init }, transferList: [port2], execArgv });
     slot.thread = thread;
-    // How the thread ended: an uncaught exception ('error'), or a reason it posted ('end': a
-    // worker that found its rings corrupt says what it found), then 'exit'.
-    let error: unknown = null, reason: string | null = null;
+    // How the worker ended: it posts 'end' (with a reason such as a corrupt ring, or the error
+    // its task failed with), or its thread exits without saying (process.exit, an uncaught
+    // exception, terminate()). Whichever comes first is the loss (once per generation).
+    let ended: () => void = () => {};
+    slot.task = new Promise<void>((resolve) => { ended = resolve; });
+    let exited: () => void = () => {};
+    slot.exited = new Promise<void>((resolve) => { exited = resolve; });
+    this.threads.set(thread, slot.exited as Promise<void>);
+    let error: unknown = null;
+    const gone = (err: unknown, reason: string | null): void => {
+      ended();
+      failed(err ?? new Error(`worker ${slot.index} stopped`));
+      if (slot.goneGen === generation) return;
+      slot.goneGen = generation;
+      this.workerGone(slot, generation, err, reason !== null && reason.startsWith('ring-corrupt') ? reason : null);
+      // A worker that failed stays alive (see workers/worker.ts): once its native context is
+      // drained (it did not give up on stuck I/O), its thread can go.
+      if (err !== null && !this.host.destroying && Atomics.load(this.ctrl, slot.index * CTRL_STRIDE + W_GAVEUP) === 0) void thread.terminate();
+    };
     thread.on('error', (err) => { error = err; });
-    thread.on('message', (m: { type?: string; reason?: unknown }) => { if (m?.type === 'end' && typeof m.reason === 'string') reason = m.reason; });
-    slot.task = new Promise<void>((resolve) => {
-      thread.once('exit', (code) => {
-        resolve();
-        const err = error ?? (reason === null ? new Error(code === 0 ? 'its thread exited' : `its thread exited with code ${code}`) : null);
-        failed(err ?? new Error(`worker ${slot.index} stopped`));
-        this.workerGone(slot, generation, err, reason !== null && reason.startsWith('ring-corrupt') ? reason : null);
-      });
+    thread.on('message', (m: { type?: string; reason?: unknown; error?: unknown }) => {
+      if (m?.type !== 'end') return;
+      if (typeof m.error === 'string') gone(new Error(m.error.split('\n')[0]), null);
+      else gone(null, typeof m.reason === 'string' ? m.reason : null);
+    });
+    thread.once('exit', (code) => {
+      this.threads.delete(thread);
+      exited();
+      gone(error ?? new Error(code === 0 ? 'its thread exited' : `its thread exited with code ${code}`), null);
     });
     port1.unref();
     return ready;
@@ -230,8 +252,9 @@ export class WorkerLanes implements Lane {
     if (graceMs > 0) await bounded(Promise.all(this.workers.map((w) => w.task)), graceMs);
     // A thread blocked in a system call ends only when the call returns: terminating it is
     // asked for, but close() does not wait for it beyond 30 s (a second after an abandoned close).
-    for (const w of this.workers) void w.thread?.terminate();
-    await bounded(Promise.all(this.workers.map((w) => w.task)), graceMs > 0 ? 30000 : 1000);
+    const left = [...this.threads];
+    for (const [t] of left) void t.terminate();
+    await bounded(Promise.all(left.map(([, p]) => p)), graceMs > 0 ? 30000 : 1000);
     for (const w of this.workers) w.port?.close();
     // After an abandoned close, a thread stuck in the kernel may still ring a doorbell when its
     // call returns: a closed, reused fd number would take that write. They stay open.
