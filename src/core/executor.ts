@@ -22,12 +22,11 @@ import {
 import { ADMITTED, AtomicWords, FULL, ReqType, TrackedTable } from '../table.js';
 import type { NativeContext, ControlOpen } from '../types.js';
 import type { FaultPlan } from '../faults.js';
+import { join64, split, split64 } from './int64.js';
+import { PH_ADMIT, Rmw } from './rmw.js';
 
 const INT64_MAX_ALIGNED_HI = 0x7fffffff;
 
-// Sub-operations of a padded (read-modify-write) unaligned write, in the low 3 bits of a tag.
-const SUB_HEAD = 1, SUB_TAIL = 2, SUB_WRITE = 3, SUB_TRUNC = 4;
-const PH_ADMIT = 1, PH_READ = 2, PH_WRITE = 3, PH_TRUNC = 4;
 
 // Local slot states.
 export const S_FREE = 0, S_READY = 1, S_PARKED = 2, S_FULLWAIT = 3, S_INFLIGHT = 4;
@@ -75,12 +74,10 @@ export abstract class Executor {
   protected readonly slotState: Uint8Array;
   protected readonly slotHandle: Int32Array;
   protected readonly slotParkedAt: Float64Array;
-  /** Read-modify-write state of a padded unaligned write (0 = a plain request). */
+  /** Padded unaligned writes: their read-modify-write state per slot (src/core/rmw.ts). */
+  protected readonly rmw: Rmw;
+  /** Read-modify-write phase of a slot (0 = a plain request): rmw.phase. */
   protected readonly slotPhase: Uint8Array;
-  protected readonly slotPending: Uint8Array;
-  protected readonly slotResult: Int32Array;
-  /** Size to restore after a padded write that extended the file (-1: none). */
-  protected readonly slotTrunc: Float64Array;
   protected readonly slotInf: Uint8Array;
   /** SQ_GEN of the request: the pool allocation its memory must still belong to. */
   protected readonly slotGen: Int32Array;
@@ -124,10 +121,11 @@ export abstract class Executor {
     this.slotHandle = new Int32Array(this.cap).fill(-1);
     this.readyCap = this.cap * 4;
     this.slotParkedAt = new Float64Array(this.cap);
-    this.slotPhase = new Uint8Array(this.cap);
-    this.slotPending = new Uint8Array(this.cap);
-    this.slotResult = new Int32Array(this.cap);
-    this.slotTrunc = new Float64Array(this.cap);
+    this.rmw = new Rmw(this.cap, {
+      slotEntry: this.slotEntry, poolBytes: this.poolBytes,
+      ready: (slot, sub) => this.makeReady(slot, sub), complete: (slot, res) => this.complete(slot, res),
+    });
+    this.slotPhase = this.rmw.phase;
     this.slotInf = new Uint8Array(this.cap);
     this.slotGen = new Int32Array(this.cap);
     this.slotStarted = new Uint8Array(this.cap);
@@ -208,7 +206,7 @@ export abstract class Executor {
     this.slotStarted[slot] = 0;
     if (this.slotEntry[e + E_OP] & OpFlag.RMW) {
       // The RMW flag never reaches the addon, so its validation is ours: no other flag with it.
-      if (op !== Op.WRITE || (this.slotEntry[e + E_OP] & ~0xff) !== OpFlag.RMW || !this.validRmw(slot)) return this.finish(slot, -22 /* EINVAL */);
+      if (op !== Op.WRITE || (this.slotEntry[e + E_OP] & ~0xff) !== OpFlag.RMW || !this.rmw.valid(slot)) return this.finish(slot, -22 /* EINVAL */);
       this.slotPhase[slot] = PH_ADMIT;
     }
     if (op === Op.FALLOCATE && f.emulate) {
@@ -250,11 +248,9 @@ export abstract class Executor {
     const buf = E[e + E_BUF] >>> 0, len = E[e + E_LEN];
     if (op === Op.READ || op === Op.WRITE) {
       if (this.slotPhase[slot] !== 0) {
-        // A padded write (validRmw() checked its layout): [padded range][scratch: 2 * alignment].
-        const align = E[e + E_AUX];
-        const off = E[e + E_OFF_HI] * 4294967296 + (E[e + E_OFF_LO] >>> 0);
-        const a0 = off - (off % align), a1 = Math.ceil((off + len) / align) * align;
-        return poolRangeLive(G, gen, buf, a1 - a0 + 2 * align);
+        // A padded write (rmw.valid() checked its layout): [padded range][scratch: 2 * alignment].
+        const p = this.rmw.range(slot);
+        return poolRangeLive(G, gen, p.buf, p.a1 - p.a0 + 2 * p.align);
       }
       return len < 1 || poolRangeLive(G, gen, buf, len);
     }
@@ -333,9 +329,7 @@ export abstract class Executor {
       // trims the size back afterwards, and nothing past it may be in flight meanwhile.
       type = ReqType.WRITE;
       serialising = true;
-      const align = E[e + E_AUX];
-      const off = offHi * 4294967296 + (offLo >>> 0), end = off + (E[e + E_LEN] >>> 0);
-      const a0 = off - (off % align), a1 = Math.ceil(end / align) * align;
+      const { a0, a1 } = this.rmw.range(slot);
       [offHi, offLo] = split(a0);
       if (this.slotInf[slot] === 1 || a1 > Number(this.sizeOf(f))) { this.slotInf[slot] = 1; endHi = INT64_MAX_ALIGNED_HI; endLo = -f.align | 0; }
       else [endHi, endLo] = split(a1);
@@ -417,24 +411,10 @@ export abstract class Executor {
       }
       return this.makeReady(slot);
     }
-    const e = slot * ENTRY_WORDS, E = this.slotEntry;
-    const align = E[e + E_AUX];
-    const off = E[e + E_OFF_HI] * 4294967296 + (E[e + E_OFF_LO] >>> 0), end = off + (E[e + E_LEN] >>> 0);
-    const a1 = Math.ceil(end / align) * align;
-    const size = Number(this.sizeOf(f));
-    if (a1 > size && this.slotInf[slot] === 0 && this.slotHandle[slot] >= 0) {
-      // EOF moved below the padded end since registration (an older truncate completed):
-      // re-register with the range extended to infinity before trimming the size later.
-      return this.reregister(slot, f);
-    }
-    this.slotTrunc[slot] = a1 > size && a1 > end ? Math.max(size, end) : -1;
-    this.slotResult[slot] = 0;
-    let pending = 0;
-    if (off % align !== 0) { this.makeReady(slot, SUB_HEAD); pending++; }
-    if (end % align !== 0 && (a1 - align !== off - (off % align) || off % align === 0)) { this.makeReady(slot, SUB_TAIL); pending++; }
-    this.slotPhase[slot] = PH_READ;
-    this.slotPending[slot] = pending;
-    if (pending === 0) this.rmwWrite(slot);
+    // A padded write: EOF may have moved below the padded end since registration (an older
+    // truncate completed). Then it is re-registered with the range extended to infinity before
+    // it may trim the size back later; otherwise its read-modify-write starts.
+    if (!this.rmw.start(slot, Number(this.sizeOf(f)), this.slotInf[slot] === 1 || this.slotHandle[slot] < 0)) this.reregister(slot, f);
   }
 
   /** Releases the request's table entry and registers it again serialising to "infinity" (slotInf). */
@@ -454,36 +434,6 @@ export abstract class Executor {
     return join64(E[e + E_OFF_HI], E[e + E_OFF_LO]) + join64(E[e + E_BUF], E[e + E_LEN]) > this.sizeOf(f);
   }
 
-  protected validRmw(slot: number): boolean {
-    const e = slot * ENTRY_WORDS, E = this.slotEntry;
-    const align = E[e + E_AUX], len = E[e + E_LEN];
-    if (align < 512 || align > 65536 || (align & (align - 1)) !== 0 || len <= 0) return false;
-    const off = (E[e + E_OFF_HI] >= 0 ? E[e + E_OFF_HI] : -1) * 4294967296 + (E[e + E_OFF_LO] >>> 0);
-    // The padding arithmetic is in doubles: exact below 2^53, which the API enforces too.
-    if (off < 0 || off + len + 2 * align > Number.MAX_SAFE_INTEGER) return false;
-    const a0 = off - (off % align), a1 = Math.ceil((off + len) / align) * align;
-    const buf = E[e + E_BUF] >>> 0;
-    return buf % 512 === 0 && buf + (a1 - a0) + 2 * align <= this.poolBytes.byteLength;
-  }
-
-  /** Both pad blocks are in scratch: merge them around the caller's data and write the aligned range. */
-  protected rmwWrite(slot: number): void {
-    const e = slot * ENTRY_WORDS, E = this.slotEntry;
-    const align = E[e + E_AUX], buf = E[e + E_BUF] >>> 0;
-    const off = E[e + E_OFF_HI] * 4294967296 + (E[e + E_OFF_LO] >>> 0), end = off + (E[e + E_LEN] >>> 0);
-    const a0 = off - (off % align), a1 = Math.ceil(end / align) * align;
-    const scratch = buf + (a1 - a0), P = this.poolBytes;
-    if (off % align !== 0) P.copyWithin(buf, scratch, scratch + (off - a0));
-    if (end % align !== 0) {
-      const tailScratch = a1 - align === a0 && off % align !== 0 ? scratch : scratch + align;
-      const from = end - (a1 - align);
-      P.copyWithin(buf + (end - a0), tailScratch + from, tailScratch + align);
-    }
-    this.slotPhase[slot] = PH_WRITE;
-    this.slotPending[slot] = 1;
-    this.makeReady(slot, SUB_WRITE);
-  }
-
   /** Writes the batch entry for sub-operation `sub` of `slot` at batch index `n`. */
   protected fillBatch(n: number, slot: number, sub: number): void {
     const src = slot * ENTRY_WORDS, dst = n * ENTRY_WORDS, B = this.batch, E = this.slotEntry;
@@ -494,35 +444,7 @@ export abstract class Executor {
       if (x !== undefined) { this.batchExt[n] = x; this.batchHasExt = true; }
       return;
     }
-    const align = E[src + E_AUX], buf = E[src + E_BUF] >>> 0;
-    const off = E[src + E_OFF_HI] * 4294967296 + (E[src + E_OFF_LO] >>> 0), end = off + (E[src + E_LEN] >>> 0);
-    const a0 = off - (off % align), a1 = Math.ceil(end / align) * align;
-    let op = Op.READ, at = 0, len = align, where = buf + (a1 - a0), aux = 0;
-    if (sub === SUB_HEAD) at = a0;
-    else if (sub === SUB_TAIL) { at = a1 - align; where += align; }
-    else if (sub === SUB_WRITE) { op = Op.WRITE; at = a0; len = a1 - a0; where = buf; }
-    else { op = Op.TRUNCATE; at = this.slotTrunc[slot]; len = 0; where = 0; }
-    const [hi, lo] = split(at);
-    B[dst + E_OP] = op; B[dst + E_FILE] = E[src + E_FILE]; B[dst + E_OFF_LO] = lo; B[dst + E_OFF_HI] = hi;
-    B[dst + E_LEN] = len; B[dst + E_BUF] = where; B[dst + E_TAG] = (slot << 3) | sub; B[dst + E_AUX] = aux;
-  }
-
-  /** A sub-operation of a padded write completed. */
-  protected rmwStep(slot: number, sub: number, res: number): void {
-    const E = this.slotEntry, e = slot * ENTRY_WORDS;
-    if (res < 0 && this.slotResult[slot] === 0) this.slotResult[slot] = res;
-    if (--this.slotPending[slot] > 0) return;
-    if (this.slotResult[slot] < 0) return this.complete(slot, this.slotResult[slot]);
-    if (sub === SUB_HEAD || sub === SUB_TAIL) return this.rmwWrite(slot);
-    if (sub === SUB_WRITE) {
-      const len = E[e + E_LEN];
-      if (res !== Math.ceil(((E[e + E_OFF_HI] * 4294967296 + (E[e + E_OFF_LO] >>> 0)) % E[e + E_AUX] + len) / E[e + E_AUX]) * E[e + E_AUX]) {
-        return this.complete(slot, res >= 0 ? -5 /* EIO: short padded write */ : res);
-      }
-      if (this.slotTrunc[slot] >= 0) { this.slotPhase[slot] = PH_TRUNC; this.slotPending[slot] = 1; this.makeReady(slot, SUB_TRUNC); return; }
-      return this.complete(slot, len);
-    }
-    this.complete(slot, E[e + E_LEN]);
+    this.rmw.fill(B, dst, slot, sub);
   }
 
   /** One native call: submit what fits, reap what completed. Returns whether anything happened. */
@@ -555,25 +477,12 @@ export abstract class Executor {
       const slot = tag >> 3, sub = tag & 7;
       if (slot < 0 || slot >= this.cap || this.slotState[slot] !== S_INFLIGHT) continue; // not ours: ignore
       this.nativeInflight--;
-      if (sub !== 0) {
-        if (sub === SUB_HEAD || sub === SUB_TAIL) this.zeroTail(slot, sub, res);
-        this.rmwStep(slot, sub, res);
-      } else this.complete(slot, res);
+      if (sub !== 0) this.rmw.step(slot, sub, res);
+      else this.complete(slot, res);
     }
     this.wstats[WS_INFLIGHT] = this.nativeInflight;
     const flushed = this.afterReap();
     return n > 0 || got > 0 || flushed;
-  }
-
-  /** A pad-block read that came back short (past EOF): the rest of the block reads as zeroes. */
-  protected zeroTail(slot: number, sub: number, res: number): void {
-    const E = this.slotEntry, e = slot * ENTRY_WORDS;
-    const align = E[e + E_AUX];
-    if (res >= align || res < 0) return;
-    const buf = E[e + E_BUF] >>> 0;
-    const off = E[e + E_OFF_HI] * 4294967296 + (E[e + E_OFF_LO] >>> 0), end = off + (E[e + E_LEN] >>> 0);
-    const scratch = buf + (Math.ceil(end / align) * align - (off - (off % align))) + (sub === SUB_TAIL ? align : 0);
-    this.poolBytes.fill(0, scratch + res, scratch + align);
   }
 
   /** A request finished in the kernel: release its table entry and post its completion. */
@@ -604,18 +513,3 @@ export abstract class Executor {
     this.deliver(tag, res);
   }
 }
-
-function join64(hi: number, lo: number): bigint {
-  return (BigInt(hi) << 32n) | BigInt(lo >>> 0);
-}
-
-function split64(v: bigint): [number, number] {
-  return [Number(v >> 32n) | 0, Number(v & 0xffffffffn) | 0];
-}
-
-function split(v: number): [number, number] {
-  const hi = Math.floor(v / 4294967296);
-  return [hi, (v - hi * 4294967296) | 0];
-}
-
-
