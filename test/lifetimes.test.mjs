@@ -50,7 +50,9 @@ for (const backend of BACKENDS) {
     try {
       const A = await engine.open(a, { create: true, truncate: true });
       const hold = engine.alloc(1 << 20); // the whole pool: a bounced write must wait
-      const w = later(A.write(Buffer.alloc(4096, 0x5a), 0));
+      // An odd address: never aligned for O_DIRECT, so it is bounced (inline mode would send an
+      // aligned Buffer to the kernel directly, with no pool memory to wait for).
+      const w = later(A.write(Buffer.alloc(4097, 0x5a).subarray(1), 0));
       await A.close();
       const B = await engine.open(b, { create: true, truncate: true });
       engine.free(hold);
@@ -83,7 +85,9 @@ test('engine.close() rejects requests still waiting for pool memory the caller h
   const engine = await Engine.start(engineOptions({ workers: 1, bufferPoolBytes: 1 << 20 }));
   const f = await engine.open(join(scratch.dir, 'engine-close-wait'), { create: true, truncate: true });
   engine.alloc(1 << 20);
-  const w = later(f.write(Buffer.alloc(4096, 1), 0));
+  // An odd address: never aligned for O_DIRECT, so it must be copied through the (full) pool
+  // (in inline mode an aligned Buffer would go to the kernel directly and need no pool memory).
+  const w = later(f.write(Buffer.alloc(4097, 1).subarray(1), 0));
   await engine.close();
   await rejects(w, 'ERR_RINGFENCE_CLOSED');
 });
