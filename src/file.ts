@@ -320,7 +320,7 @@ export class File {
       }
       const span = padSpan(off, len, align);
       this.checkFits(op === Op.WRITE ? span + 2 * align : span, name);
-    } else if ((rec === undefined || (rec.off + b.byteOffset) % this.memAlign !== 0) && len > this.engine.pool.maxAlloc && !this.extOk(b)) {
+    } else if ((rec === undefined || (rec.off + b.byteOffset) % this.memAlign !== 0) && len > this.engine.pool.maxAlloc && !this.extOk(b, op)) {
       this.checkFits(len, name);
     }
     offHi = hi;
@@ -328,12 +328,19 @@ export class File {
   }
 
   /**
-   * The kernel may use `b` itself, with no bounce copy: inline mode only (the memory is this
-   * thread's; in worker mode only pool memory can be named across threads), and for O_DIRECT
-   * only when its address meets the file's memory alignment (a buffered file has none).
+   * The kernel may use `b` itself, with no bounce copy (OpFlag.EXT): inline mode only (the
+   * memory is this thread's; in worker mode only pool memory can be named across threads), for
+   * O_DIRECT only when its address meets the file's memory alignment (a buffered file has none),
+   * and for a read only when its memory cannot be detached. The engine keeps the view referenced,
+   * but a transfer (postMessage, structuredClone, ArrayBuffer.prototype.transfer) detaches an
+   * ArrayBuffer and hands its memory to another owner, which may free it while the kernel still
+   * writes into it; a SharedArrayBuffer cannot be detached. A write only reads its buffer: a
+   * transfer in flight can change what is written (like any change to a buffer in flight), not
+   * corrupt memory, and one before it starts fails the write with ERR_RINGFENCE_BUFFER_DETACHED.
    */
-  private extOk(b: Uint8Array): boolean {
-    return this.engine.inline && (this.memAlign <= 1 || this.engine.addon.addressMod(b, this.memAlign) === 0);
+  private extOk(b: Uint8Array, op: number): boolean {
+    if (!this.engine.inline || (op === Op.READ && !(b.buffer instanceof SharedArrayBuffer))) return false;
+    return this.memAlign <= 1 || this.engine.addon.addressMod(b, this.memAlign) === 0;
   }
 
   private checkFits(bytes: number, name: string): void {
@@ -423,7 +430,7 @@ export class File {
         return;
       }
     }
-    if (this.extOk(buf)) {
+    if (this.extOk(buf, op)) {
       // Inline mode, and the caller's memory meets the file's alignment: the kernel uses it
       // directly (OpFlag.EXT); the engine keeps `buf` referenced until the request settles.
       engine.submit(this, op | OpFlag.EXT, lo, hi, len, 0, 0, null, resolve, reject, batch, index, buf, null);

@@ -174,7 +174,7 @@ function alignedBuffer(len, align, misalign = 0) {
   return big.subarray(start, start + len);
 }
 
-test('ordinary Buffers that meet the alignment go to the kernel directly (no pool memory used); others bounce', async () => {
+test('writes from ordinary Buffers that meet the alignment, and reads into SharedArrayBuffer memory, go to the kernel directly (no pool memory used); others bounce', async () => {
   const engine = await Engine.start({ queueDepth: 16, bufferPoolBytes: 1 << 20 });
   try {
     const path = join(scratch.dir, 'ext');
@@ -184,37 +184,47 @@ test('ordinary Buffers that meet the alignment go to the kernel directly (no poo
     const bufs = Array.from({ length: 64 }, (_, i) => { const b = alignedBuffer(4096, Math.max(align, 512)); b.set(data.subarray(i * 4096, (i + 1) * 4096)); return b; });
     assert.ok(bufs.every((b) => loadAddon().addressMod(b, Math.max(align, 512)) === 0));
     await Promise.all(bufs.map((b, i) => f.write(b, i * 4096)));
-    const back = bufs.map(() => alignedBuffer(4096, Math.max(align, 512)));
+    // Reads: into SharedArrayBuffer memory (it cannot be detached under the kernel).
+    const shared = new Uint8Array(new SharedArrayBuffer(64 * 4096 + 2 * 4096));
+    const s0 = (4096 - loadAddon().addressMod(shared, 4096)) % 4096;
+    const back = Array.from({ length: 64 }, (_, i) => shared.subarray(s0 + i * 4096, s0 + (i + 1) * 4096));
     await Promise.all(back.map((b, i) => f.read(b, i * 4096)));
-    assert.ok(Buffer.concat(back).equals(data), 'aligned Buffers: data round-trips');
+    assert.ok(Buffer.concat(back).equals(data), 'aligned Buffers and SharedArrayBuffer views: data round-trips');
     // A batch with them too.
     const res = await f.submit(back.slice(0, 8).map((b, i) => ({ op: 'read', buffer: b, offset: (i + 8) * 4096 })));
     assert.equal(res, new Array(8).fill(4096));
     assert.is(engine.stats().pool.peak, 0, 'no bounce block was ever allocated: the kernel used the Buffers');
+    // A read into an ordinary (detachable) Buffer is bounced, however aligned.
+    const ordinary = alignedBuffer(4096, 4096);
+    assert.is(await f.read(ordinary, 0), 4096);
+    assert.ok(ordinary.equals(data.subarray(0, 4096)));
+    assert.ok(engine.stats().pool.peak > 0, 'a read into a detachable buffer went through a bounce block');
     await f.close();
     assert.ok(readFileSync(path).equals(data), 'node:fs sees the same bytes');
     if (align > 1) {
       const f2 = await engine.open(path);
       const odd = alignedBuffer(4096, Math.max(align, 512), 8);
-      assert.is(await f2.read(odd, 0), 4096);
-      assert.ok(odd.equals(data.subarray(0, 4096)), 'a misaligned Buffer still reads right');
-      assert.ok(engine.stats().pool.peak > 0, 'through a bounce block');
+      const before = engine.stats().pool.used;
+      const r = f2.write(odd.fill(3), 0);
+      assert.ok(engine.stats().pool.used > before, 'a misaligned Buffer is written through a bounce block');
+      assert.is(await r, 4096);
       await f2.close();
     }
   } finally { await engine.close(); }
 });
 
-test('a buffered file needs no alignment: any Buffer goes to the kernel directly', async () => {
+test('a buffered file needs no alignment: a write from any Buffer goes to the kernel directly', async () => {
   const engine = await Engine.start({ bufferPoolBytes: 1 << 20 });
   try {
     const f = await engine.open(join(scratch.dir, 'ext-buffered'), { create: true, truncate: true, direct: false });
     const d = pattern(10007, 5);
     const src = Buffer.concat([Buffer.alloc(3), d]).subarray(3); // an odd address
     assert.is(await f.write(src, 13), d.length);
-    const back = Buffer.alloc(d.length + 1).subarray(1);
+    assert.is(engine.stats().pool.peak, 0, 'the write used the Buffer itself');
+    const back = new Uint8Array(new SharedArrayBuffer(d.length + 1)).subarray(1);
     assert.is(await f.read(back, 13), d.length);
-    assert.ok(back.equals(d));
-    assert.is(engine.stats().pool.peak, 0);
+    assert.ok(Buffer.from(back).equals(d));
+    assert.is(engine.stats().pool.peak, 0, 'so did the read into shared memory');
     await f.close();
   } finally { await engine.close(); }
 });
@@ -235,6 +245,22 @@ test('a short write from an ordinary Buffer is continued from the right byte (EX
   assert.match(out.message, /first 8192 bytes/);
   assert.is(out.peak, 0, 'zero-copy');
   assert.is(statSync(path).size, 8192);
+});
+
+test('a write whose Buffer is detached before it starts rejects ERR_RINGFENCE_BUFFER_DETACHED; nothing is written', async () => {
+  const engine = await Engine.start({ bufferPoolBytes: 1 << 20 });
+  try {
+    const path = join(scratch.dir, 'ext-detached');
+    const f = await engine.open(path, { create: true, truncate: true, direct: false });
+    const victim = new Uint8Array(new ArrayBuffer(4096)).fill(1);
+    const w = f.write(victim, 0);
+    structuredClone(victim.buffer, { transfer: [victim.buffer] }); // before the end of the tick: before it starts
+    const e = await w.then(() => null, (err) => err);
+    assert.ok(e, 'it did not resolve');
+    assert.is(e.code, 'ERR_RINGFENCE_BUFFER_DETACHED', e.message);
+    assert.is(statSync(path).size, 0);
+    await f.close();
+  } finally { await engine.close(); }
 });
 
 test('native: an EXT entry is checked against its own buffer, and refused without one', () => {

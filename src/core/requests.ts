@@ -141,6 +141,12 @@ export class Requests {
     }
     const kind = this.kind[id];
     let err: RingfenceError | null = error ?? hookError;
+    if (err === null && res === -14 /* EFAULT */ && (this.entry[id * ENTRY_WORDS + E_OP] & OpFlag.EXT) !== 0 && this.buf[id]?.byteLength === 0) {
+      // The caller's own buffer (OpFlag.EXT) was detached before the kernel could use it.
+      const op = opName(this.entry[id * ENTRY_WORDS + E_OP] & 0xff), path = this.file[id]?.path ?? 'a file';
+      err = new RingfenceError(`${op} on ${path}: the buffer was detached (its ArrayBuffer transferred, or freed) before the request started, so nothing was ${op === 'read' ? 'read' : 'written'}; keep the buffer untouched until the promise settles`,
+        { code: 'ERR_RINGFENCE_BUFFER_DETACHED', op, path });
+    }
     if (err === null && res < 0) {
       const e = id * ENTRY_WORDS, E = this.entry;
       const op = E[e + E_OP] & 0xff;
