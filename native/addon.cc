@@ -30,6 +30,7 @@
 #include "ops.h"
 #include "probe.h"
 #include "views.h"
+#include "watch.h"
 
 namespace rf {
 
@@ -433,6 +434,7 @@ class Addon : public Napi::Addon<Addon> {
                         InstanceValue("detach", Napi::Function::New(env, Detach, "detach"), napi_enumerable),
                         InstanceValue("addressMod", Napi::Function::New(env, AddressMod, "addressMod"), napi_enumerable),
                         InstanceValue("Context", ctor, napi_enumerable),
+                        InstanceValue("Watch", DefineWatch(env), napi_enumerable),
                         InstanceValue("wire", Wire(env), napi_enumerable),
                         InstanceValue("MAX_FILES", Napi::Number::New(env, MAX_FILES), napi_enumerable),
                         InstanceValue("IOV_MAX", Napi::Number::New(env, RF_IOV_MAX), napi_enumerable),

@@ -49,6 +49,12 @@ export interface EngineOptions {
   /** How long an idle worker polls its ring before sleeping, in microseconds (latency vs idle CPU). Default 50. */
   spinUs?: number;
   /**
+   * Worker mode: how a worker wakes the engine's thread when completions are ready: 'eventfd'
+   * (an eventfd the thread's libuv loop watches) or 'atomics' (Atomics.notify on the
+   * Atomics.waitAsync it sleeps in). Default: the faster on this machine kind (README, Performance).
+   */
+  mainWake?: 'eventfd' | 'atomics';
+  /**
    * Inline mode: after submitting, busy-poll the completion queue for up to this many
    * microseconds before returning to the event loop (latency vs CPU; it competes with the
    * kernel's own completion work on few cores). Default 0: never.
@@ -72,12 +78,16 @@ export interface ResolvedOptions {
   watchdogMs: number;
   spinUs: number;
   pollUs: number;
+  mainWake: 'eventfd' | 'atomics';
 }
 
 const OPTION_KEYS = [
   'mode', 'workers', 'backend', 'queueDepth', 'bufferPoolBytes', 'xfsWorkaround', 'emulateXfsFallocateBug', 'trackRequests',
-  'tableCapacity', 'faults', 'watchdogMs', 'spinUs', 'pollUs',
+  'tableCapacity', 'faults', 'watchdogMs', 'spinUs', 'pollUs', 'mainWake',
 ] as const;
+
+/** Chosen by measurement (README, Performance: `ringfence bench --engines ringfence-workers`). */
+const MAIN_WAKE_DEFAULT: 'eventfd' | 'atomics' = 'atomics';
 
 export function resolveOptions(options: unknown): ResolvedOptions {
   const o = options === undefined ? {} : validateObject(options, 'options');
@@ -116,7 +126,8 @@ export function resolveOptions(options: unknown): ResolvedOptions {
   const watchdogMs = o.watchdogMs === undefined ? 30000 : validateInteger(o.watchdogMs, 'options.watchdogMs', 0, 2 ** 31 - 1);
   const spinUs = o.spinUs === undefined ? 50 : validateInteger(o.spinUs, 'options.spinUs', 0, 1_000_000);
   const pollUs = o.pollUs === undefined ? 0 : validateInteger(o.pollUs, 'options.pollUs', 0, 1_000_000);
+  const mainWake = o.mainWake === undefined ? MAIN_WAKE_DEFAULT : validateOneOf(o.mainWake, 'options.mainWake', ['eventfd', 'atomics'] as const);
   if (mode === 'workers' && pollUs > 0) throw invalidArg('options.pollUs', "applies to mode 'inline' only (offload workers have spinUs)", pollUs);
   if (mode === 'inline' && faults !== null) throw invalidArg('options.faults', "injects faults into offload workers: start with mode: 'workers'", faults);
-  return { mode, workers, backend, queueDepth, bufferPoolBytes, xfsWorkaround, emulate, emulateWindowUs, trackRequests, tableCapacity, faults, watchdogMs, spinUs, pollUs };
+  return { mode, workers, backend, queueDepth, bufferPoolBytes, xfsWorkaround, emulate, emulateWindowUs, trackRequests, tableCapacity, faults, watchdogMs, spinUs, pollUs, mainWake };
 }

@@ -71,6 +71,8 @@ export interface NativeAddon {
    * view of it stays valid memory; the engine's FinalizationRegistry on it returns the block.
    */
   poolView(pool: Uint8Array, offset: number, length: number): ArrayBuffer;
+  /** Calls `cb` on this thread's loop each time `fd` (an eventfd) becomes readable, after clearing it. */
+  Watch: new (fd: number, cb: () => void) => { ref(): void; unref(): void; close(): void };
   /** Detaches an ArrayBuffer made by poolView(): every view of it becomes length 0. */
   detach(ab: ArrayBuffer): void;
   /** The address of `u8`'s first byte modulo `m` (checks the pool's page alignment). */
@@ -91,6 +93,8 @@ export interface WorkerInit {
   pageGen: SharedArrayBuffer;
   workerStats: SharedArrayBuffer;
   doorbells: number[];
+  /** The engine thread's completion eventfd (option mainWake 'eventfd'), or -1: Atomics.notify. */
+  mainBell: number;
   emulateWindowUs: number;
   faults: string | null;
   spinUs: number;

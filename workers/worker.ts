@@ -52,6 +52,8 @@ class Worker extends Executor {
   private readonly ctrl: Int32Array;
   private readonly base: number;
   private readonly doorbells: number[];
+  /** The engine thread's completion eventfd, or -1 (it waits in Atomics.waitAsync). */
+  private readonly mainBell: number;
   private readonly port: MessagePort;
   private readonly spinUs: number;
   /** Completions that did not fit into the completion ring. */
@@ -83,6 +85,7 @@ class Worker extends Executor {
     this.ctrl = new Int32Array(init.ctrl);
     this.base = init.index * CTRL_STRIDE;
     this.doorbells = init.doorbells;
+    this.mainBell = init.mainBell;
     this.port = init.port;
     this.spinUs = init.spinUs;
     this.doneQ = new Int32Array(this.cap * 2);
@@ -327,7 +330,7 @@ class Worker extends Executor {
     Atomics.store(this.ctrl, this.base + W_BUSY, this.held);
     if (Atomics.load(this.ctrl, MAIN_STATE) === MAIN_SLEEPING &&
         Atomics.compareExchange(this.ctrl, MAIN_STATE, MAIN_SLEEPING, MAIN_AWAKE) === MAIN_SLEEPING) {
-      Atomics.notify(this.ctrl, MAIN_STATE, 1);
+      if (this.mainBell >= 0) this.addon.ring(this.mainBell); else Atomics.notify(this.ctrl, MAIN_STATE, 1);
     }
     return moved > 0;
   }

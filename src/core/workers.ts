@@ -81,6 +81,10 @@ export class WorkerLanes implements Lane {
   private rr = 0;
   private scheduled = false;
   private polling = false;
+  /** mainWake 'eventfd': the eventfd workers ring, its watcher, and the poll loop's waiting resolver. */
+  private mainBell = -1;
+  private bellWatch: { ref(): void; unref(): void; close(): void } | null = null;
+  private bellWaiter: (() => void) | null = null;
 
   constructor(host: LaneHost) {
     this.host = host;
@@ -90,6 +94,10 @@ export class WorkerLanes implements Lane {
   /** Starts the workers and waits until each has a kernel I/O context. */
   async start(): Promise<void> {
     const o = this.host.options;
+    if (o.mainWake === 'eventfd') {
+      this.mainBell = this.host.addon.createDoorbell();
+      this.bellWatch = new this.host.addon.Watch(this.mainBell, this.onBell);
+    }
     for (let i = 0; i < o.workers; i++) this.doorbells.push(this.host.addon.createDoorbell());
     for (let i = 0; i < o.workers; i++) this.workers.push(this.makeSlot(i));
     await Promise.all(this.workers.map((w) => this.launch(w)));
@@ -126,7 +134,7 @@ export class WorkerLanes implements Lane {
       index: slot.index, backend: o.backend, depth: o.queueDepth, sq: slot.sq.buffer as SharedArrayBuffer, sqCapacity: slot.sqCap,
       cq: slot.cq.buffer as SharedArrayBuffer, cqCapacity: slot.cqCap, ctrl: this.ctrl.buffer as SharedArrayBuffer, pool: pool.sab,
       pageGen: pool.pageGenSab, workerStats: this.host.workerStats.buffer as SharedArrayBuffer, doorbells: this.doorbells, emulateWindowUs: o.emulateWindowUs,
-      faults: generation === 1 ? o.faults : null, spinUs: o.spinUs, port: port2,
+      faults: generation === 1 ? o.faults : null, spinUs: o.spinUs, port: port2, mainBell: this.mainBell,
     };
     let failed: (e: unknown) => void = () => {};
     const ready = new Promise<WorkerReady>((resolve, reject) => {
@@ -258,7 +266,11 @@ export class WorkerLanes implements Lane {
     for (const w of this.workers) w.port?.close();
     // After an abandoned close, a thread stuck in the kernel may still ring a doorbell when its
     // call returns: a closed, reused fd number would take that write. They stay open.
-    if (!this.host.fdsPinned) for (const fd of this.doorbells) this.host.addon.closeFd(fd);
+    this.bellWatch?.close();
+    if (!this.host.fdsPinned) {
+      for (const fd of this.doorbells) this.host.addon.closeFd(fd);
+      if (this.mainBell >= 0) this.host.addon.closeFd(this.mainBell);
+    }
   }
 
   /**
@@ -365,6 +377,7 @@ export class WorkerLanes implements Lane {
 
   /** Every second: a safety-net drain, and the watchdog for hung workers. */
   watch(): void {
+    if (this.bellWaiter !== null) this.onBell();
     if (this.host.outstanding > 0) this.drain();
     const limit = this.host.options.watchdogMs;
     if (limit === 0) return;
@@ -478,14 +491,28 @@ export class WorkerLanes implements Lane {
         }
         Atomics.store(ctrl, MAIN_STATE, MAIN_SLEEPING);
         if (this.pending()) { Atomics.store(ctrl, MAIN_STATE, MAIN_AWAKE); continue; }
-        const r = Atomics.waitAsync(ctrl, MAIN_STATE, MAIN_SLEEPING, 200);
-        if (r.async) await r.value;
+        if (this.bellWatch !== null) {
+          // A worker that sees MAIN_SLEEPING writes the eventfd, which keeps its count: a ring
+          // before this wait still wakes it. (watch() resolves it too, once a second, as a backstop.)
+          this.bellWatch.ref();
+          await new Promise<void>((resolve) => { this.bellWaiter = resolve; });
+          this.bellWatch.unref();
+        } else {
+          const r = Atomics.waitAsync(ctrl, MAIN_STATE, MAIN_SLEEPING, 200);
+          if (r.async) await r.value;
+        }
         Atomics.store(ctrl, MAIN_STATE, MAIN_AWAKE);
       }
     } finally {
       this.polling = false;
     }
   }
+
+  private readonly onBell = (): void => {
+    const w = this.bellWaiter;
+    this.bellWaiter = null;
+    w?.();
+  };
 
   private pending(): boolean {
     for (const w of this.workers) if (w.corrupt === null && Atomics.load(w.cq, RING_TAIL) !== w.cqHead) return true;
