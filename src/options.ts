@@ -87,7 +87,7 @@ const OPTION_KEYS = [
 ] as const;
 
 /** Chosen by measurement (README, Performance: `ringfence bench --engines ringfence-workers`). */
-const MAIN_WAKE_DEFAULT: 'eventfd' | 'atomics' = 'atomics';
+const MAIN_WAKE_DEFAULT: 'eventfd' | 'atomics' = 'eventfd';
 
 export function resolveOptions(options: unknown): ResolvedOptions {
   const o = options === undefined ? {} : validateObject(options, 'options');
