@@ -62,6 +62,8 @@ const rows = [
   [['stress', '--workers', '32'], '--workers', '32', new RegExp(`from 1 to ${MAX_WORKERS} \\(the engine's maximum`)],
   [['stress', '--workers', '0'], '--workers', '0', /from 1 to 31/],
   [['stress', '--workers', 'two'], '--workers', 'two', /integer from 1 to 31/],
+  [['stress', '--mode', 'threads'], '--mode', 'threads', /Allowed choices are workers, inline/],
+  [['stress', '--mode', 'inline', '--workers', '2'], '--workers', null, /applies to --mode workers only/],
   [['stress', '--qd', '0'], '--qd', '0', /from 1 to 256/],
   [['stress', '--qd', '257'], '--qd', '257', /from 1 to 256/],
   [['stress', '--duration', '0'], '--duration', '0', /seconds above 0/],

@@ -219,11 +219,11 @@ for (const backend of BACKENDS) {
       const otherGen = engine.pool.genAt(poolAt(goodBufs[0]));
       const slots = engine['lane']['workers'];
       const stampHostile = (words) => {
-        const before = slots.map((s) => s.sqTail);
+        const before = slots.map((s) => s.sqp.tail);
         return (k) => {
-          const s = slots.find((x, i) => ((x.sqTail - before[i]) | 0) === 1);
+          const s = slots.find((x, i) => ((x.sqp.tail - before[i]) | 0) === 1);
           if (s === undefined) return false; // queued in the overflow, not in the ring: leave it
-          const at = RING_HDR_WORDS + (((s.sqTail - 1) | 0) & (s.sqCap - 1)) * SQ_ENTRY;
+          const at = RING_HDR_WORDS + (((s.sqp.tail - 1) | 0) & (s.sqCap - 1)) * SQ_ENTRY;
           for (const i of [0, 1, 2, 3, 4, 5, 7]) if (s.sq[at + i] !== (words[i] | 0)) return false;
           const right = s.sq[at + SQ_GEN];
           const choices = [0, right + 1, right - 1, otherGen, 0x7fffffff, -1, hr() | 0].filter((g) => (g | 0) !== right);

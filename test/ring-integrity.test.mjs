@@ -115,11 +115,11 @@ for (const backend of BACKENDS) {
         const f = await engine.open(path, { direct: true });
         const after = Array.from({ length: W }, (_, i) => pattern(BS, 9000 + i));
         const { s, wake } = slot0(engine);
-        const from = s.sqTail;
+        const from = s.sqp.tail;
         const writes = after.map((b, i) => outcome(f.write(b, i * BS)));
         const bufs = Array.from({ length: RD }, () => Buffer.alloc(BS));
         const reads = bufs.map((b, i) => outcome(f.read(b, (W + i) * BS)));
-        assert.is((s.sqTail - from) | 0, W + RD, 'every request went into the ring');
+        assert.is((s.sqp.tail - from) | 0, W + RD, 'every request went into the ring');
         // Not yet published: scribble some words of the queued entries, then publish.
         s.dirty = false;
         const r = rng(0x5c0 + round * 31 + backend.length);
@@ -127,7 +127,7 @@ for (const backend of BACKENDS) {
           const idx = (from + (r() % (W + RD))) | 0;
           s.sq[RING_HDR_WORDS + (idx & (s.sqCap - 1)) * SQ_ENTRY + (r() % SQ_ENTRY)] = r() | 0;
         }
-        Atomics.store(s.sq, RING_TAIL, s.sqTail);
+        Atomics.store(s.sq, RING_TAIL, s.sqp.tail);
         wake();
         const [wr, rd] = await settled([Promise.all(writes), Promise.all(reads)], `round ${round}`);
         if (engine.stats().workerLosses > 0) detected++;
@@ -247,8 +247,8 @@ for (const backend of BACKENDS) {
       await Promise.all(Array.from({ length: N }, (_, i) => f.write(pattern(BS, 300 + i), i * BS)));
       engine.pool.bytes.fill(0xee);
       // The head word (the worker's, idle now) says the worker is two rings ahead of us.
-      Atomics.store(s.sq, RING_HEAD, (s.sqTail + 2 * s.sqCap) | 0);
-      s.sqHeadCache = (s.sqTail - s.sqCap) | 0; // our cached head says "full": the next push reads the word
+      Atomics.store(s.sq, RING_HEAD, (s.sqp.tail + 2 * s.sqCap) | 0);
+      s.sqp.headCache = (s.sqp.tail - s.sqCap) | 0; // our cached head says "full": the next push reads the word
       const r = await settled([outcome(f.write(pattern(BS, 399), N * BS))], 'the write');
       const disk = readFileSync(path);
       let changed = 0;
@@ -291,7 +291,7 @@ for (const backend of BACKENDS) {
         const path = join(scratch.dir, `stale-${kind}-${backend}`);
         const f = await engine.open(path, { create: true, truncate: true, direct: true });
         const { s } = slot0(engine);
-        const last = () => RING_HDR_WORDS + (((s.sqTail - 1) | 0) & (s.sqCap - 1)) * SQ_ENTRY;
+        const last = () => RING_HDR_WORDS + (((s.sqp.tail - 1) | 0) & (s.sqCap - 1)) * SQ_ENTRY;
         const junk = pattern(BS, 0xbad);
         // 1. A request through a bounce block; keep a copy of its ring entry.
         const data = pattern(BS, 1);

@@ -238,6 +238,22 @@ xtest('append-race with the emulated bug and --workaround never: lost writes and
   await assertCleanedUp(before, 'append-race never');
 });
 
+xtest('inline mode (--mode inline): the same contrast, append-race with the emulated bug: never loses writes, auto none', async () => {
+  const before = snapshot();
+  const never = await run([...XFS, '--workload', 'append-race', '--emulate-xfs-bug', '--workaround', 'never', '--mode', 'inline', '--duration', '3', '--json']);
+  assert.is(never.code, 1, never.stderr);
+  const n = json(never);
+  assert.match(n.backend, /io_uring|libaio|sync/);
+  assert.ok(n.bad.lost > 0, `lost ${n.bad.lost}`);
+  assert.is(n.sizeOk, false);
+  const auto = await run([...XFS, '--workload', 'append-race', '--emulate-xfs-bug', '--mode', 'inline', '--duration', '3', '--json']);
+  assert.is(auto.code, 0, auto.stderr + auto.stdout);
+  const a = json(auto);
+  assert.is(a.workaround.enabled, true);
+  assert.is(a.bad.total, 0); assert.is(a.sizeOk, true);
+  await assertCleanedUp(before, 'append-race inline');
+});
+
 xtest('append-race with the emulated bug and --workaround auto: auto enables the workaround, exit 0', async () => {
   const before = snapshot();
   const r = await run([...XFS, '--workload', 'append-race', '--emulate-xfs-bug', '--duration', '3', '--json']);

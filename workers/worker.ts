@@ -10,15 +10,16 @@
 // in Atomics.waitAsync when idle (so the event loop stays free for control messages).
 import { isMainThread, parentPort, threadId, workerData, type MessagePort } from 'node:worker_threads';
 import {
-  CQ_ENTRY, CQ_ID, CQ_RES, CQ_SEQ, CQ_SUM, CTRL_STRIDE, MAIN_AWAKE, MAIN_SLEEPING, MAIN_STATE, RING_HDR_WORDS, RING_HEAD,
-  RING_TAIL, SQ_ENTRY, SQ_GEN, SQ_SEQ, SQ_SUM, STATE_RUNNING, STATE_SLEEP_FUTEX, STATE_SLEEP_KERNEL, WAKE_CONTROL, WAKE_TABLE,
-  WSTAT_WORDS, WS_WAKEUPS, W_BUSY, W_CTRL_SEQ, W_HEARTBEAT, W_KINFLIGHT, W_STALL, W_STATE, W_WAKE, entrySum, wakeWorker,
+  CQ_ENTRY, CQ_ID, CQ_RES, CQ_SEQ, CQ_SUM, CTRL_STRIDE, MAIN_AWAKE, MAIN_SLEEPING, MAIN_STATE,
+  SQ_ENTRY, SQ_GEN, SQ_SEQ, SQ_SUM, STATE_RUNNING, STATE_SLEEP_FUTEX, STATE_SLEEP_KERNEL, WAKE_CONTROL, WAKE_TABLE,
+  WSTAT_WORDS, WS_WAKEUPS, W_BUSY, W_CTRL_SEQ, W_HEARTBEAT, W_KINFLIGHT, W_STALL, W_STATE, W_WAKE, wakeWorker,
 } from '../src/shm.js';
 import type { NativeAddon, NativeContext, WorkerInit, WorkerReady, ControlMessage } from '../src/types.js';
 import { loadAddon } from '../src/addon.js';
 import { parseFaults } from '../src/faults.js';
 import { Executor } from '../src/core/executor.js';
 import { backendOrder } from '../src/backends.js';
+import { RingConsumer, RingProducer } from '../src/core/ring.js';
 
 export default async function serve(init: WorkerInit): Promise<{ index: number; reason: string }> {
   const w = new Worker(init);
@@ -28,16 +29,9 @@ export default async function serve(init: WorkerInit): Promise<{ index: number; 
 
 class Worker extends Executor {
   private readonly addon: NativeAddon;
-  private readonly sq: Int32Array;
-  private readonly sqMask: number;
-  private readonly sqCap: number;
-  /** Our own copy of the submission head (the shared word is only published to: untrusted). */
-  private sqHead = 0;
-  private readonly cq: Int32Array;
-  private readonly cqMask: number;
-  private readonly cqCap: number;
-  /** Our own copy of the completion tail, likewise. */
-  private cqTail = 0;
+  /** We consume submissions and produce completions (src/core/ring.ts: each side's own index is ours, the other side's word untrusted). */
+  private readonly sq: RingConsumer;
+  private readonly cq: RingProducer;
   /** An entry copied out of the submission ring, checked before anything uses it. */
   private readonly pulledEntry = new Int32Array(SQ_ENTRY);
   /**
@@ -73,15 +67,9 @@ class Worker extends Executor {
       faults: parseFaults(init.faults, init.index),
     });
     this.addon = loadAddon();
-    this.sq = new Int32Array(init.sq);
-    this.sqMask = init.sqCapacity - 1;
-    this.sqCap = init.sqCapacity;
     // Fresh rings start at 0 (the engine gives every worker generation new ones).
-    this.sqHead = Atomics.load(this.sq, RING_HEAD);
-    this.cq = new Int32Array(init.cq);
-    this.cqTail = Atomics.load(this.cq, RING_TAIL);
-    this.cqMask = init.cqCapacity - 1;
-    this.cqCap = init.cqCapacity;
+    this.sq = new RingConsumer(new Int32Array(init.sq), init.sqCapacity, SQ_ENTRY, SQ_SEQ, SQ_SUM);
+    this.cq = new RingProducer(new Int32Array(init.cq), init.cqCapacity, CQ_ENTRY, CQ_SEQ, CQ_SUM);
     this.ctrl = new Int32Array(init.ctrl);
     this.base = init.index * CTRL_STRIDE;
     this.doorbells = init.doorbells;
@@ -217,7 +205,7 @@ class Worker extends Executor {
 
   private sqEmpty(): boolean {
     // A corrupt ring is never read again: it counts as empty.
-    return this.corrupt !== null || Atomics.load(this.sq, RING_TAIL) === this.sqHead;
+    return this.corrupt !== null || !this.sq.nonEmpty();
   }
 
   /**
@@ -229,33 +217,19 @@ class Worker extends Executor {
   private pull(): boolean {
     if (this.corrupt !== null) return false;
     const sq = this.sq, P = this.pulledEntry;
-    let head = this.sqHead;
-    const tail = Atomics.load(sq, RING_TAIL);
     // Every request pulled must be able to wait in doneQ (capacity: cap) if the completion
     // ring is full, so requests held plus completions not yet delivered stay <= cap.
-    if (head === tail || this.nFree === 0 || this.held + this.doneLen >= this.cap) return false;
-    const avail = (tail - head) | 0;
-    if (avail < 0 || avail > this.sqCap) {
-      this.ringCorrupt(`submission tail ${tail} is ${avail} ahead of head ${head} (capacity ${this.sqCap})`);
+    if (!sq.nonEmpty() || this.nFree === 0 || this.held + this.doneLen >= this.cap) return false;
+    const avail = sq.available();
+    if (avail < 0) {
+      this.ringCorrupt(`submission ${sq.problem}`);
       return true;
     }
-    while (head !== tail && this.nFree > 0 && this.held + this.doneLen < this.cap) {
-      const src = RING_HDR_WORDS + (head & this.sqMask) * SQ_ENTRY;
-      // Check a copy, so that the words used are the words checked.
-      for (let i = 0; i <= SQ_SUM; i++) P[i] = sq[src + i];
-      if (P[SQ_SEQ] !== head) {
-        this.ringCorrupt(`submission entry at index ${head} carries index ${P[SQ_SEQ]} (a stale entry from an earlier lap, or an overwritten one)`);
-        break;
-      }
-      if (P[SQ_SUM] !== entrySum(P, 0, SQ_SUM)) {
-        this.ringCorrupt(`submission entry at index ${head} fails its check value (a word of it was overwritten)`);
-        break;
-      }
-      head = (head + 1) | 0;
+    for (let k = 0; k < avail && this.nFree > 0 && this.held + this.doneLen < this.cap; k++) {
+      if (!sq.take(P)) { this.ringCorrupt(`submission ${sq.problem}`); break; }
       this.accept(P, 0, P[SQ_GEN]);
     }
-    this.sqHead = head;
-    Atomics.store(sq, RING_HEAD, head);
+    sq.release();
     Atomics.store(this.ctrl, this.base + W_BUSY, this.held);
     return true;
   }
@@ -300,33 +274,28 @@ class Worker extends Executor {
   /** Moves queued completions into the completion ring; wakes main once per batch if it sleeps. */
   private flushDone(): boolean {
     if (this.doneLen === 0 || this.cqBroken) return false;
-    const cq = this.cq;
     // The tail is ours; the head is the main thread's word in shared memory: untrusted.
-    let tail = this.cqTail;
-    const head = Atomics.load(cq, RING_HEAD), used = (tail - head) | 0;
-    if (used < 0 || used > this.cqCap) {
+    const cq = this.cq;
+    let room = cq.room(true);
+    if (room < 0) {
       this.cqBroken = true;
-      this.ringCorrupt(`completion head ${head} is ${used} behind tail ${tail} (capacity ${this.cqCap})`);
+      this.ringCorrupt(`completion ${cq.problem}`);
       return false;
     }
-    let room = this.cqCap - used;
     if (room === 0) return false;
     let moved = 0;
+    const w = cq.words;
     while (this.doneLen > 0 && room > 0) {
-      const q = this.doneHead;
-      const dst = RING_HDR_WORDS + (tail & this.cqMask) * CQ_ENTRY;
-      cq[dst + CQ_ID] = this.doneQ[q * 2];
-      cq[dst + CQ_RES] = this.doneQ[q * 2 + 1];
-      cq[dst + CQ_SEQ] = tail;
-      cq[dst + CQ_SUM] = entrySum(cq, dst, CQ_SUM);
+      const q = this.doneHead, dst = cq.next();
+      w[dst + CQ_ID] = this.doneQ[q * 2];
+      w[dst + CQ_RES] = this.doneQ[q * 2 + 1];
+      cq.commit();
       this.doneHead = (this.doneHead + 1) % this.cap;
       this.doneLen--;
-      tail = (tail + 1) | 0;
       room--;
       moved++;
     }
-    this.cqTail = tail;
-    Atomics.store(cq, RING_TAIL, tail);
+    cq.publish();
     Atomics.store(this.ctrl, this.base + W_BUSY, this.held);
     if (Atomics.load(this.ctrl, MAIN_STATE) === MAIN_SLEEPING &&
         Atomics.compareExchange(this.ctrl, MAIN_STATE, MAIN_SLEEPING, MAIN_AWAKE) === MAIN_SLEEPING) {

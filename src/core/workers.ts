@@ -10,24 +10,24 @@ import { ENTRY_WORDS, E_BUF, E_OP, E_TAG, Op } from '../protocol.js';
 import {
   CQ_ENTRY, CQ_ID, CQ_RES, CQ_SEQ, CQ_SUM, CTRL_STRIDE, CTRL_WORDS, MAIN_AWAKE, MAIN_SLEEPING, MAIN_STATE, RING_HDR_WORDS, RING_HEAD,
   RING_TAIL, SQ_ENTRY, SQ_GEN, SQ_SEQ, SQ_SUM, WAKE_CONTROL, WAKE_TABLE, W_BUSY, W_CTRL_SEQ, W_GAVEUP, W_HEARTBEAT, W_STALL, createRing,
-  entrySum, wakeWorker,
+  wakeWorker,
 } from '../shm.js';
 import { RingfenceError } from '../errors.js';
 import { releaseOwnedBy } from '../table.js';
 import type { ControlMessage, WorkerInit, WorkerReady } from '../types.js';
 import { K_FREE, opName, type Requests } from './requests.js';
 import type { ContextReport, Lane, LaneHost } from './lane.js';
+import { RingConsumer, RingProducer } from './ring.js';
 
 interface WorkerSlot {
   index: number;
+  /** This generation's rings: we produce submissions and consume completions (src/core/ring.ts). */
+  sqp: RingProducer;
+  cqc: RingConsumer;
   sq: Int32Array;
   sqCap: number;
-  sqTail: number;
-  sqHeadCache: number;
   cq: Int32Array;
   cqCap: number;
-  /** Our own copy of the completion ring's head (the shared word is only published to). */
-  cqHead: number;
   /** Set when we found this generation's ring memory corrupt: what was wrong (see ringCorrupt). */
   corrupt: string | null;
   doorbell: number;
@@ -107,9 +107,10 @@ export class WorkerLanes implements Lane {
     const o = this.host.options;
     const sqCap = nextPow2(Math.max(64, o.queueDepth * 2));
     const cqCap = nextPow2(Math.max(128, (o.queueDepth * 2 + 16) * 2));
+    const sq = new Int32Array(createRing(sqCap, SQ_ENTRY)), cq = new Int32Array(createRing(cqCap, CQ_ENTRY));
     return {
-      index: i, sq: new Int32Array(createRing(sqCap, SQ_ENTRY)), sqCap, sqTail: 0, sqHeadCache: 0,
-      cq: new Int32Array(createRing(cqCap, CQ_ENTRY)), cqCap, cqHead: 0, corrupt: null, doorbell: this.doorbells[i], port: null as unknown as MessagePort,
+      index: i, sqp: new RingProducer(sq, sqCap, SQ_ENTRY, SQ_SEQ, SQ_SUM), cqc: new RingConsumer(cq, cqCap, CQ_ENTRY, CQ_SEQ, CQ_SUM),
+      sq, sqCap, cq, cqCap, corrupt: null, doorbell: this.doorbells[i], port: null as unknown as MessagePort,
       thread: null, task: Promise.resolve(), exited: Promise.resolve(), goneGen: 0, ready: null, overflow: [], overflowHead: 0, dirty: false, ringFullEvents: 0,
       dead: false, retired: false, generation: 0, lastBeat: -1, lastBeatAt: 0, launchedAt: 0, quickDeaths: 0,
       lastStall: 0, killed: 0, stallWarned: false, ctrlRefs: 0,
@@ -220,7 +221,7 @@ export class WorkerLanes implements Lane {
     for (const w of this.workers) {
       if (!w.dirty || w.dead) continue;
       w.dirty = false;
-      Atomics.store(w.sq, RING_TAIL, w.sqTail);
+      w.sqp.publish();
       wakeWorker(this.ctrl, w.index, 0, this.host.addon.ring, w.doorbell);
     }
     if (!this.polling && this.host.outstanding > 0) void this.poll();
@@ -308,10 +309,10 @@ export class WorkerLanes implements Lane {
     // Entries written into its ring but not yet published never reached it: queue them again.
     // Not from a corrupt ring: its tail word (and the ids in it) cannot be trusted, so
     // everything it held fails below, and the caller retries.
-    const published = Atomics.load(slot.sq, RING_TAIL);
+    const published = slot.sqp.published(), tail = slot.sqp.tail;
     const unpublished: number[] = [];
-    if (corrupt === null && ((slot.sqTail - published) | 0) >= 0 && ((slot.sqTail - published) | 0) <= slot.sqCap) {
-      for (let t = published; t !== slot.sqTail; t = (t + 1) | 0) unpublished.push(slot.sq[RING_HDR_WORDS + (t & (slot.sqCap - 1)) * SQ_ENTRY + E_TAG]);
+    if (corrupt === null && ((tail - published) | 0) >= 0 && ((tail - published) | 0) <= slot.sqCap) {
+      for (let t = published; t !== tail; t = (t + 1) | 0) unpublished.push(slot.sq[RING_HDR_WORDS + (t & (slot.sqCap - 1)) * SQ_ENTRY + E_TAG]);
     }
     if (unpublished.length > 0) {
       slot.overflow.splice(slot.overflowHead, 0, ...unpublished);
@@ -346,7 +347,7 @@ export class WorkerLanes implements Lane {
     // A slot whose workers keep dying within a second of starting is retired instead: its
     // queued requests fail, and new ones go to the other workers.
     const fresh = this.makeSlot(slot.index);
-    slot.sq = fresh.sq; slot.cq = fresh.cq; slot.sqTail = 0; slot.sqHeadCache = 0; slot.cqHead = 0; slot.corrupt = null; slot.dirty = false;
+    slot.sqp = fresh.sqp; slot.cqc = fresh.cqc; slot.sq = fresh.sq; slot.cq = fresh.cq; slot.corrupt = null; slot.dirty = false;
     slot.lastBeat = -1;
     if (slot.quickDeaths >= 3) {
       slot.retired = true;
@@ -436,29 +437,21 @@ export class WorkerLanes implements Lane {
 
   /** Writes request `id` into w's submission ring if there is room (not yet published). */
   private push(w: WorkerSlot, id: number): boolean {
-    if (((w.sqTail - w.sqHeadCache) | 0) >= w.sqCap) {
-      // The head is the worker's word in shared memory: untrusted. A head ahead of our tail,
-      // or more than a ring behind it, is corrupt ring memory.
-      const head = Atomics.load(w.sq, RING_HEAD), used = (w.sqTail - head) | 0;
-      if (used < 0 || used > w.sqCap) {
-        this.ringCorrupt(w, `submission head ${head} is ${used} behind tail ${w.sqTail} (capacity ${w.sqCap})`);
-        return false;
-      }
-      w.sqHeadCache = head;
-      if (used >= w.sqCap) return false;
+    // The head is the worker's word in shared memory: untrusted (room() checks it).
+    const room = w.sqp.room();
+    if (room < 0) {
+      this.ringCorrupt(w, `submission ${w.sqp.problem}`);
+      return false;
     }
-    const dst = RING_HDR_WORDS + (w.sqTail & (w.sqCap - 1)) * SQ_ENTRY, src = id * ENTRY_WORDS;
-    const sq = w.sq, E = this.reqs.entry;
+    if (room === 0) return false;
+    const dst = w.sqp.next(), src = id * ENTRY_WORDS, sq = w.sq, E = this.reqs.entry;
     for (let i = 0; i < ENTRY_WORDS; i++) sq[dst + i] = E[src + i];
     sq[dst + E_TAG] = id;
-    // The words the worker checks before it trusts the entry (src/shm.ts): the ring index, the
-    // allocation generation of the pool memory it names, and a check value over both.
+    // What the worker checks before it trusts the entry (src/shm.ts): the allocation generation
+    // of the pool memory it names here, the ring index and a check value over both in commit().
     const op = E[src + E_OP] & 0xff;
-    sq[dst + SQ_SEQ] = w.sqTail;
     sq[dst + SQ_GEN] = op >= Op.READ && op <= Op.WRITEV ? this.host.pool.genAt(E[src + E_BUF] >>> 0) : 0;
-    for (let i = SQ_SUM + 1; i < SQ_ENTRY; i++) sq[dst + i] = 0;
-    sq[dst + SQ_SUM] = entrySum(sq, dst, SQ_SUM);
-    w.sqTail = (w.sqTail + 1) | 0;
+    w.sqp.commit();
     w.dirty = true;
     return true;
   }
@@ -515,7 +508,7 @@ export class WorkerLanes implements Lane {
   };
 
   private pending(): boolean {
-    for (const w of this.workers) if (w.corrupt === null && Atomics.load(w.cq, RING_TAIL) !== w.cqHead) return true;
+    for (const w of this.workers) if (w.corrupt === null && w.cqc.nonEmpty()) return true;
     return false;
   }
 
@@ -530,37 +523,23 @@ export class WorkerLanes implements Lane {
   private drainOne(w: WorkerSlot): number {
     // A ring found corrupt is never read again; its worker is on its way out (see ringCorrupt).
     if (w.corrupt !== null) return 0;
-    const cq = w.cq, C = CQ_COPY;
-    // The head is ours (we keep it; the shared word is only published); the tail is the
-    // worker's word in shared memory: untrusted.
-    let head = w.cqHead;
-    const tail = Atomics.load(cq, RING_TAIL), avail = (tail - head) | 0;
-    if (avail < 0 || avail > w.cqCap) {
-      this.ringCorrupt(w, `completion tail ${tail} is ${avail} ahead of head ${head} (capacity ${w.cqCap})`);
+    // The head is ours; the tail and the entries are the worker's, in shared memory: untrusted.
+    const cq = w.cqc, C = CQ_COPY;
+    const avail = cq.available();
+    if (avail < 0) {
+      this.ringCorrupt(w, `completion ${cq.problem}`);
       return 0;
     }
     let n = 0;
-    while (head !== tail) {
-      const src = RING_HDR_WORDS + (head & (w.cqCap - 1)) * CQ_ENTRY;
-      // Check a copy, so the words used are the words checked.
-      for (let i = 0; i < CQ_ENTRY; i++) C[i] = cq[src + i];
-      if (C[CQ_SEQ] !== head || C[CQ_SUM] !== entrySum(C, 0, CQ_SUM)) {
-        this.ringCorrupt(w, C[CQ_SEQ] !== head
-          ? `completion entry at index ${head} carries index ${C[CQ_SEQ]} (stale or overwritten)`
-          : `completion entry at index ${head} fails its check value (a word was overwritten)`);
-        break;
-      }
+    for (let k = 0; k < avail; k++) {
+      if (!cq.take(C)) { this.ringCorrupt(w, `completion ${cq.problem}`); break; }
       const id = C[CQ_ID], res = C[CQ_RES];
-      head = (head + 1) | 0;
       // An id the main thread does not have in flight, or one now held by another worker,
       // would be memory corruption or a stale ring: ignore it.
       if (id >= 0 && id < this.reqs.nextId && this.reqs.kind[id] !== K_FREE && this.reqs.entry[id * ENTRY_WORDS + E_TAG] === w.index) this.reqs.settle(id, res, null);
       n++;
     }
-    if (n > 0) {
-      w.cqHead = head;
-      Atomics.store(cq, RING_HEAD, head);
-    }
+    if (n > 0) cq.release();
     return n;
   }
 

@@ -15,7 +15,7 @@ import { formatSummary } from './report.js';
 interface RawOptions {
   xfs?: string; dir?: string; image?: string; force?: boolean;
   workload?: string; workaround?: string; emulateXfsBug?: boolean; windowUs?: string;
-  workers?: string; backend?: string; qd?: string; duration?: string; ops?: string; seed?: string;
+  workers?: string; mode?: string; backend?: string; qd?: string; duration?: string; ops?: string; seed?: string;
   clusterSize?: string; blockSize?: string; json?: boolean; quiet?: boolean;
 }
 
@@ -64,6 +64,7 @@ export function addStressCommand(program: Command): void {
     .option('--emulate-xfs-bug', 'run zero-writes with the pre-Linux-5.5 XFS fallocate semantics (sample size, allocate, sleep, truncate)')
     .option('--window-us <n>', `with --emulate-xfs-bug: the race window in microseconds, ${L.windowUs.min} to ${L.windowUs.max} (default 2000)`)
     .option('--workers <n>', `engine worker threads, ${L.workers.min} to ${L.workers.max} (default 2, or min(4, cores - 1) when larger: the races need requests on two workers at once)`)
+    .option('--mode <mode>', 'engine mode: workers (offload worker threads, the default here) or inline (this thread owns its ring, the library\'s default)')
     .option('--backend <name>', `kernel I/O interface: ${BACKENDS.join(', ')} (default auto)`)
     .option('--qd <n>', `concurrency, ${L.qd.min} to ${L.qd.max}: writers (qcow2-alloc), files (append-race, eof-extend), ops per round (mixed); default 8, 4, 4, 8`)
     .option('--duration <seconds>', `how long to run, above 0 and at most ${L.durationS.max} (default 10; with --ops only, no time limit)`)
@@ -94,7 +95,7 @@ export function addStressCommand(program: Command): void {
 export interface StressPlan {
   volume: VolumeSpec;
   workload: WorkloadName; workaround: WorkaroundPolicy; emulate: boolean; windowUs: number;
-  workers: number | undefined; backend: BackendChoice; qd: number; durationS: number | null; ops: number | null;
+  workers: number | undefined; mode: 'inline' | 'workers'; backend: BackendChoice; qd: number; durationS: number | null; ops: number | null;
   seed: number; clusterSize: number; blockSize: number; json: boolean; quiet: boolean;
 }
 
@@ -110,6 +111,8 @@ export function checkStressFlags(raw: RawOptions): StressPlan {
   if (raw.windowUs !== undefined && !raw.emulateXfsBug) throw new UsageError('--window-us only applies to the emulated bug: add --emulate-xfs-bug, or drop --window-us');
   const windowUs = intArg('--window-us', raw.windowUs, { ...L.windowUs, example: 2000 }) ?? 2000;
   const workers = intArg('--workers', raw.workers, { ...L.workers, example: 4, maxWhy: 'the engine\'s maximum, MAX_WORKERS' });
+  const mode = enumArg('--mode', raw.mode, ['workers', 'inline'] as const, 'workers');
+  if (mode === 'inline' && raw.workers !== undefined) throw new UsageError('--workers applies to --mode workers only: drop it, or drop --mode inline');
   const qd = intArg('--qd', raw.qd, { ...L.qd, example: 8 }) ?? defaultQd(workload);
   const ops = intArg('--ops', raw.ops, { ...L.ops, example: 20000 }) ?? null;
   const duration = numberArg('--duration', raw.duration, { above: 0, max: L.durationS.max, unit: 'seconds', example: 5 });
@@ -123,7 +126,7 @@ export function checkStressFlags(raw: RawOptions): StressPlan {
   const need = { bytes: spaceNeeded(workload, qd, clusterSize, blockSize), what: `the ${workload} workload` };
   const volume = checkVolumeFlags(raw, { image: true, need });
   return {
-    volume, workload, workaround, emulate: raw.emulateXfsBug === true, windowUs, workers, backend, qd, durationS, ops, seed,
+    volume, workload, workaround, emulate: raw.emulateXfsBug === true, windowUs, workers, mode, backend, qd, durationS, ops, seed,
     clusterSize, blockSize, json: raw.json === true, quiet: raw.quiet === true,
   };
 }
@@ -158,7 +161,7 @@ async function stress(raw: RawOptions): Promise<void> {
       if (vol.kind === 'tempdir' || vol.fs !== 'xfs') info(`note: this is not XFS (${vol.fs}): the XFS race cannot occur here except through --emulate-xfs-bug`);
       result = await runStress(vol, {
         workload: p.workload, workaround: p.workaround, emulate: p.emulate, windowUs: p.windowUs,
-        workers: p.workers,
+        workers: p.workers, mode: p.mode,
         backend: p.backend, qd: p.qd, durationS: p.durationS, ops: p.ops, seed: p.seed, clusterSize: p.clusterSize, blockSize: p.blockSize,
         progress: json || quiet ? 'none' : process.stdout.isTTY ? 'tty' : 'plain', signal: lateSafe(ac.signal),
         log: info, stallSeconds: Number(process.env.RINGFENCE_STALL_SECONDS) || undefined,

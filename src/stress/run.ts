@@ -15,6 +15,8 @@ export interface StressOptions {
   emulate: boolean;
   windowUs: number;
   workers?: number;
+  /** Engine mode: 'workers' (the default for stress) or 'inline'. */
+  mode?: 'inline' | 'workers';
   backend: BackendChoice;
   qd: number;
   durationS: number | null;
@@ -45,7 +47,7 @@ export interface StressResult {
   volume: { note: string; kind: string; dir: string };
   workaround: { policy: WorkaroundPolicy; enabled: boolean; rule: string };
   emulateBug: { enabled: boolean; windowUs: number };
-  options: { workers: number; qd: number; clusterSize: number; blockSize: number; durationS: number | null; ops: number | null; direct: boolean };
+  options: { mode: 'inline' | 'workers'; workers: number; qd: number; clusterSize: number; blockSize: number; durationS: number | null; ops: number | null; direct: boolean };
   ops: number;
   epochs: number;
   bytesWritten: number;
@@ -88,9 +90,12 @@ export async function runStress(vol: Volume, o: StressOptions): Promise<StressRe
   let pool = 64 << 20;
   while (pool < poolNeed) pool *= 2;
   const engine = await Engine.start({
-    // At least two workers: the races this tool provokes need a zero-write and a write in
-    // flight at once, and a worker runs an emulated zero-write synchronously.
-    workers: o.workers ?? Math.max(2, Math.min(4, availableParallelism() - 1)), backend: o.backend, queueDepth: Math.max(32, o.qd * 4), bufferPoolBytes: pool,
+    // Worker mode (the default here): at least two workers, since the races this tool provokes
+    // need a zero-write and a write in flight at once, and a worker runs an emulated zero-write
+    // synchronously. Inline mode: the emulated zero-write runs on a helper thread while this
+    // thread keeps submitting, so one context is enough.
+    ...(o.mode === 'inline' ? { mode: 'inline' as const } : { mode: 'workers' as const, workers: o.workers ?? Math.max(2, Math.min(4, availableParallelism() - 1)) }),
+    backend: o.backend, queueDepth: Math.max(32, o.qd * 4), bufferPoolBytes: pool,
     xfsWorkaround: o.workaround, emulateXfsFallocateBug: o.emulate ? { windowUs: o.windowUs } : false,
   });
   const ctx = new StressContext({
@@ -160,7 +165,7 @@ export async function runStress(vol: Volume, o: StressOptions): Promise<StressRe
     volume: { note: vol.note, kind: vol.kind, dir: vol.dir },
     workaround: d ?? { policy: o.workaround, enabled: false, rule: 'no file was opened' },
     emulateBug: { enabled: o.emulate, windowUs: o.emulate ? o.windowUs : 0 },
-    options: { workers: I.workers.length, qd: o.qd, clusterSize: o.clusterSize, blockSize: o.blockSize, durationS: o.durationS, ops: o.ops, direct },
+    options: { mode: I.mode, workers: I.mode === 'inline' ? 0 : I.workers.length, qd: o.qd, clusterSize: o.clusterSize, blockSize: o.blockSize, durationS: o.durationS, ops: o.ops, direct },
     ops: ctx.ops, epochs: ctx.epochs,
     bytesWritten: ctx.bytesWritten, bytesZeroed: ctx.bytesZeroed, bytesVerified: ctx.bytesVerified, verifyReads: ctx.verifyReads,
     serialised: S.serialised, tracked: S.tracked, emulatedFallocates: S.emulatedFallocates,
