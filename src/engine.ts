@@ -31,6 +31,8 @@ export interface EngineInfo {
   libaio: ProbeResult['libaio'];
   /** 'inline': the engine's own thread owns the one context; 'workers': offload workers do. */
   mode: EngineMode;
+  /** Why that mode (what in the options chose it). */
+  modeReason: string;
   /** The kernel I/O contexts: the inline one (index 0), or one per offload worker. */
   workers: ContextReport[];
   options: ResolvedOptions;
@@ -296,7 +298,7 @@ export class Engine implements LaneHost {
     const p = this.probeResult;
     return {
       kernel: p.kernel, ioUringDisabled: p.ioUringDisabled, ioUring: p.ioUring, libaio: p.libaio,
-      mode: this.options.mode, workers: this.lane.contexts(), options: { ...this.options },
+      mode: this.options.mode, modeReason: this.options.modeReason, workers: this.lane.contexts(), options: { ...this.options },
     };
   }
 

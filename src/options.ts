@@ -64,6 +64,8 @@ export interface EngineOptions {
 
 export interface ResolvedOptions {
   mode: EngineMode;
+  /** Why this mode: what in the options chose it. */
+  modeReason: string;
   /** Offload workers (0 in inline mode). */
   workers: number;
   backend: BackendChoice;
@@ -97,6 +99,10 @@ export function resolveOptions(options: unknown): ResolvedOptions {
   const fs0 = o.faults ?? process.env.RINGFENCE_FAULTS;
   // Asking for workers (or for worker fault injection) without a mode means worker mode.
   const mode: EngineMode = givenMode ?? (o.workers !== undefined || (fs0 !== undefined && fs0 !== '') ? 'workers' : 'inline');
+  const modeReason = givenMode !== undefined ? `options.mode is '${givenMode}'`
+    : o.workers !== undefined ? "options.workers was given, which means mode 'workers'"
+    : mode === 'workers' ? "fault injection (options.faults or RINGFENCE_FAULTS) needs mode 'workers'"
+    : "the default: this thread owns its kernel I/O context (measured faster than offload workers, see the README's Performance)";
   if (mode === 'inline' && o.workers !== undefined) throw invalidArg('options.workers', "applies to mode 'workers' only; drop it, or start with mode: 'workers'", o.workers);
   const workers = mode === 'inline' ? 0 : o.workers === undefined ? Math.max(1, Math.min(4, availableParallelism() - 1)) : validateInteger(o.workers, 'options.workers', 1, MAX_WORKERS);
   const backend = o.backend === undefined ? 'auto' : validateOneOf(o.backend, 'options.backend', BACKEND_CHOICES);
@@ -129,5 +135,5 @@ export function resolveOptions(options: unknown): ResolvedOptions {
   const mainWake = o.mainWake === undefined ? MAIN_WAKE_DEFAULT : validateOneOf(o.mainWake, 'options.mainWake', ['eventfd', 'atomics'] as const);
   if (mode === 'workers' && pollUs > 0) throw invalidArg('options.pollUs', "applies to mode 'inline' only (offload workers have spinUs)", pollUs);
   if (mode === 'inline' && faults !== null) throw invalidArg('options.faults', "injects faults into offload workers: start with mode: 'workers'", faults);
-  return { mode, workers, backend, queueDepth, bufferPoolBytes, xfsWorkaround, emulate, emulateWindowUs, trackRequests, tableCapacity, faults, watchdogMs, spinUs, pollUs, mainWake };
+  return { mode, modeReason, workers, backend, queueDepth, bufferPoolBytes, xfsWorkaround, emulate, emulateWindowUs, trackRequests, tableCapacity, faults, watchdogMs, spinUs, pollUs, mainWake };
 }

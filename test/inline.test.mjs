@@ -23,6 +23,7 @@ test('the default engine runs inline: one context, owned by this thread', async 
   try {
     const info = engine.info();
     assert.is(info.mode, 'inline');
+    assert.match(info.modeReason, /the default/);
     assert.is(info.options.mode, 'inline');
     assert.is(info.options.workers, 0);
     assert.is(info.workers.length, 1);
@@ -32,7 +33,10 @@ test('the default engine runs inline: one context, owned by this thread', async 
 
 test('mode options: workers or faults mean worker mode; inline refuses them with advice', async () => {
   const w = await Engine.start({ workers: 1 });
-  try { assert.is(w.info().mode, 'workers'); assert.is(w.info().workers[0].info.mode, 'worker'); } finally { await w.close(); }
+  try {
+    assert.is(w.info().mode, 'workers'); assert.is(w.info().workers[0].info.mode, 'worker');
+    assert.match(w.info().modeReason, /options\.workers was given/);
+  } finally { await w.close(); }
   for (const [o, re] of [[{ mode: 'inline', workers: 2 }, /mode 'workers'/], [{ mode: 'inline', faults: '0:exit:1' }, /mode: 'workers'/], [{ mode: 'threads' }, /options\.mode/]]) {
     const err = await Engine.start(o).then(() => null, (e) => e);
     assert.ok(err, `${JSON.stringify(o)} refused`);
