@@ -3,6 +3,7 @@
 import { closeSync, constants as fsc, fstatSync, openSync, readFileSync, statSync, type Stats } from 'node:fs';
 import { FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE, IOV_MAX, Op, OpFlag } from './protocol.js';
 import { settleBatchOp, type BatchState } from './core/requests.js';
+import { join64 } from './core/int64.js';
 import type { BufferPool } from './pool.js';
 import type { ResolvedOptions } from './options.js';
 import type { NativeAddon } from './types.js';
@@ -70,9 +71,6 @@ function splitOffset(value: unknown, name: string): number {
   return Number(b & 0xffffffffn) | 0;
 }
 
-function joinOffset(lo: number, hi: number): bigint {
-  return (BigInt(hi) << 32n) | BigInt(lo >>> 0);
-}
 
 /** What ringfence can do I/O on: regular files and block devices. Anything else is refused at open(). */
 function unsupportedKind(st: Stats): string | null {
@@ -306,13 +304,13 @@ export class File {
     const lo = splitOffset(offset, offName), hi = offHi;
     const len = b.byteLength;
     if (len > 0x7fffffff) throw rangeError(`${bufName}.byteLength`, '<= 2^31-1 (split larger requests)', len);
-    if (hi === 0x7fffffff && (lo >>> 0) + len > 0xffffffff) throw rangeError(`${offName} + length`, '<= 2^63-1', joinOffset(lo, hi) + BigInt(len));
+    if (hi === 0x7fffffff && (lo >>> 0) + len > 0xffffffff) throw rangeError(`${offName} + length`, '<= 2^63-1', join64(hi, lo) + BigInt(len));
     const align = this.align;
     if (align > 1 && ((lo >>> 0) % align !== 0 || len % align !== 0)) {
       const off = hi * TWO32 + (lo >>> 0);
       if (off + len + 2 * align > Number.MAX_SAFE_INTEGER) {
-        throw new RingfenceError(`${name} on ${this.path}: offset ${joinOffset(lo, hi)} and length ${len} are not multiples of ${align}, and padding them is supported only below 2^53; align the request for O_DIRECT, or open the file with { direct: false }`,
-          { code: 'ERR_RINGFENCE_UNALIGNED', op: name, path: this.path, offset: joinOffset(lo, hi), length: len });
+        throw new RingfenceError(`${name} on ${this.path}: offset ${join64(hi, lo)} and length ${len} are not multiples of ${align}, and padding them is supported only below 2^53; align the request for O_DIRECT, or open the file with { direct: false }`,
+          { code: 'ERR_RINGFENCE_UNALIGNED', op: name, path: this.path, offset: join64(hi, lo), length: len });
       }
       if (op === Op.WRITE && !this.meta.tracked) {
         throw new RingfenceError(`write on ${this.path}: offset ${off} and length ${len} are not multiples of ${align}, and padding them needs request tracking (the engine was started with trackRequests: false); align them or open with { direct: false }`,
@@ -364,10 +362,10 @@ export class File {
     }
     const lo = splitOffset(offset, 'offset'), hi = offHi;
     if (total > 0x7fffffff) throw rangeError('total length', '<= 2^31-1', total);
-    if (hi === 0x7fffffff && (lo >>> 0) + total > 0xffffffff) throw rangeError('offset + length', '<= 2^63-1', joinOffset(lo, hi) + BigInt(total));
+    if (hi === 0x7fffffff && (lo >>> 0) + total > 0xffffffff) throw rangeError('offset + length', '<= 2^63-1', join64(hi, lo) + BigInt(total));
     if (this.align > 1 && ((lo >>> 0) % this.align !== 0 || (bufs as Uint8Array[]).some((b) => b.byteLength % this.align !== 0))) {
       throw new RingfenceError(`${name} on ${this.path}: the offset and every buffer length must be multiples of ${this.align} for O_DIRECT; align them or open with { direct: false }`,
-        { code: 'ERR_RINGFENCE_UNALIGNED', op: name, path: this.path, offset: joinOffset(lo, hi), length: total });
+        { code: 'ERR_RINGFENCE_UNALIGNED', op: name, path: this.path, offset: join64(hi, lo), length: total });
     }
     if (bounceBytes > 0) this.checkFits(bounceBytes, name);
     offHi = hi;

@@ -5,6 +5,7 @@
 import { ENTRY_WORDS, E_AUX, E_BUF, E_FILE, E_LEN, E_OFF_HI, E_OFF_LO, E_OP, Op, OpFlag } from '../protocol.js';
 import { RingfenceError, errnoError } from '../errors.js';
 import type { PoolAllocation } from '../buffers.js';
+import { join64 } from './int64.js';
 
 export const K_FREE = 0, K_SINGLE = 1, K_BATCH = 2;
 
@@ -150,8 +151,8 @@ export class Requests {
     if (err === null && res < 0) {
       const e = id * ENTRY_WORDS, E = this.entry;
       const op = E[e + E_OP] & 0xff;
-      const off = BigInt(E[e + E_OFF_HI]) * 4294967296n + BigInt(E[e + E_OFF_LO] >>> 0);
-      const len = op === Op.FALLOCATE ? BigInt(E[e + E_BUF] >>> 0) * 4294967296n + BigInt(E[e + E_LEN] >>> 0) : BigInt(E[e + E_LEN] >>> 0);
+      const off = join64(E[e + E_OFF_HI], E[e + E_OFF_LO]);
+      const len = op === Op.FALLOCATE ? join64(E[e + E_BUF] >>> 0, E[e + E_LEN]) : BigInt(E[e + E_LEN] >>> 0);
       // A flush has no offset; a truncate's offset word is the new size.
       const file = this.file[id];
       err = errnoError(res, opName(op), file?.path, op === Op.FSYNC ? undefined : off, op === Op.FSYNC || op === Op.TRUNCATE ? undefined : len, file?.direct ?? true);
