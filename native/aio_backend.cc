@@ -213,7 +213,9 @@ class AioBackend : public Backend {
                  * no kernel resources now) goes to a helper; so does a kernel that
                  * does not know RWF_NOWAIT for AIO (EINVAL/EOPNOTSUPP: stop asking).
                  */
-                if (rc == -EAGAIN || rc == 0 || ((rc == -EINVAL || rc == -EOPNOTSUPP) && nowait_)) {
+                /* (Judged by this iocb's own flag: the rest of a batch was prepared with it too.) */
+                bool asked = (queue_[done]->aio_rw_flags & RWF_NOWAIT) != 0;
+                if (rc == -EAGAIN || rc == 0 || ((rc == -EINVAL || rc == -EOPNOTSUPP) && asked)) {
                     if (rc == -EINVAL || rc == -EOPNOTSUPP) nowait_ = false;
                     retry_on_helper(uint32_t(reinterpret_cast<uintptr_t>(queue_[done++]->data)));
                     continue;

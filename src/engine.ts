@@ -104,8 +104,10 @@ export class Engine implements LaneHost {
     this.workerStats = new Float64Array(new SharedArrayBuffer(MAX_WORKERS * WSTAT_WORDS * 8));
     const self = this;
     this.reqs = new Requests({
-      resend: (id) => { this.lane.send(id); this.scheduleFlush(); return true; },
+      resend: (id) => { if (!this.lane.send(id)) return false; this.scheduleFlush(); return true; },
       unhold: (rec) => this.buffers.unhold(rec),
+      releasePool: (off) => this.buffers.release(off),
+      poolBytes: this.pool.bytes,
       holdOpen: (d) => this.holdOpen(d),
       get destroying() { return self.destroying; },
     });
@@ -231,15 +233,17 @@ export class Engine implements LaneHost {
    * @internal Queues one request. `done` runs on completion before the promise settles
    * (bounce copy-back and pool release). offset is split into two int32 words. `view` and
    * `rec`: a zero-copy request's buffer and its pool allocation (rec null: the caller's own
-   * buffer, OpFlag.EXT), kept until the request settles.
+   * buffer, OpFlag.EXT), kept until the request settles. `bounce`: the pool block of a plain
+   * bounced read or write (a read's `view` is the caller's buffer to copy into), returned when
+   * it settles.
    */
   submit(file: File, op: number, offLo: number, offHi: number, len: number, buf: number, aux: number,
     done: ((res: number) => number | void) | null, resolve: ((n: number) => void) | null, reject: ((e: unknown) => void) | null,
-    batch: BatchState | null, batchIndex: number, view: Uint8Array | null = null, rec: PoolAllocation | null = null): number {
+    batch: BatchState | null, batchIndex: number, view: Uint8Array | null = null, rec: PoolAllocation | null = null, bounce = -1): number {
     const id = this.reqs.create(file, op, this.rawFile ? this.rawFileId : file.id, offLo, offHi, len, buf, aux,
-      done, resolve, reject, batch, batchIndex, view, rec);
+      done, resolve, reject, batch, batchIndex, view, rec, bounce);
     if (rec !== null) this.buffers.hold(rec);
-    this.lane.send(id);
+    if (!this.lane.send(id)) { this.reqs.settle(id, -1, this.lane.unavailable(id) as RingfenceError); return -1; }
     this.scheduleFlush();
     return id;
   }

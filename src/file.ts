@@ -103,7 +103,7 @@ export interface FileHost {
   readonly fdsPinned: boolean;
   submit(file: File, op: number, offLo: number, offHi: number, len: number, buf: number, aux: number,
     done: ((res: number) => number | void) | null, resolve: ((n: number) => void) | null, reject: ((e: unknown) => void) | null,
-    batch: BatchState | null, batchIndex: number, view?: Uint8Array | null, rec?: PoolAllocation | null): number;
+    batch: BatchState | null, batchIndex: number, view?: Uint8Array | null, rec?: PoolAllocation | null, bounce?: number): number;
   allocBounce(size: number, op: string): number;
   releasePool(off: number): void;
   waitForPool(w: PoolWaiter): void;
@@ -434,26 +434,44 @@ export class File {
       engine.submit(this, op | OpFlag.EXT, lo, hi, len, 0, 0, null, resolve, reject, batch, index, buf, null);
       return;
     }
-    const name = op === Op.WRITE ? 'write' : 'read';
-    const issue = (): boolean => {
-      const bounce = engine.allocBounce(len, name);
-      if (bounce < 0) return false;
+    // Bounced through a pool block. The common case, a block free now, allocates nothing but
+    // the promise: the block and the caller's buffer ride in the request (src/core/requests.ts
+    // copies a read back and returns the block when it settles). Only a request that has to
+    // wait for pool memory gets a closure to retry with. Like node:fs, the caller's buffer must
+    // stay untouched until the promise settles, so waiting needs no snapshot.
+    let started: boolean;
+    try { started = this.bounceRw(op, buf, lo, hi, len, resolve, reject, batch, index); } catch (err) { this.failOne(err, reject, batch, index); return; }
+    if (!started) {
+      this.engine.waitForPool({
+        owner: this, retry: () => this.bounceRw(op, buf, lo, hi, len, resolve, reject, batch, index),
+        fail: (err) => this.failOne(err, reject, batch, index),
+      });
+    }
+  }
+
+  /** Issues a bounced read or write if a pool block is free now (false: none is). Throws if a write's source was detached. */
+  private bounceRw(op: Op.READ | Op.WRITE, buf: Uint8Array, lo: number, hi: number, len: number, resolve: ((n: number) => void) | null,
+    reject: (e: unknown) => void, batch: BatchState | null, index: number): boolean {
+    const engine = this.engine;
+    const bounce = engine.allocBounce(len, op === Op.WRITE ? 'write' : 'read');
+    if (bounce < 0) return false;
+    if (op === Op.WRITE) {
       try {
-        if (op === Op.WRITE) engine.pool.bytes.set(buf, bounce);
+        engine.pool.bytes.set(buf, bounce);
       } catch (err) {
         engine.releasePool(bounce);
-        throw detachedError(name, this.path, err);
+        throw detachedError('write', this.path, err);
       }
-      engine.submit(this, op, lo, hi, len, bounce, 0, (res) => {
-        try {
-          if (op === Op.READ && res > 0) copyOut(buf, engine.pool.bytes.subarray(bounce, bounce + res), 0);
-        } finally { engine.releasePool(bounce); }
-      }, resolve, reject, batch, index);
-      return true;
-    };
-    // Like node:fs, the caller's buffer must stay untouched until the promise settles, so
-    // waiting for pool memory needs no snapshot.
-    this.start(issue, reject, batch, index);
+    }
+    engine.submit(this, op, lo, hi, len, bounce, 0, null, resolve, reject, batch, index, op === Op.READ ? buf : null, null, bounce);
+    return true;
+  }
+
+  /** A request counted in refs fails before it started. */
+  private failOne(err: unknown, reject: (e: unknown) => void, batch: BatchState | null, index: number): void {
+    this.settled();
+    if (batch !== null) settleBatchOp(batch, index, 0, err);
+    else reject(err);
   }
 
   /**

@@ -188,11 +188,14 @@ export class InlineLane implements Lane {
     });
   }
 
-  send(id: number): void {
+  send(id: number): boolean {
     this.host.reqs.entry[id * ENTRY_WORDS + E_TAG] = id;
     if (this.overflowHead === this.overflow.length && this.ctx.hasRoom()) this.accept(id);
     else { this.overflow.push(id); this.queued++; }
+    return true;
   }
+
+  unavailable(): Error { return new Error('unreachable: the inline context always takes a request'); }
 
   private accept(id: number): void {
     const E = this.host.reqs.entry, e = id * ENTRY_WORDS, op = E[e + E_OP] & 0xff;

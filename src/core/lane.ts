@@ -19,8 +19,13 @@ export interface Lane {
   readonly queued: number;
   /** Contexts lost and replaced (worker mode). */
   readonly losses: number;
-  /** Hands request `id` (its entry words filled in) to a context, or queues it. */
-  send(id: number): void;
+  /**
+   * Hands request `id` (its entry words filled in) to a context, or queues it. False when no
+   * context can ever take it (every worker retired): nothing was done with it, and
+   * unavailable() says why.
+   */
+  send(id: number): boolean;
+  unavailable(id: number): Error;
   /** The end of a tick: submit what was sent during it (one kernel entry per context). */
   flush(): void;
   /** Tells every context about a file (open/close) and waits until all have applied it. */

@@ -34,6 +34,10 @@ export interface RequestHost {
   resend(id: number): boolean;
   /** A zero-copy request's pool allocation is no longer in flight. */
   unhold(rec: PoolAllocation): void;
+  /** Returns a bounce block to the pool. */
+  releasePool(off: number): void;
+  /** The pool's bytes (bounced reads are copied out of it). */
+  readonly poolBytes: Uint8Array;
   /** Requests (and pool waiters) outstanding changed by delta. */
   holdOpen(delta: number): void;
   /** The engine is tearing down: short writes are not continued. */
@@ -60,6 +64,8 @@ export class Requests {
   /** Bytes a write() already wrote in earlier, short attempts; whether a short write is retried (not for submitRaw). */
   partial = new Float64Array(1024);
   retry = new Uint8Array(1024);
+  /** A plain bounced read or write: its pool block (-1: none). A read copies into buf[id]. */
+  bounce = new Int32Array(1024).fill(-1);
   private freeIds: number[] = [];
   /** Ids below this have been used (the highest live id is below it). */
   nextId = 0;
@@ -74,7 +80,7 @@ export class Requests {
   /** A new request with entry words 0..5 and 7 as given (the tag word is the mode's). */
   create(file: RequestFile, op: number, fileId: number, offLo: number, offHi: number, len: number, buf: number, aux: number,
     done: ((res: number) => number | void) | null, resolve: ((n: number) => void) | null, reject: ((e: unknown) => void) | null,
-    batch: BatchState | null, batchIndex: number, view: Uint8Array | null, rec: PoolAllocation | null): number {
+    batch: BatchState | null, batchIndex: number, view: Uint8Array | null, rec: PoolAllocation | null, bounce = -1): number {
     let id = this.freeIds.pop();
     if (id === undefined) {
       id = this.nextId++;
@@ -87,7 +93,7 @@ export class Requests {
     this.resolve[id] = resolve; this.reject[id] = reject; this.done[id] = done;
     this.batch[id] = batch; this.batchIndex[id] = batchIndex; this.file[id] = file;
     this.buf[id] = view; this.rec[id] = rec;
-    this.partial[id] = 0; this.retry[id] = 1;
+    this.partial[id] = 0; this.retry[id] = 1; this.bounce[id] = bounce;
     this.host.holdOpen(1);
     return id;
   }
@@ -99,6 +105,7 @@ export class Requests {
     const bi = new Int32Array(n); bi.set(this.batchIndex); this.batchIndex = bi;
     const pa = new Float64Array(n); pa.set(this.partial); this.partial = pa;
     const rt = new Uint8Array(n); rt.set(this.retry); this.retry = rt;
+    const bo = new Int32Array(n).fill(-1); bo.set(this.bounce); this.bounce = bo;
     for (const arr of [this.resolve, this.reject, this.batch, this.file, this.done, this.buf, this.rec] as unknown[][]) {
       arr.length = n;
       arr.fill(null, n / 2);
@@ -130,6 +137,17 @@ export class Requests {
     if (partial > 0 && res >= 0) res += partial;
     const done = this.done[id];
     let hookError: RingfenceError | null = null;
+    const bounce = this.bounce[id];
+    if (bounce >= 0) {
+      // A plain bounced request: copy a read back into the caller's buffer, return the block.
+      this.bounce[id] = -1;
+      try {
+        if ((this.entry[id * ENTRY_WORDS + E_OP] & 0xff) === Op.READ && res > 0) this.buf[id]!.set(this.host.poolBytes.subarray(bounce, bounce + res), 0);
+      } catch (e) {
+        hookError = new RingfenceError('read: the destination buffer was detached (its ArrayBuffer transferred) while the read was in flight, so the data could not be delivered; keep the buffer untouched until the promise settles',
+          { code: 'ERR_RINGFENCE_BUFFER_DETACHED', op: 'read', path: this.file[id]?.path, cause: e });
+      } finally { this.host.releasePool(bounce); }
+    }
     if (done !== null) {
       // The hook may translate the result (a padded read reports the caller's bytes), or
       // fail this one request (the caller detached its buffer while the read was in flight).
@@ -142,7 +160,7 @@ export class Requests {
     }
     const kind = this.kind[id];
     let err: RingfenceError | null = error ?? hookError;
-    if (err === null && res === -14 /* EFAULT */ && (this.entry[id * ENTRY_WORDS + E_OP] & OpFlag.EXT) !== 0 && this.buf[id]?.byteLength === 0) {
+    if (err === null && res === -14 /* EFAULT */ && partial === 0 && (this.entry[id * ENTRY_WORDS + E_OP] & OpFlag.EXT) !== 0 && this.buf[id]?.byteLength === 0) {
       // The caller's own buffer (OpFlag.EXT) was detached before the kernel could use it.
       const op = opName(this.entry[id * ENTRY_WORDS + E_OP] & 0xff), path = this.file[id]?.path ?? 'a file';
       err = new RingfenceError(`${op} on ${path}: the buffer was detached (its ArrayBuffer transferred, or freed) before the request started, so nothing was ${op === 'read' ? 'read' : 'written'}; keep the buffer untouched until the promise settles`,
@@ -188,6 +206,7 @@ export class Requests {
       // Not released: no copy-back, no return of memory the kernel may still write.
       this.done[id] = null;
       this.rec[id] = null;
+      this.bounce[id] = -1;
       this.settle(id, -1, new RingfenceError(
         `${op}${path ? ` on ${path}` : ''}: close() gave up after its deadline of ${deadlineMs} ms with this request still in the kernel ` +
         '(the device or filesystem is stalled, e.g. frozen or hung); its outcome is unknown: read the range back after the device recovers, and do not reuse its buffer',

@@ -36,8 +36,6 @@ interface WorkerSlot {
   thread: Worker | null;
   task: Promise<unknown>;
   exited: Promise<unknown>;
-  /** The generation whose end was handled (each is handled once). */
-  goneGen: number;
   ready: WorkerReady | null;
   /** Request ids waiting for room in this worker's submission ring. */
   overflow: number[];
@@ -76,6 +74,8 @@ export class WorkerLanes implements Lane {
   private readonly openers = new Map<number, (seq: number) => ControlMessage>();
   /** Every thread not yet exited, with a promise of its exit (a failed worker's thread stays until stop()). */
   private readonly threads = new Map<Worker, Promise<void>>();
+  /** Threads whose native teardown gave up on I/O stuck in the kernel: never terminated (see gone()). */
+  private readonly stuck = new Set<Worker>();
   private readonly acks = new Map<number, () => void>();
   private seq = 0;
   private rr = 0;
@@ -111,7 +111,7 @@ export class WorkerLanes implements Lane {
     return {
       index: i, sqp: new RingProducer(sq, sqCap, SQ_ENTRY, SQ_SEQ, SQ_SUM), cqc: new RingConsumer(cq, cqCap, CQ_ENTRY, CQ_SEQ, CQ_SUM),
       sq, sqCap, cq, cqCap, corrupt: null, doorbell: this.doorbells[i], port: null as unknown as MessagePort,
-      thread: null, task: Promise.resolve(), exited: Promise.resolve(), goneGen: 0, ready: null, overflow: [], overflowHead: 0, dirty: false, ringFullEvents: 0,
+      thread: null, task: Promise.resolve(), exited: Promise.resolve(), ready: null, overflow: [], overflowHead: 0, dirty: false, ringFullEvents: 0,
       dead: false, retired: false, generation: 0, lastBeat: -1, lastBeatAt: 0, launchedAt: 0, quickDeaths: 0,
       lastStall: 0, killed: 0, stallWarned: false, ctrlRefs: 0,
     };
@@ -142,7 +142,8 @@ export class WorkerLanes implements Lane {
       failed = reject;
       port1.on('message', (m: WorkerReady | { type: 'ack'; seq: number }) => {
         // Referenced until its context is up (start() waits for it), then unref'd.
-        if (m.type === 'ready') { slot.ready = m; slot.thread?.unref(); resolve(m); }
+        // (This thread, this generation: a late 'ready' must not touch a replacement.)
+        if (m.type === 'ready') { thread.unref(); if (slot.generation === generation) slot.ready = m; resolve(m); }
         else if (m.type === 'ack') { const a = this.acks.get(m.seq); this.acks.delete(m.seq); a?.(); }
       });
     });
@@ -160,15 +161,21 @@ export class WorkerLanes implements Lane {
     slot.exited = new Promise<void>((resolve) => { exited = resolve; });
     this.threads.set(thread, slot.exited as Promise<void>);
     let error: unknown = null;
+    let handled = false;
     const gone = (err: unknown, reason: string | null): void => {
       ended();
       failed(err ?? new Error(`worker ${slot.index} stopped`));
-      if (slot.goneGen === generation) return;
-      slot.goneGen = generation;
+      if (handled) return; // once per launch: 'end' and then 'exit' are one loss
+      handled = true;
+      // Read before workerGone(), whose relaunch clears the slot's control words.
+      const gaveUp = Atomics.load(this.ctrl, slot.index * CTRL_STRIDE + W_GAVEUP) !== 0;
+      if (gaveUp) this.stuck.add(thread);
       this.workerGone(slot, generation, err, reason !== null && reason.startsWith('ring-corrupt') ? reason : null);
       // A worker that failed stays alive (see workers/worker.ts): once its native context is
-      // drained (it did not give up on stuck I/O), its thread can go.
-      if (err !== null && !this.host.destroying && Atomics.load(this.ctrl, slot.index * CTRL_STRIDE + W_GAVEUP) === 0) void thread.terminate();
+      // drained (it did not give up on stuck I/O), its thread can go; one that gave up stays
+      // (unref'd) for good: its exit would wait in the kernel for the stuck I/O, and Node
+      // joins an exiting thread from this one.
+      if (err !== null && !this.host.destroying && !gaveUp) void thread.terminate();
     };
     thread.on('error', (err) => { error = err; });
     thread.on('message', (m: { type?: string; reason?: unknown; error?: unknown }) => {
@@ -186,23 +193,25 @@ export class WorkerLanes implements Lane {
   }
 
   /** Puts request `id` (its entry filled in) on a worker's ring, or in its overflow queue; one flush per tick. */
-  send(id: number): void {
+  send(id: number): boolean {
     // Spread requests over all workers: the tracked-request table keeps them safe.
     let w: WorkerSlot | null = this.workers[this.rr];
     this.rr = this.rr + 1 === this.workers.length ? 0 : this.rr + 1;
     if (w.retired) w = this.liveWorker();
-    if (w === null) {
-      const op = this.reqs.entry[id * ENTRY_WORDS + E_OP] & 0xff;
-      this.reqs.settle(id, -1, new RingfenceError('every worker failed repeatedly right after starting, so the engine cannot do I/O: check the kernel log and engine.info(), then start a new engine',
-        { code: 'ERR_RINGFENCE_WORKER_LOST', op: opName(op), path: this.reqs.file[id]?.path }));
-      return;
-    }
+    if (w === null) return false;
     this.reqs.entry[id * ENTRY_WORDS + E_TAG] = w.index; // which worker holds it (worker-loss accounting); replaced by the id on the ring
     if (w.dead || w.overflow.length - w.overflowHead > 0 || !this.push(w, id)) {
       w.overflow.push(id);
       w.ringFullEvents++;
       this.queued++;
     }
+    return true;
+  }
+
+  unavailable(id: number): RingfenceError {
+    const op = this.reqs.entry[id * ENTRY_WORDS + E_OP] & 0xff;
+    return new RingfenceError('every worker failed repeatedly right after starting, so the engine cannot do I/O: check the kernel log and engine.info(), then start a new engine',
+      { code: 'ERR_RINGFENCE_WORKER_LOST', op: opName(op), path: this.reqs.file[id]?.path });
   }
 
   /** The next worker that is not retired (slow path: only after repeated worker failures). */
@@ -261,9 +270,13 @@ export class WorkerLanes implements Lane {
     if (graceMs > 0) await bounded(Promise.all(this.workers.map((w) => w.task)), graceMs);
     // A thread blocked in a system call ends only when the call returns: terminating it is
     // asked for, but close() does not wait for it beyond 30 s (a second after an abandoned close).
-    const left = [...this.threads];
+    const left = [...this.threads].filter(([t]) => !this.stuck.has(t));
     for (const [t] of left) void t.terminate();
     await bounded(Promise.all(left.map(([, p]) => p)), graceMs > 0 ? 30000 : 1000);
+    // A thread still alive (stuck in a system call, or left alone because its I/O is stuck)
+    // may yet use a doorbell's number when its call returns: the fds stay open then.
+    for (const t of this.stuck) t.unref();
+    if (this.threads.size > 0) this.host.pinFds();
     for (const w of this.workers) w.port?.close();
     // After an abandoned close, a thread stuck in the kernel may still ring a doorbell when its
     // call returns: a closed, reused fd number would take that write. They stay open.
@@ -325,7 +338,7 @@ export class WorkerLanes implements Lane {
       const op = this.reqs.entry[id * ENTRY_WORDS + E_OP] & 0xff;
       const writes = op === Op.WRITE || op === Op.WRITEV || op === Op.FALLOCATE || op === Op.TRUNCATE;
       // Given up in the kernel: no copy-back, no return of memory the kernel may still write.
-      if (gaveUp) { this.reqs.done[id] = null; this.reqs.rec[id] = null; }
+      if (gaveUp) { this.reqs.done[id] = null; this.reqs.rec[id] = null; this.reqs.bounce[id] = -1; }
       if (corrupt !== null) {
         this.reqs.settle(id, -1, new RingfenceError(
           `${opName(op)} on ${this.reqs.file[id]?.path ?? 'a file'}: the shared ring memory of worker ${slot.index} was found corrupt ` +
