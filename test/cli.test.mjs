@@ -170,6 +170,9 @@ const rows = [
   [['cleanup', '--untracked=yes'], '--untracked=yes', null, /unknown option/],
   [['cleanup', '--json=yes'], '--json=yes', null, /unknown option/],
 
+  [['serve', F, '--poll-us', 'x'], '--poll-us', 'x', /integer/],
+  [['serve', F, '--poll-us', '10', '--workers', '1'], '--poll-us', null, /drop --workers/],
+
   // the program
   [['nope'], 'nope', null, /unknown command/],
 ];

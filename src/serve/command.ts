@@ -12,7 +12,7 @@ import type { ServeEvent } from './export.js';
 
 interface ServeFlags {
   bind?: string; port?: string; socket?: string; readOnly?: boolean; maxConnections: string; maxRequest: string;
-  name?: string; stats?: string; json?: boolean; workers?: string; backend: string; direct: boolean;
+  name?: string; stats?: string; json?: boolean; workers?: string; pollUs?: string; backend: string; direct: boolean;
 }
 
 function intFlag(v: string, flag: string, min: number, max: number, usage: (m: string) => never): number {
@@ -36,6 +36,7 @@ export function registerServe(program: Command, usage: (msg: string) => never): 
     .option('--json', 'machine-readable logs: one JSON object per line')
     .option('--workers <n>', 'engine worker threads (default min(4, cores - 1))')
     .option('--backend <name>', 'auto|io_uring|libaio|sync', 'auto')
+    .option('--poll-us <us>', 'busy-poll completions this many microseconds after each submit (engine option pollUs; default 0); not with --workers')
     .option('--no-direct', 'buffered I/O instead of O_DIRECT')
     .addHelpText('after', `
 Examples:
@@ -67,6 +68,8 @@ flushed; exit 0 after a clean drain.`)
         if (!Number.isFinite(statsEvery) || statsEvery <= 0 || statsEvery > 86400) usage(`--stats: "${o.stats}" is not a number of seconds (0 < s <= 86400)`);
       }
       const workers = o.workers === undefined ? undefined : intFlag(o.workers, '--workers', 1, 64, usage);
+      const pollUs = o.pollUs === undefined ? undefined : intFlag(o.pollUs, '--poll-us', 0, 1_000_000, usage);
+      if (pollUs !== undefined && workers !== undefined) usage('--poll-us applies to the default inline engine: drop --workers, or drop --poll-us');
       if (!(BACKEND_CHOICES as readonly string[]).includes(o.backend)) usage(`--backend: "${o.backend}" is not one of ${BACKEND_CHOICES.join(', ')}`);
       if (o.name !== undefined && (Buffer.byteLength(o.name) > 4096 || o.name.includes('\0'))) usage('--name: at most 4096 bytes, no NUL');
 
@@ -78,7 +81,7 @@ flushed; exit 0 after a clean drain.`)
       const server: NbdServer = await serveNbd({
         path: image, name: o.name, host: o.socket === undefined ? (o.bind ?? '127.0.0.1') : undefined, port: o.socket === undefined ? (port ?? DEFAULT_PORT) : undefined,
         socket: o.socket, readOnly: !!o.readOnly, maxConnections, maxRequestBytes: maxRequest, direct: o.direct !== false,
-        workers, backend: o.backend as BackendChoice, onEvent: log,
+        workers, pollUs, backend: o.backend as BackendChoice, onEvent: log,
       });
       let timer: NodeJS.Timeout | undefined;
       if (statsEvery !== undefined) {

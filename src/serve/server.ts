@@ -45,11 +45,13 @@ export interface ServeOptions {
   /** For an owned engine: worker threads and backend. */
   workers?: number;
   backend?: BackendChoice;
+  /** For an owned engine in inline mode: busy-poll completions this many microseconds after a submit (engine option pollUs). */
+  pollUs?: number;
   /** Server events (listening, connect, disconnect, protocol and request errors). */
   onEvent?: EventSink;
 }
 
-const OPTION_KEYS = ['path', 'name', 'description', 'host', 'port', 'socket', 'readOnly', 'maxConnections', 'maxRequestBytes', 'maxInFlight', 'direct', 'engine', 'workers', 'backend', 'onEvent'] as const;
+const OPTION_KEYS = ['path', 'name', 'description', 'host', 'port', 'socket', 'readOnly', 'maxConnections', 'maxRequestBytes', 'maxInFlight', 'direct', 'engine', 'workers', 'backend', 'pollUs', 'onEvent'] as const;
 
 export interface ServeStats extends ServeCounters {
   /** Bytes of request buffers in use now. */
@@ -101,7 +103,7 @@ export async function serveNbd(options: ServeOptions): Promise<NbdServer> {
   // The pool holds request buffers (up to a budget) plus what the engine bounces.
   const poolBytes = Math.max(64 << 20, nextPow2(maxRequest) * 4);
   const ownEngine = o.engine === undefined;
-  const engine = o.engine ?? await Engine.start({ workers: o.workers, backend: o.backend, queueDepth: 256, bufferPoolBytes: poolBytes });
+  const engine = o.engine ?? await Engine.start({ workers: o.workers, backend: o.backend, queueDepth: 256, bufferPoolBytes: poolBytes, ...(o.pollUs ? { pollUs: o.pollUs } : {}) });
   let file: File | undefined;
   try {
     file = await engine.open(path, { readOnly, direct });
