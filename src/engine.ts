@@ -243,7 +243,7 @@ export class Engine implements LaneHost {
     const id = this.reqs.create(file, op, this.rawFile ? this.rawFileId : file.id, offLo, offHi, len, buf, aux,
       done, resolve, reject, batch, batchIndex, view, rec, bounce);
     if (rec !== null) this.buffers.hold(rec);
-    if (!this.lane.send(id)) { this.reqs.settle(id, -1, this.lane.unavailable(id) as RingfenceError); return -1; }
+    if (!this.lane.send(id)) { this.reqs.settle(id, -1, this.lane.unavailable(id)); return -1; }
     this.scheduleFlush();
     return id;
   }

@@ -79,3 +79,9 @@ export function closedError(what: 'engine' | 'file', op: string, path?: string):
     { code: 'ERR_RINGFENCE_CLOSED', op, path },
   );
 }
+
+/** A read whose destination buffer was detached while it was in flight: the data cannot be delivered. */
+export function detachedReadError(path: string | undefined, cause: unknown): RingfenceError {
+  return new RingfenceError('read: the destination buffer was detached (its ArrayBuffer transferred) while the read was in flight, so the data could not be delivered; keep the buffer untouched until the promise settles',
+    { code: 'ERR_RINGFENCE_BUFFER_DETACHED', op: 'read', path, cause });
+}

@@ -7,7 +7,7 @@ import { join64 } from './core/int64.js';
 import type { BufferPool } from './pool.js';
 import type { ResolvedOptions } from './options.js';
 import type { NativeAddon } from './types.js';
-import { RingfenceError, closedError } from './errors.js';
+import { RingfenceError, closedError, detachedReadError } from './errors.js';
 import {
   invalidArg, rangeError, validateBoolean, validateBuffer, validateKnownKeys, validateLength, validateObject,
   validateOffset, validateOneOf, validatePath,
@@ -747,8 +747,7 @@ function copyOut(dst: Uint8Array, src: Uint8Array, at: number): void {
   try {
     dst.set(src, at);
   } catch (e) {
-    throw new RingfenceError('read: the destination buffer was detached (its ArrayBuffer transferred) while the read was in flight, so the data could not be delivered; keep the buffer untouched until the promise settles',
-      { code: 'ERR_RINGFENCE_BUFFER_DETACHED', op: 'read', cause: e });
+    throw detachedReadError(undefined, e);
   }
 }
 

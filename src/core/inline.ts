@@ -11,6 +11,7 @@ import { WSTAT_WORDS } from '../shm.js';
 import type { BackendChoice, BackendName, ControlMessage, NativeAddon, NativeContextInfo } from '../types.js';
 import type { ContextReport, Lane, LaneHost } from './lane.js';
 import { Executor } from './executor.js';
+import { RingfenceError } from '../errors.js';
 import { backendOrder } from '../backends.js';
 
 export interface InlineInit {
@@ -153,8 +154,6 @@ export class InlineContext extends Executor {
     if (mask !== 0) this.tableWake = true;
   }
 
-  get inflightNative(): number { return this.nativeInflight; }
-
   close(): void {
     if (this.closed) return;
     this.closed = true;
@@ -195,7 +194,9 @@ export class InlineLane implements Lane {
     return true;
   }
 
-  unavailable(): Error { return new Error('unreachable: the inline context always takes a request'); }
+  unavailable(): RingfenceError {
+    return new RingfenceError('unreachable: the inline context always takes a request', { code: 'ERR_RINGFENCE_INTERNAL' });
+  }
 
   private accept(id: number): void {
     const E = this.host.reqs.entry, e = id * ENTRY_WORDS, op = E[e + E_OP] & 0xff;

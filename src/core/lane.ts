@@ -6,6 +6,7 @@ import type { BufferPool } from '../pool.js';
 import type { ResolvedOptions } from '../options.js';
 import type { BackendName, ControlMessage, NativeAddon, NativeContextInfo } from '../types.js';
 import type { Requests } from './requests.js';
+import type { RingfenceError } from '../errors.js';
 
 export interface ContextReport {
   index: number;
@@ -25,7 +26,7 @@ export interface Lane {
    * unavailable() says why.
    */
   send(id: number): boolean;
-  unavailable(id: number): Error;
+  unavailable(id: number): RingfenceError;
   /** The end of a tick: submit what was sent during it (one kernel entry per context). */
   flush(): void;
   /** Tells every context about a file (open/close) and waits until all have applied it. */

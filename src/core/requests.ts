@@ -3,7 +3,7 @@
 // id, so a request costs no object beyond the caller's promise. Every mode's completions end
 // in settle(), which turns a result into the caller's value or RingfenceError.
 import { ENTRY_WORDS, E_AUX, E_BUF, E_FILE, E_LEN, E_OFF_HI, E_OFF_LO, E_OP, Op, OpFlag } from '../protocol.js';
-import { RingfenceError, errnoError } from '../errors.js';
+import { RingfenceError, detachedReadError, errnoError } from '../errors.js';
 import type { PoolAllocation } from '../buffers.js';
 import { join64 } from './int64.js';
 
@@ -144,8 +144,7 @@ export class Requests {
       try {
         if ((this.entry[id * ENTRY_WORDS + E_OP] & 0xff) === Op.READ && res > 0) this.buf[id]!.set(this.host.poolBytes.subarray(bounce, bounce + res), 0);
       } catch (e) {
-        hookError = new RingfenceError('read: the destination buffer was detached (its ArrayBuffer transferred) while the read was in flight, so the data could not be delivered; keep the buffer untouched until the promise settles',
-          { code: 'ERR_RINGFENCE_BUFFER_DETACHED', op: 'read', path: this.file[id]?.path, cause: e });
+        hookError = detachedReadError(this.file[id]?.path, e);
       } finally { this.host.releasePool(bounce); }
     }
     if (done !== null) {
