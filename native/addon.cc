@@ -3,8 +3,9 @@
  *
  * The addon is context-aware: it may be loaded by several worker threads
  * at once, each with its own napi_env.  Everything mutable hangs off the
- * per-env Addon instance or a Context object; there is no static mutable
- * state.  A Context belongs to the thread that created it (the io_uring
+ * per-env Addon instance or a Context object, except the process-wide
+ * registry of tracked-request tables (registry.h), which is shared by every
+ * thread on purpose.  A Context belongs to the thread that created it (the io_uring
  * backend relies on that for SINGLE_ISSUER/DEFER_TASKRUN).
  *
  * Teardown paths, idempotent:
@@ -29,6 +30,7 @@
 #include "inline.h"
 #include "ops.h"
 #include "probe.h"
+#include "registry.h"
 #include "views.h"
 #include "watch.h"
 
@@ -48,6 +50,9 @@ class Context : public Napi::ObjectWrap<Context> {
                 InstanceMethod<&Context::Inflight>("inflight"),
                 InstanceMethod<&Context::Info>("info"),
                 InstanceMethod<&Context::Close>("close"),
+                InstanceMethod<&Context::TableJoin>("tableJoin"),
+                InstanceMethod<&Context::TableLeave>("tableLeave"),
+                InstanceMethod<&Context::TableRing>("tableRing"),
             });
     }
 
@@ -143,6 +148,7 @@ class Context : public Napi::ObjectWrap<Context> {
             cfg.doorbell_fd = inline_->fd();
             cfg.offload = inline_.get();
         }
+        wake_fd_ = cfg.doorbell_fd;
 
         try {
             backend_ = make_backend(backend, cfg);
@@ -194,26 +200,50 @@ class Context : public Napi::ObjectWrap<Context> {
     static void AsyncCleanup(napi_async_cleanup_hook_handle handle, void *arg) {
         auto *self = static_cast<Context *>(arg);
         self->async_hook_ = nullptr; /* removed by the InlineLoop when it is done */
+        bool drained = true;
         if (self->backend_) {
             if (!self->backend_->shutdown()) {
                 self->backend_.release();
                 self->pool_ref_.SuppressDestruct();
                 self->pool_leaked_ = true;
+                drained = false;
             }
             self->backend_.reset();
         }
+        /*
+         * The thread is going away with table entries still held: release them once nothing
+         * of this context can still be running (helper jobs included), or never, if the
+         * kernel may still hold some of its I/O.
+         */
+        std::vector<registry::Joined> joined = std::move(self->joined_);
+        self->joined_.clear();
+        if (!drained) joined.clear();
         if (self->inline_) {
-            self->inline_->close_for_exit(handle);
+            self->inline_->close_for_exit(handle, [joined]() { LeaveAll(joined, true); });
             self->inline_.reset();
         } else {
+            LeaveAll(joined, true);
             napi_remove_async_cleanup_hook(handle);
+        }
+    }
+
+    /*
+     * Leaves the tables this context still belongs to.  `release`: first free the
+     * entries it holds (its I/O is over) and ring whoever parked behind them.
+     */
+    static void LeaveAll(const std::vector<registry::Joined> &joined, bool release) {
+        for (const auto &j : joined) {
+            if (release) registry::ring(j.id, registry::release_owned(j));
+            registry::leave(j);
         }
     }
 
     /* Drain and release the kernel side.  Touches no JS values. */
     void Teardown() {
+        bool drained = true;
         if (backend_) {
             if (!backend_->shutdown()) {
+                drained = false;
                 /*
                  * The backend gave up with ops possibly still in the
                  * kernel, which may yet write into the pool and read the
@@ -235,12 +265,23 @@ class Context : public Napi::ObjectWrap<Context> {
              * Helper jobs still running may read or write the pool: keep it
              * (they keep their own state alive; their results are dropped).
              */
-            if (!inline_->close() && !pool_leaked_) {
-                pool_ref_.SuppressDestruct();
-                pool_leaked_ = true;
+            if (!inline_->close()) {
+                drained = false;
+                if (!pool_leaked_) {
+                    pool_ref_.SuppressDestruct();
+                    pool_leaked_ = true;
+                }
             }
             inline_.reset();
         }
+        /*
+         * Entries still held (the thread is exiting, or close() came with requests parked):
+         * released only if none of this context's I/O can still be running. Otherwise they,
+         * and the participant bits, stay taken for good: requests behind them wait rather than
+         * run next to I/O that may still land.
+         */
+        if (drained) LeaveAll(joined_, true);
+        joined_.clear();
         if (hooked_) {
             napi_remove_env_cleanup_hook(env_, &Context::EnvCleanup, this);
             hooked_ = false;
@@ -364,6 +405,61 @@ class Context : public Napi::ObjectWrap<Context> {
     }
 
     /*
+     * tableJoin(dev, ino, capacity, direct, workaround): joins the process-wide table of the
+     * file identity (registry.h) with this context's wake-up eventfd.  Returns { id, bit,
+     * capacity, memory } (memory: an ArrayBuffer over the table).  Throws with `code` set
+     * (ERR_RINGFENCE_MIXED_IO_MODES, ERR_RINGFENCE_TABLE_PARTICIPANTS...).
+     */
+    Napi::Value TableJoin(const Napi::CallbackInfo &info) {
+        Napi::Env env = info.Env();
+        CheckOpen(env, "tableJoin");
+        if (!info[0].IsBigInt() || !info[1].IsBigInt())
+            throw Napi::TypeError::New(env, "tableJoin: dev and ino must be bigints");
+        bool lossless = true;
+        uint64_t dev = info[0].As<Napi::BigInt>().Uint64Value(&lossless);
+        uint64_t ino = info[1].As<Napi::BigInt>().Uint64Value(&lossless);
+        uint32_t cap = uint32_t(int_arg(env, info[2], "tableJoin: capacity", 1, registry::MAX_CAPACITY));
+        bool direct = info[3].ToBoolean().Value(), workaround = info[4].ToBoolean().Value();
+        registry::Joined j;
+        try {
+            j = registry::join(dev, ino, cap, direct, workaround, wake_fd_);
+        } catch (const registry::Error &e) {
+            Napi::Error err = Napi::Error::New(env, e.what());
+            err.Set("code", e.code);
+            throw err;
+        }
+        joined_.push_back(j);
+        Napi::Object o = Napi::Object::New(env);
+        o.Set("id", j.id);
+        o.Set("bit", j.bit);
+        o.Set("capacity", j.capacity);
+        o.Set("memory", registry::view(env, j.id));
+        return o;
+    }
+
+    /* tableLeave(id): this context's requests on the table have all been released. */
+    Napi::Value TableLeave(const Napi::CallbackInfo &info) {
+        Napi::Env env = info.Env();
+        uint32_t id = uint32_t(int_arg(env, info[0], "tableLeave: id", 0, INT32_MAX));
+        for (size_t i = 0; i < joined_.size(); i++) {
+            if (joined_[i].id != id) continue;
+            registry::leave(joined_[i]);
+            joined_.erase(joined_.begin() + long(i));
+            break;
+        }
+        return env.Undefined();
+    }
+
+    /* tableRing(id, mask): wake the table's participants in mask (any thread's). */
+    Napi::Value TableRing(const Napi::CallbackInfo &info) {
+        Napi::Env env = info.Env();
+        uint32_t id = uint32_t(int_arg(env, info[0], "tableRing: id", 0, INT32_MAX));
+        uint32_t mask = uint32_t(int_arg(env, info[1], "tableRing: mask", 0, INT32_MAX));
+        registry::ring(id, mask);
+        return env.Undefined();
+    }
+
+    /*
      * Blocks until in-flight ops finish; their results are dropped.  With
      * io_uring, at most about 10 s: see UringBackend::shutdown().
      */
@@ -393,6 +489,10 @@ class Context : public Napi::ObjectWrap<Context> {
     napi_env env_ = nullptr;
     bool hooked_ = false;
     napi_async_cleanup_hook_handle async_hook_ = nullptr;
+    /* The eventfd that wakes this context: the inline loop's, or the worker's doorbell. */
+    int wake_fd_ = -1;
+    /* Tables joined (registry.h), left on tableLeave() or at teardown. */
+    std::vector<registry::Joined> joined_;
 };
 
 /*
@@ -411,10 +511,40 @@ Napi::Object Wire(Napi::Env env) {
         {"IOV_MAX", RF_IOV_MAX}, {"MAX_FILES", MAX_FILES},
         {"FALLOC_FL_KEEP_SIZE", uint32_t(RF_FALLOC_KEEP_SIZE)}, {"FALLOC_FL_PUNCH_HOLE", uint32_t(RF_FALLOC_PUNCH_HOLE)},
         {"FALLOC_FL_ZERO_RANGE", uint32_t(RF_FALLOC_ZERO_RANGE)},
+        {"TABLE_HEADER_WORDS", registry::HEADER_WORDS}, {"TABLE_SLOT_WORDS", registry::SLOT_WORDS},
+        {"TABLE_H_WORKAROUND", registry::H_WORKAROUND}, {"TABLE_H_RANG", registry::H_RANG}, {"TABLE_H_PARTICIPANTS", registry::H_PARTICIPANTS},
+        {"TABLE_H_IN_FLIGHT", registry::H_IN_FLIGHT}, {"TABLE_H_HIGH_WATER", registry::H_HIGH_WATER},
+        {"TABLE_GEN_SHIFT", registry::GEN_SHIFT}, {"TABLE_OWNER_SHIFT", registry::OWNER_SHIFT},
+        {"TABLE_MAX_CAPACITY", registry::MAX_CAPACITY}, {"TABLE_MAX_PARTICIPANTS", registry::MAX_PARTICIPANTS},
     };
     for (const auto &p : kv)
         o.Set(p.first, p.second);
     return o;
+}
+
+/* tableStats(dev, ino): the process-wide table of a file identity now, or null. */
+Napi::Value TableStats(const Napi::CallbackInfo &info) {
+    Napi::Env env = info.Env();
+    if (!info[0].IsBigInt() || !info[1].IsBigInt())
+        throw Napi::TypeError::New(env, "tableStats: dev and ino must be bigints");
+    bool lossless = true;
+    return registry::stats(env, info[0].As<Napi::BigInt>().Uint64Value(&lossless),
+                           info[1].As<Napi::BigInt>().Uint64Value(&lossless));
+}
+
+/* tableView(id): this thread's ArrayBuffer over an open table (tests and diagnostics). */
+Napi::Value TableView(const Napi::CallbackInfo &info) {
+    Napi::Env env = info.Env();
+    return registry::view(env, uint32_t(int_arg(env, info[0], "tableView: id", 0, INT32_MAX)));
+}
+
+/* tableRing(id, mask): Context.tableRing for a thread without a context (tests). */
+Napi::Value TableRingAny(const Napi::CallbackInfo &info) {
+    Napi::Env env = info.Env();
+    uint32_t id = uint32_t(int_arg(env, info[0], "tableRing: id", 0, INT32_MAX));
+    uint32_t mask = uint32_t(int_arg(env, info[1], "tableRing: mask", 0, INT32_MAX));
+    registry::ring(id, mask);
+    return env.Undefined();
 }
 
 /* Per-env instance data: the module's exports and the Context class. */
@@ -435,6 +565,9 @@ class Addon : public Napi::Addon<Addon> {
                         InstanceValue("addressMod", Napi::Function::New(env, AddressMod, "addressMod"), napi_enumerable),
                         InstanceValue("Context", ctor, napi_enumerable),
                         InstanceValue("Watch", DefineWatch(env), napi_enumerable),
+                        InstanceValue("tableStats", Napi::Function::New(env, TableStats, "tableStats"), napi_enumerable),
+                        InstanceValue("tableView", Napi::Function::New(env, TableView, "tableView"), napi_enumerable),
+                        InstanceValue("tableRing", Napi::Function::New(env, TableRingAny, "tableRing"), napi_enumerable),
                         InstanceValue("wire", Wire(env), napi_enumerable),
                         InstanceValue("MAX_FILES", Napi::Number::New(env, MAX_FILES), napi_enumerable),
                         InstanceValue("IOV_MAX", Napi::Number::New(env, RF_IOV_MAX), napi_enumerable),

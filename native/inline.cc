@@ -47,12 +47,19 @@ struct InlineLoop::Shared {
     bool poll_closed = true;
     /* Set by close_for_exit(): removed once the handle closed and every job is back. */
     napi_async_cleanup_hook_handle exit_hook = nullptr;
+    /* Run by maybe_finish() just before the hook goes: nothing of this loop runs any more. */
+    std::function<void()> exit_done;
 
     void start(Job *j);
     void maybe_finish() {
         if (exit_hook != nullptr && poll_closed && jobs == 0) {
             napi_async_cleanup_hook_handle h = exit_hook;
             exit_hook = nullptr;
+            if (exit_done) {
+                std::function<void()> done = std::move(exit_done);
+                exit_done = nullptr;
+                done();
+            }
             napi_remove_async_cleanup_hook(h);
         }
     }
@@ -272,8 +279,9 @@ bool InlineLoop::close() {
     return s.jobs == 0;
 }
 
-void InlineLoop::close_for_exit(napi_async_cleanup_hook_handle hook) {
+void InlineLoop::close_for_exit(napi_async_cleanup_hook_handle hook, std::function<void()> done) {
     shared_->exit_hook = hook;
+    shared_->exit_done = std::move(done);
     close();
     shared_->maybe_finish();
 }

@@ -35,6 +35,7 @@
 #include <uv.h>
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <vector>
 
@@ -79,7 +80,7 @@ class InlineLoop : public Offload {
      * callback nor a job's after-callback can run in an unloaded library or
      * write into a freed pool.
      */
-    void close_for_exit(napi_async_cleanup_hook_handle hook);
+    void close_for_exit(napi_async_cleanup_hook_handle hook, std::function<void()> done = nullptr);
 
     struct Shared;
 

@@ -3,6 +3,9 @@ import { fileURLToPath } from 'node:url';
 import { dirname, resolve } from 'node:path';
 import type { NativeAddon } from './types.js';
 import {
+  GEN_SHIFT, HEADER_WORDS, H_HIGH_WATER, H_RANG, H_IN_FLIGHT, H_PARTICIPANTS, H_WORKAROUND, MAX_CAPACITY, MAX_WORKERS, OWNER_SHIFT, SLOT_WORDS,
+} from './table.js';
+import {
   COMPL_WORDS, ENTRY_WORDS, E_AUX, E_BUF, E_FILE, E_LEN, E_OFF_HI, E_OFF_LO, E_OP, E_TAG, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE,
   FALLOC_FL_ZERO_RANGE, IOV_MAX, MAX_FILES, OP_MAX, WIRE,
 } from './protocol.js';
@@ -45,6 +48,9 @@ export function checkWire(addon: NativeAddon, root: string): void {
   const mine: Record<string, number> = {
     ...WIRE, ENTRY_WORDS, E_OP, E_FILE, E_OFF_LO, E_OFF_HI, E_LEN, E_BUF, E_TAG, E_AUX, COMPL_WORDS, OP_MAX, IOV_MAX, MAX_FILES,
     FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE,
+    TABLE_HEADER_WORDS: HEADER_WORDS, TABLE_SLOT_WORDS: SLOT_WORDS, TABLE_H_WORKAROUND: H_WORKAROUND, TABLE_H_RANG: H_RANG,
+    TABLE_H_PARTICIPANTS: H_PARTICIPANTS, TABLE_H_IN_FLIGHT: H_IN_FLIGHT, TABLE_H_HIGH_WATER: H_HIGH_WATER,
+    TABLE_GEN_SHIFT: GEN_SHIFT, TABLE_OWNER_SHIFT: OWNER_SHIFT, TABLE_MAX_CAPACITY: MAX_CAPACITY, TABLE_MAX_PARTICIPANTS: MAX_WORKERS,
   };
   const theirs = addon.wire ?? {};
   const diff = Object.keys(mine).filter((k) => theirs[k] !== mine[k]);

@@ -14,7 +14,6 @@ import {
 } from './validators.js';
 import { tooLarge, type PoolAllocation, type PoolBuffers, type PoolWaiter } from './buffers.js';
 import { decideFromProbe, decideWorkaround, getProbeResolver, statfsName, type WorkaroundDecision } from './policy.js';
-import { AtomicWords, TrackedTable } from './table.js';
 import type { ControlMessage, WorkaroundPolicy } from './types.js';
 import { FSTAT_WORDS, FS_EMULATED, FS_FULL, FS_SERIALISING, FS_TRACKED, FS_WAITS, FS_WAIT_MAX_NS, FS_WAIT_NS, MAX_WORKERS, fileStatsBytes } from './shm.js';
 
@@ -100,6 +99,8 @@ export interface FileHost {
   readonly kernelRelease: string;
   /** This thread owns the kernel I/O context (a caller's own buffer may go to the kernel). */
   readonly inline: boolean;
+  /** Its I/O contexts: each one is a participant of every table it joins. */
+  readonly contextCount: number;
   readonly fdsPinned: boolean;
   submit(file: File, op: number, offLo: number, offHi: number, len: number, buf: number, aux: number,
     done: ((res: number) => number | void) | null, resolve: ((n: number) => void) | null, reject: ((e: unknown) => void) | null,
@@ -180,6 +181,7 @@ export async function openFile(engine: FileHost, pathArg: string | Buffer | URL,
       decision = decideFromProbe(magic, engine.kernelRelease, false, await resolveProbe(path, engine.kernelRelease));
     }
     const key = `${st.dev}:${st.ino}`;
+    const big = fstatSync(fd, { bigint: true });
     ident = engine.identities.get(key);
     if (ident !== undefined && ident.direct !== direct) {
       // The table orders requests by byte range, but a buffered write dirties whole pages
@@ -190,7 +192,8 @@ export async function openFile(engine: FileHost, pathArg: string | Buffer | URL,
     }
     if (ident === undefined) {
       ident = {
-        table: engine.options.trackRequests ? TrackedTable.create(engine.options.tableCapacity) : null,
+        tracked: engine.options.trackRequests,
+        dev: big.dev, ino: big.ino,
         stats: new SharedArrayBuffer(fileStatsBytes()),
         refs: 0,
         direct,
@@ -202,14 +205,26 @@ export async function openFile(engine: FileHost, pathArg: string | Buffer | URL,
     id = engine.allocFileId();
     const file = new File(engine, id, fd, path, key, {
       path, fd, direct, readOnly, alignment, memoryAlignment, alignmentSource, dev: st.dev, ino: st.ino,
-      tracked: ident.table !== null, xfsWorkaround: decision,
+      tracked: ident.tracked, xfsWorkaround: decision,
     }, new Float64Array(ident.stats));
     const announce = (seq: number): ControlMessage => ({
-      type: 'open', seq, fileId: id, fd, path, table: ident!.table, tableCapacity: engine.options.tableCapacity,
-      workaround: decision.enabled, emulate: engine.options.emulate, align: Math.max(alignment, 512), stats: ident!.stats,
+      type: 'open', seq, fileId: id, fd, path, dev: ident!.dev, ino: ident!.ino, tracked: ident!.tracked,
+      tableCapacity: engine.options.tableCapacity, direct, workaround: decision.enabled, emulate: engine.options.emulate, align: Math.max(alignment, 512), stats: ident!.stats,
     });
     engine.rememberFile(id, announce);
-    await engine.broadcast(announce);
+    try {
+      await engine.broadcast(announce);
+    } catch (err) {
+      // A context could not join the file's process-wide table (native/registry.h).
+      const e = err as Error & { code?: string };
+      throw new RingfenceError(`cannot open ${path}: ${e.message}`, { code: e.code ?? 'ERR_RINGFENCE_INTERNAL', op: 'open', path, cause: err });
+    }
+    // Another engine in this process has the file open, and this one wants the XFS workaround:
+    // a zero-write of that engine may be in flight, admitted as non-serialising before this
+    // engine's join put the workaround in force. Wait until every request older than now has
+    // finished, whoever made it, before this engine's first write can go past EOF.
+    const shared = ident.tracked && decision.enabled ? engine.addon.tableStats(ident.dev, ident.ino) : null;
+    if (shared !== null && shared.participants > engine.contextCount) await file.barrier();
     return file;
   } catch (err) {
     // Undo whatever was set up: the fd, the identity's reference and the file id.
@@ -226,9 +241,14 @@ export async function openFile(engine: FileHost, pathArg: string | Buffer | URL,
   }
 }
 
-/** Per file identity (device, inode) in one engine: its tracked-request table and statistics. */
+/**
+ * Per file identity (device, inode) in one engine: its statistics. Its tracked-request table is
+ * process-wide (native/registry.h): each I/O context joins it when the file is announced.
+ */
 export interface IdentityRecord {
-  table: SharedArrayBuffer | null;
+  tracked: boolean;
+  dev: bigint;
+  ino: bigint;
   stats: SharedArrayBuffer;
   refs: number;
   /** Whether its handles are O_DIRECT: one engine never mixes the two on one identity. */
@@ -620,6 +640,14 @@ export class File {
       Number(len >> 32n), mode, null, resolve, reject, batch, index);
   }
 
+  /** @internal Resolves once every request on the file older than this call has finished (OpFlag.BARRIER). */
+  barrier(): Promise<void> {
+    return new Promise((resolve, reject) => {
+      this.refs++;
+      this.engine.submit(this, Op.NOP | OpFlag.BARRIER, 0, 0, 0, 0, 0, null, () => resolve(), reject, null, 0);
+    });
+  }
+
   /** fdatasync: durable once it resolves, for every write that completed before the call. */
   flush(): Promise<void> {
     return new Promise((resolve, reject) => {
@@ -699,7 +727,7 @@ export class File {
   }
 
   /** Per-file table statistics, summed over workers. */
-  stats(): { path: string; tracked: number; serialising: number; waits: number; waitNsTotal: number; waitNsMax: number; tableFull: number; emulatedFallocates: number; tableHighWater: number } {
+  stats(): { path: string; tracked: number; serialising: number; waits: number; waitNsTotal: number; waitNsMax: number; tableFull: number; emulatedFallocates: number; tableHighWater: number; tableParticipants: number } {
     const s = this.fstats;
     let tracked = 0, serialising = 0, waits = 0, waitNs = 0, waitMax = 0, full = 0, emulated = 0;
     for (let w = 0; w <= MAX_WORKERS; w++) {
@@ -707,8 +735,10 @@ export class File {
       tracked += s[b + FS_TRACKED]; serialising += s[b + FS_SERIALISING]; waits += s[b + FS_WAITS]; waitNs += s[b + FS_WAIT_NS];
       waitMax = Math.max(waitMax, s[b + FS_WAIT_MAX_NS]); full += s[b + FS_FULL]; emulated += s[b + FS_EMULATED];
     }
+    // The table is process-wide: its high-water mark and participants count every engine's.
     const ident = this.engine.identities.get(this.key);
-    return { path: this.path, tracked, serialising, waits, waitNsTotal: waitNs, waitNsMax: waitMax, tableFull: full, emulatedFallocates: emulated, tableHighWater: ident?.table ? tableHighWater(ident.table, this.engine.options.tableCapacity) : 0 };
+    const t = ident?.tracked ? this.engine.addon.tableStats(ident.dev, ident.ino) : null;
+    return { path: this.path, tracked, serialising, waits, waitNsTotal: waitNs, waitNsMax: waitMax, tableFull: full, emulatedFallocates: emulated, tableHighWater: t?.highWater ?? 0, tableParticipants: t?.participants ?? 0 };
   }
 
   /** Waits for this file's in-flight requests, then closes it. */
@@ -736,9 +766,6 @@ export class File {
   }
 }
 
-function tableHighWater(sab: SharedArrayBuffer, capacity: number): number {
-  return new TrackedTable(new AtomicWords(new Int32Array(sab)), capacity).highWater();
-}
 
 function roundUp(n: number, a: number): number { return Math.ceil(n / a) * a; }
 

@@ -33,6 +33,14 @@ export const enum OpFlag {
    * into the pool: an ordinary Buffer that meets the file's alignment needs no bounce copy.
    */
   EXT = 0x400,
+  /**
+   * A NOP that the executor registers as a serialising entry over [0, infinity) and never
+   * passes to the addon with this flag: it is admitted only once every older request on the
+   * file, whichever engine made it, has finished. open() issues one when the file is already
+   * open elsewhere in the process and this engine turns the XFS workaround on for it (the
+   * combined rule, docs/ARCHITECTURE.md "Threads sharing a file").
+   */
+  BARRIER = 0x800,
 }
 
 /** The wire constants above, by their native names (compared with the addon's `wire` at load). */

@@ -58,18 +58,28 @@ export const ADMITTED = 0, BLOCKED = 1, FULL = -1;
 // Layout (int32 words).  See docs/ARCHITECTURE.md for the diagram.
 
 /**
- * Header: three 64-byte lines. Every registration writes the ticket counter and the in-flight
+ * Header: six 64-byte lines. Every registration writes the ticket counter and the in-flight
  * statistics, while the fast path only reads serialisingInFlight (and release() reads the
  * FULL waiter mask): keeping the written words off the read-mostly line spares the readers a
- * cache miss on every registration by another worker.
+ * cache miss on every registration by another worker. Lines 3 to 5 hold the participants'
+ * "rung" words (H_RANG), written only when someone waits.
  */
-export const HEADER_WORDS = 48;
+export const HEADER_WORDS = 96;
 export const H_SER_IN_FLIGHT = 0; // # serialising entries between enterSerialising and leaveSerialising
 export const H_FULL_WAITERS = 1;  // workers that got FULL
 export const H_CAPACITY = 2;      // informational
+/** Participants (engines' contexts) that want the XFS workaround: written by native/registry.cc. */
+export const H_WORKAROUND = 3;
+export const H_PARTICIPANTS = 4;  // bitmask of participant bits in use (informational)
 export const H_TICKET = 16;       // next ticket (wraps; compared modulo 2^32)
 export const H_IN_FLIGHT = 32;    // # claimed slots
 export const H_HIGH_WATER = 33;   // max H_IN_FLIGHT ever observed
+/**
+ * Words 48..78: one per participant bit, set to 1 by whoever rings that participant (before
+ * writing its eventfd), cleared by the participant before it re-evaluates its parked requests:
+ * a busy context notices a ring with one load, without a system call.
+ */
+export const H_RANG = 48;
 
 /** One slot per in-flight request, padded to a 64-byte cache line. */
 export const SLOT_WORDS = 16;
@@ -96,6 +106,7 @@ export const GEN_MASK = (1 << GEN_BITS) - 1;
 export const SLOT_BITS = 8;
 export const SLOT_MASK = (1 << SLOT_BITS) - 1;
 export const MAX_CAPACITY = 1 << SLOT_BITS;
+/** Participants of one table: the width of the waiter masks (bits 0..30). */
 export const MAX_WORKERS = 31;
 
 /** int64 (hi, lo) strictly less than. hi is signed (offsets are non-negative), lo unsigned. */
@@ -161,6 +172,8 @@ export class TrackedTable {
   register(worker: number, type: ReqType, serialising: boolean,
            startHi: number, startLo: number, endHi: number, endLo: number): number {
     if (lt64(endHi, endLo, startHi, startLo) || startHi < 0) throw new RangeError('bad range');
+    // The waiter masks are 31 bits wide: a participant outside 0..30 would wake someone else.
+    if ((worker >>> 0) >= MAX_WORKERS) throw new RangeError(`participant ${worker} outside 0..${MAX_WORKERS - 1}`);
     // Workers start claiming in different parts of the table, so that they rarely contend
     // for the same free slot or the same cache lines.
     if (this.hint < 0) this.hint = (worker * 97) % this.capacity;
@@ -287,6 +300,18 @@ export class TrackedTable {
     return this.ownTicket[this.ownSlot(handle)];
   }
   serialisingInFlight(): number { return this.mem.load(H_SER_IN_FLIGHT); }
+  /** Marks the participants in `mask` as rung (their H_RANG words): call before ringing them. */
+  markRang(mask: number): void {
+    for (let b = 0; mask !== 0; b++, mask >>>= 1) if ((mask & 1) !== 0) this.mem.store(H_RANG + b, 1);
+  }
+
+  /** Someone rang participant `bit` since the last call (and the mark is cleared). */
+  takeRang(bit: number): boolean {
+    return this.mem.load(H_RANG + bit) !== 0 && this.mem.exchange(H_RANG + bit, 0) !== 0;
+  }
+
+  /** Some engine with this file open wants the XFS workaround (the combined rule). */
+  workaroundWanted(): boolean { return this.mem.load(H_WORKAROUND) > 0; }
   highWater(): number { return this.mem.load(H_HIGH_WATER); }
   inFlight(): number { return this.mem.load(H_IN_FLIGHT); }
 
@@ -406,6 +431,9 @@ export class TrackedTable {
 }
 
 /**
+ * The reference for native/registry.cc release_owned(), which is what runs when a context is
+ * torn down (the interleaving checker and the fault tests exercise this one).
+ *
  * Releases every entry owned by `worker`, which must be dead (its thread gone, its kernel
  * I/O drained): nobody else writes those slots, so plain stores suffice, and requests parked
  * behind them are woken through the returned mask. The owner is part of the state word from

@@ -47,6 +47,32 @@ export interface NativeContext {
   inflight(): number;
   info(): NativeContextInfo;
   close(): void;
+  /**
+   * Joins the process-wide tracked-request table of a file identity (native/registry.h) with
+   * this context's wake-up eventfd. Throws with `code` (ERR_RINGFENCE_MIXED_IO_MODES,
+   * ERR_RINGFENCE_TABLE_PARTICIPANTS, ERR_RINGFENCE_TABLE_REGISTRY_FULL).
+   */
+  tableJoin(dev: bigint, ino: bigint, capacity: number, direct: boolean, workaround: boolean): TableJoined;
+  /** Leaves a table joined by tableJoin (every entry of this context in it released). */
+  tableLeave(id: number): void;
+  /** Wakes the participants in `mask` of table `id`, on whatever thread they are. */
+  tableRing(id: number, mask: number): void;
+}
+
+export interface TableJoined {
+  /** The table's process-wide id (for tableRing/tableLeave). */
+  id: number;
+  /** This context's participant bit in the table (0..30). */
+  bit: number;
+  /** The table's capacity (the first opener's choice). */
+  capacity: number;
+  /** The table's memory (an external ArrayBuffer shared by every thread that joined). */
+  memory: ArrayBuffer;
+}
+
+export interface TableStats {
+  id: number; capacity: number; participants: number; workaroundUsers: number;
+  inFlight: number; highWater: number; serialisingInFlight: number;
 }
 
 export interface ProbeResult {
@@ -73,6 +99,12 @@ export interface NativeAddon {
   poolView(pool: Uint8Array, offset: number, length: number): ArrayBuffer;
   /** Calls `cb` on this thread's loop each time `fd` (an eventfd) becomes readable, after clearing it. */
   Watch: new (fd: number, cb: () => void) => { ref(): void; unref(): void; close(): void };
+  /** The process-wide tracked-request table of a file identity now (native/registry.h), or null. */
+  tableStats(dev: bigint, ino: bigint): TableStats | null;
+  /** @internal An ArrayBuffer over an open table's memory, for tests and diagnostics. */
+  tableView(id: number): ArrayBuffer;
+  /** @internal Rings participants of a table from a thread without a context (tests). */
+  tableRing(id: number, mask: number): void;
   /** Detaches an ArrayBuffer made by poolView(): every view of it becomes length 0. */
   detach(ab: ArrayBuffer): void;
   /** The address of `u8`'s first byte modulo `m` (checks the pool's page alignment). */
@@ -111,7 +143,9 @@ export interface WorkerReady {
 }
 
 export interface ControlOpen {
-  type: 'open'; seq: number; fileId: number; fd: number; path: string; table: SharedArrayBuffer | null; tableCapacity: number;
+  type: 'open'; seq: number; fileId: number; fd: number; path: string;
+  /** The file identity, whose process-wide table each context joins (null: not tracked). */
+  dev: bigint; ino: bigint; tracked: boolean; tableCapacity: number; direct: boolean;
   workaround: boolean; emulate: boolean; align: number; stats: SharedArrayBuffer;
 }
 

@@ -174,8 +174,10 @@ for (const backend of BACKENDS) {
       for (let i = 0; i <= s.cqCap; i++) assert.is(await f.read(Buffer.alloc(BS), 0), BS);
       // Requests the worker holds and cannot finish: parked behind an older serialising
       // entry that this test puts in the file's table (as a worker 30 that does not exist).
+      // The file's process-wide table (native/registry.h), seen from this thread.
       const [ident] = engine.identities.values();
-      const table = new TrackedTable(new AtomicWords(new Int32Array(ident.table)), engine.options.tableCapacity);
+      const ts = engine.addon.tableStats(ident.dev, ident.ino);
+      const table = new TrackedTable(new AtomicWords(new Int32Array(engine.addon.tableView(ts.id))), ts.capacity);
       const blocker = table.register(30, 3 /* ZERO */, true, 0, 0, 0x7fffffff, -4096);
       assert.ok(blocker >= 0);
       try {
@@ -199,7 +201,12 @@ for (const backend of BACKENDS) {
         done.forEach(check);
         (await settled(held, 'held reads')).forEach(check);
         assert.is(await losses(engine, 1), 1);
-      } finally { engine['lane']['wakeMask'](table.release(blocker) | 1); }
+      } finally {
+        // Release the blocker and ring every participant (as a releasing context would).
+        table.release(blocker);
+        table.markRang(0x7fffffff);
+        engine.addon.tableRing(ts.id, 0x7fffffff);
+      }
       // The replacement works.
       const b = Buffer.alloc(BS);
       assert.is(await f.read(b, 2 * BS), BS);

@@ -254,6 +254,34 @@ xtest('inline mode (--mode inline): the same contrast, append-race with the emul
   await assertCleanedUp(before, 'append-race inline');
 });
 
+xtest('--threads 2: writer threads with engines of their own, one table: never loses writes, auto none', async () => {
+  const before = snapshot();
+  const never = await run([...XFS, '--workload', 'append-race', '--emulate-xfs-bug', '--workaround', 'never', '--threads', '2', '--duration', '3', '--json']);
+  assert.is(never.code, 1, never.stderr);
+  const n = json(never);
+  assert.is(n.options.threads, 2);
+  assert.ok(n.bad.lost > 0, `lost ${n.bad.lost}`);
+  assert.ok(n.notes.some((x) => /2 writer threads/.test(x)), n.notes.join('; '));
+  const auto = await run([...XFS, '--workload', 'append-race', '--emulate-xfs-bug', '--threads', '2', '--duration', '3', '--json']);
+  assert.is(auto.code, 0, auto.stderr + auto.stdout);
+  const a = json(auto);
+  assert.is(a.workaround.enabled, true);
+  assert.is(a.bad.total, 0); assert.is(a.sizeOk, true);
+  // The writer threads' requests are counted, and some had to wait for another thread's.
+  assert.ok(a.serialised > 0 && a.waits.count > 0, `serialised ${a.serialised}, waits ${a.waits.count}`);
+  await assertCleanedUp(before, 'append-race --threads');
+});
+
+xtest('--threads with qcow2-alloc and mixed: clean runs with the workaround (cross-thread ordering keeps the model exact)', async () => {
+  for (const workload of ['qcow2-alloc', 'mixed']) {
+    const r = await run([...XFS, '--workload', workload, '--emulate-xfs-bug', '--threads', '3', '--duration', '2', '--json']);
+    assert.is(r.code, 0, `${workload}: ${r.stderr}${r.stdout}`);
+    const j = json(r);
+    assert.is(j.bad.total, 0, workload); assert.is(j.sizeOk, true, workload);
+    assert.ok(j.ops > 50, `${workload}: ${j.ops} ops`);
+  }
+});
+
 xtest('append-race with the emulated bug and --workaround auto: auto enables the workaround, exit 0', async () => {
   const before = snapshot();
   const r = await run([...XFS, '--workload', 'append-race', '--emulate-xfs-bug', '--duration', '3', '--json']);

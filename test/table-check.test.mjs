@@ -4,8 +4,9 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { Worker } from 'node:worker_threads';
 import {
-  TrackedTable, AtomicWords, FULL, ADMITTED, BLOCKED,
-  HEADER_WORDS, SLOT_WORDS, S_STATE, GEN_SHIFT, GEN_MASK, ST_ACTIVE,
+  TrackedTable, AtomicWords, FULL, ADMITTED, BLOCKED, releaseOwnedBy,
+  HEADER_WORDS, SLOT_WORDS, S_STATE, S_TICKET, GEN_SHIFT, GEN_MASK, ST_ACTIVE, ST_MASK, SER_BIT,
+  OWNER_SHIFT, OWNER_MASK, H_FULL_WAITERS, MAX_WORKERS,
 } from '../dist/src/table.js';
 import { explore, pctRun, END_MAX, CheckFailure, split64 } from './helpers/model.mjs';
 
@@ -115,7 +116,195 @@ test('unmutated protocol passes the mutant scenarios', () => {
 });
 
 // ---------------------------------------------------------------------------
+// One table shared by threads: every participant is a SEPARATE TrackedTable instance (own
+// private caches, claim hint, owner, regWake) over the one shared memory, with its own
+// participant bit, as each engine thread and each offload worker has (src/core/executor.ts).
+// The bits are non-contiguous and include 30, the highest bit of the int32 waiter masks
+// (1 << 30 = 0x40000000; 1 << 31 would be negative), so that nothing may assume small or
+// contiguous worker ids.  The serialising entry is the executor's post-EOF zero-write: from
+// EOF "to infinity", end (hi 0x7fffffff, lo -4096|0), against plain writes past EOF (one
+// with a non-zero hi word, one in the last block below the "infinity" end) from the other
+// participants.  Capacity 1 (or 3 participants on capacity 2) makes register() return FULL,
+// so participants park on the table-level waiter mask and are woken through it.  Same
+// properties as above (conflicting admission, order, serialising exclusion, lost wake-up /
+// deadlock, livelock, leaks, counters), plus, for every scenario: every wake mask names only
+// participants' bits, and each admitted entry's state word names its own participant as
+// owner (releaseOwnedBy relies on it).
+//
+// The driver holds one entry per participant at a time, so capacity 1 exercises FULL but no
+// conflict (no two entries coexist), and 2 participants on capacity 2 conflicts but no FULL
+// park; 3 participants on capacity 2 has both, but is too big to explore exhaustively here
+// (> 3M states): it gets PCT, the two halves get exhaustive DFS.
+
+const BITS3 = [0, 7, 30];
+const EOF_ = 2n * K;
+const INF = (0x7fffffffn << 32n) | BigInt((-4096 | 0) >>> 0); // (hi 0x7fffffff, lo -4096|0)
+const zeroToInf = (from) => ({ start: BigInt(from), end: INF, ser: true, type: 3 });
+const pastEof = (start, len = K) => req(start, BigInt(start) + len, false);
+const FAR = 1n << 40n;  // hi word 256
+const LAST = INF - K;   // the block just below the "infinity" end (lo 0xffffe000: unsigned compare)
+
+/** Conflicts between the instances: 7's zero-write to infinity vs 30's writes past EOF (both ways). */
+const sharedConflictScn = (bits, Table = TrackedTable) => ({
+  name: `shared 2x2 cap2 bits ${bits.join('/')}`, capacity: 2, bits, Table, threads: [
+    [zeroToInf(EOF_), pastEof(LAST)], [pastEof(3n * K), pastEof(FAR)]] });
+/** The smallest conflict: one zero-write to infinity, one write past EOF (with a non-zero hi word). */
+const sharedSmallScn = (bits, Table = TrackedTable) => ({
+  name: `shared 2x1 cap2 bits ${bits.join('/')}`, capacity: 2, bits, Table, threads: [
+    [zeroToInf(EOF_)], [pastEof(FAR)]] });
+/** FULL: one slot for both participants. */
+const sharedFullScn = (bits, Table = TrackedTable) => ({
+  name: `shared 2x2 cap1 bits ${bits.join('/')}`, capacity: 1, bits, Table, threads: [
+    [zeroToInf(EOF_), pastEof(LAST)], [pastEof(3n * K), pastEof(FAR)]] });
+
+function checkShared(r, { fullParks = false } = {}) {
+  report(r);
+  assert.ok(r.finals > 0);
+  assert.ok(r.parks > 0, 'scenario should make someone park');
+  // One instance per participant, all distinct.
+  assert.is(new Set(r.instances).size, r.bits.length, 'separate TrackedTable instances');
+  assert.ok(r.instances.every((t) => t instanceof TrackedTable));
+  r.bits.forEach((b, t) => {
+    // Every participant's bit went through the table-level waiter mask (FULL on the first look).
+    assert.ok(r.fullWakes[t] > 0, `participant ${b} never handed back from the table-level waiter mask`);
+    if (fullParks) assert.ok(r.fullParks[t] > 0, `participant ${b} never woke from a FULL park`);
+  });
+  console.log(`    bits ${r.bits.join('/')}: FULL parks woken ${r.fullParks.join('/')}, table-mask hand-backs ${r.fullWakes.join('/')}`);
+}
+
+test('shared table, separate instances, bits 7/30: exhaustive 2x2 cap2, zero-write to infinity vs writes past EOF', () => {
+  assert.is(1 << 30, 0x40000000);
+  assert.equal(split64(INF), [0x7fffffff, -4096 | 0]);
+  assert.ok(MAX_WORKERS === 31 && BITS3.every((b) => b < MAX_WORKERS));
+  checkShared(explore(sharedConflictScn([7, 30]), { maxStates: 2e6 }));
+});
+
+test('shared table, separate instances, bits 30/7: exhaustive 2x2 cap1 (FULL), zero-write to infinity vs writes past EOF', () => {
+  checkShared(explore(sharedFullScn([30, 7])), { fullParks: true });
+});
+
+function pctShared(scn, runs) {
+  const t0 = performance.now();
+  let maxSteps = 0, parks = 0;
+  const fullParks = scn.bits.map(() => 0), fullWakes = scn.bits.map(() => 0);
+  for (let seed = 1; seed <= runs; seed++) {
+    const r = pctRun(scn, seed * 7919, { d: 1 + (seed % 4), k: 150 * scn.threads.length });
+    if (r.steps > maxSteps) maxSteps = r.steps;
+    parks += r.parks;
+    r.fullParks.forEach((n, t) => { fullParks[t] += n; });
+    r.fullWakes.forEach((n, t) => { fullWakes[t] += n; });
+  }
+  console.log(`    ${scn.name}: ${runs} runs, max ${maxSteps} steps, ${parks} parks, FULL parks woken ${fullParks.join('/')}, table-mask hand-backs ${fullWakes.join('/')}, ${Math.round(performance.now() - t0)} ms`);
+  assert.ok(parks > 0);
+  scn.bits.forEach((b, t) => {
+    assert.ok(fullParks[t] > 0, `participant ${b} never woke from a FULL park`);
+    assert.ok(fullWakes[t] > 0, `participant ${b} never handed back from the table-level waiter mask`);
+  });
+}
+
+test('shared table, separate instances, bits 0/7/30: PCT 3x3 cap2 (conflicts and FULL) and 3x1 cap1', () => {
+  pctShared({ name: 'shared 3x3 cap2 bits 0/7/30', capacity: 2, bits: BITS3, threads: [
+    [pastEof(3n * K), req(0, K, true), pastEof(FAR)],
+    [pastEof(LAST), pastEof(EOF_), zeroToInf(EOF_ + K)],
+    [zeroToInf(EOF_), req(0, 512, false), pastEof(3n * K)]] }, 3000);
+  // All three bits in the table-level mask at once (0x40000081).
+  pctShared({ name: 'shared 3x1 cap1 bits 0/7/30', capacity: 1, bits: BITS3, threads: [
+    [pastEof(3n * K)], [pastEof(FAR)], [zeroToInf(EOF_)]] }, 1000);
+});
+
+// Waiter masks only 16 bits wide: fine for participants 0 and 1, a lost wake-up for 30.
+class FullMask16 extends TrackedTable {
+  registerFullInterest(bit) { super.registerFullInterest(bit & 0xffff); }
+}
+class SlotMask16 extends TrackedTable {
+  registerInterest(base, bit) { super.registerInterest(base, bit & 0xffff); }
+}
+
+test('shared table mutants: 16-bit FULL / slot waiter masks -> lost wake-up of participant 30 (bits 0/1 miss it)', () => {
+  expectCaught(sharedFullScn([7, 30], FullMask16), ['deadlock']);
+  expectCaught(sharedSmallScn([7, 30], SlotMask16), ['deadlock']);
+  // The same mutants with contiguous low bits pass: only the high bit catches them.
+  report(explore(sharedFullScn([0, 1], FullMask16)));
+  report(explore(sharedSmallScn([0, 1], SlotMask16)));
+});
+test('shared table mutants, bits 7/30: weakened steps -> zero-write to infinity next to a write past EOF, lost wake-up', () => {
+  expectCaught(sharedSmallScn([7, 30], NoSerCount), ['conflicting admission', 'order violation', 'serialising exclusion']);
+  expectCaught(sharedConflictScn([7, 30], IgnoreRanged), ['conflicting admission', 'order violation', 'serialising exclusion']);
+  expectCaught(sharedSmallScn([7, 30], NoRecheck), ['deadlock']);
+  report(explore(sharedSmallScn([7, 30])));
+});
+
+// The checks this section relies on beyond the others' must be able to fail too.
+class NoOwnerWord extends TrackedTable {
+  // The ACTIVE state word without the owner field (releaseOwnedBy could not find the entry).
+  publishTicket(base, gen, ser, ticket) {
+    this.mem.store(base + S_TICKET, ticket);
+    this.mem.store(base + S_STATE, (gen << GEN_SHIFT) | (ser ? SER_BIT : 0) | ST_ACTIVE);
+  }
+}
+class FullShift extends TrackedTable {
+  registerFullInterest(bit) { super.registerFullInterest(bit << 1); } // 1 << 30 becomes the sign bit
+}
+class SlotShift extends TrackedTable {
+  registerInterest(base, bit) { super.registerInterest(base, bit << 1); }
+}
+test('shared table mutants, bits 7/30: owner missing from the state word, waiter bit shifted into the sign bit -> owner / stray wake', () => {
+  expectCaught(sharedSmallScn([7, 30], NoOwnerWord), ['owner']);
+  expectCaught(sharedFullScn([7, 30], FullShift), ['stray wake']);
+  expectCaught(sharedSmallScn([7, 30], SlotShift), ['stray wake']);
+});
+
+// ---------------------------------------------------------------------------
 // Sequential API sanity
+
+test('API: separate instances on one table, participant bits 0/7/30, FULL mask, owner, releaseOwnedBy(30)', () => {
+  const sab = TrackedTable.create(2);
+  const i32 = new Int32Array(sab);
+  const [A, B, C] = BITS3.map(() => new TrackedTable(new AtomicWords(new Int32Array(sab)), 2));
+  const [iHi, iLo] = split64(INF), [eHi, eLo] = split64(EOF_), [fHi, fLo] = split64(FAR);
+  const ownerOf = (h) => (i32[HEADER_WORDS + (h & 0xff) * SLOT_WORDS + S_STATE] >>> OWNER_SHIFT) & OWNER_MASK;
+  // Participant 7: zero-write from EOF to infinity.  Participant 0: write past EOF, blocked on it.
+  const z = B.register(7, 3, true, eHi, eLo, iHi, iLo);
+  assert.ok(z >= 0);
+  assert.is(ownerOf(z), 7);
+  assert.is(B.tryAdmit(7, z), ADMITTED);
+  const a = A.register(0, 2, false, fHi, fLo, fHi, fLo + 4096);
+  assert.ok(a >= 0 && A.ticketOf(a) > B.ticketOf(z));
+  assert.is(A.tryAdmit(0, a), BLOCKED);
+  // Participant 30: FULL, its bit (0x40000000, positive) in the table-level mask.
+  assert.is(C.register(30, 2, false, 0, 3 * 4096, 0, 4 * 4096), FULL);
+  assert.is(i32[H_FULL_WAITERS], 0x40000000);
+  // Each instance knows only its own handles.
+  assert.throws(() => A.release(z), /foreign/);
+  assert.throws(() => C.tryAdmit(30, a), /foreign/);
+  assert.is(B.release(z), 0x40000001); // participant 0 on the slot, participant 30 on the table
+  assert.is(i32[H_FULL_WAITERS], 0);
+  assert.is(A.tryAdmit(0, a), ADMITTED);
+  // Participant 30 now registers a zero-write to infinity: it waits for 0's older write past EOF.
+  const c = C.register(30, 3, true, eHi, eLo, iHi, iLo);
+  assert.ok(c >= 0);
+  const cs = i32[HEADER_WORDS + (c & 0xff) * SLOT_WORDS + S_STATE];
+  assert.is(ownerOf(c), 30);
+  assert.is(cs & ST_MASK, ST_ACTIVE);
+  assert.ok((cs & SER_BIT) !== 0 && cs > 0, 'state word stays a non-negative int32');
+  assert.is(C.tryAdmit(30, c), BLOCKED); // behind participant 0's older write past EOF
+  assert.is(A.release(a), 0x40000000);
+  assert.is(C.tryAdmit(30, c), ADMITTED);
+  // Participant 0 writes the last block below the "infinity" end: waits on 30's entry.
+  const [lHi, lLo] = split64(LAST);
+  const a2 = A.register(0, 2, false, lHi, lLo, iHi, iLo);
+  assert.ok(a2 >= 0);
+  assert.is(A.tryAdmit(0, a2), BLOCKED);
+  assert.is(B.register(7, 2, false, fHi, fLo, fHi, fLo + 4096), FULL);
+  assert.is(i32[H_FULL_WAITERS], 1 << 7);
+  // Participant 30 dies: its entry goes, and 0 (on the slot) and 7 (on the table) are woken.
+  assert.is(releaseOwnedBy(sab, 2, 30), (1 << 0) | (1 << 7));
+  assert.is(A.serialisingInFlight(), 0);
+  assert.is(A.tryAdmit(0, a2), ADMITTED);
+  assert.is(A.release(a2), 0);
+  assert.is(A.inFlight(), 0);
+  assert.is(releaseOwnedBy(sab, 2, 30), 0);
+});
 
 test('API: handles, tickets, counters, FULL wake mask', () => {
   const t = new TrackedTable(new AtomicWords(new Int32Array(TrackedTable.create(2))), 2);
@@ -146,7 +335,7 @@ test('API: handles, tickets, counters, FULL wake mask', () => {
 // ---------------------------------------------------------------------------
 // Real threads
 
-async function hammer({ workers, capacity, iters, serPct, seedGen }) {
+async function hammer({ workers, capacity, iters, serPct, seedGen, bits }) {
   const sab = TrackedTable.create(capacity);
   if (seedGen) {
     // Start every slot a few hundred releases before the generation wraps.
@@ -155,11 +344,12 @@ async function hammer({ workers, capacity, iters, serPct, seedGen }) {
   }
   const bells = new SharedArrayBuffer(32 * 4);
   const occ = new SharedArrayBuffer(32 * 4);
-  const stats = new SharedArrayBuffer(4 * 4);
+  const stats = new SharedArrayBuffer(8 * 4);
+  const parts = bits ? bits.reduce((m, b) => m | (1 << b), 0) : undefined;
   const t0 = performance.now();
   await Promise.all(Array.from({ length: workers }, (_, w) => new Promise((resolve, reject) => {
     const wk = new Worker(new URL('./helpers/model.mjs', import.meta.url), {
-      workerData: { role: 'hammer', sab, bells, occ, stats, capacity, worker: w, iters, seed: 1000 + w, serPct },
+      workerData: { role: 'hammer', sab, bells, occ, stats, capacity, worker: bits ? bits[w] : w, iters, seed: 1000 + w, serPct, parts },
     });
     wk.on('message', () => resolve());
     wk.on('error', reject);
@@ -168,8 +358,9 @@ async function hammer({ workers, capacity, iters, serPct, seedGen }) {
   const st = new Int32Array(stats);
   const t = new TrackedTable(new AtomicWords(new Int32Array(sab)), capacity);
   const ms = Math.round(performance.now() - t0);
-  console.log(`    ${workers} workers x ${iters} (cap ${capacity}, ${serPct}% serialising): ${st[0]} conflicts, ${st[1]} BLOCKED, ${st[2]} FULL, high water ${t.highWater()}, ${ms} ms`);
+  console.log(`    ${workers} workers${bits ? ` (bits ${bits.join('/')})` : ''} x ${iters} (cap ${capacity}, ${serPct}% serialising): ${st[0]} conflicts, ${st[1]} BLOCKED, ${st[2]} FULL, high water ${t.highWater()}, ${ms} ms`);
   assert.is(st[0], 0, 'conflicting requests overlapped');
+  assert.is(st[4], 0, 'wake mask named a bit no participant holds');
   assert.is(t.inFlight(), 0);
   assert.is(t.serialisingInFlight(), 0);
   assert.ok(t.highWater() <= capacity);
@@ -179,6 +370,10 @@ async function hammer({ workers, capacity, iters, serPct, seedGen }) {
 test('real threads: conflicts and FULL', async () => {
   const st = await hammer({ workers: 3, capacity: 2, iters: 100000, serPct: 20 });
   assert.ok(st[1] > 0);
+});
+test('real threads: shared table, one instance per thread, participant bits 0/7/30', async () => {
+  const st = await hammer({ workers: 3, capacity: 2, iters: 100000, serPct: 20, bits: BITS3 });
+  assert.ok(st[1] > 0 && st[2] > 0, 'should have BLOCKED and FULL');
 });
 test('real threads: slot churn across generation wrap (ABA)', async () => {
   await hammer({ workers: 2, capacity: 2, iters: 3000000, serPct: 2, seedGen: true });

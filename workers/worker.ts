@@ -120,8 +120,14 @@ class Worker extends Executor {
     for (const m of q) {
       switch (m.type) {
         case 'open':
-          this.openFile(m);
-          this.port.postMessage({ type: 'ack', seq: m.seq });
+          try {
+            this.openFile(m);
+            this.port.postMessage({ type: 'ack', seq: m.seq });
+          } catch (err) {
+            // Refused by the table registry (the participant limit, mixed I/O modes): open() fails.
+            const e = err as Error & { code?: string };
+            this.port.postMessage({ type: 'ack', seq: m.seq, error: { message: e.message, code: e.code } });
+          }
           break;
         case 'close':
           this.closeFile(m.fileId);
@@ -147,7 +153,9 @@ class Worker extends Executor {
           await new Promise<void>((r) => setImmediate(r));
           this.handleControl();
         }
-        if (wake & WAKE_TABLE) this.retryWaiting();
+        // Our own releases set WAKE_TABLE; other participants' (workers of this engine, other
+        // threads' engines) mark our H_RANG word in the table before they ring the doorbell.
+        if ((wake & WAKE_TABLE) !== 0 || (this.nWaiting > 0 && this.tableRung())) this.retryWaiting();
         // Corrupt ring memory: once what it held has finished and been posted (or, with a
         // corrupt completion ring, once nothing is left in the kernel), end the task.
         if (this.corrupt !== null && this.nativeInflight === 0 && this.readyLen === 0 &&
@@ -161,12 +169,19 @@ class Worker extends Executor {
         // Nothing to do: publish that we sleep, then re-check (the producer stores the tail
         // and then reads our state; we store our state and then read the tail: under
         // sequential consistency at least one of us sees the other).
-        if (this.nativeInflight > 0 || this.doneLen > 0) {
+        // With requests parked on a table the sleep is in the kernel too: the other participants
+        // of a table (workers of this engine, other threads' engines) wake us by writing the
+        // doorbell eventfd (native/registry.h), which only a kernel sleep watches.
+        if (this.nativeInflight > 0 || this.doneLen > 0 || this.nWaiting > 0) {
           Atomics.store(ctrl, this.base + W_KINFLIGHT, this.nativeInflight);
           Atomics.store(ctrl, st, STATE_SLEEP_KERNEL);
-          if (this.sqEmpty() && Atomics.load(ctrl, this.base + W_WAKE) === 0 && this.controlQueue.length === 0) {
+          // (Requests waiting in the submission ring that we have no room for do not keep us up:
+          // what frees room is a completion or a release, and both wake this sleep.)
+          if ((this.sqEmpty() || !this.roomToPull()) && Atomics.load(ctrl, this.base + W_WAKE) === 0 && this.controlQueue.length === 0) {
             this.wstats[WS_WAKEUPS]++;
-            if (!this.submitAndReap(this.doneLen > 0 ? 1 : 100)) this.retryWaiting();
+            const progress = this.submitAndReap(this.doneLen > 0 ? 1 : 100);
+            // A doorbell ring carries no reason: any wake may be a table release.
+            if (!progress || this.nWaiting > 0) this.retryWaiting();
           }
           Atomics.store(ctrl, st, STATE_RUNNING);
         } else {
@@ -179,9 +194,8 @@ class Worker extends Executor {
             // (A control message still on its way is delivered by the event loop during this wait.)
             this.wstats[WS_WAKEUPS]++;
             // The event loop runs while we wait: control messages are delivered here.
-            const r = Atomics.waitAsync(ctrl, st, STATE_SLEEP_FUTEX, this.nWaiting > 0 ? 100 : 1000);
-            // A request parked on the table is re-evaluated on every wake; a sleep that
-            // times out re-evaluates them too, as a backstop (the protocol needs no polling).
+            // (Nothing is parked here: see the kernel sleep above.)
+            const r = Atomics.waitAsync(ctrl, st, STATE_SLEEP_FUTEX, 1000);
             if ((r.async ? await r.value : r.value) === 'timed-out') this.retryWaiting();
           }
           Atomics.store(ctrl, st, STATE_RUNNING);
@@ -201,6 +215,11 @@ class Worker extends Executor {
       if (!this.sqEmpty() || Atomics.load(ctrl, wake) !== 0) return true;
     } while (performance.now() < until);
     return false;
+  }
+
+  /** pull() could take a request now. */
+  private roomToPull(): boolean {
+    return this.nFree > 0 && this.held + this.doneLen < this.cap;
   }
 
   private sqEmpty(): boolean {
@@ -304,14 +323,9 @@ class Worker extends Executor {
     return moved > 0;
   }
 
-  /** Rings the workers in `mask` (from a table release) so they re-evaluate parked requests. */
-  protected override wake(mask: number): void {
-    if (mask === 0) return;
-    for (let b = 0; mask !== 0; b++, mask >>>= 1) {
-      if ((mask & 1) === 0) continue;
-      if (b === this.index) { Atomics.or(this.ctrl, this.base + W_WAKE, WAKE_TABLE); continue; }
-      wakeWorker(this.ctrl, b, WAKE_TABLE, this.addon.ring, this.doorbells[b]);
-    }
+  /** Our own parked requests may go: re-evaluate them on the next iteration. */
+  protected override selfWake(): void {
+    Atomics.or(this.ctrl, this.base + W_WAKE, WAKE_TABLE);
   }
 }
 

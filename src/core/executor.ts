@@ -9,8 +9,12 @@
 //     ring and posts completions to a shared completion ring (worker mode);
 //   - src/core/inline.ts: the engine's own thread, which hands requests over by a direct call
 //     and gets completions back the same way (inline mode).
-// A driver supplies deliver() (where a completion goes) and wake() (who to ring when a table
-// release may let a parked request go).
+// A driver supplies deliver() (where a completion goes) and selfWake() (what to do when a table
+// release may let one of its own parked requests go).
+//
+// Tables are process-wide (native/registry.h): every context that opens a file identity joins
+// its one table with a participant bit of its own, whatever engine or thread it belongs to. A
+// release that finds waiters rings the other participants' eventfds through the registry.
 import { fstatSync } from 'node:fs';
 import {
   COMPL_WORDS, ENTRY_WORDS, E_AUX, E_BUF, E_FILE, E_LEN, E_OFF_HI, E_OFF_LO, E_OP, E_TAG, IOV_MAX, MAX_FILES, Op, OpFlag,
@@ -20,7 +24,7 @@ import {
   WS_ERRORS, WS_INFLIGHT, WS_OPS, poolRangeLive,
 } from '../shm.js';
 import { ADMITTED, AtomicWords, FULL, ReqType, TrackedTable } from '../table.js';
-import type { NativeContext, ControlOpen } from '../types.js';
+import type { NativeContext, ControlOpen, TableJoined } from '../types.js';
 import type { FaultPlan } from '../faults.js';
 import { join64, split, split64 } from './int64.js';
 import { PH_ADMIT, Rmw } from './rmw.js';
@@ -34,7 +38,11 @@ export const S_FREE = 0, S_READY = 1, S_PARKED = 2, S_FULLWAIT = 3, S_INFLIGHT =
 export interface FileEntry {
   fd: number;
   path: string;
+  /** The identity's process-wide table, joined by this context (null: not tracked). */
   table: TrackedTable | null;
+  /** The table's id in the registry, and this context's participant bit in it. */
+  tableId: number;
+  part: number;
   /** Serialise post-EOF zero-writes (the XFS workaround) for this file. */
   workaround: boolean;
   /** Run FALLOCATE with the emulated pre-5.5 XFS semantics. */
@@ -45,7 +53,7 @@ export interface FileEntry {
 }
 
 export interface ExecutorInit {
-  /** Participant index in every tracked-request table (a worker index; 0 for the inline context). */
+  /** This context's index in its engine (a worker index; 0 for the inline context): its statistics row. */
   index: number;
   depth: number;
   pool: SharedArrayBuffer;
@@ -65,6 +73,10 @@ export abstract class Executor {
   protected readonly poolWords: Uint32Array;
   protected readonly poolBytes: Uint8Array;
   protected readonly files: (FileEntry | undefined)[] = new Array(MAX_FILES);
+  /** Tables this context joined, by identity ("dev:ino"), with the files open on each. */
+  protected readonly joins = new Map<string, { joined: TableJoined; table: TrackedTable; files: number }>();
+  /** The same joins as an array (tableRung() walks it without allocating). */
+  protected joinList: { joined: TableJoined; table: TrackedTable; files: number }[] = [];
   protected readonly wstats: Float64Array;
   protected readonly faults: FaultPlan | null;
 
@@ -79,6 +91,8 @@ export abstract class Executor {
   /** Read-modify-write phase of a slot (0 = a plain request): rmw.phase. */
   protected readonly slotPhase: Uint8Array;
   protected readonly slotInf: Uint8Array;
+  /** The slot holds an open() barrier (OpFlag.BARRIER). */
+  protected readonly slotBarrier: Uint8Array;
   /** SQ_GEN of the request: the pool allocation its memory must still belong to. */
   protected readonly slotGen: Int32Array;
   /** Some part of the request was handed to the kernel (a corrupt completion ring lets only these finish). */
@@ -127,6 +141,7 @@ export abstract class Executor {
     });
     this.slotPhase = this.rmw.phase;
     this.slotInf = new Uint8Array(this.cap);
+    this.slotBarrier = new Uint8Array(this.cap);
     this.slotGen = new Int32Array(this.cap);
     this.slotStarted = new Uint8Array(this.cap);
     this.slotFile = new Array(this.cap).fill(undefined);
@@ -143,8 +158,8 @@ export abstract class Executor {
 
   /** Where a request's completion goes (tag: the entry's E_TAG word). */
   protected abstract deliver(tag: number, res: number): void;
-  /** Rings the participants in `mask` (from a table release) so they re-evaluate parked requests. */
-  protected abstract wake(mask: number): void;
+  /** A table release may let one of this context's own parked requests go: re-evaluate them. */
+  protected abstract selfWake(): void;
   /** Completions delivered but not yet handed on (a reap is still worth a pump while any are). */
   protected undelivered(): number { return 0; }
   /** After a pump's completions were handled: hand them on; true if that did anything. */
@@ -170,25 +185,83 @@ export abstract class Executor {
     this.route(slot);
   }
 
-  /** A file is announced: remember it and register its fd with the native context. */
+  /**
+   * A file is announced: join its identity's table (once per identity in this context) and
+   * register its fd with the native context. Throws what tableJoin throws (the participant
+   * limit, O_DIRECT and buffered handles mixed across engines).
+   */
   openFile(m: ControlOpen): void {
-    const table = m.table ? new TrackedTable(new AtomicWords(new Int32Array(m.table)), m.tableCapacity) : null;
+    let table: TrackedTable | null = null, tableId = -1, part = -1;
+    const key = `${m.dev}:${m.ino}`;
+    if (m.tracked) {
+      let j = this.joins.get(key);
+      if (j === undefined) {
+        const joined = this.ctx.tableJoin(m.dev, m.ino, m.tableCapacity, m.direct, m.workaround);
+        j = { joined, table: new TrackedTable(new AtomicWords(new Int32Array(joined.memory)), joined.capacity), files: 0 };
+        this.joins.set(key, j);
+        this.joinList = [...this.joins.values()];
+      }
+      j.files++;
+      table = j.table; tableId = j.joined.id; part = j.joined.bit;
+    }
     this.files[m.fileId] = {
-      fd: m.fd, path: m.path, table, workaround: m.workaround, emulate: m.emulate, align: m.align,
+      fd: m.fd, path: m.path, table, tableId, part, workaround: m.workaround, emulate: m.emulate, align: m.align,
       stats: new Float64Array(m.stats, this.index * FSTAT_WORDS * 8, FSTAT_WORDS),
     };
+    this.fileKeys[m.fileId] = key;
     this.ctx.setFile(m.fileId, m.fd);
   }
 
+  /** Every request of the file has settled (the engine's close waited for them). */
   closeFile(fileId: number): void {
     this.ctx.clearFile(fileId);
+    const f = this.files[fileId];
     this.files[fileId] = undefined;
+    if (f === undefined || f.table === null) return;
+    const key = this.fileKeys[fileId]!, j = this.joins.get(key);
+    if (j !== undefined && --j.files === 0) {
+      this.joins.delete(key);
+      this.joinList = [...this.joins.values()];
+      this.ctx.tableLeave(j.joined.id);
+    }
+  }
+
+  /** The identity of each open file ("dev:ino"). */
+  private readonly fileKeys: (string | undefined)[] = new Array(MAX_FILES);
+
+  /**
+   * Rings the participants in `mask` (from a release or registration in f's table): this
+   * context's own bit re-evaluates its parked requests, every other bit goes to its
+   * participant's eventfd through the registry (another worker, or another thread's engine).
+   */
+  protected wake(f: FileEntry, mask: number): void {
+    if (mask === 0) return;
+    const own = 1 << f.part;
+    if ((mask & own) !== 0) { this.selfWake(); mask &= ~own; }
+    if (mask !== 0) { f.table!.markRang(mask); this.ctx.tableRing(f.tableId, mask); }
+  }
+
+  /**
+   * Another participant rang this context on one of its tables since the last call (its
+   * H_RANG word, cleared here): the caller re-evaluates the parked requests. One load per
+   * joined table, so a busy worker can ask on every iteration.
+   */
+  protected tableRung(): boolean {
+    let rung = false;
+    const list = this.joinList;
+    for (let i = 0; i < list.length; i++) if (list[i].table.takeRang(list[i].joined.bit)) rung = true;
+    return rung;
+  }
+
+  /** The XFS workaround applies to f's zero-writes: this engine wants it, or another engine on the file does. */
+  protected workaround(f: FileEntry): boolean {
+    return f.workaround || (f.table !== null && f.table.workaroundWanted());
   }
 
   /** A request that will not run (corrupt ring): gives up its table entry; no completion. */
   protected abandon(slot: number): void {
     const h = this.slotHandle[slot], f = this.slotFile[slot];
-    if (h >= 0 && f !== undefined && f.table !== null) this.wake(f.table.release(h));
+    if (h >= 0 && f !== undefined && f.table !== null) this.wake(f, f.table.release(h));
     this.slotHandle[slot] = -1;
     this.slotState[slot] = S_FREE;
   }
@@ -213,10 +286,15 @@ export abstract class Executor {
       this.slotEntry[e + E_OP] |= OpFlag.EMULATE_XFS_BUG;
       f.stats[FS_EMULATED]++;
     }
-    const tracked = f.table !== null && op !== Op.FSYNC && op !== Op.NOP && op >= 1 && op <= Op.NOP;
+    // A barrier (OpFlag.BARRIER, open()): a NOP tracked as serialising over [0, infinity).
+    // The flag never reaches the addon.
+    const barrier = op === Op.NOP && (this.slotEntry[e + E_OP] & ~0xff) === OpFlag.BARRIER && f.table !== null;
+    this.slotBarrier[slot] = barrier ? 1 : 0;
+    if (barrier) this.slotEntry[e + E_OP] = Op.NOP;
+    const tracked = barrier || (f.table !== null && op !== Op.FSYNC && op !== Op.NOP && op >= 1 && op <= Op.NOP);
     // The entry came through shared memory: its range must make sense before it may occupy
     // the table (the addon validates everything again before the kernel sees it).
-    if (tracked && !this.rangeValid(slot, op)) return this.finish(slot, -22 /* EINVAL */);
+    if (tracked && !barrier && !this.rangeValid(slot, op)) return this.finish(slot, -22 /* EINVAL */);
     // The pool memory it names must still belong to the allocation the entry was made for.
     if (op >= Op.READ && op <= Op.WRITEV && !this.poolLive(slot, op)) return this.finish(slot, -14 /* EFAULT */);
     if (!tracked) return this.admitted(slot, f);
@@ -281,7 +359,8 @@ export abstract class Executor {
       return hi * 4294967296 + lo + lenHi * 4294967296 + lenLo <= 9223372036854775807;
     }
     const len = E[e + E_LEN];
-    return len > 0 && !(hi === 0x7fffffff && lo + len > 0x100000000);
+    // (end = offset + len must stay <= 2^63-1: the kernel refuses pos + count that overflows loff_t)
+    return len > 0 && !(hi === 0x7fffffff && lo + len > 0xffffffff);
   }
 
   protected register(slot: number, f: FileEntry): number {
@@ -290,7 +369,12 @@ export abstract class Executor {
     let offLo = E[e + E_OFF_LO], offHi = E[e + E_OFF_HI];
     let type: ReqType, serialising = false, eof = 0n;
     let endLo: number, endHi: number;
-    if (op === Op.TRUNCATE || op === Op.FALLOCATE) {
+    if (this.slotBarrier[slot] === 1) {
+      type = ReqType.ZERO;
+      serialising = true;
+      offHi = 0; offLo = 0;
+      endHi = INT64_MAX_ALIGNED_HI; endLo = -f.align | 0;
+    } else if (op === Op.TRUNCATE || op === Op.FALLOCATE) {
       // Exact 64-bit arithmetic (offsets may exceed 2^53 on sparse files); these ops are rare.
       const off = join64(offHi, offLo);
       const end = op === Op.TRUNCATE ? off : off + join64(E[e + E_BUF], E[e + E_LEN]);
@@ -304,7 +388,7 @@ export abstract class Executor {
         const from = off < size ? off : size;
         [offHi, offLo] = split64(from - (from % align));
         endHi = INT64_MAX_ALIGNED_HI; endLo = -f.align | 0;
-      } else if (f.workaround && (end > (eof = this.sizeOf(f)) || this.slotInf[slot] === 1)) {
+      } else if (this.workaround(f) && (end > (eof = this.sizeOf(f)) || this.slotInf[slot] === 1)) {
         // The XFS workaround (QEMU 292d06b925b2): a zero-write that may end beyond EOF is
         // extended to "infinity" and serialised, so no write past it can be in flight while
         // the kernel computes and sets the new size. Unlike QEMU, the range starts at EOF when
@@ -339,10 +423,10 @@ export abstract class Executor {
       endLo = lo | 0;
       endHi = offHi + (lo > 0xffffffff ? 1 : 0);
     }
-    const h = table.register(this.index, type, serialising, offHi, offLo, endHi, endLo);
+    const h = table.register(f.part, type, serialising, offHi, offLo, endHi, endLo);
     if (h !== FULL) {
       // Scanners that saw this entry before its ticket was published parked on it.
-      this.wake(table.takeWakeups());
+      this.wake(f, table.takeWakeups());
       f.stats[FS_TRACKED]++;
       if (serialising) f.stats[FS_SERIALISING]++;
     }
@@ -355,7 +439,7 @@ export abstract class Executor {
   }
 
   protected admitOrPark(slot: number, f: FileEntry, h: number): void {
-    if (f.table!.tryAdmit(this.index, h) === ADMITTED) {
+    if (f.table!.tryAdmit(f.part, h) === ADMITTED) {
       if (this.slotState[slot] === S_PARKED || this.slotState[slot] === S_FULLWAIT) this.countWait(slot, f);
       this.admitted(slot, f);
       return;
@@ -400,8 +484,8 @@ export abstract class Executor {
   /** The table admitted the request: hand it to the kernel, or start its padding RMW. */
   protected admitted(slot: number, f: FileEntry): void {
     if (this.slotPhase[slot] === 0) {
-      if (f.workaround && this.slotInf[slot] === 0 && this.slotHandle[slot] >= 0 &&
-          (this.slotEntry[slot * ENTRY_WORDS + E_OP] & 0xff) === Op.FALLOCATE && this.zeroEndsPastEof(slot, f)) {
+      if ((this.slotEntry[slot * ENTRY_WORDS + E_OP] & 0xff) === Op.FALLOCATE && this.slotInf[slot] === 0 &&
+          this.slotHandle[slot] >= 0 && this.workaround(f) && this.zeroEndsPastEof(slot, f)) {
         // A zero-write that ended before EOF when it registered (so it is not serialising), and
         // EOF has since moved below its end: it parked behind a shrinking truncate, or a padded
         // write that trimmed the size back. Run as it is, it would set the size while writes past
@@ -419,7 +503,7 @@ export abstract class Executor {
 
   /** Releases the request's table entry and registers it again serialising to "infinity" (slotInf). */
   protected reregister(slot: number, f: FileEntry): void {
-    this.wake(f.table!.release(this.slotHandle[slot]));
+    this.wake(f, f.table!.release(this.slotHandle[slot]));
     this.slotHandle[slot] = -1;
     this.slotInf[slot] = 1;
     const h = this.register(slot, f);
@@ -492,7 +576,7 @@ export abstract class Executor {
       // The file entry the request was registered through (kept per slot: the handle must be
       // released in that table even if the file table changed meanwhile).
       const f = this.slotFile[slot];
-      if (f !== undefined && f.table !== null) this.wake(f.table.release(h));
+      if (f !== undefined && f.table !== null) this.wake(f, f.table.release(h));
       this.slotHandle[slot] = -1;
     }
     this.wstats[WS_OPS]++;

@@ -79,10 +79,22 @@ export class InlineContext extends Executor {
     this.info = this.ctx.info();
   }
 
-  /** The native side saw completions (or a helper finished): reap them. */
+  /**
+   * The native side saw completions, a helper finished, or another participant of a table
+   * rang this context's eventfd (a release that may let a parked request go): reap, and
+   * re-evaluate the parked requests.
+   */
   private readonly onReady = (): void => {
-    if (!this.closed) this.kick();
+    if (this.closed) return;
+    if (this.nWaiting > 0) this.tableWake = true;
+    this.kick();
   };
+
+  /** The engine's backstop (once a second at most, while requests are outstanding). */
+  backstop(): void {
+    if (this.nWaiting > 0) this.tableWake = true;
+    this.kick();
+  }
 
   /**
    * Submits what is ready and settles what completed, until neither makes progress. Never
@@ -149,10 +161,7 @@ export class InlineContext extends Executor {
     return true;
   }
 
-  protected override wake(mask: number): void {
-    // The only participant of an inline engine's tables is this context (index 0).
-    if (mask !== 0) this.tableWake = true;
-  }
+  protected override selfWake(): void { this.tableWake = true; }
 
   close(): void {
     if (this.closed) return;
@@ -229,7 +238,7 @@ export class InlineLane implements Lane {
   remember(): void { /* no replacement contexts inline: nothing to re-announce */ }
 
   /** A backstop kick (completions arrive through the event loop; this is one non-blocking enter). */
-  watch(): void { if (this.host.outstanding > 0) this.ctx.kick(); }
+  watch(): void { if (this.host.outstanding > 0) this.ctx.backstop(); }
 
   contexts(): ContextReport[] {
     return [{ index: 0, backend: this.ctx.backend, refused: this.ctx.refused, info: this.ctx.info }];

@@ -49,8 +49,6 @@ export interface LaneHost {
   readonly pool: BufferPool;
   readonly reqs: Requests;
   readonly workerStats: Float64Array;
-  /** Every file identity's tracked-request table (null: untracked). */
-  tables(): Iterable<SharedArrayBuffer | null>;
   /** Requests and pool waiters outstanding. */
   readonly outstanding: number;
   /** The engine is tearing down: contexts end on purpose, deaths are not losses. */

@@ -9,11 +9,10 @@ import { MessageChannel, Worker, type MessagePort } from 'node:worker_threads';
 import { ENTRY_WORDS, E_BUF, E_OP, E_TAG, Op } from '../protocol.js';
 import {
   CQ_ENTRY, CQ_ID, CQ_RES, CQ_SEQ, CQ_SUM, CTRL_STRIDE, CTRL_WORDS, MAIN_AWAKE, MAIN_SLEEPING, MAIN_STATE, RING_HDR_WORDS, RING_HEAD,
-  RING_TAIL, SQ_ENTRY, SQ_GEN, SQ_SEQ, SQ_SUM, WAKE_CONTROL, WAKE_TABLE, W_BUSY, W_CTRL_SEQ, W_GAVEUP, W_HEARTBEAT, W_STALL, createRing,
+  RING_TAIL, SQ_ENTRY, SQ_GEN, SQ_SEQ, SQ_SUM, WAKE_CONTROL, W_BUSY, W_CTRL_SEQ, W_GAVEUP, W_HEARTBEAT, W_STALL, createRing,
   wakeWorker,
 } from '../shm.js';
 import { RingfenceError } from '../errors.js';
-import { releaseOwnedBy } from '../table.js';
 import type { ControlMessage, WorkerInit, WorkerReady } from '../types.js';
 import { K_FREE, opName, type Requests } from './requests.js';
 import type { ContextReport, Lane, LaneHost } from './lane.js';
@@ -76,7 +75,7 @@ export class WorkerLanes implements Lane {
   private readonly threads = new Map<Worker, Promise<void>>();
   /** Threads whose native teardown gave up on I/O stuck in the kernel: never terminated (see gone()). */
   private readonly stuck = new Set<Worker>();
-  private readonly acks = new Map<number, () => void>();
+  private readonly acks = new Map<number, (error?: { message: string; code?: string }) => void>();
   private seq = 0;
   private rr = 0;
   private scheduled = false;
@@ -140,11 +139,11 @@ export class WorkerLanes implements Lane {
     let failed: (e: unknown) => void = () => {};
     const ready = new Promise<WorkerReady>((resolve, reject) => {
       failed = reject;
-      port1.on('message', (m: WorkerReady | { type: 'ack'; seq: number }) => {
+      port1.on('message', (m: WorkerReady | { type: 'ack'; seq: number; error?: { message: string; code?: string } }) => {
         // Referenced until its context is up (start() waits for it), then unref'd.
         // (This thread, this generation: a late 'ready' must not touch a replacement.)
         if (m.type === 'ready') { thread.unref(); if (slot.generation === generation) slot.ready = m; resolve(m); }
-        else if (m.type === 'ack') { const a = this.acks.get(m.seq); this.acks.delete(m.seq); a?.(); }
+        else if (m.type === 'ack') { const a = this.acks.get(m.seq); this.acks.delete(m.seq); a?.(m.error); }
       });
     });
     // The process's own flags, except --input-type (a Worker on a file refuses it: a program
@@ -311,12 +310,10 @@ export class WorkerLanes implements Lane {
     // table entries stay (overlapping requests wait rather than race them), and fds stay open.
     const gaveUp = Atomics.load(this.ctrl, slot.index * CTRL_STRIDE + W_GAVEUP) !== 0;
     if (gaveUp) this.host.pinFds();
-    // 1. Its tracked-request entries: release them and wake whoever parked behind them.
-    for (const table of this.host.tables()) {
-      if (table === null || gaveUp) continue;
-      const mask = releaseOwnedBy(table, this.host.options.tableCapacity, slot.index);
-      this.wakeMask(mask);
-    }
+    // 1. Its tracked-request entries were released by its native context's teardown, which
+    // ran before this (in the thread's last call, or as the terminated thread's env went
+    // away), after draining its kernel I/O, and which rang whoever parked behind them
+    // (native/registry.h). If the teardown gave up, they stay taken.
     // 2. Completions it delivered before it died are real results: settle them first.
     this.drainOne(slot);
     // Entries written into its ring but not yet published never reached it: queue them again.
@@ -383,12 +380,6 @@ export class WorkerLanes implements Lane {
     }, () => { /* workerGone runs again for the replacement */ });
   }
 
-  private wakeMask(mask: number): void {
-    for (let b = 0; mask !== 0; b++, mask >>>= 1) {
-      if ((mask & 1) !== 0 && b < this.workers.length) wakeWorker(this.ctrl, b, WAKE_TABLE, this.host.addon.ring, this.doorbells[b]);
-    }
-  }
-
   /** Every second: a safety-net drain, and the watchdog for hung workers. */
   watch(): void {
     if (this.bellWaiter !== null) this.onBell();
@@ -429,7 +420,11 @@ export class WorkerLanes implements Lane {
 
   private async sendTo(w: WorkerSlot, make: (seq: number) => ControlMessage): Promise<void> {
     const seq = ++this.seq;
-    const acked = new Promise<void>((resolve) => this.acks.set(seq, resolve));
+    // An ack may carry the worker's refusal (joining the file's table): open() fails with it.
+    const acked = new Promise<void>((resolve, reject) => this.acks.set(seq, (error) => {
+      if (error === undefined) resolve();
+      else reject(new RingfenceError(error.message, { code: error.code ?? 'ERR_RINGFENCE_INTERNAL' }));
+    }));
     // Counted: with two messages outstanding, the first ack must not unref the port while the
     // second still waits (the process would exit under it, silently).
     const port = w.port;

@@ -15,12 +15,14 @@ import { formatSummary } from './report.js';
 interface RawOptions {
   xfs?: string; dir?: string; image?: string; force?: boolean;
   workload?: string; workaround?: string; emulateXfsBug?: boolean; windowUs?: string;
-  workers?: string; mode?: string; backend?: string; qd?: string; duration?: string; ops?: string; seed?: string;
+  workers?: string; mode?: string; threads?: string; backend?: string; qd?: string; duration?: string; ops?: string; seed?: string;
   clusterSize?: string; blockSize?: string; json?: boolean; quiet?: boolean;
 }
 
 export const STRESS_LIMITS = {
   workers: { min: 1, max: MAX_WORKERS },
+  /** Writer threads; with this thread's engine and its workers they must fit one table's 31 participants. */
+  threads: { min: 1, max: 16 },
   qd: { min: 1, max: 256 },
   windowUs: { min: 0, max: 10_000_000 },
   durationS: { max: 7 * 86400 },
@@ -65,6 +67,7 @@ export function addStressCommand(program: Command): void {
     .option('--window-us <n>', `with --emulate-xfs-bug: the race window in microseconds, ${L.windowUs.min} to ${L.windowUs.max} (default 2000)`)
     .option('--workers <n>', `engine worker threads, ${L.workers.min} to ${L.workers.max} (default 2, or min(4, cores - 1) when larger: the races need requests on two workers at once)`)
     .option('--mode <mode>', 'engine mode: workers (offload worker threads, the default here) or inline (this thread owns its ring, the library\'s default)')
+    .option('--threads <n>', `run the writes, zero-writes and truncates in n writer threads (${L.threads.min} to ${L.threads.max}), each with an engine of its own on the same files: they meet only in the file's process-wide tracked-request table (reads and verification stay on this thread)`)
     .option('--backend <name>', `kernel I/O interface: ${BACKENDS.join(', ')} (default auto)`)
     .option('--qd <n>', `concurrency, ${L.qd.min} to ${L.qd.max}: writers (qcow2-alloc), files (append-race, eof-extend), ops per round (mixed); default 8, 4, 4, 8`)
     .option('--duration <seconds>', `how long to run, above 0 and at most ${L.durationS.max} (default 10; with --ops only, no time limit)`)
@@ -95,7 +98,7 @@ export function addStressCommand(program: Command): void {
 export interface StressPlan {
   volume: VolumeSpec;
   workload: WorkloadName; workaround: WorkaroundPolicy; emulate: boolean; windowUs: number;
-  workers: number | undefined; mode: 'inline' | 'workers'; backend: BackendChoice; qd: number; durationS: number | null; ops: number | null;
+  workers: number | undefined; mode: 'inline' | 'workers'; threads: number; backend: BackendChoice; qd: number; durationS: number | null; ops: number | null;
   seed: number; clusterSize: number; blockSize: number; json: boolean; quiet: boolean;
 }
 
@@ -113,6 +116,10 @@ export function checkStressFlags(raw: RawOptions): StressPlan {
   const workers = intArg('--workers', raw.workers, { ...L.workers, example: 4, maxWhy: 'the engine\'s maximum, MAX_WORKERS' });
   const mode = enumArg('--mode', raw.mode, ['workers', 'inline'] as const, 'workers');
   if (mode === 'inline' && raw.workers !== undefined) throw new UsageError('--workers applies to --mode workers only: drop it, or drop --mode inline');
+  const threads = intArg('--threads', raw.threads, { ...L.threads, example: 2, maxWhy: 'the writer threads, this thread\'s engine and its workers share a table of 31 participants' }) ?? 0;
+  if (threads + (mode === 'inline' ? 1 : workers ?? 4) > 31) {
+    throw new UsageError(`--threads ${threads} with ${mode === 'inline' ? 'an inline engine' : `${workers ?? 4} workers`} needs more than a tracked-request table's 31 participants: lower --threads or --workers`);
+  }
   const qd = intArg('--qd', raw.qd, { ...L.qd, example: 8 }) ?? defaultQd(workload);
   const ops = intArg('--ops', raw.ops, { ...L.ops, example: 20000 }) ?? null;
   const duration = numberArg('--duration', raw.duration, { above: 0, max: L.durationS.max, unit: 'seconds', example: 5 });
@@ -126,7 +133,7 @@ export function checkStressFlags(raw: RawOptions): StressPlan {
   const need = { bytes: spaceNeeded(workload, qd, clusterSize, blockSize), what: `the ${workload} workload` };
   const volume = checkVolumeFlags(raw, { image: true, need });
   return {
-    volume, workload, workaround, emulate: raw.emulateXfsBug === true, windowUs, workers, mode, backend, qd, durationS, ops, seed,
+    volume, workload, workaround, emulate: raw.emulateXfsBug === true, windowUs, workers, mode, threads, backend, qd, durationS, ops, seed,
     clusterSize, blockSize, json: raw.json === true, quiet: raw.quiet === true,
   };
 }
@@ -161,7 +168,7 @@ async function stress(raw: RawOptions): Promise<void> {
       if (vol.kind === 'tempdir' || vol.fs !== 'xfs') info(`note: this is not XFS (${vol.fs}): the XFS race cannot occur here except through --emulate-xfs-bug`);
       result = await runStress(vol, {
         workload: p.workload, workaround: p.workaround, emulate: p.emulate, windowUs: p.windowUs,
-        workers: p.workers, mode: p.mode,
+        workers: p.workers, mode: p.mode, threads: p.threads,
         backend: p.backend, qd: p.qd, durationS: p.durationS, ops: p.ops, seed: p.seed, clusterSize: p.clusterSize, blockSize: p.blockSize,
         progress: json || quiet ? 'none' : process.stdout.isTTY ? 'tty' : 'plain', signal: lateSafe(ac.signal),
         log: info, stallSeconds: Number(process.env.RINGFENCE_STALL_SECONDS) || undefined,

@@ -7,6 +7,7 @@ import type { Engine } from '../engine.js';
 import type { File } from '../file.js';
 import { RingfenceError } from '../errors.js';
 import { Rng, StreamDigest } from './rng.js';
+import { ThreadedFile, type StressFile, type WriterThreads } from './threads.js';
 import {
   BAD_CLASSES, UnitModel, classify, expectedCrc, type BadBlock, type BadClass, type Expected, type Verdict,
 } from './verify.js';
@@ -42,7 +43,8 @@ export class Stream {
 
 /** A file under test with its model. */
 export interface Target {
-  file: File;
+  /** A File, or with --threads a ThreadedFile (its writes run in the writer threads). */
+  file: StressFile;
   name: string;
   path: string;
   model: UnitModel;
@@ -58,6 +60,8 @@ export interface ContextOptions {
   durationMs: number | null;
   ops: number | null;
   log: (line: string) => void;
+  /** --threads: the writer threads the mutations go to (null: this thread's engine does all). */
+  threads?: WriterThreads | null;
 }
 
 const FIRST_BAD = 10;
@@ -99,6 +103,14 @@ export class StressContext {
     this.log = o.log;
     this.deadline = o.durationMs === null ? null : this.startedAt + o.durationMs;
     this.opsBudget = o.ops;
+    this.threads = o.threads ?? null;
+  }
+
+  readonly threads: WriterThreads | null;
+
+  /** Fetches the writer threads' statistics (before tableStats() and closeAll()). */
+  async refreshStats(): Promise<void> {
+    for (const t of this.targets) if (t.file instanceof ThreadedFile) await t.file.refreshStats().catch(() => {});
   }
 
   /** Creates `lanes` streams; an --ops budget is split between them deterministically. */
@@ -139,13 +151,26 @@ export class StressContext {
       file = await this.engine.open(path, { create: true, truncate: true, direct: false });
       this.note(`this filesystem refuses O_DIRECT, so the files are opened with buffered I/O ({ direct: false })`);
     }
-    const t: Target = { file, name, path, model: new UnitModel(unit), direct };
+    let sf: StressFile = file;
+    if (this.threads !== null) {
+      // The writer threads open it too: their engines join the file's one table.
+      try {
+        const participants = await this.threads.open(path, direct);
+        this.note(`--threads ${this.threads.writers.length}: writes, zero-writes and truncates run in ${this.threads.writers.length} writer threads, each with its own engine; ${participants} I/O contexts share the file's tracked-request table`);
+      } catch (err) {
+        await file.close().catch(() => {});
+        throw err;
+      }
+      sf = new ThreadedFile(file, this.threads);
+    }
+    const t: Target = { file: sf, name, path, model: new UnitModel(unit), direct };
     this.targets.push(t);
     return t;
   }
 
   /** Closes a target (keeping its statistics) and reopens it with other options. */
   async reopen(t: Target, opts: { direct: boolean }): Promise<Target> {
+    if (t.file instanceof ThreadedFile) await t.file.refreshStats().catch(() => {});
     this.fileStats.set(t.name + '#' + this.fileStats.size, t.file.stats());
     await t.file.close();
     this.targets.splice(this.targets.indexOf(t), 1);
@@ -236,6 +261,7 @@ export class StressContext {
 
   /** Keeps the statistics, closes every file and deletes it. */
   async closeAll(): Promise<void> {
+    await this.refreshStats();
     for (const t of this.targets) {
       try { this.fileStats.set(t.name, t.file.stats()); } catch { /* closed */ }
     }

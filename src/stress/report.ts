@@ -10,7 +10,8 @@ export function formatSummary(r: StressResult): string {
     ['seed', `${r.seed} (stream ${r.streamDigest}, ${r.streamOps} ops generated)`],
     ['volume', r.volume.note],
     ['fs / kernel', `${r.fs} / ${r.kernel}`],
-    ['backend', r.options.mode === 'inline' ? `${r.backend}, inline (this thread's own ring)` : `${r.backend}, ${r.options.workers} worker(s)`],
+    ['backend', (r.options.mode === 'inline' ? `${r.backend}, inline (this thread's own ring)` : `${r.backend}, ${r.options.workers} worker(s)`) +
+      (r.options.threads > 0 ? `; writes in ${r.options.threads} writer threads, one inline engine each` : '')],
     ['workaround', `${r.workaround.enabled ? 'ENABLED' : 'disabled'} (policy ${r.workaround.policy}): ${r.workaround.rule}`],
     ['emulation', r.emulateBug.enabled ? `pre-5.5 XFS fallocate semantics emulated, window ${r.emulateBug.windowUs} us (${r.emulatedFallocates} emulated zero-writes)` : 'off (the running kernel\'s own semantics)'],
     ['ops', `${r.ops} in ${(r.durationMs / 1000).toFixed(1)} s${r.epochs ? ` (${r.epochs} file recycles)` : ''}${r.interrupted ? ', INTERRUPTED' : ''}`],

@@ -7,6 +7,7 @@ import type { BackendChoice, WorkaroundPolicy } from '../types.js';
 import type { Volume } from '../volume.js';
 import { StressContext, type SizeError, type WorkloadName } from './context.js';
 import { runWorkload, spaceNeeded } from './workloads.js';
+import { WriterThreads } from './threads.js';
 import type { BadBlock, BadClass } from './verify.js';
 
 export interface StressOptions {
@@ -17,6 +18,11 @@ export interface StressOptions {
   workers?: number;
   /** Engine mode: 'workers' (the default for stress) or 'inline'. */
   mode?: 'inline' | 'workers';
+  /**
+   * Run the writes, zero-writes and truncates in this many writer threads, each with an Engine
+   * of its own (inline mode) on the same files (0 or undefined: all on this thread's engine).
+   */
+  threads?: number;
   backend: BackendChoice;
   qd: number;
   durationS: number | null;
@@ -47,7 +53,7 @@ export interface StressResult {
   volume: { note: string; kind: string; dir: string };
   workaround: { policy: WorkaroundPolicy; enabled: boolean; rule: string };
   emulateBug: { enabled: boolean; windowUs: number };
-  options: { mode: 'inline' | 'workers'; workers: number; qd: number; clusterSize: number; blockSize: number; durationS: number | null; ops: number | null; direct: boolean };
+  options: { mode: 'inline' | 'workers'; workers: number; threads: number; qd: number; clusterSize: number; blockSize: number; durationS: number | null; ops: number | null; direct: boolean };
   ops: number;
   epochs: number;
   bytesWritten: number;
@@ -98,9 +104,24 @@ export async function runStress(vol: Volume, o: StressOptions): Promise<StressRe
     backend: o.backend, queueDepth: Math.max(32, o.qd * 4), bufferPoolBytes: pool,
     xfsWorkaround: o.workaround, emulateXfsFallocateBug: o.emulate ? { windowUs: o.windowUs } : false,
   });
+  let threads: WriterThreads | null = null;
+  if ((o.threads ?? 0) > 0) {
+    // Each writer thread's engine: inline (the thread owns its ring), the same policy and
+    // emulation as this one, so that its zero-writes race the other threads' writes.
+    const slotBytes = Math.ceil(Math.max(o.clusterSize, 16 * o.blockSize) / 4096) * 4096;
+    try {
+      threads = await WriterThreads.start(o.threads!, {
+        mode: 'inline', backend: o.backend, queueDepth: Math.max(32, o.qd * 4), bufferPoolBytes: pool,
+        xfsWorkaround: o.workaround, emulateXfsFallocateBug: o.emulate ? { windowUs: o.windowUs } : false,
+      }, o.qd * 2 + 8, slotBytes);
+    } catch (err) {
+      await engine.close();
+      throw err;
+    }
+  }
   const ctx = new StressContext({
     params: { workload: o.workload, seed: o.seed, qd: o.qd, clusterSize: o.clusterSize, blockSize: o.blockSize },
-    engine, dir: vol.dir, durationMs: o.durationS === null ? null : o.durationS * 1000, ops: o.ops, log,
+    engine, dir: vol.dir, durationMs: o.durationS === null ? null : o.durationS * 1000, ops: o.ops, log, threads,
   });
   const onAbort = (): void => ctx.interrupt();
   o.signal?.addEventListener('abort', onAbort);
@@ -118,7 +139,7 @@ export async function runStress(vol: Volume, o: StressOptions): Promise<StressRe
     const watch = setInterval(() => {
       const now = ctx.ops + ctx.verifyReads;
       const st = engine.stats();
-      if (now !== last || st.inFlight === 0) { last = now; still = 0; return; }
+      if (now !== last || (st.inFlight === 0 && (threads?.inFlight() ?? 0) === 0)) { last = now; still = 0; return; }
       if (++still < (o.stallSeconds ?? STALL_SECONDS)) return;
       clearInterval(watch);
       const files = st.files.map((f) => `${f.path.split('/').pop()}: ${f.tracked} tracked, ${f.serialising} serialising, ${f.waits} waits, table high water ${f.tableHighWater}`).join('; ');
@@ -143,10 +164,12 @@ export async function runStress(vol: Volume, o: StressOptions): Promise<StressRe
     o.signal?.removeEventListener('abort', onAbort);
     try {
       if (ctx.targets[0]) ({ decision, direct } = describe(ctx));
+      await ctx.refreshStats();
       stats = ctx.tableStats();
       info = engine.info();
     } finally {
       await ctx.closeAll();
+      await threads?.stop();
       await engine.close();
     }
   }
@@ -165,7 +188,7 @@ export async function runStress(vol: Volume, o: StressOptions): Promise<StressRe
     volume: { note: vol.note, kind: vol.kind, dir: vol.dir },
     workaround: d ?? { policy: o.workaround, enabled: false, rule: 'no file was opened' },
     emulateBug: { enabled: o.emulate, windowUs: o.emulate ? o.windowUs : 0 },
-    options: { mode: I.mode, workers: I.mode === 'inline' ? 0 : I.workers.length, qd: o.qd, clusterSize: o.clusterSize, blockSize: o.blockSize, durationS: o.durationS, ops: o.ops, direct },
+    options: { mode: I.mode, workers: I.mode === 'inline' ? 0 : I.workers.length, threads: o.threads ?? 0, qd: o.qd, clusterSize: o.clusterSize, blockSize: o.blockSize, durationS: o.durationS, ops: o.ops, direct },
     ops: ctx.ops, epochs: ctx.epochs,
     bytesWritten: ctx.bytesWritten, bytesZeroed: ctx.bytesZeroed, bytesVerified: ctx.bytesVerified, verifyReads: ctx.verifyReads,
     serialised: S.serialised, tracked: S.tracked, emulatedFallocates: S.emulatedFallocates,

@@ -13,7 +13,8 @@
 // (memory, histories) is an exact state key; DFS explores every interleaving
 // at every atomic operation, with undo (restore one word, pop one result).
 
-import { FULL, ADMITTED, TrackedTable, H_SER_IN_FLIGHT, H_IN_FLIGHT, H_HIGH_WATER, H_TICKET, HEADER_WORDS, SLOT_WORDS, S_STATE, ST_MASK, ST_FREE }
+import { FULL, ADMITTED, TrackedTable, H_SER_IN_FLIGHT, H_IN_FLIGHT, H_HIGH_WATER, H_TICKET, H_FULL_WAITERS, HEADER_WORDS, SLOT_WORDS,
+  S_STATE, S_TICKET, S_START_HI, S_START_LO, S_END_HI, S_END_LO, ST_MASK, ST_FREE, ST_ACTIVE, SER_BIT, OWNER_SHIFT, OWNER_MASK, MAX_WORKERS }
   from '../../dist/src/table.js';
 
 // Operation kinds.
@@ -81,8 +82,10 @@ export function conflicts(a, b) {
 }
 
 /**
- * A scenario: { name, capacity, threads: [[req...]...], Table? }
+ * A scenario: { name, capacity, threads: [[req...]...], Table?, bits? }
  * req: { start: bigint, end: bigint, ser: boolean, type?: number }
+ * bits: the participant bit of each thread (distinct, 0..30; default 0, 1, 2, ...).  Every
+ * thread runs its OWN Table instance over the one shared memory, as separate threads do.
  */
 export class Model {
   constructor(scn) {
@@ -90,8 +93,17 @@ export class Model {
     this.capacity = scn.capacity;
     this.Table = scn.Table ?? TrackedTable;
     this.nThreads = scn.threads.length;
+    this.bits = scn.bits ?? scn.threads.map((_, t) => t);
+    if (this.bits.length !== this.nThreads) throw new Error(`[${this.name}] ${this.bits.length} bits for ${this.nThreads} threads`);
+    this.threadOfBit = new Int32Array(32).fill(-1);
+    this.bits.forEach((b, t) => {
+      if (!Number.isInteger(b) || b < 0 || b >= MAX_WORKERS || this.threadOfBit[b] >= 0) throw new Error(`[${this.name}] bad participant bits ${this.bits}`);
+      this.threadOfBit[b] = t;
+    });
     this.tableWords = TrackedTable.wordsFor(this.capacity);
-    this.doorbell = this.tableWords; // doorbell of worker w at doorbell + w
+    this.doorbell = this.tableWords; // doorbell of thread t (participant bit bits[t]) at doorbell + t
+    this.trace = [];
+    this.instances = new Array(this.nThreads).fill(null); // thread t's latest Table instance
     this.mem = new Int32Array(this.tableWords + this.nThreads);
     this.mem.set(new Int32Array(TrackedTable.create(this.capacity)));
     this.reqs = [];
@@ -113,34 +125,46 @@ export class Model {
     this.programs = this.threadReqs.map((list, w) => this.makeProgram(w, list));
     this.next = []; // per thread: [kind, addr, v, w] or null when finished
     for (let t = 0; t < this.nThreads; t++) this.next.push(this.peek(t));
-    this.trace = [];
     this.parks = 0; this.fulls = 0; this.blocks = 0;
+    // Per thread: PARKs after FULL completed (woken), and exchanges of the table-level waiter
+    // mask that handed that thread's bit to a releaser (summed over everything explored).
+    this.fullParks = new Array(this.nThreads).fill(0);
+    this.fullWakes = new Array(this.nThreads).fill(0);
   }
 
   makeProgram(w, list) {
-    const { Table, capacity, doorbell } = this;
+    const { Table, capacity, doorbell, threadOfBit } = this;
+    const bit = this.bits[w];
     return (mem) => {
+      // One instance per participant (and per replay): its private caches are this thread's alone.
       const table = new Table(mem, capacity);
+      this.instances[w] = table;
       const ring = (mask) => {
-        for (let b = 0; mask !== 0; b++, mask >>>= 1) if (mask & 1) mem.op(OR, doorbell + b, 1, 0);
+        const all = mask;
+        for (let b = 0; mask !== 0; b++, mask >>>= 1) {
+          if ((mask & 1) === 0) continue;
+          const t = threadOfBit[b];
+          if (t < 0) this.fail('stray wake', `participant ${bit} was handed wake mask 0x${(all >>> 0).toString(16)}: bit ${b} belongs to no participant`);
+          mem.op(OR, doorbell + t, 1, 0);
+        }
       };
       for (let qi = 0; qi < list.length; qi++) {
         const q = list[qi];
         let h;
         for (;;) {
           mem.cp(table, qi, 0, 0);
-          h = table.register(w, q.type, q.ser, q.sHi, q.sLo, q.eHi, q.eLo);
+          h = table.register(bit, q.type, q.ser, q.sHi, q.sLo, q.eHi, q.eLo);
           if (h !== FULL) break;
           mem.cp(table, qi, 1, 0);
-          mem.op(PARK, doorbell + w, 0, 0);
+          mem.op(PARK, doorbell + w, 1 /* FULL */, 0);
         }
         mem.cp(table, qi, 2, h);
         ring(table.takeWakeups());
         for (;;) {
           mem.cp(table, qi, 3, h);
-          if (table.tryAdmit(w, h) === ADMITTED) break;
+          if (table.tryAdmit(bit, h) === ADMITTED) break;
           mem.cp(table, qi, 4, h);
-          mem.op(PARK, doorbell + w, 0, 0);
+          mem.op(PARK, doorbell + w, 2 /* BLOCKED */, 0);
         }
         mem.cp(table, qi, 5, h);
         mem.op(EVENT, EV_ADMIT, q.id, table.ticketOf(h));
@@ -217,8 +241,11 @@ export class Model {
       case OR: res = old; m[a] = old | v; break;
       case XCHG: res = old; m[a] = v; break;
       case CAS: res = old; if (old === v) m[a] = w; break;
-      case PARK: res = old; m[a] = 0; this.parks++; break;
+      case PARK: res = old; m[a] = 0; this.parks++; if (v === 1) this.fullParks[t]++; break;
       case EVENT: undo = this.event(t, a, v, w); break;
+    }
+    if (kind === XCHG && a === H_FULL_WAITERS && old !== 0) {
+      for (let u = 0; u < this.nThreads; u++) if ((old & (1 << this.bits[u])) !== 0) this.fullWakes[u]++;
     }
     if (kind === ADD && a === H_TICKET) {
       // The n-th ticket drawn by a thread belongs to its n-th request.
@@ -246,6 +273,7 @@ export class Model {
     const q = this.reqs[id];
     if (kind === EV_ADMIT) {
       if (this.ticket[id] !== ticket) this.fail('bookkeeping', `req ${id} ticket ${ticket} != ${this.ticket[id]}`);
+      this.checkEntry(t, q, ticket);
       for (const o of this.reqs) {
         if (o === q || !this.conf[id][o.id]) continue;
         if (this.status[o.id] === 1) {
@@ -267,6 +295,30 @@ export class Model {
     if (this.status[id] !== 1) this.fail('bookkeeping', `release of req ${id} not admitted`);
     this.status[id] = 2;
     return () => { this.status[id] = 1; };
+  }
+
+  /**
+   * The admitted request's shared entry: exactly one ACTIVE slot holds its ticket, and its state
+   * word names the admitting thread's participant bit as owner (releaseOwnedBy relies on it), its
+   * serialising flag, and its range, as the scanners of the other instances see them.
+   */
+  checkEntry(t, q, ticket) {
+    const m = this.mem;
+    let found = -1;
+    for (let s = 0; s < this.capacity; s++) {
+      const base = HEADER_WORDS + s * SLOT_WORDS;
+      if ((m[base + S_STATE] & ST_MASK) !== ST_ACTIVE || m[base + S_TICKET] !== ticket) continue;
+      if (found >= 0) this.fail('entry', `ticket ${ticket} in slots ${found} and ${s}`);
+      found = s;
+    }
+    if (found < 0) this.fail('entry', `req ${q.id} admitted without an ACTIVE slot holding ticket ${ticket}`);
+    const base = HEADER_WORDS + found * SLOT_WORDS, st = m[base + S_STATE];
+    const owner = (st >>> OWNER_SHIFT) & OWNER_MASK;
+    if (owner !== this.bits[t]) this.fail('owner', `req ${q.id} of participant ${this.bits[t]}: slot ${found} names owner ${owner}`);
+    if (((st & SER_BIT) !== 0) !== q.ser) this.fail('entry', `req ${q.id}: slot ${found} serialising flag ${(st & SER_BIT) !== 0}`);
+    if (m[base + S_START_HI] !== q.sHi || m[base + S_START_LO] !== q.sLo || m[base + S_END_HI] !== q.eHi || m[base + S_END_LO] !== q.eLo) {
+      this.fail('entry', `req ${q.id}: slot ${found} range (${m[base + S_START_HI]}, ${m[base + S_START_LO]})..(${m[base + S_END_HI]}, ${m[base + S_END_LO]}) != (${q.sHi}, ${q.sLo})..(${q.eHi}, ${q.eLo})`);
+    }
   }
 
   done() { return this.next.every((op) => op === null); }
@@ -353,7 +405,10 @@ export function explore(scn, { maxDepth = 5000, maxStates = Infinity } = {}) {
     seen.set(k, 2);
   };
   dfs(0);
-  return { name: scn.name, states, transitions, finals, maxDepth: maxSeen, parks: m.parks, ms: Math.round(performance.now() - t0) };
+  return {
+    name: scn.name, states, transitions, finals, maxDepth: maxSeen, parks: m.parks, ms: Math.round(performance.now() - t0),
+    bits: m.bits, fullParks: m.fullParks, fullWakes: m.fullWakes, instances: m.instances,
+  };
 }
 
 /** Small deterministic PRNG (mulberry32). */
@@ -389,7 +444,7 @@ export function pctRun(scn, seed, { d = 3, k = 600, maxSteps = 20000 } = {}) {
     if (best < 0) {
       if (!m.done()) m.fail('deadlock', 'no thread can run');
       m.checkFinal();
-      return { steps, parks: m.parks };
+      return { steps, parks: m.parks, fullParks: m.fullParks, fullWakes: m.fullWakes };
     }
     if (change.has(steps)) {
       prio[best] = change.get(steps);
@@ -414,16 +469,20 @@ import { isMainThread, workerData, parentPort } from 'node:worker_threads';
 import { AtomicWords } from '../../dist/src/table.js';
 
 export const UNITS = 16;
-function hammer({ sab, bells, occ, stats, capacity, worker, iters, seed, serPct }) {
+// `worker` is the thread's participant bit (0..30, any subset); `parts`, if given, the mask of
+// every participant's bit: a wake-up for any other bit is counted as stray.
+function hammer({ sab, bells, occ, stats, capacity, worker, iters, seed, serPct, parts }) {
   const table = new TrackedTable(new AtomicWords(new Int32Array(sab)), capacity);
   const db = new Int32Array(bells);
   const oc = new Int32Array(occ);
-  const st = new Int32Array(stats); // 0 conflicts, 1 blocked, 2 full, 3 done
+  const st = new Int32Array(stats); // 0 conflicts, 1 blocked, 2 full, 3 done, 4 stray wake bits (if parts)
+  let stray = 0;
   const r = rng(seed);
   const park = () => {
     while (Atomics.exchange(db, worker, 0) === 0) Atomics.wait(db, worker, 0, 50);
   };
   const ring = (mask) => {
+    if (parts !== undefined && (mask & ~parts) !== 0) stray++;
     for (let b = 0; mask !== 0; b++, mask >>>= 1) {
       if (mask & 1) { Atomics.store(db, b, 1); Atomics.notify(db, b); }
     }
@@ -449,6 +508,7 @@ function hammer({ sab, bells, occ, stats, capacity, worker, iters, seed, serPct 
     ring(table.release(h));
   }
   Atomics.add(st, 0, conflicts); Atomics.add(st, 1, blocked); Atomics.add(st, 2, full);
+  if (parts !== undefined) Atomics.add(st, 4, stray);
   parentPort.postMessage('done');
 }
 
