@@ -72,6 +72,32 @@ if (!isMainThread) {
 
   const rows = [];
   rows.push(await measure('uncontended, non-serialising (fast path)', triple));
+  // The same on the memory engines really use: a file's process-wide table from the addon's
+  // registry (native/registry.h), an external ArrayBuffer rather than a SharedArrayBuffer.
+  {
+    const { Engine } = await import('../dist/src/index.js');
+    const { mkdtempSync, rmSync } = await import('node:fs');
+    const dir = mkdtempSync('/var/tmp/rf-micro-');
+    const engine = await Engine.start({ bufferPoolBytes: 1 << 20, queueDepth: 4, tableCapacity: CAP });
+    try {
+      const f = await engine.open(`${dir}/t`, { create: true });
+      const [ident] = engine.identities.values();
+      const ts = engine.addon.tableStats(ident.dev, ident.ino);
+      const reg = new TrackedTable(new AtomicWords(new Int32Array(engine.addon.tableView(ts.id))), ts.capacity);
+      const bit = 5; // a participant bit nobody else holds here
+      rows.push(await measure('uncontended, non-serialising, registry table memory', () => {
+        for (let i = 0; i < BATCH; i++) {
+          const h = reg.register(bit, 1, false, 0, 0, 0, 4096);
+          sink ^= reg.tryAdmit(bit, h);
+          sink ^= reg.release(h);
+        }
+      }));
+      await f.close();
+    } finally {
+      await engine.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }
   rows.push(await measure('uncontended, serialising (scan)', tripleSer));
 
   // A serialising entry far away, held for the whole measurement: every

@@ -53,6 +53,7 @@ class Context : public Napi::ObjectWrap<Context> {
                 InstanceMethod<&Context::TableJoin>("tableJoin"),
                 InstanceMethod<&Context::TableLeave>("tableLeave"),
                 InstanceMethod<&Context::TableRing>("tableRing"),
+                InstanceMethod<&Context::TableWorkaround>("tableWorkaround"),
             });
     }
 
@@ -219,7 +220,9 @@ class Context : public Napi::ObjectWrap<Context> {
         self->joined_.clear();
         if (!drained) joined.clear();
         if (self->inline_) {
-            self->inline_->close_for_exit(handle, [joined]() { LeaveAll(joined, true); });
+            std::function<void()> release;
+            if (!joined.empty()) release = [joined]() { LeaveAll(joined, true); };
+            self->inline_->close_for_exit(handle, std::move(release));
             self->inline_.reset();
         } else {
             LeaveAll(joined, true);
@@ -260,28 +263,32 @@ class Context : public Napi::ObjectWrap<Context> {
             }
             backend_.reset();
         }
+        /*
+         * Entries still held (the thread is exiting, or close() came with requests parked or
+         * in flight): released once none of this context's I/O can still be running, that is
+         * after the backend drained and, inline, once every helper job is back (which may be
+         * later: InlineLoop::close runs the release then). If the backend gave up on I/O stuck
+         * in the kernel, they and the participant bits stay taken for good: requests behind
+         * them wait rather than run next to I/O that may still land.
+         */
+        std::vector<registry::Joined> joined = std::move(joined_);
+        joined_.clear();
+        if (!drained) joined.clear();
         if (inline_) {
             /*
              * Helper jobs still running may read or write the pool: keep it
              * (they keep their own state alive; their results are dropped).
              */
-            if (!inline_->close()) {
-                drained = false;
-                if (!pool_leaked_) {
-                    pool_ref_.SuppressDestruct();
-                    pool_leaked_ = true;
-                }
+            std::function<void()> release;
+            if (!joined.empty()) release = [joined]() { LeaveAll(joined, true); };
+            if (!inline_->close(std::move(release)) && !pool_leaked_) {
+                pool_ref_.SuppressDestruct();
+                pool_leaked_ = true;
             }
             inline_.reset();
+        } else {
+            LeaveAll(joined, true);
         }
-        /*
-         * Entries still held (the thread is exiting, or close() came with requests parked):
-         * released only if none of this context's I/O can still be running. Otherwise they,
-         * and the participant bits, stay taken for good: requests behind them wait rather than
-         * run next to I/O that may still land.
-         */
-        if (drained) LeaveAll(joined_, true);
-        joined_.clear();
         if (hooked_) {
             napi_remove_env_cleanup_hook(env_, &Context::EnvCleanup, this);
             hooked_ = false;
@@ -415,11 +422,14 @@ class Context : public Napi::ObjectWrap<Context> {
         CheckOpen(env, "tableJoin");
         if (!info[0].IsBigInt() || !info[1].IsBigInt())
             throw Napi::TypeError::New(env, "tableJoin: dev and ino must be bigints");
-        bool lossless = true;
-        uint64_t dev = info[0].As<Napi::BigInt>().Uint64Value(&lossless);
-        uint64_t ino = info[1].As<Napi::BigInt>().Uint64Value(&lossless);
+        bool dev_exact = true, ino_exact = true;
+        uint64_t dev = info[0].As<Napi::BigInt>().Uint64Value(&dev_exact);
+        uint64_t ino = info[1].As<Napi::BigInt>().Uint64Value(&ino_exact);
+        bool lossless = dev_exact && ino_exact;
         uint32_t cap = uint32_t(int_arg(env, info[2], "tableJoin: capacity", 1, registry::MAX_CAPACITY));
         bool direct = info[3].ToBoolean().Value(), workaround = info[4].ToBoolean().Value();
+        if (!lossless)
+            throw Napi::RangeError::New(env, "tableJoin: dev and ino must fit 64 bits");
         registry::Joined j;
         try {
             j = registry::join(dev, ino, cap, direct, workaround, wake_fd_);
@@ -427,13 +437,23 @@ class Context : public Napi::ObjectWrap<Context> {
             Napi::Error err = Napi::Error::New(env, e.what());
             err.Set("code", e.code);
             throw err;
+        } catch (const std::bad_alloc &) {
+            throw Napi::Error::New(env, "tableJoin: out of memory");
+        }
+        /* The view before anything else can fail: if it cannot be made, leave again. */
+        Napi::Object o;
+        try {
+            Napi::ArrayBuffer mem = registry::view(env, j.id);
+            o = Napi::Object::New(env);
+            o.Set("id", j.id);
+            o.Set("bit", j.bit);
+            o.Set("capacity", j.capacity);
+            o.Set("memory", mem);
+        } catch (...) {
+            registry::leave(j);
+            throw;
         }
         joined_.push_back(j);
-        Napi::Object o = Napi::Object::New(env);
-        o.Set("id", j.id);
-        o.Set("bit", j.bit);
-        o.Set("capacity", j.capacity);
-        o.Set("memory", registry::view(env, j.id));
         return o;
     }
 
@@ -445,6 +465,22 @@ class Context : public Napi::ObjectWrap<Context> {
             if (joined_[i].id != id) continue;
             registry::leave(joined_[i]);
             joined_.erase(joined_.begin() + long(i));
+            break;
+        }
+        return env.Undefined();
+    }
+
+    /*
+     * tableWorkaround(id, wanted): this context's files of the identity now do (or no longer
+     * do) want the XFS workaround: the registry's count (H_WORKAROUND) follows.
+     */
+    Napi::Value TableWorkaround(const Napi::CallbackInfo &info) {
+        Napi::Env env = info.Env();
+        uint32_t id = uint32_t(int_arg(env, info[0], "tableWorkaround: id", 0, INT32_MAX));
+        bool wanted = info[1].ToBoolean().Value();
+        for (auto &j : joined_) {
+            if (j.id != id) continue;
+            registry::set_workaround(j, wanted);
             break;
         }
         return env.Undefined();

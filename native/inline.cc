@@ -47,19 +47,19 @@ struct InlineLoop::Shared {
     bool poll_closed = true;
     /* Set by close_for_exit(): removed once the handle closed and every job is back. */
     napi_async_cleanup_hook_handle exit_hook = nullptr;
-    /* Run by maybe_finish() just before the hook goes: nothing of this loop runs any more. */
+    /* Run by maybe_finish() once the loop is closed and every helper job is back. */
     std::function<void()> exit_done;
 
     void start(Job *j);
     void maybe_finish() {
+        if (jobs == 0 && exit_done) {
+            std::function<void()> done = std::move(exit_done);
+            exit_done = nullptr;
+            done();
+        }
         if (exit_hook != nullptr && poll_closed && jobs == 0) {
             napi_async_cleanup_hook_handle h = exit_hook;
             exit_hook = nullptr;
-            if (exit_done) {
-                std::function<void()> done = std::move(exit_done);
-                exit_done = nullptr;
-                done();
-            }
             napi_remove_async_cleanup_hook(h);
         }
     }
@@ -249,9 +249,10 @@ void InlineLoop::set_active(bool active) {
 
 uint32_t InlineLoop::jobs() const { return shared_->jobs; }
 
-bool InlineLoop::close() {
+bool InlineLoop::close(std::function<void()> done) {
     Shared &s = *shared_;
     s.alive = false;
+    if (done) s.exit_done = std::move(done);
     s.cb.Reset();
     if (s.actx != nullptr) {
         napi_async_destroy(env_, s.actx);
@@ -276,14 +277,14 @@ bool InlineLoop::close() {
         });
         poll_ = nullptr;
     }
-    return s.jobs == 0;
+    bool idle = s.jobs == 0;
+    s.maybe_finish(); /* runs `done` now if no job is out, else when the last one is back */
+    return idle;
 }
 
 void InlineLoop::close_for_exit(napi_async_cleanup_hook_handle hook, std::function<void()> done) {
     shared_->exit_hook = hook;
-    shared_->exit_done = std::move(done);
-    close();
-    shared_->maybe_finish();
+    close(std::move(done));
 }
 
 }  // namespace rf

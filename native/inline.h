@@ -69,9 +69,11 @@ class InlineLoop : public Offload {
     /*
      * Stop watching and forget the callback.  Returns false if helper jobs
      * are still running: they keep the state they use (and the caller must
-     * keep the pool, which they may still read or write) alive.
+     * keep the pool, which they may still read or write) alive.  `done`, if
+     * given, runs on this thread once no helper job is out any more: now, or
+     * when the last one comes back.
      */
-    bool close();
+    bool close(std::function<void()> done = nullptr);
 
     /*
      * close() at thread exit, from the Context's async cleanup hook: the hook

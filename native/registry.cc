@@ -21,7 +21,9 @@
 #include <atomic>
 #include <cerrno>
 #include <cstring>
+#include <map>
 #include <mutex>
+#include <utility>
 
 #include "backend.h"
 
@@ -55,6 +57,11 @@ struct Entry {
 
 std::mutex g_mu;
 Entry g_entries[MAX_TABLES];
+/* Open entries by identity (g_mu held): join() and stats() look up here instead of scanning. */
+/* (Never destroyed: a thread may still tear down a context while the process exits.) */
+auto &g_index = *new std::map<std::pair<uint64_t, uint64_t>, uint32_t>();
+/* A free entry is looked for from here on (g_mu held). */
+uint32_t g_next_free = 0;
 
 constexpr uint32_t ID_INDEX_BITS = 12;
 static_assert((1u << ID_INDEX_BITS) == MAX_TABLES, "table id index width");
@@ -93,12 +100,10 @@ Joined join(uint64_t dev, uint64_t ino, uint32_t capacity, bool direct, bool wor
     std::lock_guard<std::mutex> lock(g_mu);
     Entry *e = nullptr;
     uint32_t index = 0;
-    for (uint32_t i = 0; i < MAX_TABLES; i++) {
-        if (g_entries[i].used && g_entries[i].dev == dev && g_entries[i].ino == ino) {
-            e = &g_entries[i];
-            index = i;
-            break;
-        }
+    auto found = g_index.find({dev, ino});
+    if (found != g_index.end()) {
+        index = found->second;
+        e = &g_entries[index];
     }
     if (e != nullptr && e->direct != direct)
         throw Error("ERR_RINGFENCE_MIXED_IO_MODES",
@@ -114,10 +119,13 @@ Joined join(uint64_t dev, uint64_t ino, uint32_t capacity, bool direct, bool wor
                         "workers, or open this file from fewer threads");
     bool created = false;
     if (e == nullptr) {
-        for (uint32_t i = 0; i < MAX_TABLES; i++) {
+        for (uint32_t n = 0; n < MAX_TABLES; n++) {
+            uint32_t i = (g_next_free + n) % MAX_TABLES;
             if (!g_entries[i].used) {
                 e = &g_entries[i];
                 index = i;
+                /* Round-robin: an index is reused as late as possible (its ids recur later). */
+                g_next_free = (i + 1) % MAX_TABLES;
                 break;
             }
         }
@@ -147,6 +155,7 @@ Joined join(uint64_t dev, uint64_t ino, uint32_t capacity, bool direct, bool wor
         e->workaround_users = 0;
         e->gen.store(e->gen.load() + 1);
         e->used = true;
+        g_index[{dev, ino}] = index;
         created = true;
     }
     uint32_t bit = 0;
@@ -158,6 +167,7 @@ Joined join(uint64_t dev, uint64_t ino, uint32_t capacity, bool direct, bool wor
         if (created) {
             e->used = false;
             e->gen.store(e->gen.load() + 1);
+            g_index.erase({dev, ino});
             unref(e->block);
             e->block = nullptr;
         }
@@ -178,6 +188,19 @@ Joined join(uint64_t dev, uint64_t ino, uint32_t capacity, bool direct, bool wor
     return j;
 }
 
+void set_workaround(Joined &j, bool wanted) {
+    std::lock_guard<std::mutex> lock(g_mu);
+    Entry *e = lookup(j.id);
+    if (e == nullptr || (e->bits & (1u << j.bit)) == 0 || j.workaround == wanted)
+        return;
+    j.workaround = wanted;
+    if (wanted)
+        e->workaround_users++;
+    else if (e->workaround_users > 0)
+        e->workaround_users--;
+    store(e->block->mem, H_WORKAROUND, int32_t(e->workaround_users));
+}
+
 void leave(const Joined &j) {
     std::lock_guard<std::mutex> lock(g_mu);
     Entry *e = lookup(j.id);
@@ -196,6 +219,7 @@ void leave(const Joined &j) {
     if (e->bits == 0) {
         /* The identity closes: the next join starts a fresh table (this one is freed once unviewed). */
         e->used = false;
+        g_index.erase({e->dev, e->ino});
         e->gen.store(e->gen.load() + 1);
         unref(e->block);
         e->block = nullptr;
@@ -227,6 +251,12 @@ uint32_t release_owned(const Joined &j) {
     }
     if (load(m, H_FULL_WAITERS) != 0)
         wake |= uint32_t(__atomic_exchange_n(m + H_FULL_WAITERS, 0, __ATOMIC_SEQ_CST));
+    /*
+     * Every other participant, not only the waiters found: a context terminated in the middle
+     * of release() may have freed a slot (so it is skipped above) and not yet taken or rung
+     * its waiter mask. Spurious wake-ups are harmless, and this runs only at teardown.
+     */
+    wake |= e->bits;
     wake &= ~(1u << j.bit) & ((1u << MAX_PARTICIPANTS) - 1);
     /* Mark them rung (as Executor.wake does) before the caller writes their eventfds. */
     for (uint32_t b = 0; b < MAX_PARTICIPANTS; b++)
@@ -270,9 +300,9 @@ Napi::ArrayBuffer view(Napi::Env env, uint32_t id) {
 
 Napi::Value stats(Napi::Env env, uint64_t dev, uint64_t ino) {
     std::lock_guard<std::mutex> lock(g_mu);
-    for (auto &e : g_entries) {
-        if (!e.used || e.dev != dev || e.ino != ino)
-            continue;
+    auto found = g_index.find({dev, ino});
+    if (found != g_index.end()) {
+        Entry &e = g_entries[found->second];
         int32_t *m = e.block->mem;
         Napi::Object o = Napi::Object::New(env);
         o.Set("id", make_id(e.gen.load(), uint32_t(&e - g_entries)));

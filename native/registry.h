@@ -84,10 +84,17 @@ struct Joined {
 /* Joins the table of (dev, ino), creating it with `capacity` slots if none is open. Throws Error. */
 Joined join(uint64_t dev, uint64_t ino, uint32_t capacity, bool direct, bool workaround, int wake_fd);
 
+/* The participant's files of the identity now do (or no longer do) want the workaround. */
+void set_workaround(Joined &j, bool wanted);
+
 /* Gives up the participant bit (its entries must already be released). */
 void leave(const Joined &j);
 
-/* Frees every entry `j.bit` still holds; returns the participants to wake. */
+/*
+ * Frees every entry `j.bit` still holds; returns the participants to wake (every other
+ * participant: a context torn down in the middle of a release may have freed a slot and not
+ * yet rung its waiters), already marked rung (H_RANG).
+ */
 uint32_t release_owned(const Joined &j);
 
 /* Writes the eventfd of every participant in mask. Lock-free; a stale id is ignored. */

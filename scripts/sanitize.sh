@@ -2,7 +2,8 @@
 # Memory-safety checks of the native addon:
 #   1. build it with ASan+UBSan (RINGFENCE_SANITIZE=1) and run test/native.test.mjs, a short
 #      engine workload in each mode (worker, inline), test/inline.test.mjs (inline teardown:
-#      Worker threads ending with engines open, helper jobs) and a short ring fuzz
+#      Worker threads ending with engines open, helper jobs), test/threads.test.mjs (the
+#      process-wide table registry: engines on several threads, a thread terminated) and a short ring fuzz
 #      (test/fuzz.test.mjs) under it: zero reports allowed;
 #   2. rebuild it normally and run a tiny engine workload under valgrind memcheck: no invalid
 #      reads or writes allowed;
@@ -69,6 +70,7 @@ asan_reports() { cat "$LOG"/asan.* "$LOG"/ubsan.* 2>/dev/null | grep -cE 'ERROR:
 for t in "native:node test/native.test.mjs" "engine-workload:node test/helpers/child-workload.mjs $WORK 400" \
          "engine-workload-inline:env RINGFENCE_TEST_MODE=inline node test/helpers/child-workload.mjs $WORK 400" \
          "inline:node test/inline.test.mjs" \
+         "threads:node test/threads.test.mjs" \
          "fuzz:env RINGFENCE_FUZZ_N=3000 node test/fuzz.test.mjs"; do
   name=${t%%:*}; cmd=${t#*:}
   before=$(asan_reports)

@@ -326,8 +326,6 @@ export class Engine implements LaneHost {
 
   /** @internal This thread owns the context (OpFlag.EXT buffers are possible). */
   get inline(): boolean { return this.options.mode === 'inline'; }
-  /** @internal The I/O contexts of this engine (each one participant of a file's table). */
-  get contextCount(): number { return this.lane?.contexts().length ?? 1; }
 
   /** @internal Kernel I/O contexts (1 in inline mode). */
   get workerCount(): number { return this.lane.contexts().length; }

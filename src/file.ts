@@ -99,8 +99,6 @@ export interface FileHost {
   readonly kernelRelease: string;
   /** This thread owns the kernel I/O context (a caller's own buffer may go to the kernel). */
   readonly inline: boolean;
-  /** Its I/O contexts: each one is a participant of every table it joins. */
-  readonly contextCount: number;
   readonly fdsPinned: boolean;
   submit(file: File, op: number, offLo: number, offHi: number, len: number, buf: number, aux: number,
     done: ((res: number) => number | void) | null, resolve: ((n: number) => void) | null, reject: ((e: unknown) => void) | null,
@@ -223,8 +221,10 @@ export async function openFile(engine: FileHost, pathArg: string | Buffer | URL,
     // a zero-write of that engine may be in flight, admitted as non-serialising before this
     // engine's join put the workaround in force. Wait until every request older than now has
     // finished, whoever made it, before this engine's first write can go past EOF.
+    // (Needed only if some participant does not want the workaround: every other one's
+    // zero-writes past EOF already serialise.)
     const shared = ident.tracked && decision.enabled ? engine.addon.tableStats(ident.dev, ident.ino) : null;
-    if (shared !== null && shared.participants > engine.contextCount) await file.barrier();
+    if (shared !== null && shared.participants > shared.workaroundUsers) await file.barrier();
     return file;
   } catch (err) {
     // Undo whatever was set up: the fd, the identity's reference and the file id.

@@ -53,6 +53,8 @@ export interface NativeContext {
    * ERR_RINGFENCE_TABLE_PARTICIPANTS, ERR_RINGFENCE_TABLE_REGISTRY_FULL).
    */
   tableJoin(dev: bigint, ino: bigint, capacity: number, direct: boolean, workaround: boolean): TableJoined;
+  /** This context's files of the identity now do (or no longer do) want the XFS workaround. */
+  tableWorkaround(id: number, wanted: boolean): void;
   /** Leaves a table joined by tableJoin (every entry of this context in it released). */
   tableLeave(id: number): void;
   /** Wakes the participants in `mask` of table `id`, on whatever thread they are. */

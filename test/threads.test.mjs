@@ -226,6 +226,62 @@ test('a thread terminated while it holds a serialising entry: the others go on, 
   }
 });
 
+test('per-file policies in one engine: the registry counts the engine as wanting the workaround while any of its handles does', async () => {
+  const path = join(scratch.dir, 'per-file-policy');
+  const e = await Engine.start({});
+  try {
+    const never = await e.open(path, { create: true, xfsWorkaround: 'never' });
+    const [ident] = e.identities.values();
+    assert.is(e.addon.tableStats(ident.dev, ident.ino).workaroundUsers, 0);
+    const always = await e.open(path, { xfsWorkaround: 'always' });
+    assert.is(e.addon.tableStats(ident.dev, ident.ino).workaroundUsers, 1, "the 'always' handle puts the workaround in force");
+    await always.close();
+    assert.is(e.addon.tableStats(ident.dev, ident.ino).workaroundUsers, 0, 'and takes it away again');
+    await never.close();
+  } finally { await e.close(); }
+});
+
+test("a worker whose replacement cannot rejoin the file's table retires its slot: clear errors, no crash, no hang", async () => {
+  // Engine A's only worker dies after its first request; its teardown leaves the file's table,
+  // which then closes. Engine B opens the file buffered as soon as that is allowed. A's
+  // replacement worker then cannot join (O_DIRECT and buffered on one file): A's slot retires.
+  const path = join(scratch.dir, 'rejoin');
+  writeFileSync(path, Buffer.alloc(4 * BS, 1));
+  const a = await Engine.start({ mode: 'workers', workers: 1, faults: '0:exit:1' });
+  const b = await Engine.start({});
+  let unhandled = null;
+  const onUnhandled = (err) => { unhandled = err; };
+  process.on('unhandledRejection', onUnhandled);
+  try {
+    const fa = await a.open(path, {});
+    const first = fa.read(Buffer.alloc(BS), 0).then(() => null, (err) => err);
+    let fb = null;
+    for (let i = 0; i < 5000 && fb === null; i++) {
+      fb = await b.open(path, { direct: false }).catch((err) => {
+        if (err.code !== 'ERR_RINGFENCE_MIXED_IO_MODES') throw err;
+        return new Promise((r) => setTimeout(() => r(null), 1));
+      });
+    }
+    assert.ok(fb !== null, "B's buffered open succeeded once A's worker had left the table");
+    const e1 = await first;
+    assert.is(e1?.code, 'ERR_RINGFENCE_WORKER_LOST');
+    const next = await Promise.race([
+      fa.read(Buffer.alloc(BS), 0).then(() => null, (err) => err),
+      new Promise((r) => setTimeout(() => r('hung'), 10_000)),
+    ]);
+    assert.ok(next !== 'hung', 'a request to the engine whose slot retired did not hang');
+    assert.ok(next !== null && ['ERR_RINGFENCE_MIXED_IO_MODES', 'ERR_RINGFENCE_WORKER_LOST'].includes(next.code), `got ${next?.code}: ${next?.message}`);
+    await new Promise((r) => setTimeout(r, 50));
+    assert.is(unhandled, null, `no unhandled rejection (${unhandled?.message})`);
+    await fb.close();
+    await fa.close().catch(() => {});
+  } finally {
+    process.off('unhandledRejection', onUnhandled);
+    await a.close().catch(() => {});
+    await b.close();
+  }
+});
+
 test('O_DIRECT and buffered handles on one file are refused across engines too', async () => {
   const path = join(scratch.dir, 'mixed');
   const a = await Engine.start({});

@@ -52,6 +52,9 @@ export interface FileEntry {
   stats: Float64Array;
 }
 
+/** A table this context joined: its files of that identity, and how many want the workaround. */
+interface Join { joined: TableJoined; table: TrackedTable; files: number; wanting: number }
+
 export interface ExecutorInit {
   /** This context's index in its engine (a worker index; 0 for the inline context): its statistics row. */
   index: number;
@@ -74,9 +77,9 @@ export abstract class Executor {
   protected readonly poolBytes: Uint8Array;
   protected readonly files: (FileEntry | undefined)[] = new Array(MAX_FILES);
   /** Tables this context joined, by identity ("dev:ino"), with the files open on each. */
-  protected readonly joins = new Map<string, { joined: TableJoined; table: TrackedTable; files: number }>();
+  protected readonly joins = new Map<string, Join>();
   /** The same joins as an array (tableRung() walks it without allocating). */
-  protected joinList: { joined: TableJoined; table: TrackedTable; files: number }[] = [];
+  protected joinList: Join[] = [];
   protected readonly wstats: Float64Array;
   protected readonly faults: FaultPlan | null;
 
@@ -197,11 +200,19 @@ export abstract class Executor {
       let j = this.joins.get(key);
       if (j === undefined) {
         const joined = this.ctx.tableJoin(m.dev, m.ino, m.tableCapacity, m.direct, m.workaround);
-        j = { joined, table: new TrackedTable(new AtomicWords(new Int32Array(joined.memory)), joined.capacity), files: 0 };
+        try {
+          j = { joined, table: new TrackedTable(new AtomicWords(new Int32Array(joined.memory)), joined.capacity), files: 0, wanting: 0 };
+        } catch (err) {
+          this.ctx.tableLeave(joined.id);
+          throw err;
+        }
         this.joins.set(key, j);
         this.joinList = [...this.joins.values()];
       }
       j.files++;
+      // The registry counts contexts that want the workaround (the combined rule): this one
+      // does while any of its files of the identity does.
+      if (m.workaround && j.wanting++ === 0 && j.files > 1) this.ctx.tableWorkaround(j.joined.id, true);
       table = j.table; tableId = j.joined.id; part = j.joined.bit;
     }
     this.files[m.fileId] = {
@@ -219,11 +230,12 @@ export abstract class Executor {
     this.files[fileId] = undefined;
     if (f === undefined || f.table === null) return;
     const key = this.fileKeys[fileId]!, j = this.joins.get(key);
-    if (j !== undefined && --j.files === 0) {
+    if (j === undefined) return;
+    if (--j.files === 0) {
       this.joins.delete(key);
       this.joinList = [...this.joins.values()];
       this.ctx.tableLeave(j.joined.id);
-    }
+    } else if (f.workaround && --j.wanting === 0) this.ctx.tableWorkaround(j.joined.id, false);
   }
 
   /** The identity of each open file ("dev:ino"). */

@@ -296,7 +296,8 @@ export class WorkerLanes implements Lane {
     // ready is handled like any other death (slot.dead is still true then). While close()
     // waits for outstanding requests, a death is handled as usual: only the final teardown,
     // where every task ends on purpose, is not a loss.
-    if (this.host.destroying || generation !== slot.generation) return;
+    // (A retired slot's thread ending is no loss either: nothing is sent to it any more.)
+    if (this.host.destroying || generation !== slot.generation || slot.retired) return;
     slot.dead = true;
     const quick = performance.now() - slot.launchedAt < 1000;
     slot.quickDeaths = quick ? slot.quickDeaths + 1 : 0;
@@ -360,24 +361,42 @@ export class WorkerLanes implements Lane {
     slot.sqp = fresh.sqp; slot.cqc = fresh.cqc; slot.sq = fresh.sq; slot.cq = fresh.cq; slot.corrupt = null; slot.dirty = false;
     slot.lastBeat = -1;
     if (slot.quickDeaths >= 3) {
-      slot.retired = true;
-      for (const id of slot.overflow.slice(slot.overflowHead)) {
-        this.queued--;
-        this.reqs.settle(id, -1, new RingfenceError(`worker ${slot.index} failed ${slot.quickDeaths} times in a row right after starting (${why}); its slot is retired and requests go to the other workers: check the kernel log and engine.info()`,
-          { code: 'ERR_RINGFENCE_WORKER_LOST', op: opName(this.reqs.entry[id * ENTRY_WORDS + E_OP] & 0xff), path: this.reqs.file[id]?.path }));
-      }
-      slot.overflow.length = 0; slot.overflowHead = 0;
+      this.retire(slot, `worker ${slot.index} failed ${slot.quickDeaths} times in a row right after starting (${why}); its slot is retired and requests go to the other workers: check the kernel log and engine.info()`, 'ERR_RINGFENCE_WORKER_LOST');
       return;
     }
     try { slot.port.close(); } catch { /* already closed */ }
     const gen = slot.generation + 1;
     void this.launch(slot).then(async () => {
-      for (const make of this.openers.values()) await this.sendTo(slot, make);
+      try {
+        for (const make of this.openers.values()) await this.sendTo(slot, make);
+      } catch (err) {
+        // The replacement could not rejoin a file's process-wide table: its participant bit
+        // went to another engine meanwhile (31 taken), or another engine opened the file with
+        // the other I/O mode. It cannot serve this engine's files: retire the slot (its
+        // queued requests fail with the reason, new ones go to the other workers) and stop
+        // the thread (its teardown leaves the tables it did join).
+        if (slot.generation !== gen || this.host.destroying) return;
+        const e = err as Error & { code?: string };
+        this.retire(slot, `worker ${slot.index} was lost and its replacement could not re-open the engine's files (${e.message}); its slot is retired and requests go to the other workers`, e.code ?? 'ERR_RINGFENCE_WORKER_LOST');
+        void slot.thread?.terminate();
+        return;
+      }
       if (slot.generation !== gen || slot.retired || this.host.destroying) return; // it died while re-opening files
       slot.dead = false;
       this.feed();
       if (!this.scheduled) this.flush();
     }, () => { /* workerGone runs again for the replacement */ });
+  }
+
+  /** Takes a slot out of service for good: its queued requests fail with `message`. */
+  private retire(slot: WorkerSlot, message: string, code: string): void {
+    slot.retired = true;
+    for (const id of slot.overflow.slice(slot.overflowHead)) {
+      this.queued--;
+      this.reqs.settle(id, -1, new RingfenceError(message,
+        { code, op: opName(this.reqs.entry[id * ENTRY_WORDS + E_OP] & 0xff), path: this.reqs.file[id]?.path }));
+    }
+    slot.overflow.length = 0; slot.overflowHead = 0;
   }
 
   /** Every second: a safety-net drain, and the watchdog for hung workers. */
