@@ -38,6 +38,18 @@ namespace rf {
 
 namespace {
 
+/*
+ * tableRing(id, mask): wakes the participants in mask of a table (registry.h), on whatever
+ * thread they are. Context.tableRing, and the module's tableRing for tests.
+ */
+Napi::Value TableRingAny(const Napi::CallbackInfo &info) {
+    Napi::Env env = info.Env();
+    uint32_t id = uint32_t(int_arg(env, info[0], "tableRing: id", 0, INT32_MAX));
+    uint32_t mask = uint32_t(int_arg(env, info[1], "tableRing: mask", 0, INT32_MAX));
+    registry::ring(id, mask);
+    return env.Undefined();
+}
+
 class Context : public Napi::ObjectWrap<Context> {
  public:
     static Napi::Function DefineClass(Napi::Env env) {
@@ -487,13 +499,7 @@ class Context : public Napi::ObjectWrap<Context> {
     }
 
     /* tableRing(id, mask): wake the table's participants in mask (any thread's). */
-    Napi::Value TableRing(const Napi::CallbackInfo &info) {
-        Napi::Env env = info.Env();
-        uint32_t id = uint32_t(int_arg(env, info[0], "tableRing: id", 0, INT32_MAX));
-        uint32_t mask = uint32_t(int_arg(env, info[1], "tableRing: mask", 0, INT32_MAX));
-        registry::ring(id, mask);
-        return env.Undefined();
-    }
+    Napi::Value TableRing(const Napi::CallbackInfo &info) { return TableRingAny(info); }
 
     /*
      * Blocks until in-flight ops finish; their results are dropped.  With
@@ -572,15 +578,6 @@ Napi::Value TableStats(const Napi::CallbackInfo &info) {
 Napi::Value TableView(const Napi::CallbackInfo &info) {
     Napi::Env env = info.Env();
     return registry::view(env, uint32_t(int_arg(env, info[0], "tableView: id", 0, INT32_MAX)));
-}
-
-/* tableRing(id, mask): Context.tableRing for a thread without a context (tests). */
-Napi::Value TableRingAny(const Napi::CallbackInfo &info) {
-    Napi::Env env = info.Env();
-    uint32_t id = uint32_t(int_arg(env, info[0], "tableRing: id", 0, INT32_MAX));
-    uint32_t mask = uint32_t(int_arg(env, info[1], "tableRing: mask", 0, INT32_MAX));
-    registry::ring(id, mask);
-    return env.Undefined();
 }
 
 /* Per-env instance data: the module's exports and the Context class. */

@@ -134,7 +134,14 @@ namespace {
 constexpr uint64_t UD_DOORBELL = ~uint64_t(0) - 2;
 constexpr uint64_t UD_CANCEL = ~uint64_t(0) - 1;
 static_assert(LIBURING_UDATA_TIMEOUT == ~uint64_t(0), "reap() skips liburing's timeout CQEs");
-constexpr uint64_t kFixedChunk = uint64_t(1) << 30; /* kernel max per buffer */
+/*
+ * The pool is registered as fixed buffers in chunks of this size, each one only when a
+ * request first uses it (register_pool(), use_chunk()): registration pins the chunk's pages,
+ * so an engine whose pool is mostly unused costs little resident memory. The buddy allocator
+ * (src/pool.ts) hands out low addresses first, and a block of up to 4 MiB never crosses a
+ * chunk boundary (blocks are naturally aligned).
+ */
+constexpr uint64_t kFixedChunk = uint64_t(4) << 20;
 
 /* submit(): transient refusals retried within one pump before giving up. */
 constexpr int kSubmitRetries = 4;
@@ -360,18 +367,68 @@ class UringBackend : public Backend {
  private:
     struct io_uring *r() { return ring_.get(); }
 
+    /* The pool's chunk `k` as an iovec. */
+    struct iovec chunk_iov(uint64_t k) const {
+        uint64_t off = k * kFixedChunk, len = cfg_.pool.size - off;
+        if (len > kFixedChunk)
+            len = kFixedChunk;
+        return {cfg_.pool.base + off, size_t(len)};
+    }
+
+    /*
+     * A sparse buffer table (Linux >= 5.19), filled chunk by chunk on first use; on older
+     * kernels every chunk at once, as before.
+     */
     void register_pool() {
         if (cfg_.pool.size == 0)
             return;
-        std::vector<struct iovec> chunks;
-        for (uint64_t off = 0; off < cfg_.pool.size; off += kFixedChunk) {
-            uint64_t len = cfg_.pool.size - off;
-            if (len > kFixedChunk)
-                len = kFixedChunk;
-            chunks.push_back({cfg_.pool.base + off, size_t(len)});
+        uint64_t n = (cfg_.pool.size + kFixedChunk - 1) / kFixedChunk;
+        if (io_uring_register_buffers_sparse(r(), unsigned(n)) == 0) {
+            chunk_state_.assign(n, CHUNK_UNREGISTERED);
+            /*
+             * The first chunk now, so that a locked-memory limit too low for any of it is
+             * found (and reported by info()) at start; the others on first use.
+             */
+            struct iovec iov = chunk_iov(0);
+            int rc = io_uring_register_buffers_update_tag(r(), 0, &iov, nullptr, 1);
+            fixed_buffers_ = rc == 1;
+            if (rc == 1) {
+                chunk_state_[0] = CHUNK_REGISTERED;
+            } else {
+                chunk_state_.assign(n, CHUNK_REFUSED);
+                note_register_failure(rc < 0 ? rc : -EIO);
+            }
+            return;
         }
+        std::vector<struct iovec> chunks;
+        for (uint64_t k = 0; k < n; k++)
+            chunks.push_back(chunk_iov(k));
         int rc = io_uring_register_buffers(r(), chunks.data(), unsigned(chunks.size()));
         fixed_buffers_ = rc == 0;
+        if (rc == 0)
+            chunk_state_.assign(n, CHUNK_REGISTERED);
+        else
+            note_register_failure(rc);
+    }
+
+    /* Chunk k is registered (now, if it was not yet): a fixed-buffer op may use it. */
+    bool use_chunk(uint64_t k) {
+        if (k >= chunk_state_.size())
+            return false;
+        if (chunk_state_[k] == CHUNK_UNREGISTERED) {
+            struct iovec iov = chunk_iov(k);
+            int rc = io_uring_register_buffers_update_tag(r(), unsigned(k), &iov, nullptr, 1);
+            chunk_state_[k] = rc == 1 ? CHUNK_REGISTERED : CHUNK_REFUSED;
+            if (rc != 1) {
+                /* That chunk goes through unregistered buffers; say why once. */
+                if (fixed_buffers_reason_.empty())
+                    note_register_failure(rc < 0 ? rc : -EIO);
+            }
+        }
+        return chunk_state_[k] == CHUNK_REGISTERED;
+    }
+
+    void note_register_failure(int rc) {
         if (rc == -ENOMEM || rc == -EPERM) {
             /*
              * Registered buffers are pinned and charged to RLIMIT_MEMLOCK unless the
@@ -401,8 +458,9 @@ class UringBackend : public Backend {
         uint8_t *buf = req.mem;
         unsigned len = unsigned(req.length);
         /* A fixed buffer op must stay inside one registered chunk (and be pool memory). */
-        bool fixed_buf = fixed_buffers_ && !req.ext &&
-                         (req.buf / kFixedChunk) == ((uint64_t(req.buf) + len - 1) / kFixedChunk);
+        bool fixed_buf = fixed_buffers_ && !req.ext && (req.op == OP_READ || req.op == OP_WRITE) &&
+                         (req.buf / kFixedChunk) == ((uint64_t(req.buf) + len - 1) / kFixedChunk) &&
+                         use_chunk(req.buf / kFixedChunk);
         int idx = int(req.buf / kFixedChunk);
 
         switch (req.op) {
@@ -633,6 +691,9 @@ class UringBackend : public Backend {
     bool async_ftruncate_ = false;
     bool fixed_buffers_ = false;
     std::string fixed_buffers_reason_;
+    /* Per pool chunk (kFixedChunk): registered as a fixed buffer yet? */
+    enum : uint8_t { CHUNK_UNREGISTERED = 0, CHUNK_REGISTERED = 1, CHUNK_REFUSED = 2 };
+    std::vector<uint8_t> chunk_state_;
     bool fixed_files_ = false;
     bool ring_fd_registered_ = false;
     FileTable files_;
