@@ -293,9 +293,13 @@ class Context : public Napi::ObjectWrap<Context> {
              */
             std::function<void()> release;
             if (!joined.empty()) release = [joined]() { LeaveAll(joined, true); };
-            if (!inline_->close(std::move(release)) && !pool_leaked_) {
-                pool_ref_.SuppressDestruct();
-                pool_leaked_ = true;
+            if (!inline_->close(std::move(release))) {
+                if (!pool_leaked_) {
+                    pool_ref_.SuppressDestruct();
+                    pool_leaked_ = true;
+                }
+                /* This Context's own hook goes below: the loop holds the env until the jobs are back. */
+                inline_->keep_env();
             }
             inline_.reset();
         } else {
@@ -411,7 +415,16 @@ class Context : public Napi::ObjectWrap<Context> {
         };
         o.Set("backend", info_.backend);
         o.Set("depth", depth_);
+        /* Refreshed on every call: pool chunks are registered (or refused) as requests first use them. */
+        if (backend_) backend_->fill_info(&info_);
         o.Set("fixedBuffers", info_.fixed_buffers);
+        if (info_.fixed_chunks > 0) {
+            Napi::Object c = Napi::Object::New(env);
+            c.Set("registered", info_.fixed_chunks_registered);
+            c.Set("refused", info_.fixed_chunks_refused);
+            c.Set("total", info_.fixed_chunks);
+            o.Set("fixedBufferChunks", c);
+        }
         if (!info_.fixed_buffers_reason.empty()) o.Set("fixedBuffersReason", info_.fixed_buffers_reason);
         o.Set("fixedFiles", info_.fixed_files);
         o.Set("setupFlags", strings(info_.setup_flags));

@@ -71,6 +71,8 @@ struct BackendConfig {
 struct BackendInfo {
     std::string backend;
     bool fixed_buffers = false;
+    /* io_uring: pool chunks (4 MiB) registered as fixed buffers so far, refused, and in all. */
+    uint32_t fixed_chunks_registered = 0, fixed_chunks_refused = 0, fixed_chunks = 0;
     /* Why fixed_buffers is false, when registration was tried and refused ("" otherwise). */
     std::string fixed_buffers_reason;
     bool fixed_files = false;

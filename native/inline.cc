@@ -49,6 +49,13 @@ struct InlineLoop::Shared {
     napi_async_cleanup_hook_handle exit_hook = nullptr;
     /* Run by maybe_finish() once the loop is closed and every helper job is back. */
     std::function<void()> exit_done;
+    /*
+     * Set by keep_env(): a Context closed (or collected) with helper jobs still out holds the
+     * env, and this library, until they are back, through a hook of its own (keep_self keeps
+     * this state alive for it); maybe_finish() removes it.
+     */
+    napi_async_cleanup_hook_handle keep_hook = nullptr;
+    std::shared_ptr<Shared> keep_self;
 
     void start(Job *j);
     void maybe_finish() {
@@ -60,6 +67,12 @@ struct InlineLoop::Shared {
         if (exit_hook != nullptr && poll_closed && jobs == 0) {
             napi_async_cleanup_hook_handle h = exit_hook;
             exit_hook = nullptr;
+            napi_remove_async_cleanup_hook(h);
+        }
+        if (keep_hook != nullptr && poll_closed && jobs == 0) {
+            napi_async_cleanup_hook_handle h = keep_hook;
+            keep_hook = nullptr;
+            std::shared_ptr<Shared> self = std::move(keep_self); /* may free this at return */
             napi_remove_async_cleanup_hook(h);
         }
     }
@@ -280,6 +293,18 @@ bool InlineLoop::close(std::function<void()> done) {
     bool idle = s.jobs == 0;
     s.maybe_finish(); /* runs `done` now if no job is out, else when the last one is back */
     return idle;
+}
+
+void InlineLoop::keep_env() {
+    Shared &s = *shared_;
+    if (s.keep_hook != nullptr || (s.poll_closed && s.jobs == 0))
+        return;
+    s.keep_self = shared_;
+    /* At env teardown the hook does nothing: the env waits until maybe_finish() removes it. */
+    if (napi_add_async_cleanup_hook(env_, [](napi_async_cleanup_hook_handle, void *) {}, &s, &s.keep_hook) != napi_ok) {
+        s.keep_hook = nullptr;
+        s.keep_self.reset();
+    }
 }
 
 void InlineLoop::close_for_exit(napi_async_cleanup_hook_handle hook, std::function<void()> done) {

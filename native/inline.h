@@ -76,6 +76,13 @@ class InlineLoop : public Offload {
     bool close(std::function<void()> done = nullptr);
 
     /*
+     * After close() returned false (helper jobs still out), outside thread exit: hold the env,
+     * and with it this library and the pool, until the jobs are back and the poll handle has
+     * closed, with an async cleanup hook of the loop's own.
+     */
+    void keep_env();
+
+    /*
      * close() at thread exit, from the Context's async cleanup hook: the hook
      * is removed (letting the env go on tearing down) only once the poll
      * handle has closed and every helper job is back, so neither a close

@@ -17,8 +17,11 @@
  *
  * Registered resources, each with a plain fallback if registration fails
  * (e.g. RLIMIT_MEMLOCK for buffers):
- *   - the whole pool as fixed buffers (<= 1 GiB per iovec: kernel limit),
- *     used by READ/WRITE whose range lies in one such chunk;
+ *   - the pool as fixed buffers, in 4 MiB chunks, each registered when a
+ *     READ/WRITE first uses it (Linux >= 5.19; all at start before that),
+ *     used by READ/WRITE whose range lies in one chunk (pool blocks up to
+ *     4 MiB always do; larger ones go unregistered); a chunk the kernel
+ *     refuses (RLIMIT_MEMLOCK) goes unregistered, reported by info();
  *   - a sparse fixed file table of MAX_FILES, indexed by file id.
  *
  * Failure paths: a submit the kernel refuses never strands an entry (see
@@ -138,8 +141,10 @@ static_assert(LIBURING_UDATA_TIMEOUT == ~uint64_t(0), "reap() skips liburing's t
  * The pool is registered as fixed buffers in chunks of this size, each one only when a
  * request first uses it (register_pool(), use_chunk()): registration pins the chunk's pages,
  * so an engine whose pool is mostly unused costs little resident memory. The buddy allocator
- * (src/pool.ts) hands out low addresses first, and a block of up to 4 MiB never crosses a
- * chunk boundary (blocks are naturally aligned).
+ * (src/pool.ts) tends to reuse low addresses (LIFO free lists, splits keep the lower half), so
+ * the chunks registered follow the pool's high-water mark; a block of up to 4 MiB never crosses
+ * a chunk boundary (blocks are naturally aligned). Pinning a chunk happens in the call that
+ * first uses it, once per ring.
  */
 constexpr uint64_t kFixedChunk = uint64_t(4) << 20;
 
@@ -355,6 +360,12 @@ class UringBackend : public Backend {
         info->backend = "io_uring";
         info->fixed_buffers = fixed_buffers_;
         info->fixed_buffers_reason = fixed_buffers_reason_;
+        info->fixed_chunks = uint32_t(chunk_state_.size());
+        info->fixed_chunks_registered = info->fixed_chunks_refused = 0;
+        for (uint8_t c : chunk_state_) {
+            if (c == CHUNK_REGISTERED) info->fixed_chunks_registered++;
+            if (c == CHUNK_REFUSED) info->fixed_chunks_refused++;
+        }
         info->fixed_files = fixed_files_;
         info->async_ftruncate = async_ftruncate_;
         info->ring_fd_registered = ring_fd_registered_;

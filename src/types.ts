@@ -28,6 +28,12 @@ export interface NativeContextInfo {
   fixedBuffers: boolean;
   /** Why the pool is not registered as fixed buffers, when registration was refused (RLIMIT_MEMLOCK, usually). */
   fixedBuffersReason?: string;
+  /**
+   * io_uring: the pool's 4 MiB chunks registered as fixed buffers so far (each on its first
+   * use), refused (they run unregistered; fixedBuffersReason says why) and in all. Inline mode
+   * reports it live; worker mode as it was when the worker started.
+   */
+  fixedBufferChunks?: { registered: number; refused: number; total: number };
   fixedFiles: boolean;
   setupFlags: string[];
   asyncFtruncate: boolean;

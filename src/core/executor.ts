@@ -194,6 +194,8 @@ export abstract class Executor {
    * limit, O_DIRECT and buffered handles mixed across engines).
    */
   openFile(m: ControlOpen): void {
+    // Announced twice (a replacement worker re-opening files)? Forget the first one.
+    if (this.files[m.fileId] !== undefined) this.closeFile(m.fileId);
     let table: TrackedTable | null = null, tableId = -1, part = -1;
     const key = `${m.dev}:${m.ino}`;
     if (m.tracked) {

@@ -33,7 +33,8 @@ export interface InlineInit {
 export class InlineContext extends Executor {
   readonly backend: BackendName;
   readonly refused: Record<string, string>;
-  readonly info: NativeContextInfo;
+  /** The native context's report, fresh (its fixed-buffer chunks change as the pool is used). */
+  get info(): NativeContextInfo { return this.ctx.info(); }
   private readonly settle: (id: number, res: number) => void;
   private readonly drained: () => void;
   /** Completions delivered by the executor and not yet settled: (id, res) pairs. */
@@ -76,7 +77,6 @@ export class InlineContext extends Executor {
     }
     this.backend = started;
     this.refused = refused;
-    this.info = this.ctx.info();
   }
 
   /**

@@ -368,7 +368,20 @@ export class WorkerLanes implements Lane {
     const gen = slot.generation + 1;
     void this.launch(slot).then(async () => {
       try {
-        for (const make of this.openers.values()) await this.sendTo(slot, make);
+        // (A copy: files may close meanwhile. A close sent while this slot is dead does not
+        // reach the replacement, so any file it was told about that has closed since is
+        // closed there afterwards; and a generation that dies meanwhile stops here.)
+        const told: number[] = [];
+        for (const [fileId, make] of [...this.openers]) {
+          if (slot.generation !== gen) return;
+          if (!this.openers.has(fileId)) continue;
+          await this.sendTo(slot, make);
+          told.push(fileId);
+        }
+        for (const fileId of told) {
+          if (slot.generation !== gen) return;
+          if (!this.openers.has(fileId)) await this.sendTo(slot, (seq) => ({ type: 'close', seq, fileId }));
+        }
       } catch (err) {
         // The replacement could not rejoin a file's process-wide table: its participant bit
         // went to another engine meanwhile (31 taken), or another engine opened the file with
@@ -388,15 +401,21 @@ export class WorkerLanes implements Lane {
     }, () => { /* workerGone runs again for the replacement */ });
   }
 
-  /** Takes a slot out of service for good: its queued requests fail with `message`. */
+  /**
+   * Takes a slot out of service for good. Its queued requests never reached a worker (they
+   * hold no table entries): they go to the other workers, or fail with `message` if none is left.
+   */
   private retire(slot: WorkerSlot, message: string, code: string): void {
     slot.retired = true;
-    for (const id of slot.overflow.slice(slot.overflowHead)) {
+    const queued = slot.overflow.slice(slot.overflowHead);
+    slot.overflow.length = 0; slot.overflowHead = 0;
+    for (const id of queued) {
       this.queued--;
+      if (this.liveWorker() !== null && this.send(id)) continue;
       this.reqs.settle(id, -1, new RingfenceError(message,
         { code, op: opName(this.reqs.entry[id * ENTRY_WORDS + E_OP] & 0xff), path: this.reqs.file[id]?.path }));
     }
-    slot.overflow.length = 0; slot.overflowHead = 0;
+    if (!this.scheduled) this.flush();
   }
 
   /** Every second: a safety-net drain, and the watchdog for hung workers. */
