@@ -30,7 +30,10 @@
         "<!(node -p \"require('node-addon-api').targets\"):node_addon_api_except",
       ],
       # Node-API only (no V8/node internals): one binary serves every Node >= 20.
-      'defines': [ 'NAPI_VERSION=8', '_GNU_SOURCE',
+      # NODE_API_SWALLOW_UNTHROWABLE_EXCEPTIONS: a call that fails while its thread is being
+      # terminated (Worker.terminate()) returns quietly instead of throwing a C++ exception that
+      # nothing can catch (std::terminate): napi_throw cannot run JavaScript then.
+      'defines': [ 'NAPI_VERSION=8', '_GNU_SOURCE', 'NODE_API_SWALLOW_UNTHROWABLE_EXCEPTIONS',
                    'RF_HAVE_LIBURING=<(have_liburing)', 'RF_HAVE_LIBAIO=<(have_libaio)' ],
       'cflags': [ '-O2', '-Wall', '-Wextra', '-Wno-unused-parameter' ],
       'cflags_cc': [ '-std=gnu++17' ],

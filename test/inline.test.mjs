@@ -321,4 +321,15 @@ for (const [name, body, end] of [
   });
 }
 
+test('Worker threads terminated at any point of their I/O (writes, opens, closes of shared files) never abort the process', () => {
+  // A call into the addon that fails because its thread is being terminated used to throw a
+  // C++ exception nothing could catch ("terminate called after throwing an instance of
+  // 'Napi::Error'"): about one run in two of this loop aborted on Node 22 before the addon was
+  // built with NODE_API_SWALLOW_UNTHROWABLE_EXCEPTIONS.
+  const r = spawnSync(process.execPath, [new URL('./helpers/child-terminate.mjs', import.meta.url).pathname, scratch.dir, '80'],
+    { encoding: 'utf8', timeout: 120_000 });
+  assert.is(r.status, 0, `exit ${r.status} ${r.signal ?? ''}: ${r.stderr.slice(-600)}`);
+  assert.match(r.stdout, /survived 80/);
+});
+
 test.run();
