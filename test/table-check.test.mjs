@@ -373,7 +373,9 @@ test('real threads: conflicts and FULL', async () => {
 });
 test('real threads: shared table, one instance per thread, participant bits 0/7/30', async () => {
   const st = await hammer({ workers: 3, capacity: 2, iters: 100000, serPct: 20, bits: BITS3 });
-  assert.ok(st[1] > 0 && st[2] > 0, 'should have BLOCKED and FULL');
+  // (FULL needs all three threads inside the table at once, which two cores may not schedule:
+  // the exhaustive and PCT cases above check the FULL path deterministically.)
+  assert.ok(st[1] > 0, 'should have BLOCKED');
 });
 test('real threads: slot churn across generation wrap (ABA)', async () => {
   await hammer({ workers: 2, capacity: 2, iters: 3000000, serPct: 2, seedGen: true });
