@@ -189,8 +189,9 @@ export class TrackedTable {
     }
     const base = HEADER_WORDS + slot * SLOT_WORDS;
     const gen = (this.claimedWord >>> GEN_SHIFT) & GEN_MASK;
-    // The owning worker rides in the type word (diagnostics only for the protocol), so that
-    // the main thread can release a dead worker's entries: releaseOwnedBy().
+    // The owner's participant bit rides in the state word (set by the claiming CAS), so that a
+    // dead context's teardown can release its entries: release_owned() in native/registry.cc
+    // (releaseOwnedBy() below is its reference).
     this.writeFields(base, type, startHi, startLo, endHi, endLo);
     this.countInFlight();
     if (serialising) {
