@@ -433,6 +433,11 @@ class Context : public Napi::ObjectWrap<Context> {
         /* inline: driven by this thread's loop; the syncOps then run on libuv's threadpool. */
         o.Set("mode", inline_ ? "inline" : "worker");
         o.Set("ringFdRegistered", info_.ring_fd_registered);
+        if (inline_) o.Set("loopWakes", double(inline_->wakes()));
+        if (info_.quiet_eventfd) {
+            o.Set("quietEventfd", true);
+            o.Set("quietSelfSignals", info_.quiet_self_signals);
+        }
         return o;
     }
 

@@ -79,6 +79,10 @@ struct BackendInfo {
     bool async_ftruncate = false;
     /* io_uring: the ring fd is registered (IORING_REGISTER_RING_FDS), so enters skip fdget. */
     bool ring_fd_registered = false;
+    /* io_uring inline: the eventfd is off during our own enters (uring_backend.cc, eventfd_back_on). */
+    bool quiet_eventfd = false;
+    /* ... and how often a completion queued meanwhile made us signal it ourselves. */
+    double quiet_self_signals = 0;
     std::vector<std::string> setup_flags;
     std::vector<std::string> sync_ops;
 };

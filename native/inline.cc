@@ -45,6 +45,8 @@ struct InlineLoop::Shared {
     std::unordered_set<Job *> handed;
     /* The poll handle has closed (or was never opened). */
     bool poll_closed = true;
+    /* Times the eventfd woke the loop (info().loopWakes: wake-ups per completion). */
+    uint64_t wakes = 0;
     /* Set by close_for_exit(): removed once the handle closed and every job is back. */
     napi_async_cleanup_hook_handle exit_hook = nullptr;
     /* Run by maybe_finish() once the loop is closed and every helper job is back. */
@@ -149,6 +151,7 @@ void on_readable(uv_poll_t *h, int status, int events) {
     ssize_t r = read(fd, &v, sizeof v);
     (void)r;
     std::shared_ptr<InlineLoop::Shared> sh = box->sh; /* alive across the call */
+    sh->wakes++;
     sh->notify();
 }
 
@@ -261,6 +264,8 @@ void InlineLoop::set_active(bool active) {
 }
 
 uint32_t InlineLoop::jobs() const { return shared_->jobs; }
+
+uint64_t InlineLoop::wakes() const { return shared_->wakes; }
 
 bool InlineLoop::close(std::function<void()> done) {
     Shared &s = *shared_;

@@ -66,6 +66,9 @@ class InlineLoop : public Offload {
     /* Helper jobs not yet completed (queued or running). */
     uint32_t jobs() const;
 
+    /* Times the eventfd has woken the loop. */
+    uint64_t wakes() const;
+
     /*
      * Stop watching and forget the callback.  Returns false if helper jobs
      * are still running: they keep the state they use (and the caller must

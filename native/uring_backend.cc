@@ -33,9 +33,11 @@
 
 #include <poll.h>
 #include <sys/resource.h>
+#include <sys/utsname.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdio>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -53,8 +55,9 @@ int uring_init_best(unsigned entries, struct io_uring *ring,
                     struct io_uring_params *params, unsigned *flags) {
     static const unsigned kCandidates[] = {
         IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN |
-            IORING_SETUP_COOP_TASKRUN | IORING_SETUP_SUBMIT_ALL,
-        IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_COOP_TASKRUN,
+            IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG | IORING_SETUP_SUBMIT_ALL,
+        IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_COOP_TASKRUN |
+            IORING_SETUP_TASKRUN_FLAG,
         IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_COOP_TASKRUN,  /* < 6.1 */
         IORING_SETUP_COOP_TASKRUN,                               /* < 6.0 */
         0,                                                       /* < 5.19 */
@@ -80,6 +83,7 @@ std::vector<std::string> uring_setup_flag_names(unsigned flags) {
     if (flags & IORING_SETUP_DEFER_TASKRUN) v.push_back("DEFER_TASKRUN");
     if (flags & IORING_SETUP_COOP_TASKRUN) v.push_back("COOP_TASKRUN");
     if (flags & IORING_SETUP_SUBMIT_ALL) v.push_back("SUBMIT_ALL");
+    if (flags & IORING_SETUP_TASKRUN_FLAG) v.push_back("TASKRUN_FLAG");
     return v;
 }
 
@@ -174,6 +178,15 @@ bool test_fail_after_init() {
     return v && *v && strcmp(v, "0") != 0;
 }
 
+/* The running kernel is at least major.minor (uname(2); false if unreadable). */
+bool kernel_at_least(int major, int minor) {
+    struct utsname u;
+    int ma = 0, mi = 0;
+    if (uname(&u) != 0 || sscanf(u.release, "%d.%d", &ma, &mi) != 2)
+        return false;
+    return ma > major || (ma == major && mi >= minor);
+}
+
 class UringBackend : public Backend {
  public:
     explicit UringBackend(const BackendConfig &cfg)
@@ -205,6 +218,7 @@ class UringBackend : public Backend {
             if (erc < 0)
                 throw BackendError("io_uring_register_eventfd failed: " + errno_name(erc) +
                                    "; inline mode needs it: start the engine with mode: 'workers'");
+            quiet_eventfd_ = quiet_eventfd_safe(setup_flags_);
         }
         if (test_fail_after_init())
             throw BackendError("io_uring setup failed after io_uring_queue_init "
@@ -249,9 +263,13 @@ class UringBackend : public Backend {
         }
 
         /* One enter in the normal case: submit and run deferred completions. */
+        if (quiet_eventfd_)
+            io_uring_cq_eventfd_toggle(r(), false);
         if (queued || slots_.inflight() > 0 || doorbell_armed_)
             submit(&out, queued);
         reap(&out);
+        if (quiet_eventfd_)
+            eventfd_back_on();
 
         if (out.count() > 0 || wait_ms <= 0)
             return;
@@ -369,8 +387,10 @@ class UringBackend : public Backend {
         info->fixed_files = fixed_files_;
         info->async_ftruncate = async_ftruncate_;
         info->ring_fd_registered = ring_fd_registered_;
+        info->quiet_eventfd = quiet_eventfd_;
+        info->quiet_self_signals = double(quiet_self_signals_);
         info->setup_flags = uring_setup_flag_names(setup_flags_);
-        info->sync_ops.push_back("emulatedFallocate");
+        info->sync_ops.assign(1, "emulatedFallocate"); /* assign: info() refreshes this on every call */
         if (!async_ftruncate_)
             info->sync_ops.push_back("truncate");
     }
@@ -669,6 +689,56 @@ class UringBackend : public Backend {
         doorbell_rang_ = true;
     }
 
+    /*
+     * Quiet eventfd (inline mode).  The CQEs that our own enter posts (with
+     * DEFER_TASKRUN, the deferred completions it runs) would signal the
+     * registered eventfd once more, and the loop would wake for nothing: one
+     * epoll round, one eventfd read and one JavaScript call per batch (at
+     * QD1, per request).  So the eventfd is disabled (IORING_CQ_EVENTFD_DISABLED)
+     * from just before the enter until after the reap, and switched back on
+     * here.  A completion that was queued meanwhile did not signal it, so:
+     *   - the kernel queues a deferred completion on an empty list with
+     *     atomic_or(IORING_SQ_TASKRUN) (IORING_SETUP_TASKRUN_FLAG), then
+     *     reads cq_flags to decide whether to signal;
+     *   - we store cq_flags (enabled), fence, then read sq_flags and the CQ.
+     * Each side stores, then loads, with a full barrier between (x86-64: the
+     * kernel's locked or, our mfence), so at least one side sees the other:
+     * the kernel signals, or we see TASKRUN (or a CQE) and signal ourselves.
+     * quiet_eventfd_safe() limits this to where that argument holds.
+     */
+    void eventfd_back_on() {
+        io_uring_cq_eventfd_toggle(r(), true);
+        __atomic_thread_fence(__ATOMIC_SEQ_CST);
+        if ((IO_URING_READ_ONCE(*r()->sq.kflags) & IORING_SQ_TASKRUN) || io_uring_cq_ready(r()) > 0) {
+            uint64_t one = 1;
+            ssize_t w = write(cfg_.doorbell_fd, &one, sizeof one);
+            (void)w; /* EAGAIN: the counter is already readable */
+            quiet_self_signals_++;
+        }
+    }
+
+    /*
+     * Where the argument above holds: DEFER_TASKRUN with TASKRUN_FLAG (every
+     * completion, io-wq ones included, is queued as deferred work rather
+     * than posted directly; Linux >= 6.8, where io-wq completions of a
+     * DEFER_TASKRUN ring go through task work), on x86-64 (a locked
+     * instruction is a full barrier; arm64's atomic_or is not).  Elsewhere
+     * the spurious wake-up stays.  RINGFENCE_NO_QUIET_EVENTFD=1 turns it off
+     * (bench/eventfd.mjs measures with and without).
+     */
+    static bool quiet_eventfd_safe(unsigned flags) {
+#if defined(__x86_64__)
+        const char *off = getenv("RINGFENCE_NO_QUIET_EVENTFD");
+        if (off && *off && strcmp(off, "0") != 0)
+            return false;
+        return (flags & IORING_SETUP_DEFER_TASKRUN) && (flags & IORING_SETUP_TASKRUN_FLAG) &&
+               kernel_at_least(6, 8);
+#else
+        (void)flags;
+        return false;
+#endif
+    }
+
     /* Consume every ready CQE; out == nullptr discards op results. */
     void reap(CompletionSink *out) {
         unsigned head, seen = 0;
@@ -707,6 +777,8 @@ class UringBackend : public Backend {
     std::vector<uint8_t> chunk_state_;
     bool fixed_files_ = false;
     bool ring_fd_registered_ = false;
+    bool quiet_eventfd_ = false;
+    uint64_t quiet_self_signals_ = 0;
     FileTable files_;
     SlotPool slots_;
     struct iovec scratch_iov_[RF_IOV_MAX];

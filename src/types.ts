@@ -43,6 +43,15 @@ export interface NativeContextInfo {
   mode: 'inline' | 'worker';
   /** io_uring: the ring fd is registered (IORING_REGISTER_RING_FDS). */
   ringFdRegistered: boolean;
+  /**
+   * io_uring inline, x86-64, Linux >= 6.8: the registered eventfd is switched off during the
+   * context's own enters, so the completions they post do not wake the loop once more.
+   */
+  quietEventfd?: boolean;
+  /** How often a completion queued during such an enter made the context signal the eventfd itself. */
+  quietSelfSignals?: number;
+  /** Inline mode: times the eventfd has woken the thread's loop (completions, helper results, table rings). */
+  loopWakes?: number;
 }
 
 export interface NativeContext {

@@ -14,6 +14,13 @@ import { Executor } from './executor.js';
 import { RingfenceError } from '../errors.js';
 import { backendOrder } from '../backends.js';
 
+/**
+ * TEST HOOK, not an interface: RINGFENCE_TEST_NO_BACKSTOP=1 turns the engine's once-a-second
+ * backstop kick into a no-op, so that a lost eventfd wake-up shows as a hang instead of a
+ * one-second delay (test/inline.test.mjs, "quiet eventfd"). Read once, at load.
+ */
+const NO_BACKSTOP = process.env.RINGFENCE_TEST_NO_BACKSTOP === '1';
+
 export interface InlineInit {
   addon: NativeAddon;
   backend: BackendChoice;
@@ -92,6 +99,7 @@ export class InlineContext extends Executor {
 
   /** The engine's backstop (once a second at most, while requests are outstanding). */
   backstop(): void {
+    if (NO_BACKSTOP) return;
     if (this.nWaiting > 0) this.tableWake = true;
     this.kick();
   }
