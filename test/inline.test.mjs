@@ -332,6 +332,16 @@ test('Worker threads terminated at any point of their I/O (writes, opens, closes
   assert.match(r.stdout, /survived 80/);
 });
 
+test('info() is the same on every call: syncOps does not grow (it gained an entry per call)', async () => {
+  const engine = await Engine.start();
+  try {
+    const a = engine.info().workers[0].info.syncOps;
+    const b = engine.info().workers[0].info.syncOps;
+    assert.equal(b, a);
+    assert.is(new Set(b).size, b.length, `syncOps has duplicates: ${b}`);
+  } finally { await engine.close(); }
+});
+
 // io_uring inline (x86-64, Linux >= 6.8): the registered eventfd is switched off during the
 // context's own enters (native/uring_backend.cc, eventfd_back_on), so the CQEs they post do not
 // wake the loop a second time. Elsewhere the context does not do this, and these tests skip.
