@@ -7,6 +7,10 @@
 //   d: as b, but each thread on a file of its own (two tables, one participant each)
 //   e: as b, with trackRequests: false (no table at all)
 //   f: as a, but on one worker thread
+//   g, h: the peer, fio's io_uring engine on the same file: g one job at QD64, h two jobs
+//         (threads) at QD32 each, submitting and reaping in batches of up to QD (fio --thread,
+//         --iodepth_batch_submit/--iodepth_batch_complete_max = QD). h/g is what splitting the
+//         same work over two threads costs a C program on this machine, measured in the same run.
 // Target (the threads issue): b >= 0.95x a. A benchmark, not a timed test.
 //
 // Build first (npm run build), then, as root for a loop-mounted XFS volume:
@@ -19,7 +23,7 @@
 // Progress goes to stderr, the report to stdout.
 import { parseArgs } from 'node:util';
 import { Worker } from 'node:worker_threads';
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { closeSync, existsSync, fsyncSync, openSync, readFileSync, readdirSync, rmSync, statfsSync } from 'node:fs';
 import { availableParallelism, release } from 'node:os';
 import { join } from 'node:path';
@@ -47,17 +51,21 @@ const CASES = {
   d: { label: '2 threads x QD32, two files', threads: 2, qd: 32, separateFiles: true },
   e: { label: '2 threads x QD32, same file, untracked', threads: 2, qd: 32, untracked: true },
   f: { label: '1 worker thread x QD64', threads: 1, qd: 64 },
+  g: { label: 'fio: 1 job x QD64', threads: 0, qd: 64, fio: 1 },
+  h: { label: 'fio: 2 jobs x QD32, same file', threads: 0, qd: 32, fio: 2 },
 };
 
 const USAGE = `usage: node bench/threads.mjs [options]
   --runtime S     seconds counted per case and round (default 5)
   --repeat N      rounds, cases interleaved within each (default 3)
   --size SIZE     data file size, e.g. 512M, 1G (default 1G)
-  --cases LIST    of a,b,c,d,e,f (default a,b,c):
+  --cases LIST    of a,b,c,d,e,f,g,h (default a,b,c):
                     a ${CASES.a.label} (main thread)   b ${CASES.b.label}
                     c ${CASES.c.label} (main thread)   d ${CASES.d.label}
                     e ${CASES.e.label}
                     f ${CASES.f.label} (case a off the main thread)
+                    g ${CASES.g.label}   h ${CASES.h.label}
+                      (the peer: fio's io_uring engine, needs fio; h/g next to b/a)
   --mode MODE     engine mode: inline (default) or workers
   --ramp S        seconds each case runs before counting starts (default 0.5)
   --warmup S      seconds of the first case, not counted, before round 1 (default 2; 0: none)
@@ -96,8 +104,9 @@ try { size = parseSize(args.size); } catch (err) { usage(`--size ${args.size}: $
 if (size < 16 << 20 || size % BS !== 0) usage(`--size ${args.size}: give at least 16M, a multiple of 4 KiB`);
 if (!['inline', 'workers'].includes(args.mode)) usage(`--mode ${args.mode}: give inline or workers`);
 const caseIds = [...new Set(args.cases.split(',').map((s) => s.trim()).filter(Boolean))];
-for (const id of caseIds) if (!CASES[id]) usage(`--cases: unknown case "${id}"; give some of a,b,c,d,e,f`);
+for (const id of caseIds) if (!CASES[id]) usage(`--cases: unknown case "${id}"; give some of a,b,c,d,e,f,g,h`);
 if (caseIds.length === 0) usage('--cases: give at least one case');
+if (caseIds.some((id) => CASES[id].fio) && !haveCommand('fio')) usage('--cases g and h run fio, which is not installed (apt-get install fio)');
 
 const json = args.json;
 const progress = (line) => process.stderr.write(`[${new Date().toISOString().slice(11, 19)}] ${line}\n`);
@@ -246,7 +255,32 @@ async function runWorkers(c, paths, seconds) {
   }
 }
 
-const runCase = (c, paths, seconds = runtime) => (c.threads === 0 ? runMain(c, paths, seconds) : runWorkers(c, paths, seconds));
+/** The peer: fio's io_uring engine on the same file, c.fio jobs (threads of one fio process) at c.qd each. */
+async function runFio(c, paths, seconds) {
+  const argv = ['--name=peer', `--filename=${paths[0]}`, '--direct=1', '--ioengine=io_uring', '--rw=randread', `--bs=${BS}`,
+    `--iodepth=${c.qd}`, `--iodepth_batch_submit=${c.qd}`, `--iodepth_batch_complete_max=${c.qd}`, `--numjobs=${c.fio}`, '--thread',
+    '--group_reporting', `--size=${blocks * BS}`, '--norandommap', '--randrepeat=0', '--time_based',
+    // Half a second longer than counted here, so that fio is still running when its CPU is sampled.
+    `--runtime=${Math.round((seconds + 0.5) * 1000)}ms`,
+    `--ramp_time=${ramp}`, '--output-format=json'];
+  const child = spawn('fio', argv, { stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '', err = '';
+  child.stdout.on('data', (d) => { out += d; });
+  child.stderr.on('data', (d) => { err += d; });
+  const closed = new Promise((r) => child.on('close', (code) => r(code)));
+  const startAt = wallNow() + ramp * 1000, endAt = startAt + seconds * 1000;
+  const [s0, s1] = await Promise.all([sampleAt(startAt, []), sampleAt(endAt, [])]);
+  const code = await closed;
+  let r;
+  try { r = JSON.parse(out.slice(out.indexOf('{'))).jobs[0].read; } catch { throw new Error(`fio failed (exit ${code}): ${err.slice(0, 300)}`); }
+  const ops = r.iops * seconds; // fio's rate over its own window (ramp excluded), as a count for ours
+  // fio is the process measured here: its CPU counts as "this process", not as a neighbour's.
+  const pid = String(child.pid);
+  const asFio = (x) => { const others = new Map(x.others); const t = others.get(pid)?.ticks ?? 0; others.delete(pid); return { ...x, others, procUs: (t * 1e6) / HZ }; };
+  return { ops, seconds, iops: r.iops, cpu: cpuBetween(asFio(s0), asFio(s1), ops, seconds), threads: [{ ops, stats: {} }] };
+}
+
+const runCase = (c, paths, seconds = runtime) => (c.fio ? runFio(c, paths, seconds) : c.threads === 0 ? runMain(c, paths, seconds) : runWorkers(c, paths, seconds));
 
 // ---- the run ------------------------------------------------------------------------------
 
@@ -301,7 +335,7 @@ async function main() {
       progress(`warm-up: ${warmup} s of case ${caseIds[0]} (not counted)`);
       await runCase(CASES[caseIds[0]], paths, warmup);
     }
-    for (const id of caseIds) report.cases[id] = { label: CASES[id].label.replace(/\s+/g, ' '), threads: Math.max(1, CASES[id].threads), qd: CASES[id].qd, rounds: [] };
+    for (const id of caseIds) report.cases[id] = { label: CASES[id].label.replace(/\s+/g, ' '), threads: Math.max(1, CASES[id].threads, CASES[id].fio ?? 0), qd: CASES[id].qd, rounds: [] };
     for (let r = 1; r <= repeat; r++) {
       for (const id of caseIds) {
         const c = CASES[id];
@@ -311,7 +345,8 @@ async function main() {
         const per = res.threads.length > 1 ? ` (${res.threads.map((t) => k(t.ops / runtime)).join(' + ')})` : '';
         res.clean = clean(res.cpu);
         const busy = res.clean ? '' : `; NOT CLEAN: ${why(res.cpu)}`;
-        progress(`  ${k(res.iops)} IOPS${per}; CPU: this process ${res.cpu.processPct}% (JS thread(s) ${res.cpu.threadsPct.join('% + ')}%, sleeping ${res.cpu.sleepsPerKio} times per 1000 reads), kernel threads ${res.cpu.kernelThreadsPct}%, other processes ${res.cpu.otherProcessesPct}%, irq ${res.cpu.irqPct}%, all CPUs ${res.cpu.systemPct}% of ${availableParallelism() * 100}%${busy}`);
+        const jsCpu = res.cpu.threadsPct.length ? ` (JS thread(s) ${res.cpu.threadsPct.join('% + ')}%, sleeping ${res.cpu.sleepsPerKio} times per 1000 reads)` : ' (fio)';
+        progress(`  ${k(res.iops)} IOPS${per}; CPU: this process ${res.cpu.processPct}%${jsCpu}, kernel threads ${res.cpu.kernelThreadsPct}%, other processes ${res.cpu.otherProcessesPct}%, irq ${res.cpu.irqPct}%, all CPUs ${res.cpu.systemPct}% of ${availableParallelism() * 100}%${busy}`);
       }
     }
     for (const id of caseIds) {
@@ -375,10 +410,11 @@ function formatReport(rep) {
     'per thread (median round)': (() => { const m = [...c.rounds].sort((x, y) => x.iops - y.iops)[(c.rounds.length - 1) >> 1]; return m.threads.map((t) => k(t.ops / rep.options.runtime)).join(' + '); })(),
     'cpu (medians)': (() => {
       const cs = c.rounds.map((x) => x.cpu), m = (f) => Math.round(median(cs.map(f))) + '%';
-      return `this ${m((x) => x.processPct)} (JS ${cs[0].threadsPct.map((_, i) => m((x) => x.threadsPct[i])).join('+')}), kthreads ${m((x) => x.kernelThreadsPct)}, others ${m((x) => x.otherProcessesPct)}, all ${m((x) => x.systemPct)}`;
+      const js = cs[0].threadsPct.length ? ` (JS ${cs[0].threadsPct.map((_, i) => m((x) => x.threadsPct[i])).join('+')})` : ' (fio)';
+      return `this ${m((x) => x.processPct)}${js}, kthreads ${m((x) => x.kernelThreadsPct)}, others ${m((x) => x.otherProcessesPct)}, all ${m((x) => x.systemPct)}`;
     })(),
     'us CPU/IO': c.medianProcessUsPerIo.toFixed(2),
-    'JS sleeps/kIO': median(c.rounds.map((x) => x.cpu.sleepsPerKio)).toFixed(1),
+    'JS sleeps/kIO': c.rounds[0].cpu.threadsPct.length ? median(c.rounds.map((x) => x.cpu.sleepsPerKio)).toFixed(1) : '-',
   }));
   const cols = Object.keys(rows[0]);
   const w = cols.map((h) => Math.max(h.length, ...rows.map((r) => String(r[h]).length)));
@@ -410,6 +446,12 @@ function formatReport(rep) {
     out.push(`  waits ${t.waits.map((r) => r.join('/')).join(', ')}${noWaits ? ' (reads never conflict)' : ' (expected 0)'}; tracked ${t.tracked.map((r) => r.join('/')).join(', ')}; table high water ${t.highWater.join(', ')}`);
   }
   if (rep.cases.f && rep.cases.a) out.push(`1 worker thread x QD64 / 1 main thread x QD64: ${(rep.cases.f.medianIops / rep.cases.a.medianIops).toFixed(2)}x`);
+  if (rep.cases.g && rep.cases.h) {
+    const peer = rep.cases.h.medianIops / rep.cases.g.medianIops;
+    out.push(`fio (the peer, same file, same run): 2 jobs x QD32 / 1 job x QD64: ${peer.toFixed(2)}x`);
+    if (rep.ratio !== null) out.push(`  ringfence's split (b/a) against fio's (h/g): ${(rep.ratio / peer).toFixed(2)}x (below 1: the split costs ringfence more than it costs fio)`);
+    if (rep.cases.a) out.push(`  ringfence 1 thread x QD64 / fio 1 job x QD64: ${(rep.cases.a.medianIops / rep.cases.g.medianIops).toFixed(2)}x; ringfence 2 threads / fio 2 jobs: ${rep.cases.b ? (rep.cases.b.medianIops / rep.cases.h.medianIops).toFixed(2) + 'x' : '-'}`);
+  }
   for (const id of ['a', 'c', 'd', 'e', 'f']) {
     const c = rep.cases[id];
     if (!c) continue;

@@ -436,6 +436,7 @@ class Context : public Napi::ObjectWrap<Context> {
         if (inline_) o.Set("loopWakes", double(inline_->wakes()));
         if (info_.quiet_eventfd) {
             o.Set("quietEventfd", true);
+            o.Set("quietRechecks", info_.quiet_rechecks);
             o.Set("quietSelfSignals", info_.quiet_self_signals);
         }
         return o;

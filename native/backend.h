@@ -81,7 +81,9 @@ struct BackendInfo {
     bool ring_fd_registered = false;
     /* io_uring inline: the eventfd is off during our own enters (uring_backend.cc, eventfd_back_on). */
     bool quiet_eventfd = false;
-    /* ... and how often a completion queued meanwhile made us signal it ourselves. */
+    /* ... how often we found work queued meanwhile (IORING_SQ_TASKRUN) and ran it at once ... */
+    double quiet_rechecks = 0;
+    /* ... and how often a CQE was left in the ring, so that we signalled the eventfd ourselves. */
     double quiet_self_signals = 0;
     std::vector<std::string> setup_flags;
     std::vector<std::string> sync_ops;

@@ -269,7 +269,7 @@ class UringBackend : public Backend {
             submit(&out, queued);
         reap(&out);
         if (quiet_eventfd_)
-            eventfd_back_on();
+            eventfd_back_on(out);
 
         if (out.count() > 0 || wait_ms <= 0)
             return;
@@ -389,6 +389,7 @@ class UringBackend : public Backend {
         info->ring_fd_registered = ring_fd_registered_;
         info->quiet_eventfd = quiet_eventfd_;
         info->quiet_self_signals = double(quiet_self_signals_);
+        info->quiet_rechecks = double(quiet_rechecks_);
         info->setup_flags = uring_setup_flag_names(setup_flags_);
         info->sync_ops.assign(1, "emulatedFallocate"); /* assign: info() refreshes this on every call */
         if (!async_ftruncate_)
@@ -703,13 +704,25 @@ class UringBackend : public Backend {
      *   - we store cq_flags (enabled), fence, then read sq_flags and the CQ.
      * Each side stores, then loads, with a full barrier between (x86-64: the
      * kernel's locked or, our mfence), so at least one side sees the other:
-     * the kernel signals, or we see TASKRUN (or a CQE) and signal ourselves.
+     * the kernel signals, or we see TASKRUN.  Seeing it, we run that work now,
+     * with the eventfd on (what the enter posts then signals as usual), and
+     * reap.  We do not just signal ourselves: the kernel can leave TASKRUN set
+     * with nothing queued (a completion added and run within one run of the
+     * work), and a self-signal on a stale bit would wake the loop for nothing
+     * on every pump until the next completion; the enter costs one system
+     * call instead.  A CQE left in the ring (the sink was full) is the
+     * other case: for it we write the eventfd ourselves.
      * quiet_eventfd_safe() limits this to where that argument holds.
      */
-    void eventfd_back_on() {
+    void eventfd_back_on(CompletionSink &out) {
         io_uring_cq_eventfd_toggle(r(), true);
         __atomic_thread_fence(__ATOMIC_SEQ_CST);
-        if ((IO_URING_READ_ONCE(*r()->sq.kflags) & IORING_SQ_TASKRUN) || io_uring_cq_ready(r()) > 0) {
+        if (IO_URING_READ_ONCE(*r()->sq.kflags) & IORING_SQ_TASKRUN) {
+            quiet_rechecks_++;
+            io_uring_get_events(r());
+            reap(&out);
+        }
+        if (io_uring_cq_ready(r()) > 0) {
             uint64_t one = 1;
             ssize_t w = write(cfg_.doorbell_fd, &one, sizeof one);
             (void)w; /* EAGAIN: the counter is already readable */
@@ -718,11 +731,12 @@ class UringBackend : public Backend {
     }
 
     /*
-     * Where the argument above holds: DEFER_TASKRUN with TASKRUN_FLAG (every
-     * completion, io-wq ones included, is queued as deferred work rather
-     * than posted directly; Linux >= 6.8, where io-wq completions of a
-     * DEFER_TASKRUN ring go through task work), on x86-64 (a locked
-     * instruction is a full barrier; arm64's atomic_or is not).  Elsewhere
+     * Where the argument above holds: DEFER_TASKRUN with TASKRUN_FLAG (while
+     * the ring and its task are live, every completion, io-wq ones included,
+     * is queued as deferred work rather than posted directly: io-wq ones
+     * since about 6.2, every path since 6.6; the gate is 6.8, to be safe), on
+     * x86-64 (a locked instruction is a full barrier; arm64's atomic_or is
+     * not).  Elsewhere
      * the spurious wake-up stays.  RINGFENCE_NO_QUIET_EVENTFD=1 turns it off
      * (bench/eventfd.mjs measures with and without).
      */
@@ -778,7 +792,7 @@ class UringBackend : public Backend {
     bool fixed_files_ = false;
     bool ring_fd_registered_ = false;
     bool quiet_eventfd_ = false;
-    uint64_t quiet_self_signals_ = 0;
+    uint64_t quiet_self_signals_ = 0, quiet_rechecks_ = 0;
     FileTable files_;
     SlotPool slots_;
     struct iovec scratch_iov_[RF_IOV_MAX];

@@ -48,7 +48,9 @@ export interface NativeContextInfo {
    * context's own enters, so the completions they post do not wake the loop once more.
    */
   quietEventfd?: boolean;
-  /** How often a completion queued during such an enter made the context signal the eventfd itself. */
+  /** How often work queued during such an enter (IORING_SQ_TASKRUN) was found and run at once. */
+  quietRechecks?: number;
+  /** How often a CQE was left in the ring after that, so that the context signalled the eventfd itself. */
   quietSelfSignals?: number;
   /** Inline mode: times the eventfd has woken the thread's loop (completions, helper results, table rings). */
   loopWakes?: number;
