@@ -70,6 +70,7 @@ const USAGE = `usage: node bench/threads.mjs [options]
   --ramp S        seconds each case runs before counting starts (default 0.5)
   --warmup S      seconds of the first case, not counted, before round 1 (default 2; 0: none)
   --dir DIR       put the data file(s) in this existing directory instead of a temporary volume
+  --poll-us N     the inline engines' pollUs (default 0: sleep as soon as there is nothing to do)
   --json          machine-readable report on stdout
 `;
 
@@ -84,7 +85,7 @@ try {
     options: {
       runtime: { type: 'string', default: '5' }, repeat: { type: 'string', default: '3' }, size: { type: 'string', default: '1G' },
       cases: { type: 'string', default: 'a,b,c' }, mode: { type: 'string', default: 'inline' }, ramp: { type: 'string', default: '0.5' }, warmup: { type: 'string', default: '2' },
-      dir: { type: 'string' }, json: { type: 'boolean', default: false }, help: { type: 'boolean', short: 'h', default: false },
+      dir: { type: 'string' }, 'poll-us': { type: 'string', default: '0' }, json: { type: 'boolean', default: false }, help: { type: 'boolean', short: 'h', default: false },
     },
     strict: true,
   }).values;
@@ -103,6 +104,9 @@ let size;
 try { size = parseSize(args.size); } catch (err) { usage(`--size ${args.size}: ${err.message}`); }
 if (size < 16 << 20 || size % BS !== 0) usage(`--size ${args.size}: give at least 16M, a multiple of 4 KiB`);
 if (!['inline', 'workers'].includes(args.mode)) usage(`--mode ${args.mode}: give inline or workers`);
+const pollUs = Number(args['poll-us']);
+if (!Number.isInteger(pollUs) || pollUs < 0 || pollUs > 1000) usage(`--poll-us ${args['poll-us']}: give a whole number of microseconds from 0 to 1000`);
+if (pollUs > 0 && args.mode !== 'inline') usage('--poll-us applies to --mode inline only');
 const caseIds = [...new Set(args.cases.split(',').map((s) => s.trim()).filter(Boolean))];
 for (const id of caseIds) if (!CASES[id]) usage(`--cases: unknown case "${id}"; give some of a,b,c,d,e,f,g,h`);
 if (caseIds.length === 0) usage('--cases: give at least one case');
@@ -114,7 +118,7 @@ const blocks = Math.floor(size / BS);
 const nFiles = caseIds.some((id) => CASES[id].separateFiles) ? 2 : 1;
 
 function engineOptions(c) {
-  return { mode: args.mode, queueDepth: c.qd, xfsWorkaround: 'auto', ...(c.untracked ? { trackRequests: false } : {}) };
+  return { mode: args.mode, queueDepth: c.qd, xfsWorkaround: 'auto', ...(pollUs > 0 ? { pollUs } : {}), ...(c.untracked ? { trackRequests: false } : {}) };
 }
 
 // ---- CPU accounting over the counted window ----------------------------------------------
@@ -312,7 +316,7 @@ async function main() {
   const report = {
     ok: true, date: started, kernel: release(), node: process.version, cpus: availableParallelism(),
     volume: vol.note, fs: vol.fs, kind: vol.kind,
-    options: { runtime, repeat, ramp, warmup, size, bs: BS, mode: args.mode, cases: caseIds, engine: { queueDepth: 'per case', xfsWorkaround: 'auto' } },
+    options: { runtime, repeat, ramp, warmup, size, bs: BS, mode: args.mode, cases: caseIds, engine: { queueDepth: 'per case', xfsWorkaround: 'auto', pollUs } },
     cases: {}, ratio: null, ratioClean: null, target: TARGET, met: null, table: null,
   };
   try {
@@ -398,7 +402,7 @@ async function main() {
 
 function formatReport(rep) {
   const out = [];
-  out.push(`ringfence threads bench: 4 KiB O_DIRECT random reads, ${rep.options.mode} engines (queueDepth = QD, xfsWorkaround 'auto'), ${Math.floor(rep.options.size / 2 ** 20)} MiB file`);
+  out.push(`ringfence threads bench: 4 KiB O_DIRECT random reads, ${rep.options.mode} engines (queueDepth = QD, xfsWorkaround 'auto'${rep.options.engine.pollUs ? `, pollUs ${rep.options.engine.pollUs}` : ''}), ${Math.floor(rep.options.size / 2 ** 20)} MiB file`);
   out.push(`${rep.options.runtime} s counted per case after a ${rep.options.ramp} s ramp, ${rep.options.repeat} round(s) interleaved (${rep.options.cases.join(', ')}) after a ${rep.options.warmup} s warm-up, median per case`);
   out.push(`on ${rep.volume}`);
   out.push(`kernel ${rep.kernel}, Node ${rep.node}, ${rep.cpus} CPUs`);
