@@ -17,11 +17,13 @@ constexpr unsigned RF_IORING_OP_FTRUNCATE = 55;
 /*
  * io_uring_queue_init_params() with the best setup flags the kernel takes:
  * SINGLE_ISSUER|DEFER_TASKRUN|COOP_TASKRUN (+SUBMIT_ALL), dropping flags
- * while the kernel answers EINVAL (flag unknown to it).  Returns 0 or
- * -errno from the last attempt; on success *flags holds what was used.
+ * while the kernel answers EINVAL (flag unknown to it).  `extra` is added to
+ * the DEFER_TASKRUN candidates (inline mode: IORING_SETUP_TASKRUN_FLAG, for
+ * the quiet eventfd).  Returns 0 or -errno from the last attempt; on success
+ * *flags holds what was used.
  */
 int uring_init_best(unsigned entries, struct io_uring *ring,
-                    struct io_uring_params *params, unsigned *flags);
+                    struct io_uring_params *params, unsigned *flags, unsigned extra = 0);
 
 /* Human-readable names for setup flags and IORING_FEAT_* bits. */
 std::vector<std::string> uring_setup_flag_names(unsigned flags);
@@ -45,8 +47,8 @@ class OwnedRing {
     OwnedRing &operator=(const OwnedRing &) = delete;
 
     /* uring_init_best() into this (not yet live) ring; 0 or -errno. */
-    int init_best(unsigned entries, struct io_uring_params *params, unsigned *flags) {
-        int rc = uring_init_best(entries, &ring_, params, flags);
+    int init_best(unsigned entries, struct io_uring_params *params, unsigned *flags, unsigned extra = 0) {
+        int rc = uring_init_best(entries, &ring_, params, flags, extra);
         live_ = rc == 0;
         return rc;
     }

@@ -52,18 +52,19 @@ namespace rf {
 /* ---- setup helpers (also used by probe.cc) ---- */
 
 int uring_init_best(unsigned entries, struct io_uring *ring,
-                    struct io_uring_params *params, unsigned *flags) {
+                    struct io_uring_params *params, unsigned *flags, unsigned extra) {
     static const unsigned kCandidates[] = {
         IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN |
-            IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG | IORING_SETUP_SUBMIT_ALL,
-        IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_COOP_TASKRUN |
-            IORING_SETUP_TASKRUN_FLAG,
+            IORING_SETUP_COOP_TASKRUN | IORING_SETUP_SUBMIT_ALL,
+        IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_COOP_TASKRUN,
         IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_COOP_TASKRUN,  /* < 6.1 */
         IORING_SETUP_COOP_TASKRUN,                               /* < 6.0 */
         0,                                                       /* < 5.19 */
     };
     int rc = -EINVAL;
     for (unsigned f : kCandidates) {
+        if (f & IORING_SETUP_DEFER_TASKRUN)
+            f |= extra; /* TASKRUN_FLAG (5.19) predates DEFER_TASKRUN (6.1) */
         *params = {};
         params->flags = f;
         rc = io_uring_queue_init_params(entries, ring, params);
@@ -193,7 +194,9 @@ class UringBackend : public Backend {
         : cfg_(cfg), slots_(cfg.depth) {
         /* +1: the doorbell read may be queued next to a full batch. */
         struct io_uring_params p;
-        int rc = ring_.init_best(cfg.depth + 1, &p, &setup_flags_);
+        /* Inline mode also asks for TASKRUN_FLAG: the quiet eventfd reads it (eventfd_back_on). */
+        int rc = ring_.init_best(cfg.depth + 1, &p, &setup_flags_,
+                                 cfg.offload != nullptr ? IORING_SETUP_TASKRUN_FLAG : 0);
         if (rc < 0)
             throw BackendError(uring_init_error(rc));
         /* From here on, a throw exits the ring through ~OwnedRing. */
@@ -736,9 +739,8 @@ class UringBackend : public Backend {
      * is queued as deferred work rather than posted directly: io-wq ones
      * since about 6.2, every path since 6.6; the gate is 6.8, to be safe), on
      * x86-64 (a locked instruction is a full barrier; arm64's atomic_or is
-     * not).  Elsewhere
-     * the spurious wake-up stays.  RINGFENCE_NO_QUIET_EVENTFD=1 turns it off
-     * (bench/eventfd.mjs measures with and without).
+     * not).  Elsewhere the spurious wake-up stays.  RINGFENCE_NO_QUIET_EVENTFD=1
+     * turns it off (bench/eventfd.mjs measures with and without).
      */
     static bool quiet_eventfd_safe(unsigned flags) {
 #if defined(__x86_64__)
