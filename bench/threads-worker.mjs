@@ -49,6 +49,12 @@ export async function readLoops(f, bufs, blocks, seed, startAt, endAt) {
   return counted;
 }
 
+/** The engine's I/O context counters so far: ops, and pumps that submitted (one enter each). */
+export function engineCounters(engine) {
+  const w = engine.stats().workers;
+  return { ops: w.reduce((a, x) => a + x.ops, 0), batches: w.reduce((a, x) => a + x.batches, 0) };
+}
+
 export async function teardown({ engine, f, bufs }) {
   for (const b of bufs) engine.free(b);
   await f.close();
@@ -76,7 +82,7 @@ if (!isMainThread && workerData?.role === 'ringfence-threads-bench') {
   await waitNonZero(ctl, 0);
   const ops = await readLoops(s.f, s.bufs, d.blocks, d.seed, times[0], times[1]);
   // Every thread still has the file open here: the table's participants count them all.
-  parentPort.postMessage({ type: 'result', ops, stats: s.f.stats() });
+  parentPort.postMessage({ type: 'result', ops, stats: s.f.stats(), engine: engineCounters(s.engine) });
   await new Promise((r) => parentPort.once('message', r)); // 'close': every thread has reported
   await teardown(s);
   parentPort.postMessage({ type: 'closed' });

@@ -29,7 +29,7 @@ import { availableParallelism, release } from 'node:os';
 import { join } from 'node:path';
 import { makeXfsVolume, tempVolume, dirVolume, isRoot, haveCommand, parseSize } from '../dist/src/volume.js';
 import { prepareDataFile } from '../dist/src/bench/data.js';
-import { BS, readLoops, setup, teardown, threadId, wallNow } from './threads-worker.mjs';
+import { BS, engineCounters, readLoops, setup, teardown, threadId, wallNow } from './threads-worker.mjs';
 
 const WORKER = new URL('./threads-worker.mjs', import.meta.url);
 const TARGET = 0.95;
@@ -205,7 +205,7 @@ async function runMain(c, paths, seconds) {
     const tids = [threadId()];
     const [s0, s1, ops] = await Promise.all([sampleAt(startAt, tids), sampleAt(endAt, tids), readLoops(s.f, s.bufs, blocks, 1, startAt, endAt)]);
     const stats = s.f.stats();
-    return { ops, seconds, iops: ops / seconds, cpu: cpuBetween(s0, s1, ops, seconds), threads: [{ ops, stats }] };
+    return { ops, seconds, iops: ops / seconds, cpu: cpuBetween(s0, s1, ops, seconds), threads: [{ ops, stats, engine: engineCounters(s.engine) }] };
   } finally { await teardown(s); }
 }
 
@@ -252,7 +252,7 @@ async function runWorkers(c, paths, seconds) {
     await Promise.all(ws.map((b) => b.next('closed')));
     await Promise.all(ws.map((b) => Promise.race([b.exited, b.failed])));
     const ops = results.reduce((a, r) => a + r.ops, 0);
-    return { ops, seconds, iops: ops / seconds, cpu: cpuBetween(s0, s1, ops, seconds), threads: results.map((r) => ({ ops: r.ops, stats: r.stats })), info: ready[0].info };
+    return { ops, seconds, iops: ops / seconds, cpu: cpuBetween(s0, s1, ops, seconds), threads: results.map((r) => ({ ops: r.ops, stats: r.stats, engine: r.engine })), info: ready[0].info };
   } finally {
     // On an error: no thread may outlive this call (their engines hold the file open).
     await Promise.all(ws.map(async (b) => { if (!b.dead && b.w.threadId !== -1) { await b.w.terminate(); } }));
@@ -419,13 +419,16 @@ function formatReport(rep) {
     })(),
     'us CPU/IO': c.medianProcessUsPerIo.toFixed(2),
     'JS sleeps/kIO': c.rounds[0].cpu.threadsPct.length ? median(c.rounds.map((x) => x.cpu.sleepsPerKio)).toFixed(1) : '-',
+    // Per thread: its engine's completed ops over the pumps that submitted (each one enter).
+    'reads/submit': c.rounds[0].threads[0].engine ? median(c.rounds.map((x) => x.threads.reduce((a, t) => a + t.engine.ops, 0) / Math.max(1, x.threads.reduce((a, t) => a + t.engine.batches, 0)))).toFixed(1) : '-',
   }));
   const cols = Object.keys(rows[0]);
   const w = cols.map((h) => Math.max(h.length, ...rows.map((r) => String(r[h]).length)));
   out.push(cols.map((h, i) => h.padEnd(w[i])).join('  '));
   for (const r of rows) out.push(cols.map((h, i) => String(r[h]).padEnd(w[i])).join('  '));
   out.push(`(cpu: % of one core over the counted window: this process, its JS threads, kernel threads (the loop device's workers among them),`);
-  out.push(` other processes, and all ${rep.cpus} CPUs busy (/proc/stat), out of ${rep.cpus * 100}%)`);
+  out.push(` other processes, and all ${rep.cpus} CPUs busy (/proc/stat), out of ${rep.cpus * 100}%;`);
+  out.push(` reads/submit: reads per enter that submitted, over each engine's whole run, ramp included)`);
   const noisy = Object.entries(rep.cases).flatMap(([id, c]) => c.rounds.map((x, i) => [id, i + 1, x]).filter(([, , x]) => !x.clean));
   out.push(noisy.length === 0 ? `every round clean: other processes used < ${NOISY_PCT}% of a core`
     : `NOT CLEAN (rerun on an idle machine): ${noisy.map(([id, r, x]) => `${id} round ${r}: ${why(x.cpu)}`).join('; ')}`);
