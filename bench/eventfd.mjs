@@ -14,39 +14,31 @@ const BS = 4096;
 const FILE_BYTES = 256 << 20;
 
 if (process.argv[2] === '--child') {
-  const { Engine } = await import('../dist/src/index.js');
+  // The read loops of bench/threads.mjs (setup, readLoops, teardown), counted over one window.
+  const { setup, readLoops, teardown, wallNow } = await import('./threads-worker.mjs');
   const [, , , path, qdS, secondsS] = process.argv;
   const qd = Number(qdS), seconds = Number(secondsS);
-  const engine = await Engine.start({ backend: 'io_uring' });
-  const f = await engine.open(path, { direct: true });
-  const info = () => engine.info().workers[0].info;
-  let ops = 0, s = 2463534242;
+  const s = await setup(path, qd, { backend: 'io_uring' });
+  const info = () => s.engine.info().workers[0].info;
   const blocks = FILE_BYTES / BS;
-  const loop = async (until) => {
-    const b = engine.alloc(BS);
-    while (performance.now() < until) {
-      s ^= s << 13; s >>>= 0; s ^= s >>> 17; s ^= s << 5; s >>>= 0;
-      await f.read(b, (s % blocks) * BS);
-      ops++;
-    }
-  };
-  await Promise.all(Array.from({ length: qd }, () => loop(performance.now() + 300))); // warm-up
-  ops = 0;
-  const w0 = info().loopWakes, c0 = process.cpuUsage(), t0 = performance.now();
-  await Promise.all(Array.from({ length: qd }, () => loop(t0 + seconds * 1000)));
-  const ms = performance.now() - t0, cpu = process.cpuUsage(c0), i = info();
+  await readLoops(s.f, s.bufs, blocks, 1, 0, wallNow() + 300); // warm-up
+  const w0 = info().loopWakes, c0 = process.cpuUsage(), t0 = wallNow();
+  const ops = await readLoops(s.f, s.bufs, blocks, 2, t0, t0 + seconds * 1000);
+  const ms = wallNow() - t0, cpu = process.cpuUsage(c0), i = info();
   process.stdout.write(JSON.stringify({
     quiet: i.quietEventfd === true, iops: ops / (ms / 1000), wakesPerOp: (i.loopWakes - w0) / ops,
     cpuUsPerOp: (cpu.user + cpu.system) / ops,
   }));
-  await f.close();
-  await engine.close();
+  await teardown(s);
   process.exit(0);
 }
 
 const { values: o } = parseArgs({
   options: { dir: { type: 'string', default: '/var/tmp' }, runtime: { type: 'string', default: '3' }, repeat: { type: 'string', default: '3' }, json: { type: 'boolean', default: false } },
 });
+const runtime = Number(o.runtime), repeat = Number(o.repeat);
+if (!(runtime > 0 && runtime <= 600)) { process.stderr.write(`--runtime ${o.runtime}: give seconds, more than 0 and at most 600\n`); process.exit(2); }
+if (!(Number.isInteger(repeat) && repeat >= 1 && repeat <= 100)) { process.stderr.write(`--repeat ${o.repeat}: give a whole number from 1 to 100\n`); process.exit(2); }
 const { mkdtempSync, rmSync } = await import('node:fs');
 const { prepareDataFile } = await import('../dist/src/bench/data.js');
 const dir = mkdtempSync(`${o.dir}/rf-eventfd-bench-`);
@@ -58,7 +50,7 @@ try {
   const rows = [];
   for (const qd of [1, 32]) {
     const got = { on: [], off: [] };
-    for (let round = 1; round <= Number(o.repeat); round++) {
+    for (let round = 1; round <= repeat; round++) {
       for (const mode of ['on', 'off']) {
         process.stderr.write(`QD${qd} round ${round}/${o.repeat} quiet eventfd ${mode} ... `);
         const env = { ...process.env, RINGFENCE_NO_QUIET_EVENTFD: mode === 'off' ? '1' : '0' };
