@@ -42,4 +42,28 @@ test('bench rejects bad arguments with exit 2 and says what to do', () => {
   assert.match(r.stderr, /--rw: unknown workload "sideways" \(use read, write, randread, randwrite, randrw\)/);
 });
 
+// bench --nbd: our server and qemu-nbd driven by the same fio nbd jobs; needs fio and qemu-nbd
+// (installed by scripts/setup.sh), otherwise reported as skipped.
+const nbdPeers = have('fio') && have('qemu-nbd');
+(nbdPeers ? test : test.skip)('bench --nbd: ringfence serve and qemu-nbd in one run; the report has ratios and the QD1 latencies', () => {
+  const r = spawnSync(process.execPath, [cli, 'bench', '--nbd', '--dir', scratch.dir, '--size', '16M', '--runtime', '1', '--repeat', '1',
+    '--engines', 'ringfence,qemu-nbd io_uring'], { encoding: 'utf8', timeout: 180_000 });
+  assert.is(r.status, 0, r.stderr);
+  const lines = r.stdout.split('\n');
+  for (const job of ['4k randread QD1', '4k randread QD32', '4k randwrite QD1', '4k randwrite QD32', '1M read QD8']) {
+    const row = lines.find((l) => l.startsWith(job + ' '));
+    assert.ok(row, `a row for ${job}:\n${r.stdout}`);
+    assert.match(row, /\d\.\d\dx/, `${job} has a ratio against qemu-nbd`);
+  }
+  const at = lines.findIndex((l) => l.startsWith('QD1 completion latency'));
+  assert.ok(at > 0, `the QD1 latency section:\n${r.stdout}`);
+  const lat = lines.slice(at + 1).filter((l) => /QD1/.test(l));
+  assert.is(lat.length, 4, 'two QD1 jobs x two servers');
+  for (const l of lat) {
+    const [p50, p90, p99, mean] = l.split('/').map((x) => Number(x.trim().split(/\s+/).pop()));
+    assert.ok(p50 > 0 && p90 >= p50 && p99 >= p90 && mean > 0, `latencies in order: ${l}`);
+  }
+  if (nbdPeers) console.log(lines.slice(at).join('\n'));
+});
+
 test.run();

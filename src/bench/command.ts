@@ -106,7 +106,7 @@ export function registerBench(program: Command): void {
     .option('--size <size>', `data file size: a multiple of 512 from 1M (and 16 blocks) to 1T that fits the volume`, '512M')
     .option('--runtime <seconds>', `seconds per engine and job, above 0 and at most ${L.runtimeS.max}`, '3')
     .option('--repeat <n>', `rounds of every engine per job, ${L.repeat.min} to ${L.repeat.max} (the best round is kept)`, '1')
-    .option('--engines <list>', `only these engines (${ENGINE_NAMES.join(',')})`)
+    .option('--engines <list>', `only these engines (${ENGINE_NAMES.join(',')}); with --nbd, only these servers (ringfence,"qemu-nbd io_uring","qemu-nbd native","nbdkit file")`)
     .option('--file <path>', 'benchmark this regular file (created with --size if missing; its directory must exist)')
     .option('--xfs <size>', 'create a temporary loop-mounted XFS volume of this size (root), 300M to 1T')
     .option('--dir <path>', 'put the data file in this existing, writable directory')
@@ -123,7 +123,7 @@ Every flag is checked before anything is created: a bad value exits 2 with a mes
 `)
     .action(async (o: RawBench & { nbd?: boolean }) => {
       // The flags both modes share are checked the same way, before any work.
-      if (o.nbd) { checkBenchFlags(o); return nbdBenchCommand(o, parseSize, (msg: string): never => { throw new UsageError(msg); }); }
+      if (o.nbd) { checkBenchFlags({ ...o, engines: undefined }); return nbdBenchCommand(o, parseSize, (msg: string): never => { throw new UsageError(msg); }); }
       let opts: BenchOptions;
       try { opts = checkBenchFlags(o); } catch (err) {
         if (o.json) process.stdout.write(JSON.stringify({ ok: false, exitCode: 2, error: (err as Error).message }) + '\n');

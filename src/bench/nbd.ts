@@ -31,7 +31,8 @@ const SERVERS: NbdServerSpec[] = [
 ];
 
 export interface NbdBenchOptions { size: number; runtime: number; repeat: number; file?: string; dir?: string; json: boolean; servers?: string[] }
-export interface NbdResult { server: string; job: string; iops: number; mibs: number; p50us: number; p99us: number }
+/** One fio job against one server (its best round); latencies are fio's completion latency (clat), in us. */
+export interface NbdResult { server: string; job: string; iops: number; mibs: number; p50us: number; p90us: number; p99us: number; meanUs: number }
 export interface NbdReport {
   date: string; kernel: string; node: string; file: string; options: NbdBenchOptions;
   results: NbdResult[]; skipped: { server: string; why: string }[];
@@ -46,9 +47,9 @@ function fioJob(job: NbdJob, uri: string, size: number, seconds: number): Promis
         const j = JSON.parse(stdout.slice(stdout.indexOf('{')));
         const d = job.rw === 'randwrite' ? j.jobs[0].write : j.jobs[0].read;
         const pct = d.clat_ns?.percentile ?? {};
-        res({ server: '', job: job.name, iops: d.iops, mibs: d.bw_bytes / 2 ** 20, p50us: (pct['50.000000'] ?? 0) / 1000, p99us: (pct['99.000000'] ?? 0) / 1000, error: j.jobs[0].error ? `fio error ${j.jobs[0].error}` : undefined });
+        res({ server: '', job: job.name, iops: d.iops, mibs: d.bw_bytes / 2 ** 20, p50us: (pct['50.000000'] ?? 0) / 1000, p90us: (pct['90.000000'] ?? 0) / 1000, p99us: (pct['99.000000'] ?? 0) / 1000, meanUs: (d.clat_ns?.mean ?? 0) / 1000, error: j.jobs[0].error ? `fio error ${j.jobs[0].error}` : undefined });
       } catch {
-        res({ server: '', job: job.name, iops: 0, mibs: 0, p50us: 0, p99us: 0, error: `fio failed: ${String(err?.message ?? '')} ${stderr.slice(0, 300)}` });
+        res({ server: '', job: job.name, iops: 0, mibs: 0, p50us: 0, p90us: 0, p99us: 0, meanUs: 0, error: `fio failed: ${String(err?.message ?? '')} ${stderr.slice(0, 300)}` });
       }
     });
   });
@@ -148,6 +149,19 @@ export function formatNbdReport(r: NbdReport): string {
   }
   const widths = head.map((_, i) => Math.max(...rows.map((row) => row[i].length)));
   for (const row of rows) out.push(row.map((c, i) => (i === 0 ? c.padEnd(widths[i]) : c.padStart(widths[i]))).join('  '));
+  // At QD1 IOPS is 1 / mean latency: the percentiles say whether a gap is in every request
+  // (the median moves) or in some of them (only the mean and the upper percentiles do).
+  const qd1 = NBD_JOBS.filter((j) => j.qd === 1);
+  if (qd1.some((j) => r.results.some((x) => x.job === j.name))) {
+    out.push('');
+    out.push('QD1 completion latency in the same rounds, us: p50 / p90 / p99 / mean');
+    for (const job of qd1) {
+      for (const n of names) {
+        const x = r.results.find((y) => y.server === n && y.job === job.name);
+        if (x !== undefined) out.push(`  ${job.name.padEnd(18)} ${n.padEnd(18)} ${[x.p50us, x.p90us, x.p99us, x.meanUs].map((v) => v.toFixed(0).padStart(5)).join(' / ')}`);
+      }
+    }
+  }
   if (r.skipped.length) { out.push(''); for (const s of r.skipped) out.push(`skipped ${s.server}: ${s.why}`); }
   return out.join('\n') + '\n';
 }
