@@ -63,7 +63,6 @@ const nbdPeers = have('fio') && have('qemu-nbd');
     const [p50, p90, p99, mean] = l.split('/').map((x) => Number(x.trim().split(/\s+/).pop()));
     assert.ok(p50 > 0 && p90 >= p50 && p99 >= p90 && mean > 0, `latencies in order: ${l}`);
   }
-  if (nbdPeers) console.log(lines.slice(at).join('\n'));
 });
 
 test.run();
