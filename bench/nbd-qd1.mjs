@@ -13,10 +13,11 @@
 //   node bench/nbd-qd1.mjs [--rw randread|randwrite] [--runtime S] [--repeat N] [--size 256M] [--dir DIR] [--json]
 import { parseArgs } from 'node:util';
 import { execFile, spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync, statSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { Engine, File, serveNbd } from '../dist/src/index.js';
 import { prepareDataFile } from '../dist/src/bench/data.js';
+import { waitForSocket } from '../dist/src/bench/nbd.js';
 import { haveCommand, parseSize } from '../dist/src/volume.js';
 
 const { values: o } = parseArgs({ options: {
@@ -48,11 +49,6 @@ function fio(args) {
         } catch { rej(new Error(`fio failed: ${err?.message ?? ''} ${stderr.slice(0, 300)}`)); }
       });
   });
-}
-
-async function waitForSocket(sock) {
-  for (let i = 0; i < 200; i++) { if (existsSync(sock) && statSync(sock).isSocket()) return; await new Promise((r) => setTimeout(r, 50)); }
-  throw new Error(`no socket ${sock} after 10 s`);
 }
 
 // The engine's part of each request: File.prototype.read (or .write) from call to settling.
@@ -96,7 +92,7 @@ try {
       const sock = join(tmp, 'qemu.sock');
       const child = spawn('qemu-nbd', ['-t', '-f', 'raw', '--cache=none', '--aio=io_uring', '-e', '8', '-k', sock, file], { stdio: 'ignore' });
       try {
-        await waitForSocket(sock);
+        await waitForSocket(sock, child, 10000);
         const f = await fio(['--name=q', '--ioengine=nbd', `--uri=nbd+unix:///?socket=${sock}`]);
         got.qemu.push(f);
         log(`round ${r}/${repeat} qemu-nbd: ${f.iops.toFixed(0)} IOPS, clat mean ${f.clatMean.toFixed(1)} us`);

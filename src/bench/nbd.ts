@@ -55,7 +55,8 @@ function fioJob(job: NbdJob, uri: string, size: number, seconds: number): Promis
   });
 }
 
-async function waitForSocket(sock: string, child: ChildProcess, ms: number): Promise<void> {
+/** Resolves once `sock` is a listening socket; rejects if `child` exits first or after `ms`. */
+export async function waitForSocket(sock: string, child: ChildProcess, ms: number): Promise<void> {
   const deadline = Date.now() + ms;
   while (Date.now() < deadline) {
     if (child.exitCode !== null) throw new Error(`server exited with ${child.exitCode}`);
