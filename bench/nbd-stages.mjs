@@ -1,0 +1,147 @@
+// Where one QD1 NBD request's time goes, stage by stage, from the kernel's own trace, for
+// `ringfence serve` and qemu-nbd in the same run. fio's nbd engine does 4 KiB random reads (or,
+// with --rw randwrite, writes) at QD1 over a Unix socket; while it runs, the kernel's tracefs
+// records --window seconds of system calls, block-layer events and wake-ups, and each request
+// (fio's 28-byte request header sent, to its next one) is split into:
+//   client sends       fio's send of the request, until it waits in poll()
+//   server wakes       fio waits -> the server's thread runs (a cross-CPU wake-up, usually)
+//   server submits     the server runs -> the block layer issues the I/O (parse, engine, enter)
+//   device             issue -> the device's completion interrupt (includes the kick, below)
+//   server woken       completion -> the server's thread runs again
+//   server replies     the server runs -> its reply write(2)/sendmsg(2) starts (reap, settle, reply)
+//   client wakes       the reply's write starts -> fio runs
+//   client reads       fio runs -> its next request's send (reading the reply)
+// and, inside "device", the kick: issue -> the submitting io_uring_enter returns (the virtio
+// notify, a VM exit on this machine). src/bench/stages.ts parses the trace. "server submits" and
+// "server replies" are the server's own user-space work plus a few short system calls: that is
+// where two servers on one device and one client differ. Tracing costs about 1 us per traced
+// system call, the same for both servers.
+// Medians over the traced requests of each round, then the median of the rounds.
+//
+// Needs root (tracefs at /sys/kernel/tracing), fio and qemu-nbd; build first (npm run build):
+//   node bench/nbd-stages.mjs [--rw randread|randwrite] [--repeat N] [--window S] [--size 256M] [--dir DIR] [--json]
+import { parseArgs } from 'node:util';
+import { spawn, execFile } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { prepareDataFile } from '../dist/src/bench/data.js';
+import { waitForSocket } from '../dist/src/bench/nbd.js';
+import { stageReport } from '../dist/src/bench/stages.js';
+import { haveCommand, parseSize } from '../dist/src/volume.js';
+
+const { values: o } = parseArgs({ options: {
+  repeat: { type: 'string', default: '3' }, window: { type: 'string', default: '0.3' }, size: { type: 'string', default: '256M' },
+  dir: { type: 'string', default: '/var/tmp' }, json: { type: 'boolean', default: false }, rw: { type: 'string', default: 'randread' },
+} });
+const repeat = Number(o.repeat), windowS = Number(o.window), size = parseSize(o.size);
+const fail = (m) => { process.stderr.write(`nbd-stages: ${m}\n`); process.exit(2); };
+if (!(Number.isInteger(repeat) && repeat >= 1 && repeat <= 100)) fail(`--repeat ${o.repeat}: give a whole number from 1 to 100`);
+if (!(windowS > 0 && windowS <= 5)) fail(`--window ${o.window}: give seconds, more than 0 and at most 5 (the trace buffer holds about 5 s)`);
+if (o.rw !== 'randread' && o.rw !== 'randwrite') fail(`--rw ${o.rw}: use randread or randwrite`);
+for (const c of ['fio', 'qemu-nbd']) if (!haveCommand(c)) fail(`${c} is not installed: run scripts/setup.sh (or apt-get install fio qemu-utils)`);
+const T = '/sys/kernel/tracing';
+if (process.getuid?.() !== 0 || !existsSync(join(T, 'trace'))) fail(`needs root and tracefs at ${T} (mount -t tracefs none ${T})`);
+if (!existsSync(o.dir)) fail(`--dir ${o.dir} does not exist`);
+const cli = join(dirname(fileURLToPath(import.meta.url)), '..', 'dist', 'src', 'cli.js');
+if (!existsSync(cli)) fail(`${cli} is missing: build first (npm run build)`);
+
+const log = (s) => process.stderr.write(`[${new Date().toISOString().slice(11, 19)}] ${s}\n`);
+const median = (a) => [...a].sort((x, y) => x - y)[a.length >> 1];
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+const EVENTS = [
+  'block/block_rq_issue', 'block/block_rq_complete', 'sched/sched_wakeup',
+  ...['io_uring_enter', 'epoll_pwait', 'epoll_wait', 'ppoll', 'poll', 'read', 'write', 'writev', 'recvfrom', 'recvmsg', 'sendto', 'sendmsg']
+    .flatMap((s) => [`syscalls/sys_enter_${s}`, `syscalls/sys_exit_${s}`]),
+];
+const tw = (f, v) => writeFileSync(join(T, f), v);
+function traceOn() {
+  tw('tracing_on', '0'); tw('trace', ''); tw('buffer_size_kb', '40000'); tw('set_event', '');
+  for (const e of EVENTS) if (existsSync(join(T, 'events', e))) tw(join('events', e, 'enable'), '1');
+  tw('tracing_on', '1');
+}
+function traceOff() {
+  tw('tracing_on', '0');
+  const text = readFileSync(join(T, 'trace'), 'utf8');
+  tw('set_event', ''); tw('trace', '');
+  return text;
+}
+
+function fioRun(uri, seconds) {
+  return new Promise((res, rej) => {
+    execFile('fio', ['--name=q', '--ioengine=nbd', `--uri=${uri}`, `--rw=${o.rw}`, '--bs=4k', '--iodepth=1', `--size=${size}`,
+      '--time_based', `--runtime=${seconds}`, '--output-format=json'], { timeout: (seconds + 30) * 1000, maxBuffer: 16 << 20, encoding: 'utf8' },
+    (err, stdout, stderr) => {
+      try {
+        const j = JSON.parse(stdout.slice(stdout.indexOf('{'))).jobs[0];
+        res((o.rw === 'randread' ? j.read : j.write).iops);
+      } catch { rej(new Error(`fio failed: ${err?.message ?? ''} ${stderr.slice(0, 300)}`)); }
+    });
+  });
+}
+
+const SERVERS = [
+  { name: 'ringfence serve', start: (f, s) => spawn(process.execPath, [cli, 'serve', f, '--socket', s], { stdio: ['ignore', 'ignore', 'pipe'] }) },
+  { name: 'qemu-nbd io_uring', start: (f, s) => spawn('qemu-nbd', ['-t', '-f', 'raw', '--cache=none', '--aio=io_uring', '-e', '64', '-k', s, f], { stdio: ['ignore', 'ignore', 'pipe'] }) },
+];
+
+const tmp = mkdtempSync(join(o.dir, 'ringfence-nbd-stages-'));
+const file = join(tmp, 'data.raw');
+const got = Object.fromEntries(SERVERS.map((s) => [s.name, []]));
+let stopping = false;
+const onSignal = () => { stopping = true; };
+process.once('SIGINT', onSignal); process.once('SIGTERM', onSignal);
+try {
+  log(`preparing ${size >> 20} MiB data file ${file}`);
+  prepareDataFile(file, size, true);
+  for (let r = 1; r <= repeat && !stopping; r++) {
+    for (const s of SERVERS) {
+      const sock = join(tmp, 'nbd.sock');
+      const child = s.start(file, sock);
+      try {
+        await waitForSocket(sock, child, 10000);
+        const seconds = Math.ceil(windowS + 3);
+        const job = fioRun(`nbd+unix:///?socket=${sock}`, seconds);
+        await sleep(1500);
+        traceOn();
+        await sleep(windowS * 1000);
+        const text = traceOff();
+        const iops = await job;
+        const st = stageReport(text, child.pid);
+        st.iops = iops;
+        got[s.name].push(st);
+        log(`round ${r}/${repeat} ${s.name}: ${iops.toFixed(0)} IOPS (${seconds} s, traced ${windowS} s); ${st.requests} requests traced, p50 ${st.p50['whole request'].toFixed(0)} us, server submits ${st.p50['server submits'].toFixed(0)}, replies ${st.p50['server replies'].toFixed(0)}`);
+      } finally {
+        try { tw('tracing_on', '0'); tw('set_event', ''); } catch { /* already off */ }
+        child.kill('SIGTERM');
+        await new Promise((res) => { if (child.exitCode !== null || child.signalCode !== null) res(); else child.once('exit', res); });
+        rmSync(sock, { force: true });
+      }
+    }
+  }
+} finally {
+  rmSync(tmp, { recursive: true, force: true });
+}
+
+const names = SERVERS.map((s) => s.name);
+const keys = Object.keys(got[names[0]][0]?.p50 ?? {});
+const res = { rw: o.rw, repeat, window: windowS, size, servers: {} };
+for (const n of names) {
+  res.servers[n] = {
+    iops: median(got[n].map((x) => x.iops)), requests: median(got[n].map((x) => x.requests)),
+    p50: Object.fromEntries(keys.map((k) => [k, median(got[n].map((x) => x.p50[k]))])),
+    mean: Object.fromEntries(keys.map((k) => [k, median(got[n].map((x) => x.mean[k]))])),
+  };
+}
+if (o.json) console.log(JSON.stringify(res, null, 2));
+else {
+  const [a, b] = names.map((n) => res.servers[n]);
+  const f = (x) => x.toFixed(1).padStart(7);
+  console.log(`4 KiB random ${o.rw === 'randread' ? 'reads' : 'writes'} at QD1 (fio nbd, Unix socket), stages from the kernel trace, us; medians of ${repeat} interleaved rounds, ${a.requests} and ${b.requests} requests traced per round`);
+  console.log(`${'stage'.padEnd(22)} ${'ringfence p50'.padStart(13)} ${'qemu-nbd p50'.padStart(13)} ${'ringfence mean'.padStart(14)} ${'qemu-nbd mean'.padStart(14)}   mean difference`);
+  for (const k of keys) {
+    console.log(`${k.padEnd(22)} ${f(a.p50[k]).padStart(13)} ${f(b.p50[k]).padStart(13)} ${f(a.mean[k]).padStart(14)} ${f(b.mean[k]).padStart(14)}   ${(a.mean[k] - b.mean[k] >= 0 ? '+' : '') + (a.mean[k] - b.mean[k]).toFixed(1)}`);
+  }
+  console.log(`IOPS over each whole fio run (traced part included): ringfence ${a.iops.toFixed(0)}, qemu-nbd ${b.iops.toFixed(0)}, ${(a.iops / b.iops).toFixed(2)}x`);
+}
