@@ -56,6 +56,8 @@ const EVENTS = [
     .flatMap((s) => [`syscalls/sys_enter_${s}`, `syscalls/sys_exit_${s}`]),
 ];
 const tw = (f, v) => writeFileSync(join(T, f), v);
+// What this changes in tracefs is put back at the end: the per-CPU buffer size, tracing_on.
+const saved = { buffer_size_kb: readFileSync(join(T, 'buffer_size_kb'), 'utf8').trim(), tracing_on: readFileSync(join(T, 'tracing_on'), 'utf8').trim() };
 function traceOn() {
   tw('tracing_on', '0'); tw('trace', ''); tw('buffer_size_kb', '40000'); tw('set_event', '');
   for (const e of EVENTS) if (existsSync(join(T, 'events', e))) tw(join('events', e, 'enable'), '1');
@@ -122,6 +124,7 @@ try {
   }
 } finally {
   rmSync(tmp, { recursive: true, force: true });
+  try { tw('set_event', ''); tw('buffer_size_kb', (/expanded: (\d+)/.exec(saved.buffer_size_kb) ?? /^(\d+)/.exec(saved.buffer_size_kb) ?? [0, '1408'])[1]); tw('tracing_on', saved.tracing_on); } catch { /* best effort */ }
 }
 
 const names = SERVERS.map((s) => s.name);
