@@ -22,12 +22,13 @@
 //   node bench/nbd-stages.mjs [--rw randread|randwrite] [--repeat N] [--window S] [--size 256M] [--dir DIR] [--json]
 import { parseArgs } from 'node:util';
 import { spawn, execFile } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { prepareDataFile } from '../dist/src/bench/data.js';
 import { waitForSocket } from '../dist/src/bench/nbd.js';
 import { stageReport } from '../dist/src/bench/stages.js';
+import { Tracer, tracefsUnavailable } from '../dist/src/bench/tracefs.js';
 import { haveCommand, parseSize } from '../dist/src/volume.js';
 
 const { values: o } = parseArgs({ options: {
@@ -40,8 +41,8 @@ if (!(Number.isInteger(repeat) && repeat >= 1 && repeat <= 100)) fail(`--repeat 
 if (!(windowS > 0 && windowS <= 5)) fail(`--window ${o.window}: give seconds, more than 0 and at most 5 (the trace buffer holds about 5 s)`);
 if (o.rw !== 'randread' && o.rw !== 'randwrite') fail(`--rw ${o.rw}: use randread or randwrite`);
 for (const c of ['fio', 'qemu-nbd']) if (!haveCommand(c)) fail(`${c} is not installed: run scripts/setup.sh (or apt-get install fio qemu-utils)`);
-const T = '/sys/kernel/tracing';
-if (process.getuid?.() !== 0 || !existsSync(join(T, 'trace'))) fail(`needs root and tracefs at ${T} (mount -t tracefs none ${T})`);
+const why = tracefsUnavailable();
+if (why !== null) fail(why);
 if (!existsSync(o.dir)) fail(`--dir ${o.dir} does not exist`);
 const cli = join(dirname(fileURLToPath(import.meta.url)), '..', 'dist', 'src', 'cli.js');
 if (!existsSync(cli)) fail(`${cli} is missing: build first (npm run build)`);
@@ -55,20 +56,6 @@ const EVENTS = [
   ...['io_uring_enter', 'epoll_pwait', 'epoll_wait', 'ppoll', 'poll', 'read', 'write', 'writev', 'recvfrom', 'recvmsg', 'sendto', 'sendmsg']
     .flatMap((s) => [`syscalls/sys_enter_${s}`, `syscalls/sys_exit_${s}`]),
 ];
-const tw = (f, v) => writeFileSync(join(T, f), v);
-// What this changes in tracefs is put back at the end: the per-CPU buffer size, tracing_on.
-const saved = { buffer_size_kb: readFileSync(join(T, 'buffer_size_kb'), 'utf8').trim(), tracing_on: readFileSync(join(T, 'tracing_on'), 'utf8').trim() };
-function traceOn() {
-  tw('tracing_on', '0'); tw('trace', ''); tw('buffer_size_kb', '40000'); tw('set_event', '');
-  for (const e of EVENTS) if (existsSync(join(T, 'events', e))) tw(join('events', e, 'enable'), '1');
-  tw('tracing_on', '1');
-}
-function traceOff() {
-  tw('tracing_on', '0');
-  const text = readFileSync(join(T, 'trace'), 'utf8');
-  tw('set_event', ''); tw('trace', '');
-  return text;
-}
 
 function fioRun(uri, seconds) {
   return new Promise((res, rej) => {
@@ -88,6 +75,7 @@ const SERVERS = [
   { name: 'qemu-nbd io_uring', start: (f, s) => spawn('qemu-nbd', ['-t', '-f', 'raw', '--cache=none', '--aio=io_uring', '-e', '64', '-k', s, f], { stdio: ['ignore', 'ignore', 'pipe'] }) },
 ];
 
+const tracer = new Tracer(EVENTS);
 const tmp = mkdtempSync(join(o.dir, 'ringfence-nbd-stages-'));
 const file = join(tmp, 'data.raw');
 const got = Object.fromEntries(SERVERS.map((s) => [s.name, []]));
@@ -106,16 +94,18 @@ try {
         const seconds = Math.ceil(windowS + 3);
         const job = fioRun(`nbd+unix:///?socket=${sock}`, seconds);
         await sleep(1500);
-        traceOn();
+        tracer.prepare();
+        tracer.start();
         await sleep(windowS * 1000);
-        const text = traceOff();
+        tracer.stop();
+        const text = tracer.take();
         const iops = await job;
         const st = stageReport(text, child.pid);
         st.iops = iops;
         got[s.name].push(st);
         log(`round ${r}/${repeat} ${s.name}: ${iops.toFixed(0)} IOPS (${seconds} s, traced ${windowS} s); ${st.requests} requests traced, p50 ${st.p50['whole request'].toFixed(0)} us, server submits ${st.p50['server submits'].toFixed(0)}, replies ${st.p50['server replies'].toFixed(0)}`);
       } finally {
-        try { tw('tracing_on', '0'); tw('set_event', ''); } catch { /* already off */ }
+        tracer.restore();
         child.kill('SIGTERM');
         await new Promise((res) => { if (child.exitCode !== null || child.signalCode !== null) res(); else child.once('exit', res); });
         rmSync(sock, { force: true });
@@ -124,7 +114,7 @@ try {
   }
 } finally {
   rmSync(tmp, { recursive: true, force: true });
-  try { tw('set_event', ''); tw('buffer_size_kb', (/expanded: (\d+)/.exec(saved.buffer_size_kb) ?? /^(\d+)/.exec(saved.buffer_size_kb) ?? [0, '1408'])[1]); tw('tracing_on', saved.tracing_on); } catch { /* best effort */ }
+  tracer.restore();
 }
 
 const names = SERVERS.map((s) => s.name);

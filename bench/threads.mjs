@@ -15,9 +15,10 @@
 //
 // Build first (npm run build), then, as root for a loop-mounted XFS volume:
 //   node bench/threads.mjs [--runtime S] [--repeat N] [--size 1G] [--cases a,b,c] [--mode inline|workers]
-//                          [--ramp S] [--warmup S] [--dir DIR] [--json]
+//                          [--ramp S] [--warmup S] [--dir DIR] [--trace] [--json]
 //   e.g. node bench/threads.mjs --runtime 5 --repeat 3                  (the target)
 //        node bench/threads.mjs --runtime 5 --repeat 3 --cases a,b,d,e,f (where a shortfall comes from)
+//        node bench/threads.mjs --runtime 4 --repeat 3 --cases a,b,g,h --trace (root: how the CPUs were shared)
 // Cases run interleaved (a, b, c, a, b, c, ...); the report gives each case's median IOPS, and
 // flags rounds during which other processes used the CPU (this is a 2-core machine's benchmark).
 // Progress goes to stderr, the report to stdout.
@@ -29,6 +30,7 @@ import { availableParallelism, release } from 'node:os';
 import { join } from 'node:path';
 import { makeXfsVolume, tempVolume, dirVolume, isRoot, haveCommand, parseSize } from '../dist/src/volume.js';
 import { prepareDataFile } from '../dist/src/bench/data.js';
+import { Tracer, schedReport, tracefsUnavailable } from '../dist/src/bench/tracefs.js';
 import { BS, engineCounters, readLoops, setup, teardown, threadId, wallNow } from './threads-worker.mjs';
 
 const WORKER = new URL('./threads-worker.mjs', import.meta.url);
@@ -71,6 +73,10 @@ const USAGE = `usage: node bench/threads.mjs [options]
   --warmup S      seconds of the first case, not counted, before round 1 (default 2; 0: none)
   --dir DIR       put the data file(s) in this existing directory instead of a temporary volume
   --poll-us N     the inline engines' pollUs (default 0: sleep as soon as there is nothing to do)
+  --trace         root: record 0.2 s of each counted window with the kernel's tracefs (sched_switch,
+                  sched_wakeup) and report how long a woken JS (or fio) thread waited for a CPU, how
+                  long it then ran, and how the CPUs' time split (JS or fio threads, kworkers such as
+                  the loop device's, ksoftirqd, idle); the tracing costs a little throughput
   --json          machine-readable report on stdout
 `;
 
@@ -85,7 +91,7 @@ try {
     options: {
       runtime: { type: 'string', default: '5' }, repeat: { type: 'string', default: '3' }, size: { type: 'string', default: '1G' },
       cases: { type: 'string', default: 'a,b,c' }, mode: { type: 'string', default: 'inline' }, ramp: { type: 'string', default: '0.5' }, warmup: { type: 'string', default: '2' },
-      dir: { type: 'string' }, 'poll-us': { type: 'string', default: '0' }, json: { type: 'boolean', default: false }, help: { type: 'boolean', short: 'h', default: false },
+      dir: { type: 'string' }, 'poll-us': { type: 'string', default: '0' }, trace: { type: 'boolean', default: false }, json: { type: 'boolean', default: false }, help: { type: 'boolean', short: 'h', default: false },
     },
     strict: true,
   }).values;
@@ -112,6 +118,7 @@ for (const id of caseIds) if (!CASES[id]) usage(`--cases: unknown case "${id}"; 
 if (caseIds.length === 0) usage('--cases: give at least one case');
 if (caseIds.some((id) => CASES[id].fio) && !haveCommand('fio')) usage('--cases g and h run fio, which is not installed (apt-get install fio)');
 
+if (args.trace) { const no = tracefsUnavailable(); if (no !== null) usage(`--trace ${no}`); }
 const json = args.json;
 const progress = (line) => process.stderr.write(`[${new Date().toISOString().slice(11, 19)}] ${line}\n`);
 const blocks = Math.floor(size / BS);
@@ -166,6 +173,26 @@ function sampleAt(at, tids) {
   return new Promise((r) => setTimeout(() => r(cpuSample(tids)), Math.max(0, at - wallNow())));
 }
 
+/** --trace: the events recorded, and one Tracer for the whole run (prepared once, before the cases). */
+const tracer = args.trace ? new Tracer(['sched/sched_switch', 'sched/sched_wakeup']) : null;
+// A signal still ends the run as before, but tracefs is put back first.
+if (tracer !== null) for (const sig of ['SIGINT', 'SIGTERM']) process.once(sig, () => { tracer.restore(); process.kill(process.pid, sig); });
+
+/**
+ * --trace: records 0.2 s of the counted window [startAt, startAt + seconds], from 1 s into it
+ * (less in short windows). Two small tracefs writes inside the window; the text is read after it.
+ */
+function traceDuring(startAt, seconds) {
+  if (tracer === null) return Promise.resolve();
+  const at = startAt + Math.min(1000, seconds * 500), len = Math.min(200, seconds * 250);
+  return new Promise((r) => setTimeout(() => { tracer.start(); setTimeout(() => { tracer.stop(); r(); }, len); }, Math.max(0, at - wallNow())));
+}
+
+/** After the case: the traced window's scheduling of the case's own threads ("node" or "fio"). */
+function takeTrace(comm) {
+  return tracer === null ? undefined : schedReport(tracer.take(), comm);
+}
+
 function cpuBetween(s0, s1, ops, seconds) {
   const ms = s1.wall - s0.wall;
   const sys = s1.sys.total - s0.sys.total;
@@ -203,9 +230,9 @@ async function runMain(c, paths, seconds) {
   try {
     const startAt = wallNow() + ramp * 1000, endAt = startAt + seconds * 1000;
     const tids = [threadId()];
-    const [s0, s1, ops] = await Promise.all([sampleAt(startAt, tids), sampleAt(endAt, tids), readLoops(s.f, s.bufs, blocks, 1, startAt, endAt)]);
+    const [s0, s1, ops] = await Promise.all([sampleAt(startAt, tids), sampleAt(endAt, tids), readLoops(s.f, s.bufs, blocks, 1, startAt, endAt), traceDuring(startAt, seconds)]);
     const stats = s.f.stats();
-    return { ops, seconds, iops: ops / seconds, cpu: cpuBetween(s0, s1, ops, seconds), threads: [{ ops, stats, engine: engineCounters(s.engine) }] };
+    return { ops, seconds, iops: ops / seconds, cpu: cpuBetween(s0, s1, ops, seconds), threads: [{ ops, stats, engine: engineCounters(s.engine) }], sched: takeTrace('node') };
   } finally { await teardown(s); }
 }
 
@@ -247,12 +274,13 @@ async function runWorkers(c, paths, seconds) {
     times[0] = startAt; times[1] = endAt;
     Atomics.store(ctl, 0, 1);
     Atomics.notify(ctl, 0);
-    const [s0, s1, results] = await Promise.all([sampleAt(startAt, tids), sampleAt(endAt, tids), Promise.all(ws.map((b) => b.next('result')))]);
+    const [s0, s1, results] = await Promise.all([sampleAt(startAt, tids), sampleAt(endAt, tids), Promise.all(ws.map((b) => b.next('result'))), traceDuring(startAt, seconds)]);
+    const sched = takeTrace('node');
     for (const b of ws) b.w.postMessage('close');
     await Promise.all(ws.map((b) => b.next('closed')));
     await Promise.all(ws.map((b) => Promise.race([b.exited, b.failed])));
     const ops = results.reduce((a, r) => a + r.ops, 0);
-    return { ops, seconds, iops: ops / seconds, cpu: cpuBetween(s0, s1, ops, seconds), threads: results.map((r) => ({ ops: r.ops, stats: r.stats, engine: r.engine })), info: ready[0].info };
+    return { ops, seconds, iops: ops / seconds, cpu: cpuBetween(s0, s1, ops, seconds), threads: results.map((r) => ({ ops: r.ops, stats: r.stats, engine: r.engine })), info: ready[0].info, sched };
   } finally {
     // On an error: no thread may outlive this call (their engines hold the file open).
     await Promise.all(ws.map(async (b) => { if (!b.dead && b.w.threadId !== -1) { await b.w.terminate(); } }));
@@ -273,7 +301,8 @@ async function runFio(c, paths, seconds) {
   child.stderr.on('data', (d) => { err += d; });
   const closed = new Promise((r) => child.on('close', (code) => r(code)));
   const startAt = wallNow() + ramp * 1000, endAt = startAt + seconds * 1000;
-  const [s0, s1] = await Promise.all([sampleAt(startAt, []), sampleAt(endAt, [])]);
+  const [s0, s1] = await Promise.all([sampleAt(startAt, []), sampleAt(endAt, []), traceDuring(startAt, seconds)]);
+  const sched = takeTrace('fio');
   const code = await closed;
   let r;
   try { r = JSON.parse(out.slice(out.indexOf('{'))).jobs[0].read; } catch { throw new Error(`fio failed (exit ${code}): ${err.slice(0, 300)}`); }
@@ -281,7 +310,7 @@ async function runFio(c, paths, seconds) {
   // fio is the process measured here: its CPU counts as "this process", not as a neighbour's.
   const pid = String(child.pid);
   const asFio = (x) => { const others = new Map(x.others); const t = others.get(pid)?.ticks ?? 0; others.delete(pid); return { ...x, others, procUs: (t * 1e6) / HZ }; };
-  return { ops, seconds, iops: r.iops, cpu: cpuBetween(asFio(s0), asFio(s1), ops, seconds), threads: [{ ops, stats: {} }] };
+  return { ops, seconds, iops: r.iops, cpu: cpuBetween(asFio(s0), asFio(s1), ops, seconds), threads: [{ ops, stats: {} }], sched };
 }
 
 const runCase = (c, paths, seconds = runtime) => (c.fio ? runFio(c, paths, seconds) : c.threads === 0 ? runMain(c, paths, seconds) : runWorkers(c, paths, seconds));
@@ -321,6 +350,7 @@ async function main() {
   };
   try {
     progress(`volume: ${vol.note}`);
+    if (tracer !== null) { tracer.prepare(); report.options.trace = true; }
 
     const paths = Array.from({ length: nFiles }, (_, i) => join(vol.dir, `ringfence-threads-${i}.dat`));
     for (const p of paths) {
@@ -379,6 +409,7 @@ async function main() {
       };
     }
   } finally {
+    tracer?.restore();
     // Every engine is closed and every thread has exited by now (runCase waits for both).
     const dir = vol.dir;
     // In --dir, the data files this run created go (a temporary volume goes whole).
@@ -458,6 +489,19 @@ function formatReport(rep) {
     out.push(`fio (the peer, same file, same run): 2 jobs x QD32 / 1 job x QD64: ${peer.toFixed(2)}x`);
     if (rep.ratio !== null) out.push(`  ringfence's split (b/a) against fio's (h/g): ${(rep.ratio / peer).toFixed(2)}x (below 1: the split costs ringfence more than it costs fio)`);
     if (rep.cases.a) out.push(`  ringfence 1 thread x QD64 / fio 1 job x QD64: ${(rep.cases.a.medianIops / rep.cases.g.medianIops).toFixed(2)}x; ringfence 2 threads / fio 2 jobs: ${rep.cases.b ? (rep.cases.b.medianIops / rep.cases.h.medianIops).toFixed(2) + 'x' : '-'}`);
+  }
+  if (rep.options.trace) {
+    out.push('');
+    out.push('scheduling, from 0.2 s of each counted window (tracefs sched_wakeup/sched_switch), medians of the rounds, us:');
+    out.push('  the case\'s own threads (JS threads, or fio\'s): woken -> running p50 / p90 / mean; each run p50 / mean; CPU by task class, % of one CPU');
+    for (const [id, c] of Object.entries(rep.cases)) {
+      const xs = c.rounds.map((x) => x.sched).filter((x) => x && x.windowUs > 0);
+      if (xs.length === 0) continue;
+      const m = (f) => median(xs.map(f)).toFixed(0);
+      const classes = [...new Set(xs.flatMap((x) => Object.keys(x.cpuPct)))].sort();
+      const cpu = classes.map((k) => `${k} ${m((x) => x.cpuPct[k] ?? 0)}`).join(', ');
+      out.push(`  ${id}: woken -> running ${m((x) => x.wakeToRun.p50)} / ${m((x) => x.wakeToRun.p90)} / ${m((x) => x.wakeToRun.mean)} (${m((x) => x.wakeToRun.n)} wake-ups); runs ${m((x) => x.runSlice.p50)} / ${m((x) => x.runSlice.mean)}; CPU: ${cpu}`);
+    }
   }
   for (const id of ['a', 'c', 'd', 'e', 'f']) {
     const c = rep.cases[id];

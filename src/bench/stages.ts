@@ -15,6 +15,8 @@
 // A cycle in which any of them is missing (a trace window's edges, a request that was not
 // QD1-shaped) is not counted.
 
+import { parseLine } from './tracefs.js';
+
 /** The stages, in the order of a request, each as the difference of two boundaries. */
 export const STAGES: readonly { name: string; from: keyof Cycle; to: keyof Cycle }[] = [
   { name: 'client sends', from: 'start', to: 'sent' },
@@ -44,18 +46,14 @@ export interface StageReport {
   mean: Record<string, number>;
 }
 
-// "  fio-14224   [000] .....  9504.976970: sys_sendto(fd: 6, buff: ..., len: 0x1c, ...)"
-const LINE = /^\s*(.+)-(\d+)\s+\[\d+\]\s+\S+\s+(\d+\.\d+):\s+(\w+):?\s?(.*)$/;
-
 /** Splits the trace into cycles of the client `clientComm` and the server thread `serverPid`. */
 export function parseCycles(text: string, serverPid: number, clientComm = 'fio'): Cycle[] {
   const cycles: Cycle[] = [];
   let c: Cycle | null = null;
   for (const line of text.split('\n')) {
-    if (line.length === 0 || line.startsWith('#')) continue;
-    const m = LINE.exec(line);
-    if (m === null) continue;
-    const comm = m[1], pid = Number(m[2]), t = Number(m[3]) * 1e6, name = m[4], rest = m[5];
+    const e = parseLine(line);
+    if (e === null) continue;
+    const { comm, pid, us: t, name, rest } = e;
     const client = comm === clientComm, server = pid === serverPid, enter = rest.startsWith('(');
     if (client && name === 'sys_sendto' && enter && rest.includes('len: 0x1c,')) {
       if (c !== null) { c.end = t; cycles.push(c); }

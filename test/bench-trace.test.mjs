@@ -1,8 +1,10 @@
-// bench/nbd-stages.mjs's trace parser (src/bench/stages.ts) on an excerpt of a real trace:
-// qemu-nbd (pid 14237) serving fio's QD1 random reads, recorded by the bench on this machine.
+// The benchmarks' tracefs parsers: bench/nbd-stages.mjs's (src/bench/stages.ts) on an excerpt of
+// a real trace, qemu-nbd (pid 14237) serving fio's QD1 random reads, recorded by the bench on
+// this machine; and bench/threads.mjs --trace's (schedReport, src/bench/tracefs.ts).
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { parseCycles, stageReport } from '../dist/src/bench/stages.js';
+import { schedReport } from '../dist/src/bench/tracefs.js';
 
 const TRACE = `# tracer: nop
 #
@@ -64,4 +66,37 @@ test('the reply is the server\'s sendmsg, not its 8-byte eventfd write; other pi
   // Another pid as the server: no server event, so no cycle is complete.
   assert.is(stageReport(TRACE, 14238).requests, 0);
 });
+const SCHED = `# tracer: nop
+          <idle>-0       [001] dNh2.  100.000010: sched_wakeup: comm=node pid=500 prio=120 target_cpu=001
+          <idle>-0       [001] d..2.  100.000015: sched_switch: prev_comm=swapper/1 prev_pid=0 prev_prio=120 prev_state=R ==> next_comm=node next_pid=500 next_prio=120
+     kworker/0:1-7       [000] d..2.  100.000020: sched_switch: prev_comm=kworker/0:1 prev_pid=7 prev_prio=120 prev_state=I ==> next_comm=ksoftirqd/0 next_pid=14 next_prio=120
+     ksoftirqd/0-14      [000] d..2.  100.000030: sched_switch: prev_comm=ksoftirqd/0 prev_pid=14 prev_prio=120 prev_state=S ==> next_comm=swapper/0 next_pid=0 next_prio=120
+            node-500     [001] d..2.  100.000055: sched_switch: prev_comm=node prev_pid=500 prev_prio=120 prev_state=S ==> next_comm=swapper/1 next_pid=0 next_prio=120
+          <idle>-0       [001] dNh2.  100.000060: sched_wakeup: comm=node pid=500 prio=120 target_cpu=001
+          <idle>-0       [001] d..2.  100.000070: sched_switch: prev_comm=swapper/1 prev_pid=0 prev_prio=120 prev_state=R ==> next_comm=node next_pid=500 next_prio=120
+          <idle>-0       [000] d..2.  100.000080: sched_switch: prev_comm=swapper/0 prev_pid=0 prev_prio=120 prev_state=R ==> next_comm=fio next_pid=600 next_prio=120
+            node-500     [001] d..2.  100.000110: sched_switch: prev_comm=node prev_pid=500 prev_prio=120 prev_state=S ==> next_comm=swapper/1 next_pid=0 next_prio=120
+`;
+
+test('schedReport: wake-up to running, run lengths and CPU time by class', () => {
+  const r = schedReport(SCHED, 'node');
+  near(r.windowUs, 100, 'window');
+  assert.is(r.wakeToRun.n, 2);
+  near(r.wakeToRun.p50, 10, 'woken -> running p50');
+  near(r.wakeToRun.mean, 7.5, 'woken -> running mean');
+  assert.is(r.runSlice.n, 2);
+  near(r.runSlice.mean, 40, 'run length');
+  // A CPU's time before its first switch in the window is nobody's: the kworker's 20 us are not counted.
+  near(r.cpuPct.node, 80, 'node');
+  near(r.cpuPct.idle, 65, 'idle');
+  near(r.cpuPct.ksoftirqd, 10, 'ksoftirqd');
+  assert.is(r.cpuPct.kworker, undefined);
+  // fio ran from 80 us to the end without a switch out: no run counted, no CPU time.
+  const f = schedReport(SCHED, 'fio');
+  assert.is(f.runSlice.n, 0);
+  assert.is(f.wakeToRun.n, 0);
+  assert.is(f.cpuPct.fio, undefined);
+  near(f.cpuPct.other, 80, 'node as "other" when fio is watched');
+});
+
 test.run();
