@@ -4,10 +4,10 @@
 // records --window seconds of system calls, block-layer events and wake-ups, and each request
 // (fio's 28-byte request header sent, to its next one) is split into:
 //   client sends       fio's send of the request, until it waits in poll()
-//   server wakes       fio waits -> the server's thread runs (a cross-CPU wake-up, usually)
+//   server wakes       fio waits -> the server's waiting call (epoll_pwait, ppoll) returns
 //   server submits     the server runs -> the block layer issues the I/O (parse, engine, enter)
 //   device             issue -> the device's completion interrupt (includes the kick, below)
-//   server woken       completion -> the server's thread runs again
+//   server woken       completion -> the server's waiting call returns again
 //   server replies     the server runs -> its reply write(2)/sendmsg(2) starts (reap, settle, reply)
 //   client wakes       the reply's write starts -> fio runs
 //   client reads       fio runs -> its next request's send (reading the reply)
@@ -15,8 +15,9 @@
 // notify, a VM exit on this machine). src/bench/stages.ts parses the trace. "server submits" and
 // "server replies" are the server's own user-space work plus a few short system calls: that is
 // where two servers on one device and one client differ. Tracing costs about 1 us per traced
-// system call, the same for both servers.
-// Medians over the traced requests of each round, then the median of the rounds.
+// system call, in both servers (which make different numbers of them).
+// p50: the median over the traced requests of each round, then the median of the rounds; mean:
+// the average of the rounds' means (so that the stages add up to the whole request).
 //
 // Needs root (tracefs at /sys/kernel/tracing), fio and qemu-nbd; build first (npm run build):
 //   node bench/nbd-stages.mjs [--rw randread|randwrite] [--repeat N] [--window S] [--size 256M] [--dir DIR] [--json]
@@ -30,6 +31,7 @@ import { waitForSocket } from '../dist/src/bench/nbd.js';
 import { stageReport } from '../dist/src/bench/stages.js';
 import { Tracer, tracefsUnavailable } from '../dist/src/bench/tracefs.js';
 import { haveCommand, parseSize } from '../dist/src/volume.js';
+import { atExit, onStopSignal } from '../dist/src/cleanup.js';
 
 const { values: o } = parseArgs({ options: {
   repeat: { type: 'string', default: '3' }, window: { type: 'string', default: '0.3' }, size: { type: 'string', default: '256M' },
@@ -48,11 +50,12 @@ const cli = join(dirname(fileURLToPath(import.meta.url)), '..', 'dist', 'src', '
 if (!existsSync(cli)) fail(`${cli} is missing: build first (npm run build)`);
 
 const log = (s) => process.stderr.write(`[${new Date().toISOString().slice(11, 19)}] ${s}\n`);
-const median = (a) => [...a].sort((x, y) => x - y)[a.length >> 1];
+const median = (a) => { const v = [...a].sort((x, y) => x - y), h = v.length >> 1; return v.length % 2 ? v[h] : (v[h - 1] + v[h]) / 2; };
+const average = (a) => a.reduce((x, y) => x + y, 0) / a.length;
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 const EVENTS = [
-  'block/block_rq_issue', 'block/block_rq_complete', 'sched/sched_wakeup',
+  'block/block_rq_issue', 'block/block_rq_complete',
   ...['io_uring_enter', 'epoll_pwait', 'epoll_wait', 'ppoll', 'poll', 'read', 'write', 'writev', 'recvfrom', 'recvmsg', 'sendto', 'sendmsg']
     .flatMap((s) => [`syscalls/sys_enter_${s}`, `syscalls/sys_exit_${s}`]),
 ];
@@ -79,22 +82,29 @@ const tracer = new Tracer(EVENTS);
 const tmp = mkdtempSync(join(o.dir, 'ringfence-nbd-stages-'));
 const file = join(tmp, 'data.raw');
 const got = Object.fromEntries(SERVERS.map((s) => [s.name, []]));
+// The first Ctrl-C (or SIGTERM) stops after the round in progress, which is not counted; a second
+// one exits at once. Either way, and at any exit, tracefs is put back and the data file removed.
 let stopping = false;
-const onSignal = () => { stopping = true; };
-process.once('SIGINT', onSignal); process.once('SIGTERM', onSignal);
+onStopSignal((sig) => { stopping = true; log(`${sig}: stopping (a second one exits at once)`); });
+atExit(() => { tracer.restore(); rmSync(tmp, { recursive: true, force: true }); });
 try {
   log(`preparing ${size >> 20} MiB data file ${file}`);
   prepareDataFile(file, size, true);
   for (let r = 1; r <= repeat && !stopping; r++) {
+    const round = [];
     for (const s of SERVERS) {
+      if (stopping) break;
       const sock = join(tmp, 'nbd.sock');
+      // Before the server and the client start: enabling the events patches kernel code, and the
+      // buffer is allocated (src/bench/tracefs.ts). Recording starts 1.5 s into fio's run.
+      tracer.prepare();
       const child = s.start(file, sock);
+      child.stderr.resume(); // drained, so that a chatty server never blocks on a full pipe
       try {
         await waitForSocket(sock, child, 10000);
         const seconds = Math.ceil(windowS + 3);
         const job = fioRun(`nbd+unix:///?socket=${sock}`, seconds);
         await sleep(1500);
-        tracer.prepare();
         tracer.start();
         await sleep(windowS * 1000);
         tracer.stop();
@@ -102,7 +112,7 @@ try {
         const iops = await job;
         const st = stageReport(text, child.pid);
         st.iops = iops;
-        got[s.name].push(st);
+        round.push([s.name, st]);
         log(`round ${r}/${repeat} ${s.name}: ${iops.toFixed(0)} IOPS (${seconds} s, traced ${windowS} s); ${st.requests} requests traced, p50 ${st.p50['whole request'].toFixed(0)} us, server submits ${st.p50['server submits'].toFixed(0)}, replies ${st.p50['server replies'].toFixed(0)}`);
       } finally {
         tracer.restore();
@@ -111,6 +121,8 @@ try {
         rmSync(sock, { force: true });
       }
     }
+    // A round that a signal cut short is not counted (its servers and fio saw the signal too).
+    if (!stopping && round.length === SERVERS.length) for (const [n, st] of round) got[n].push(st);
   }
 } finally {
   rmSync(tmp, { recursive: true, force: true });
@@ -118,20 +130,22 @@ try {
 }
 
 const names = SERVERS.map((s) => s.name);
-const keys = Object.keys(got[names[0]][0]?.p50 ?? {});
+if (names.some((n) => got[n].length === 0)) { log('no complete round: nothing to report'); process.exit(stopping ? 130 : 1); }
+const keys = Object.keys(got[names[0]][0].p50);
 const res = { rw: o.rw, repeat, window: windowS, size, servers: {} };
 for (const n of names) {
   res.servers[n] = {
     iops: median(got[n].map((x) => x.iops)), requests: median(got[n].map((x) => x.requests)),
     p50: Object.fromEntries(keys.map((k) => [k, median(got[n].map((x) => x.p50[k]))])),
-    mean: Object.fromEntries(keys.map((k) => [k, median(got[n].map((x) => x.mean[k]))])),
+    // Means: the average of the rounds' means, so that the stages add up to the whole request.
+    mean: Object.fromEntries(keys.map((k) => [k, average(got[n].map((x) => x.mean[k]))])),
   };
 }
 if (o.json) console.log(JSON.stringify(res, null, 2));
 else {
   const [a, b] = names.map((n) => res.servers[n]);
   const f = (x) => x.toFixed(1).padStart(7);
-  console.log(`4 KiB random ${o.rw === 'randread' ? 'reads' : 'writes'} at QD1 (fio nbd, Unix socket), stages from the kernel trace, us; medians of ${repeat} interleaved rounds, ${a.requests} and ${b.requests} requests traced per round`);
+  console.log(`4 KiB random ${o.rw === 'randread' ? 'reads' : 'writes'} at QD1 (fio nbd, Unix socket), stages from the kernel trace, us; p50: median of ${got[names[0]].length} interleaved rounds' medians; mean: average of their means; ${a.requests} and ${b.requests} requests traced per round`);
   console.log(`${'stage'.padEnd(22)} ${'ringfence p50'.padStart(13)} ${'qemu-nbd p50'.padStart(13)} ${'ringfence mean'.padStart(14)} ${'qemu-nbd mean'.padStart(14)}   mean difference`);
   for (const k of keys) {
     console.log(`${k.padEnd(22)} ${f(a.p50[k]).padStart(13)} ${f(b.p50[k]).padStart(13)} ${f(a.mean[k]).padStart(14)} ${f(b.mean[k]).padStart(14)}   ${(a.mean[k] - b.mean[k] >= 0 ? '+' : '') + (a.mean[k] - b.mean[k]).toFixed(1)}`);

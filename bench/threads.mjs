@@ -29,6 +29,7 @@ import { closeSync, existsSync, fsyncSync, openSync, readFileSync, readdirSync, 
 import { availableParallelism, release } from 'node:os';
 import { join } from 'node:path';
 import { makeXfsVolume, tempVolume, dirVolume, isRoot, haveCommand, parseSize } from '../dist/src/volume.js';
+import { atExit } from '../dist/src/cleanup.js';
 import { prepareDataFile } from '../dist/src/bench/data.js';
 import { Tracer, schedReport, tracefsUnavailable } from '../dist/src/bench/tracefs.js';
 import { BS, engineCounters, readLoops, setup, teardown, threadId, wallNow } from './threads-worker.mjs';
@@ -175,8 +176,8 @@ function sampleAt(at, tids) {
 
 /** --trace: the events recorded, and one Tracer for the whole run (prepared once, before the cases). */
 const tracer = args.trace ? new Tracer(['sched/sched_switch', 'sched/sched_wakeup']) : null;
-// A signal still ends the run as before, but tracefs is put back first.
-if (tracer !== null) for (const sig of ['SIGINT', 'SIGTERM']) process.once(sig, () => { tracer.restore(); process.kill(process.pid, sig); });
+// At exit, or on a signal (which still ends the run), tracefs is put back.
+if (tracer !== null) atExit(() => tracer.restore());
 
 /**
  * --trace: records 0.2 s of the counted window [startAt, startAt + seconds], from 1 s into it
@@ -188,9 +189,9 @@ function traceDuring(startAt, seconds) {
   return new Promise((r) => setTimeout(() => { tracer.start(); setTimeout(() => { tracer.stop(); r(); }, len); }, Math.max(0, at - wallNow())));
 }
 
-/** After the case: the traced window's scheduling of the case's own threads ("node" or "fio"). */
-function takeTrace(comm) {
-  return tracer === null ? undefined : schedReport(tracer.take(), comm);
+/** After the case: the traced window's scheduling of the case's own threads (their thread ids, or fio's by name). */
+function takeTrace(watched) {
+  return tracer === null ? undefined : schedReport(tracer.take(), watched);
 }
 
 function cpuBetween(s0, s1, ops, seconds) {
@@ -232,7 +233,7 @@ async function runMain(c, paths, seconds) {
     const tids = [threadId()];
     const [s0, s1, ops] = await Promise.all([sampleAt(startAt, tids), sampleAt(endAt, tids), readLoops(s.f, s.bufs, blocks, 1, startAt, endAt), traceDuring(startAt, seconds)]);
     const stats = s.f.stats();
-    return { ops, seconds, iops: ops / seconds, cpu: cpuBetween(s0, s1, ops, seconds), threads: [{ ops, stats, engine: engineCounters(s.engine) }], sched: takeTrace('node') };
+    return { ops, seconds, iops: ops / seconds, cpu: cpuBetween(s0, s1, ops, seconds), threads: [{ ops, stats, engine: engineCounters(s.engine) }], sched: takeTrace({ pids: tids }) };
   } finally { await teardown(s); }
 }
 
@@ -275,7 +276,7 @@ async function runWorkers(c, paths, seconds) {
     Atomics.store(ctl, 0, 1);
     Atomics.notify(ctl, 0);
     const [s0, s1, results] = await Promise.all([sampleAt(startAt, tids), sampleAt(endAt, tids), Promise.all(ws.map((b) => b.next('result'))), traceDuring(startAt, seconds)]);
-    const sched = takeTrace('node');
+    const sched = takeTrace({ pids: tids });
     for (const b of ws) b.w.postMessage('close');
     await Promise.all(ws.map((b) => b.next('closed')));
     await Promise.all(ws.map((b) => Promise.race([b.exited, b.failed])));
@@ -302,8 +303,8 @@ async function runFio(c, paths, seconds) {
   const closed = new Promise((r) => child.on('close', (code) => r(code)));
   const startAt = wallNow() + ramp * 1000, endAt = startAt + seconds * 1000;
   const [s0, s1] = await Promise.all([sampleAt(startAt, []), sampleAt(endAt, []), traceDuring(startAt, seconds)]);
-  const sched = takeTrace('fio');
   const code = await closed;
+  const sched = takeTrace({ comm: 'fio' }); // read once fio is done: it measures until after endAt
   let r;
   try { r = JSON.parse(out.slice(out.indexOf('{'))).jobs[0].read; } catch { throw new Error(`fio failed (exit ${code}): ${err.slice(0, 300)}`); }
   const ops = r.iops * seconds; // fio's rate over its own window (ramp excluded), as a count for ours
@@ -465,7 +466,7 @@ function formatReport(rep) {
     : `NOT CLEAN (rerun on an idle machine): ${noisy.map(([id, r, x]) => `${id} round ${r}: ${why(x.cpu)}`).join('; ')}`);
   out.push('');
   if (rep.ratio !== null) {
-    out.push(`2 threads x QD32 / 1 thread x QD64: ${rep.ratio.toFixed(2)}x (target >= ${rep.target}x): ${rep.met ? 'met' : 'NOT met'}`);
+    out.push(`2 threads x QD32 / 1 thread x QD64: ${rep.ratio.toFixed(3)}x (target >= ${rep.target}x): ${rep.met ? 'met' : 'NOT met'}`);
     out.push(`  per round (b over the a just before it): ${rep.roundRatios.map((x) => x.toFixed(2) + 'x').join(', ')}; their median ${median(rep.roundRatios).toFixed(2)}x`);
     if (rep.ratioClean !== rep.ratio) {
       out.push(`  clean rounds only (a ${rep.cases.a.cleanRounds}, b ${rep.cases.b.cleanRounds} of ${rep.options.repeat}): ${rep.ratioClean === null ? 'none' : rep.ratioClean.toFixed(2) + 'x'}`);
@@ -493,13 +494,14 @@ function formatReport(rep) {
   if (rep.options.trace) {
     out.push('');
     out.push('scheduling, from 0.2 s of each counted window (tracefs sched_wakeup/sched_switch), medians of the rounds, us:');
-    out.push('  the case\'s own threads (JS threads, or fio\'s): woken -> running p50 / p90 / mean; each run p50 / mean; CPU by task class, % of one CPU');
+    out.push('  the case\'s own threads (its JS threads by thread id, or fio\'s): woken out of sleep -> running p50 / p90 / mean; each run p50 / mean;');
+    out.push('  the CPUs\' time by task class, % of one CPU');
     for (const [id, c] of Object.entries(rep.cases)) {
       const xs = c.rounds.map((x) => x.sched).filter((x) => x && x.windowUs > 0);
       if (xs.length === 0) continue;
-      const m = (f) => median(xs.map(f)).toFixed(0);
+      const m = (f) => { const v = xs.map(f).filter((x) => Number.isFinite(x)); return v.length ? median(v).toFixed(0) : '-'; };
       const classes = [...new Set(xs.flatMap((x) => Object.keys(x.cpuPct)))].sort();
-      const cpu = classes.map((k) => `${k} ${m((x) => x.cpuPct[k] ?? 0)}`).join(', ');
+      const cpu = classes.map((k) => `${k === 'watched' ? 'own threads' : k} ${m((x) => x.cpuPct[k] ?? 0)}`).join(', ');
       out.push(`  ${id}: woken -> running ${m((x) => x.wakeToRun.p50)} / ${m((x) => x.wakeToRun.p90)} / ${m((x) => x.wakeToRun.mean)} (${m((x) => x.wakeToRun.n)} wake-ups); runs ${m((x) => x.runSlice.p50)} / ${m((x) => x.runSlice.mean)}; CPU: ${cpu}`);
     }
   }

@@ -79,24 +79,77 @@ const SCHED = `# tracer: nop
 `;
 
 test('schedReport: wake-up to running, run lengths and CPU time by class', () => {
-  const r = schedReport(SCHED, 'node');
+  const r = schedReport(SCHED, { comm: 'node' });
   near(r.windowUs, 100, 'window');
-  assert.is(r.wakeToRun.n, 2);
-  near(r.wakeToRun.p50, 10, 'woken -> running p50');
-  near(r.wakeToRun.mean, 7.5, 'woken -> running mean');
+  // The wake-up at 10 us is of a task not seen asleep (its state before the window is unknown):
+  // only the one at 60 us counts, 10 us before it ran.
+  assert.is(r.wakeToRun.n, 1);
+  near(r.wakeToRun.p50, 10, 'woken -> running');
   assert.is(r.runSlice.n, 2);
   near(r.runSlice.mean, 40, 'run length');
-  // A CPU's time before its first switch in the window is nobody's: the kworker's 20 us are not counted.
-  near(r.cpuPct.node, 80, 'node');
-  near(r.cpuPct.idle, 65, 'idle');
+  // Two CPUs over 100 us: 200 us in all, before a CPU's first switch its previous task's, after
+  // its last the next task's (fio, from 80 us to the end).
+  near(r.cpuPct.watched, 80, 'node');
+  near(r.cpuPct.idle, 70, 'idle');
+  near(r.cpuPct.kworker, 10, 'kworker');
   near(r.cpuPct.ksoftirqd, 10, 'ksoftirqd');
-  assert.is(r.cpuPct.kworker, undefined);
-  // fio ran from 80 us to the end without a switch out: no run counted, no CPU time.
-  const f = schedReport(SCHED, 'fio');
+  near(r.cpuPct.other, 30, 'fio, not watched');
+  // The same by thread id.
+  assert.equal(schedReport(SCHED, { pids: [500] }), r);
+  // fio ran from 80 us to the end without a switch out: no run counted, its CPU time counted.
+  const f = schedReport(SCHED, { comm: 'fio' });
   assert.is(f.runSlice.n, 0);
   assert.is(f.wakeToRun.n, 0);
-  assert.is(f.cpuPct.fio, undefined);
+  near(f.cpuPct.watched, 30, 'fio watched');
   near(f.cpuPct.other, 80, 'node as "other" when fio is watched');
+});
+
+test('schedReport: a wake-up of a preempted task is not a wake-up; nothing spans lost events', () => {
+  const t = (us, what) => `            node-500     [001] d..2.  100.000${String(us).padStart(3, '0')}: ${what}`;
+  const sw = (prev, pid, state, next, npid) => `sched_switch: prev_comm=${prev} prev_pid=${pid} prev_prio=120 prev_state=${state} ==> next_comm=${next} next_pid=${npid} next_prio=120`;
+  const text = [
+    t(10, sw('node', 500, 'S', 'swapper/1', 0)),           // asleep
+    t(20, 'sched_wakeup: comm=node pid=500 prio=120 target_cpu=001'),
+    t(30, sw('swapper/1', 0, 'R', 'node', 500)),           // woken 20 -> ran 30: 10 us
+    t(40, sw('node', 500, 'R+', 'kworker/1:1', 7)),        // preempted, still runnable
+    t(45, 'sched_wakeup: comm=node pid=500 prio=120 target_cpu=001'),
+    t(60, sw('kworker/1:1', 7, 'I', 'node', 500)),         // back after preemption: not a wake-up
+    t(70, sw('node', 500, 'S', 'swapper/1', 0)),
+    t(75, 'sched_wakeup: comm=node pid=500 prio=120 target_cpu=001'),
+    'CPU:1 [LOST 12 EVENTS]',
+    t(90, sw('swapper/1', 0, 'R', 'node', 500)),           // its wake-up is forgotten with the loss
+  ].join('\n');
+  const r = schedReport(text, { comm: 'node' });
+  assert.equal(r.wakeToRun.n, 1);
+  near(r.wakeToRun.p50, 10, 'the one real wake-up');
+  assert.equal(r.runSlice.n, 2); // 30-40 and 60-70; the run from 90 us has no end
+  assert.is(r.lost, 12);
+});
+
+test('parseCycles: a server already running when the client finishes sending starts at the send', () => {
+  // The server's wake-up at .577637 moved before fio's poll (.577633), as when it wakes on the
+  // header of a write while fio still sends the payload.
+  const lines = TRACE.split('\n');
+  const wake = lines.findIndex((l) => l.includes('9509.577637: sys_ppoll -> 0x1'));
+  const poll = lines.findIndex((l) => l.includes('9509.577633: sys_poll('));
+  const moved = lines[wake].replace('.577637', '.577632');
+  const rest = lines.filter((_, i) => i !== wake);
+  const early = [...rest.slice(0, poll), moved, ...rest.slice(poll)].join('\n');
+  const [c] = parseCycles(early, 14237);
+  near(c.srvRuns - c.sent, 0, 'server wakes');
+  near(c.issue - c.srvRuns, 15, 'server submits, from the send');
+  assert.is(stageReport(early, 14237).requests, 1);
+});
+
+test('parseCycles: the completion is the issued request\'s own; a cycle across lost events is dropped', () => {
+  const lines = TRACE.split('\n');
+  const at = lines.findIndex((l) => l.includes('block_rq_complete'));
+  // Another disk's completion just before: not this request's.
+  const other = lines[at].replace('254,0 RS () 80474472', '254,16 WS () 123456');
+  const withOther = [...lines.slice(0, at), other.replace('.577710', '.577700'), ...lines.slice(at)].join('\n');
+  near(parseCycles(withOther, 14237)[0].complete - parseCycles(TRACE, 14237)[0].complete, 0, 'completion');
+  const lost = [...lines.slice(0, at), 'CPU:1 [LOST 3 EVENTS]', ...lines.slice(at)].join('\n');
+  assert.is(stageReport(lost, 14237).requests, 0);
 });
 
 test.run();

@@ -15,7 +15,7 @@
 // A cycle in which any of them is missing (a trace window's edges, a request that was not
 // QD1-shaped) is not counted.
 
-import { parseLine } from './tracefs.js';
+import { dist, isLostLine, parseLine } from './tracefs.js';
 
 /** The stages, in the order of a request, each as the difference of two boundaries. */
 export const STAGES: readonly { name: string; from: keyof Cycle; to: keyof Cycle }[] = [
@@ -46,33 +46,68 @@ export interface StageReport {
   mean: Record<string, number>;
 }
 
-/** Splits the trace into cycles of the client `clientComm` and the server thread `serverPid`. */
+/** A system call that waits for events, and returns when the thread has something to do. */
+const WAITS = new Set(['sys_epoll_pwait', 'sys_epoll_wait', 'sys_ppoll', 'sys_poll', 'sys_select', 'sys_pselect6']);
+
+/** "254,0 RS 4096 () 80474472 + 8 ..." -> "254,0 80474472": the device and the sector. */
+function blockKey(rest: string): string | null {
+  const m = /^(\d+,\d+) \S+ (?:\d+ )?\(.*?\) (\d+) \+/.exec(rest);
+  return m === null ? null : `${m[1]} ${m[2]}`;
+}
+
+/**
+ * Splits the trace into cycles of the client (the thread that sends the 28-byte request headers;
+ * command name `clientComm`) and the server thread `serverPid`. "The server runs" is the first
+ * return of one of its waiting system calls (epoll_pwait, ppoll, ...) after the client has sent
+ * the request (or after the completion): the work it still does for the previous request does
+ * not count as the next one's. If none returns before the server acts (it was running already),
+ * the boundary is the client's send (or the completion) itself. The device's completion is the
+ * block_rq_complete of the issued request's own device and sector.
+ */
 export function parseCycles(text: string, serverPid: number, clientComm = 'fio'): Cycle[] {
   const cycles: Cycle[] = [];
-  let c: Cycle | null = null;
+  let c: Cycle | null = null, client = -1, issued: string | null = null;
   for (const line of text.split('\n')) {
+    if (isLostLine(line)) { c = null; continue; } // no cycle may span events the buffer dropped
     const e = parseLine(line);
     if (e === null) continue;
     const { comm, pid, us: t, name, rest } = e;
-    const client = comm === clientComm, server = pid === serverPid, enter = rest.startsWith('(');
-    if (client && name === 'sys_sendto' && enter && rest.includes('len: 0x1c,')) {
+    const enter = rest.startsWith('(');
+    if (comm === clientComm && name === 'sys_sendto' && enter && rest.includes('len: 0x1c,') && (client < 0 || pid === client)) {
+      client = pid;
       if (c !== null) { c.end = t; cycles.push(c); }
       c = { start: t };
       continue;
     }
     if (c === null) continue;
-    if (c.sent === undefined) { if (client && name === 'sys_poll' && enter) c.sent = t; continue; }
-    if (c.srvRuns === undefined) { if (server) c.srvRuns = t; continue; }
-    if (c.issue === undefined) { if (name === 'block_rq_issue') c.issue = t; continue; }
-    if (c.kickEnd === undefined && server && name === 'sys_io_uring_enter' && !enter) c.kickEnd = t;
-    if (c.complete === undefined) { if (name === 'block_rq_complete') c.complete = t; continue; }
-    if (c.srvRuns2 === undefined) { if (server && t > c.complete) c.srvRuns2 = t; continue; }
-    if (c.reply === undefined) {
-      const write = name === 'sys_write' && !rest.includes('count: 8)');
-      if (server && enter && (write || name === 'sys_sendmsg' || name === 'sys_writev')) c.reply = t;
+    const fromClient = pid === client, server = pid === serverPid;
+    const serverWakes = server && !enter && WAITS.has(name);
+    if (c.sent === undefined) { if (fromClient && name === 'sys_poll' && enter) c.sent = t; continue; }
+    if (c.issue === undefined) {
+      if (serverWakes && c.srvRuns === undefined) c.srvRuns = t;
+      if (name === 'block_rq_issue' && rest.endsWith(`[${comm}]`) && server) {
+        // No wait returned since the client finished sending: the server was already running
+        // (it woke on the first part of a write, or was finishing the previous request).
+        c.srvRuns ??= c.sent;
+        c.issue = t; issued = blockKey(rest);
+      }
       continue;
     }
-    if (c.fioRuns === undefined && client) c.fioRuns = t;
+    if (c.complete === undefined) {
+      if (c.kickEnd === undefined && server && name === 'sys_io_uring_enter' && !enter) c.kickEnd = t;
+      if (name === 'block_rq_complete' && issued !== null && blockKey(rest) === issued) c.complete = t;
+      continue;
+    }
+    if (c.reply === undefined) {
+      if (serverWakes && c.srvRuns2 === undefined) c.srvRuns2 = t;
+      const write = name === 'sys_write' && !rest.includes('count: 8)');
+      if (server && enter && (write || name === 'sys_sendmsg' || name === 'sys_writev')) {
+        c.srvRuns2 ??= c.complete; // it was running when the completion came
+        c.reply = t;
+      }
+      continue;
+    }
+    if (c.fioRuns === undefined && fromClient) c.fioRuns = t;
   }
   return cycles;
 }
@@ -87,9 +122,9 @@ export function stageReport(text: string, serverPid: number, clientComm = 'fio')
   const ok = cycles.filter((x) => STAGES.every((s) => { const v = span(x, s); return Number.isFinite(v) && v >= 0; }));
   const report: StageReport = { traced: cycles.length, requests: ok.length, p50: {}, mean: {} };
   for (const s of STAGES) {
-    const v = ok.map((x) => span(x, s)).sort((a, b) => a - b);
-    report.p50[s.name] = v.length > 0 ? v[v.length >> 1] : NaN;
-    report.mean[s.name] = v.length > 0 ? v.reduce((a, b) => a + b, 0) / v.length : NaN;
+    const d = dist(ok.map((x) => span(x, s)));
+    report.p50[s.name] = d.p50;
+    report.mean[s.name] = d.mean;
   }
   return report;
 }
