@@ -1,7 +1,7 @@
 // Where one QD1 NBD request's time goes, stage by stage, from the kernel's own trace, for
 // `ringfence serve` and qemu-nbd in the same run. fio's nbd engine does 4 KiB random reads (or,
 // with --rw randwrite, writes) at QD1 over a Unix socket; while it runs, the kernel's tracefs
-// records --window seconds of system calls, block-layer events and wake-ups, and each request
+// records --window seconds of system calls and block-layer events, and each request
 // (fio's 28-byte request header sent, to its next one) is split into:
 //   client sends       fio's send of the request, until it waits in poll()
 //   server wakes       fio waits -> the server's waiting call (epoll_pwait, ppoll) returns

@@ -1,6 +1,6 @@
 // The stages of QD1 NBD requests, from the text of a kernel trace (tracefs's `trace` file) that
-// holds the client's and the server's system calls, the block layer's issue and complete events
-// and the scheduler's wake-ups. bench/nbd-stages.mjs records the trace; this file only parses it.
+// holds the client's and the server's system calls and the block layer's issue and complete
+// events. bench/nbd-stages.mjs records the trace; this file only parses it.
 //
 // A request is one cycle of the client (fio's nbd engine, one request in flight): from the
 // send of its 28-byte request header to the send of the next one. Inside it, in order:
