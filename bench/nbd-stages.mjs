@@ -22,12 +22,12 @@
 // Needs root (tracefs at /sys/kernel/tracing), fio and qemu-nbd; build first (npm run build):
 //   node bench/nbd-stages.mjs [--rw randread|randwrite] [--repeat N] [--window S] [--size 256M] [--dir DIR] [--json]
 import { parseArgs } from 'node:util';
-import { spawn, execFile } from 'node:child_process';
+import { execFile } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { prepareDataFile } from '../dist/src/bench/data.js';
-import { waitForSocket } from '../dist/src/bench/nbd.js';
+import { NBD_SERVERS, waitForSocket } from '../dist/src/bench/nbd.js';
 import { stageReport } from '../dist/src/bench/stages.js';
 import { Tracer, tracefsUnavailable } from '../dist/src/bench/tracefs.js';
 import { haveCommand, parseSize } from '../dist/src/volume.js';
@@ -73,10 +73,7 @@ function fioRun(uri, seconds) {
   });
 }
 
-const SERVERS = [
-  { name: 'ringfence serve', start: (f, s) => spawn(process.execPath, [cli, 'serve', f, '--socket', s], { stdio: ['ignore', 'ignore', 'pipe'] }) },
-  { name: 'qemu-nbd io_uring', start: (f, s) => spawn('qemu-nbd', ['-t', '-f', 'raw', '--cache=none', '--aio=io_uring', '-e', '64', '-k', s, f], { stdio: ['ignore', 'ignore', 'pipe'] }) },
-];
+const SERVERS = ['ringfence', 'qemu-nbd io_uring'].map((n) => NBD_SERVERS.find((x) => x.name === n));
 
 const tracer = new Tracer(EVENTS);
 const tmp = mkdtempSync(join(o.dir, 'ringfence-nbd-stages-'));

@@ -19,11 +19,12 @@ export const NBD_JOBS: NbdJob[] = [
   { name: '1M read QD8', rw: 'read', bs: 1 << 20, qd: 8 },
 ];
 
-interface NbdServerSpec { name: string; need: string; start(file: string, sock: string): ChildProcess }
+export interface NbdServerSpec { name: string; need: string; start(file: string, sock: string): ChildProcess }
 
 const CLI = join(dirname(fileURLToPath(import.meta.url)), '..', 'cli.js');
 
-const SERVERS: NbdServerSpec[] = [
+/** The servers `bench --nbd` compares (bench/nbd-stages.mjs starts two of them the same way). */
+export const NBD_SERVERS: readonly NbdServerSpec[] = [
   { name: 'ringfence', need: 'node', start: (f, s) => spawn(process.execPath, [CLI, 'serve', f, '--socket', s, '--max-connections', '64'], { stdio: ['ignore', 'ignore', 'pipe'] }) },
   { name: 'qemu-nbd io_uring', need: 'qemu-nbd', start: (f, s) => spawn('qemu-nbd', ['-t', '-f', 'raw', '--cache=none', '--aio=io_uring', '-e', '64', '-k', s, f], { stdio: ['ignore', 'ignore', 'pipe'] }) },
   { name: 'qemu-nbd native', need: 'qemu-nbd', start: (f, s) => spawn('qemu-nbd', ['-t', '-f', 'raw', '--cache=none', '--aio=native', '-e', '64', '-k', s, f], { stdio: ['ignore', 'ignore', 'pipe'] }) },
@@ -80,7 +81,7 @@ export async function runNbdBench(o: NbdBenchOptions, progress: (s: string) => v
   const tmp = mkdtempSync(join(o.dir ?? '/var/tmp', 'ringfence-nbd-bench-'));
   const file = o.file ? resolve(o.file) : join(tmp, 'data.raw');
   const report: NbdReport = { date: new Date().toISOString(), kernel: release(), node: process.version, file, options: o, results: [], skipped: [] };
-  const servers = SERVERS.filter((s) => !o.servers || o.servers.includes(s.name));
+  const servers = NBD_SERVERS.filter((s) => !o.servers || o.servers.includes(s.name));
   try {
     const fresh = !existsSync(file) || statSync(file).size < o.size;
     progress(`${fresh ? 'preparing' : 'warming up'} ${o.size >> 20} MiB data file ${file}\n`);
@@ -177,7 +178,7 @@ export async function nbdBenchCommand(o: { size: string; runtime: string; repeat
   if (!Number.isInteger(repeat) || repeat < 1) usage('--repeat must be a positive integer');
   if (o.file && o.dir) usage('--file and --dir are mutually exclusive: pick one');
   const servers = o.engines ? o.engines.split(',').map((s) => s.trim()) : undefined;
-  for (const s of servers ?? []) if (!SERVERS.some((x) => x.name === s)) usage(`--engines: with --nbd, use ${SERVERS.map((x) => `"${x.name}"`).join(', ')}`);
+  for (const s of servers ?? []) if (!NBD_SERVERS.some((x) => x.name === s)) usage(`--engines: with --nbd, use ${NBD_SERVERS.map((x) => `"${x.name}"`).join(', ')}`);
   const report = await runNbdBench({ size, runtime, repeat, file: o.file, dir: o.dir, json: !!o.json, servers }, (s) => { if (!o.json) process.stderr.write(s); });
   process.stdout.write(o.json ? JSON.stringify(report, null, 2) + '\n' : formatNbdReport(report));
 }
