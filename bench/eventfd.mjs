@@ -5,7 +5,8 @@
 // QD32 on a file in --dir (default /var/tmp), each case in a fresh child process, on and off
 // interleaved, the median of --repeat rounds.
 //   node bench/eventfd.mjs [--dir DIR] [--runtime S] [--repeat N] [--json]
-// "off" is the same build with RINGFENCE_NO_QUIET_EVENTFD=1. Build first (npm run build).
+// The quiet eventfd is opt-in (RINGFENCE_QUIET_EVENTFD=1): "on" runs with it, "off" with
+// RINGFENCE_QUIET_EVENTFD=0, the default. Build first (npm run build).
 import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
@@ -53,7 +54,7 @@ try {
     for (let round = 1; round <= repeat; round++) {
       for (const mode of ['on', 'off']) {
         process.stderr.write(`QD${qd} round ${round}/${o.repeat} quiet eventfd ${mode} ... `);
-        const env = { ...process.env, RINGFENCE_NO_QUIET_EVENTFD: mode === 'off' ? '1' : '0' };
+        const env = { ...process.env, RINGFENCE_QUIET_EVENTFD: mode === 'on' ? '1' : '0' };
         const r = spawnSync(process.execPath, [fileURLToPath(import.meta.url), '--child', path, String(qd), o.runtime], { encoding: 'utf8', env, timeout: 120000 });
         if (r.status !== 0) throw new Error(`child failed: ${r.stderr || r.error}`);
         const m = JSON.parse(r.stdout);

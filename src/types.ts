@@ -44,8 +44,9 @@ export interface NativeContextInfo {
   /** io_uring: the ring fd is registered (IORING_REGISTER_RING_FDS). */
   ringFdRegistered: boolean;
   /**
-   * io_uring inline, x86-64, Linux >= 6.8: the registered eventfd is switched off during the
-   * context's own enters, so the completions they post do not wake the loop once more.
+   * io_uring inline, x86-64, Linux >= 6.8, opt-in with RINGFENCE_QUIET_EVENTFD=1: the registered
+   * eventfd is switched off during the context's own enters, so the completions they post do not
+   * wake the loop once more (absent when off, the default).
    */
   quietEventfd?: boolean;
   /** How often work queued during such an enter (IORING_SQ_TASKRUN) was found and run at once. */
