@@ -194,9 +194,9 @@ class UringBackend : public Backend {
         : cfg_(cfg), slots_(cfg.depth) {
         /* +1: the doorbell read may be queued next to a full batch. */
         struct io_uring_params p;
-        /* Inline mode also asks for TASKRUN_FLAG: the quiet eventfd reads it (eventfd_back_on). */
+        /* An inline ring with the quiet eventfd asks for TASKRUN_FLAG: eventfd_back_on reads it. */
         int rc = ring_.init_best(cfg.depth + 1, &p, &setup_flags_,
-                                 cfg.offload != nullptr ? IORING_SETUP_TASKRUN_FLAG : 0);
+                                 cfg.offload != nullptr && quiet_eventfd_wanted() ? IORING_SETUP_TASKRUN_FLAG : 0);
         if (rc < 0)
             throw BackendError(uring_init_error(rc));
         /* From here on, a throw exits the ring through ~OwnedRing. */
@@ -747,17 +747,18 @@ class UringBackend : public Backend {
      * on the slower virtio disk 10.3k against 8.9k (bench/eventfd.mjs, README
      * "tried" list).  The faster device is the common case for this library.
      */
-    static bool quiet_eventfd_safe(unsigned flags) {
+    static bool quiet_eventfd_wanted() {
 #if defined(__x86_64__)
         const char *on = getenv("RINGFENCE_QUIET_EVENTFD");
-        if (!on || !*on || strcmp(on, "0") == 0)
-            return false;
-        return (flags & IORING_SETUP_DEFER_TASKRUN) && (flags & IORING_SETUP_TASKRUN_FLAG) &&
-               kernel_at_least(6, 8);
+        return on && *on && strcmp(on, "0") != 0;
 #else
-        (void)flags;
         return false;
 #endif
+    }
+
+    static bool quiet_eventfd_safe(unsigned flags) {
+        return quiet_eventfd_wanted() && (flags & IORING_SETUP_DEFER_TASKRUN) &&
+               (flags & IORING_SETUP_TASKRUN_FLAG) && kernel_at_least(6, 8);
     }
 
     /* Consume every ready CQE; out == nullptr discards op results. */
