@@ -18,8 +18,8 @@ constexpr unsigned RF_IORING_OP_FTRUNCATE = 55;
  * io_uring_queue_init_params() with the best setup flags the kernel takes:
  * SINGLE_ISSUER|DEFER_TASKRUN|COOP_TASKRUN (+SUBMIT_ALL), dropping flags
  * while the kernel answers EINVAL (flag unknown to it).  `extra` is added to
- * the DEFER_TASKRUN candidates (inline mode: IORING_SETUP_TASKRUN_FLAG, for
- * the quiet eventfd).  Returns 0 or -errno from the last attempt; on success
+ * the DEFER_TASKRUN candidates (an inline ring with the quiet eventfd:
+ * IORING_SETUP_TASKRUN_FLAG).  Returns 0 or -errno from the last attempt; on success
  * *flags holds what was used.
  */
 int uring_init_best(unsigned entries, struct io_uring *ring,

@@ -195,8 +195,9 @@ class UringBackend : public Backend {
         /* +1: the doorbell read may be queued next to a full batch. */
         struct io_uring_params p;
         /* An inline ring with the quiet eventfd asks for TASKRUN_FLAG: eventfd_back_on reads it. */
+        const bool quiet_wanted = cfg.offload != nullptr && quiet_eventfd_wanted();
         int rc = ring_.init_best(cfg.depth + 1, &p, &setup_flags_,
-                                 cfg.offload != nullptr && quiet_eventfd_wanted() ? IORING_SETUP_TASKRUN_FLAG : 0);
+                                 quiet_wanted ? IORING_SETUP_TASKRUN_FLAG : 0);
         if (rc < 0)
             throw BackendError(uring_init_error(rc));
         /* From here on, a throw exits the ring through ~OwnedRing. */
@@ -221,7 +222,7 @@ class UringBackend : public Backend {
             if (erc < 0)
                 throw BackendError("io_uring_register_eventfd failed: " + errno_name(erc) +
                                    "; inline mode needs it: start the engine with mode: 'workers'");
-            quiet_eventfd_ = quiet_eventfd_safe(setup_flags_);
+            quiet_eventfd_ = quiet_wanted && quiet_eventfd_safe(setup_flags_);
         }
         if (test_fail_after_init())
             throw BackendError("io_uring setup failed after io_uring_queue_init "
@@ -696,9 +697,11 @@ class UringBackend : public Backend {
     /*
      * Quiet eventfd (inline mode).  The CQEs that our own enter posts (with
      * DEFER_TASKRUN, the deferred completions it runs) would signal the
-     * registered eventfd once more, and the loop would wake for nothing: one
-     * epoll round, one eventfd read and one JavaScript call per batch (at
-     * QD1, per request).  So the eventfd is disabled (IORING_CQ_EVENTFD_DISABLED)
+     * registered eventfd once more, and the loop would wake again: one epoll
+     * round, one eventfd read and one JavaScript call per batch (at QD1, per
+     * request), for nothing on a slow device (on a fast one that look often
+     * finds the next completion: see quiet_eventfd_wanted, below).  With the
+     * quiet eventfd the eventfd is disabled (IORING_CQ_EVENTFD_DISABLED)
      * from just before the enter until after the reap, and switched back on
      * here.  A completion that was queued meanwhile did not signal it, so:
      *   - the kernel queues a deferred completion on an empty list with
@@ -747,18 +750,19 @@ class UringBackend : public Backend {
      * on the slower virtio disk 10.3k against 8.9k (bench/eventfd.mjs, README
      * "tried" list).  The faster device is the common case for this library.
      */
+    /* RINGFENCE_QUIET_EVENTFD=1, on x86-64 (read once per context, at its creation). */
     static bool quiet_eventfd_wanted() {
 #if defined(__x86_64__)
         const char *on = getenv("RINGFENCE_QUIET_EVENTFD");
-        return on && *on && strcmp(on, "0") != 0;
+        return on && strcmp(on, "1") == 0;
 #else
         return false;
 #endif
     }
 
     static bool quiet_eventfd_safe(unsigned flags) {
-        return quiet_eventfd_wanted() && (flags & IORING_SETUP_DEFER_TASKRUN) &&
-               (flags & IORING_SETUP_TASKRUN_FLAG) && kernel_at_least(6, 8);
+        return (flags & IORING_SETUP_DEFER_TASKRUN) && (flags & IORING_SETUP_TASKRUN_FLAG) &&
+               kernel_at_least(6, 8);
     }
 
     /* Consume every ready CQE; out == nullptr discards op results. */

@@ -42,6 +42,13 @@ test('bench rejects bad arguments with exit 2 and says what to do', () => {
   assert.match(r.stderr, /--rw: unknown workload "sideways" \(use read, write, randread, randwrite, randrw\)/);
 });
 
+test('bench --nbd refuses the flags it would ignore (its jobs are fixed), naming them, before any work', () => {
+  const r = spawnSync(process.execPath, [cli, 'bench', '--nbd', '--dir', scratch.dir, '--rw', 'randread', '--qd', '1', '--no-direct'], { encoding: 'utf8', timeout: 30_000 });
+  assert.is(r.status, 2, r.stderr);
+  assert.match(r.stderr, /--rw, --qd, --no-direct do not apply with --nbd, which runs fixed fio jobs .*: drop them/);
+  assert.not.match(r.stderr, /preparing|round/, 'nothing was started');
+});
+
 // bench --nbd: our server and qemu-nbd driven by the same fio nbd jobs; needs fio and qemu-nbd
 // (installed by scripts/setup.sh), otherwise reported as skipped.
 const nbdPeers = have('fio') && have('qemu-nbd');

@@ -53,6 +53,12 @@ function freeIn(dir: string): number {
   try { const st = statfsSync(dir); return Number(st.bavail) * Number(st.bsize); } catch { return Infinity; }
 }
 
+/** Options `ringfence bench --nbd` does not use (commander key, flag), refused when given. */
+const NBD_IGNORES: [string, string][] = [
+  ['rw', '--rw'], ['bs', '--bs'], ['qd', '--qd'], ['workers', '--workers'], ['backend', '--backend'],
+  ['pollUs', '--poll-us'], ['direct', '--no-direct'], ['xfs', '--xfs'], ['chart', '--chart'],
+];
+
 /** Every flag of `ringfence bench`, checked; throws UsageError naming the flag. Creates nothing. */
 export function checkBenchFlags(o: RawBench): BenchOptions {
   const L = BENCH_LIMITS;
@@ -121,9 +127,19 @@ Examples:
 
 Every flag is checked before anything is created: a bad value exits 2 with a message.
 `)
-    .action(async (o: RawBench & { nbd?: boolean }) => {
+    .action(async (o: RawBench & { nbd?: boolean }, cmd: Command) => {
       // The flags both modes share are checked the same way, before any work.
-      if (o.nbd) { checkBenchFlags({ ...o, engines: undefined }); return nbdBenchCommand(o, parseSize, (msg: string): never => { throw new UsageError(msg); }); }
+      if (o.nbd) {
+        checkBenchFlags({ ...o, engines: undefined });
+        // --nbd runs its own fixed jobs: a flag it would ignore is refused, not silently dropped.
+        const ignored = NBD_IGNORES.filter(([key]) => cmd.getOptionValueSource(key) === 'cli').map(([, flag]) => flag);
+        if (ignored.length > 0) {
+          throw new UsageError(`${ignored.join(', ')} ${ignored.length > 1 ? 'do' : 'does'} not apply with --nbd, which runs fixed fio jobs ` +
+            '(4k randread and randwrite at QD1 and QD32, 1M sequential read at QD8) and uses only --size, --runtime, --repeat, --engines, --file, --dir and --json: drop ' +
+            (ignored.length > 1 ? 'them' : 'it'));
+        }
+        return nbdBenchCommand(o, parseSize, (msg: string): never => { throw new UsageError(msg); });
+      }
       let opts: BenchOptions;
       try { opts = checkBenchFlags(o); } catch (err) {
         if (o.json) process.stdout.write(JSON.stringify({ ok: false, exitCode: 2, error: (err as Error).message }) + '\n');
