@@ -746,7 +746,7 @@ class UringBackend : public Backend {
      *
      * Opt-in (RINGFENCE_QUIET_EVENTFD=1): on a fast device the "spurious"
      * wake-up is what catches the next completion without a sleep.  At QD1 on
-     * the XFS loop volume, quiet reads did 23.0k IOPS against 37.6k without;
+     * a fresh XFS loop volume, quiet reads did 22.9k IOPS against 28.8k without;
      * on the slower virtio disk 10.3k against 8.9k (bench/eventfd.mjs, README
      * "tried" list).  The faster device is the common case for this library.
      */

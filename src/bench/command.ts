@@ -130,14 +130,15 @@ Every flag is checked before anything is created: a bad value exits 2 with a mes
     .action(async (o: RawBench & { nbd?: boolean }, cmd: Command) => {
       // The flags both modes share are checked the same way, before any work.
       if (o.nbd) {
-        checkBenchFlags({ ...o, engines: undefined });
-        // --nbd runs its own fixed jobs: a flag it would ignore is refused, not silently dropped.
+        // --nbd runs its own fixed jobs: a flag it would ignore is refused (before its value is
+        // judged), not silently dropped.
         const ignored = NBD_IGNORES.filter(([key]) => cmd.getOptionValueSource(key) === 'cli').map(([, flag]) => flag);
         if (ignored.length > 0) {
           throw new UsageError(`${ignored.join(', ')} ${ignored.length > 1 ? 'do' : 'does'} not apply with --nbd, which runs fixed fio jobs ` +
             '(4k randread and randwrite at QD1 and QD32, 1M sequential read at QD8) and uses only --size, --runtime, --repeat, --engines, --file, --dir and --json: drop ' +
             (ignored.length > 1 ? 'them' : 'it'));
         }
+        checkBenchFlags({ ...o, engines: undefined });
         return nbdBenchCommand(o, parseSize, (msg: string): never => { throw new UsageError(msg); });
       }
       let opts: BenchOptions;
