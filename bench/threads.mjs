@@ -7,6 +7,7 @@
 //   d: as b, but each thread on a file of its own (two tables, one participant each)
 //   e: as b, with trackRequests: false (no table at all)
 //   f: as a, but on one worker thread
+//   i: as a, with trackRequests: false (what the table costs one thread, next to b/e for two)
 //   g, h: the peer, fio's io_uring engine on the same file: g one job at QD64, h two jobs
 //         (threads) at QD32 each, submitting and reaping in batches of up to QD (fio --thread,
 //         --iodepth_batch_submit/--iodepth_batch_complete_max = QD). h/g is what splitting the
@@ -56,17 +57,19 @@ const CASES = {
   f: { label: '1 worker thread x QD64', threads: 1, qd: 64 },
   g: { label: 'fio: 1 job x QD64', threads: 0, qd: 64, fio: 1 },
   h: { label: 'fio: 2 jobs x QD32, same file', threads: 0, qd: 32, fio: 2 },
+  i: { label: '1 thread  x QD64, untracked', threads: 0, qd: 64, untracked: true },
 };
 
 const USAGE = `usage: node bench/threads.mjs [options]
   --runtime S     seconds counted per case and round (default 5)
   --repeat N      rounds, cases interleaved within each (default 3)
   --size SIZE     data file size, e.g. 512M, 1G (default 1G)
-  --cases LIST    of a,b,c,d,e,f,g,h (default a,b,c):
+  --cases LIST    of a,b,c,d,e,f,g,h,i (default a,b,c):
                     a ${CASES.a.label} (main thread)   b ${CASES.b.label}
                     c ${CASES.c.label} (main thread)   d ${CASES.d.label}
                     e ${CASES.e.label}
                     f ${CASES.f.label} (case a off the main thread)
+                    i ${CASES.i.label} (what tracking costs one thread: e/i next to b/a)
                     g ${CASES.g.label}   h ${CASES.h.label}
                       (the peer: fio's io_uring engine, needs fio; h/g next to b/a)
   --mode MODE     engine mode: inline (default) or workers
@@ -115,7 +118,7 @@ const pollUs = Number(args['poll-us']);
 if (!Number.isInteger(pollUs) || pollUs < 0 || pollUs > 1000) usage(`--poll-us ${args['poll-us']}: give a whole number of microseconds from 0 to 1000`);
 if (pollUs > 0 && args.mode !== 'inline') usage('--poll-us applies to --mode inline only');
 const caseIds = [...new Set(args.cases.split(',').map((s) => s.trim()).filter(Boolean))];
-for (const id of caseIds) if (!CASES[id]) usage(`--cases: unknown case "${id}"; give some of a,b,c,d,e,f,g,h`);
+for (const id of caseIds) if (!CASES[id]) usage(`--cases: unknown case "${id}"; give some of a,b,c,d,e,f,g,h,i`);
 if (caseIds.length === 0) usage('--cases: give at least one case');
 if (caseIds.some((id) => CASES[id].fio) && !haveCommand('fio')) usage('--cases g and h run fio, which is not installed (apt-get install fio)');
 

@@ -574,7 +574,8 @@ Napi::Object Wire(Napi::Env env) {
         {"FALLOC_FL_ZERO_RANGE", uint32_t(RF_FALLOC_ZERO_RANGE)},
         {"TABLE_HEADER_WORDS", registry::HEADER_WORDS}, {"TABLE_SLOT_WORDS", registry::SLOT_WORDS},
         {"TABLE_H_WORKAROUND", registry::H_WORKAROUND}, {"TABLE_H_RANG", registry::H_RANG}, {"TABLE_H_PARTICIPANTS", registry::H_PARTICIPANTS},
-        {"TABLE_H_IN_FLIGHT", registry::H_IN_FLIGHT}, {"TABLE_H_HIGH_WATER", registry::H_HIGH_WATER},
+        {"TABLE_H_PART", registry::H_PART}, {"TABLE_H_PART_WORDS", registry::H_PART_WORDS},
+        {"TABLE_P_IN_FLIGHT", registry::P_IN_FLIGHT}, {"TABLE_P_HIGH_WATER", registry::P_HIGH_WATER},
         {"TABLE_GEN_SHIFT", registry::GEN_SHIFT}, {"TABLE_OWNER_SHIFT", registry::OWNER_SHIFT},
         {"TABLE_MAX_CAPACITY", registry::MAX_CAPACITY}, {"TABLE_MAX_PARTICIPANTS", registry::MAX_PARTICIPANTS},
     };

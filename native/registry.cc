@@ -242,13 +242,12 @@ uint32_t release_owned(const Joined &j) {
             continue;
         uint32_t gen = (s >> GEN_SHIFT) & GEN_MASK;
         store(m, base + S_STATE, int32_t(((gen + 1) & GEN_MASK) << GEN_SHIFT));
-        if (st != ST_CLAIMED) {
-            if (s & SER_BIT)
-                __atomic_fetch_sub(m + H_SER_IN_FLIGHT, 1, __ATOMIC_SEQ_CST);
-            __atomic_fetch_sub(m + H_IN_FLIGHT, 1, __ATOMIC_SEQ_CST);
-        }
+        if (st != ST_CLAIMED && (s & SER_BIT))
+            __atomic_fetch_sub(m + H_SER_IN_FLIGHT, 1, __ATOMIC_SEQ_CST);
         wake |= uint32_t(__atomic_exchange_n(m + base + S_WAITERS, 0, __ATOMIC_SEQ_CST));
     }
+    /* Its statistics line: none of its entries is left. */
+    store(m, H_PART + j.bit * H_PART_WORDS + P_IN_FLIGHT, 0);
     if (load(m, H_FULL_WAITERS) != 0)
         wake |= uint32_t(__atomic_exchange_n(m + H_FULL_WAITERS, 0, __ATOMIC_SEQ_CST));
     /*
@@ -309,8 +308,14 @@ Napi::Value stats(Napi::Env env, uint64_t dev, uint64_t ino) {
         o.Set("capacity", e.capacity);
         o.Set("participants", uint32_t(__builtin_popcount(e.bits)));
         o.Set("workaroundUsers", e.workaround_users);
-        o.Set("inFlight", load(m, H_IN_FLIGHT));
-        o.Set("highWater", load(m, H_HIGH_WATER));
+        /* The participants' own counts (src/table.ts inFlight() and highWater()). */
+        uint32_t in_flight = 0, high_water = 0;
+        for (uint32_t p = 0; p < MAX_PARTICIPANTS; p++) {
+            in_flight += uint32_t(load(m, H_PART + p * H_PART_WORDS + P_IN_FLIGHT));
+            high_water += uint32_t(load(m, H_PART + p * H_PART_WORDS + P_HIGH_WATER));
+        }
+        o.Set("inFlight", in_flight);
+        o.Set("highWater", high_water < e.capacity ? high_water : e.capacity);
         o.Set("serialisingInFlight", load(m, H_SER_IN_FLIGHT));
         return o;
     }

@@ -43,7 +43,10 @@ namespace rf {
 namespace registry {
 
 /* The table layout (src/table.ts; compared at load through `wire`). */
-constexpr uint32_t HEADER_WORDS = 96;
+constexpr uint32_t MAX_PARTICIPANTS = 31;
+/* Participant p's statistics line: H_PART + p * H_PART_WORDS (+ P_IN_FLIGHT, P_HIGH_WATER). */
+constexpr uint32_t H_PART = 96, H_PART_WORDS = 16, P_IN_FLIGHT = 0, P_HIGH_WATER = 1;
+constexpr uint32_t HEADER_WORDS = H_PART + MAX_PARTICIPANTS * H_PART_WORDS;
 constexpr uint32_t SLOT_WORDS = 16;
 constexpr uint32_t H_SER_IN_FLIGHT = 0;
 constexpr uint32_t H_FULL_WAITERS = 1;
@@ -52,8 +55,6 @@ constexpr uint32_t H_CAPACITY = 2;
 constexpr uint32_t H_WORKAROUND = 3;
 /* Bitmask of the participant bits in use (informational). */
 constexpr uint32_t H_PARTICIPANTS = 4;
-constexpr uint32_t H_IN_FLIGHT = 32;
-constexpr uint32_t H_HIGH_WATER = 33;
 /* One word per participant bit: set by whoever rings it, cleared by it before it re-evaluates. */
 constexpr uint32_t H_RANG = 48;
 constexpr uint32_t S_STATE = 0;
@@ -63,7 +64,6 @@ constexpr uint32_t SER_BIT = 4;
 constexpr uint32_t OWNER_SHIFT = 3, OWNER_MASK = 0x1f;
 constexpr uint32_t GEN_SHIFT = 8, GEN_MASK = (1u << 23) - 1;
 constexpr uint32_t MAX_CAPACITY = 256;
-constexpr uint32_t MAX_PARTICIPANTS = 31;
 /* Distinct tracked file identities open at once in the process. */
 constexpr uint32_t MAX_TABLES = 4096;
 

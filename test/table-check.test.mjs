@@ -6,7 +6,7 @@ import { Worker } from 'node:worker_threads';
 import {
   TrackedTable, AtomicWords, FULL, ADMITTED, BLOCKED, releaseOwnedBy,
   HEADER_WORDS, SLOT_WORDS, S_STATE, S_TICKET, GEN_SHIFT, GEN_MASK, ST_ACTIVE, ST_MASK, SER_BIT,
-  OWNER_SHIFT, OWNER_MASK, H_FULL_WAITERS, MAX_WORKERS,
+  OWNER_SHIFT, OWNER_MASK, H_FULL_WAITERS, MAX_WORKERS, H_TICKET, H_PART, H_PART_WORDS, P_IN_FLIGHT, P_HIGH_WATER,
 } from '../dist/src/table.js';
 import { explore, pctRun, END_MAX, CheckFailure, split64 } from './helpers/model.mjs';
 
@@ -133,7 +133,7 @@ test('unmutated protocol passes the mutant scenarios', () => {
 //
 // The driver holds one entry per participant at a time, so capacity 1 exercises FULL but no
 // conflict (no two entries coexist), and 2 participants on capacity 2 conflicts but no FULL
-// park; 3 participants on capacity 2 has both, but is too big to explore exhaustively here
+// (each participant reuses the slot it freed); 3 participants on capacity 2 has both, but is too big to explore exhaustively here
 // (> 3M states): it gets PCT, the two halves get exhaustive DFS.
 
 const BITS3 = [0, 7, 30];
@@ -157,7 +157,7 @@ const sharedFullScn = (bits, Table = TrackedTable) => ({
   name: `shared 2x2 cap1 bits ${bits.join('/')}`, capacity: 1, bits, Table, threads: [
     [zeroToInf(EOF_), pastEof(LAST)], [pastEof(3n * K), pastEof(FAR)]] });
 
-function checkShared(r, { fullParks = false } = {}) {
+function checkShared(r, { fullParks = false, fullLooks = fullParks } = {}) {
   report(r);
   assert.ok(r.finals > 0);
   assert.ok(r.parks > 0, 'scenario should make someone park');
@@ -166,7 +166,9 @@ function checkShared(r, { fullParks = false } = {}) {
   assert.ok(r.instances.every((t) => t instanceof TrackedTable));
   r.bits.forEach((b, t) => {
     // Every participant's bit went through the table-level waiter mask (FULL on the first look).
-    assert.ok(r.fullWakes[t] > 0, `participant ${b} never handed back from the table-level waiter mask`);
+    // Not with 2 participants on capacity 2: each reuses the slot it freed itself (claimSlot's
+    // own-slot stack), so neither ever finds both slots taken.
+    if (fullLooks) assert.ok(r.fullWakes[t] > 0, `participant ${b} never handed back from the table-level waiter mask`);
     if (fullParks) assert.ok(r.fullParks[t] > 0, `participant ${b} never woke from a FULL park`);
   });
   console.log(`    bits ${r.bits.join('/')}: FULL parks woken ${r.fullParks.join('/')}, table-mask hand-backs ${r.fullWakes.join('/')}`);
@@ -334,6 +336,46 @@ test('API: handles, tickets, counters, FULL wake mask', () => {
 
 // ---------------------------------------------------------------------------
 // Real threads
+
+// Two participants on one table must not keep taking cache lines from each other's CPUs
+// (issue 13's split: 0.82x before these two changes). The words a participant writes on every
+// request are its own: the slots it freed itself (claimed again newest first) and its own
+// statistics line; the only table-wide word written per request is the ticket counter.
+test('a participant reuses the slots it freed, newest first, and keeps its statistics on its own line', () => {
+  const cap = 64;
+  const sab = TrackedTable.create(cap);
+  const i32 = new Int32Array(sab);
+  const A = new TrackedTable(new AtomicWords(i32), cap), B = new TrackedTable(new AtomicWords(i32), cap);
+  const slotOf = (h) => h & 0xff;
+  const hs = Array.from({ length: 8 }, (_, k) => A.register(0, 1, false, 0, k * 4096, 0, k * 4096 + 4096));
+  const slots = hs.map(slotOf);
+  hs.forEach((h) => { assert.is(A.tryAdmit(0, h), ADMITTED); A.release(h); });
+  // Each register claims the slot released last (still in this CPU's cache), not the next one
+  // along the table: before, the claim hint swept the whole table, and so did every participant.
+  for (let k = 0; k < 8; k++) {
+    const h = A.register(0, 1, false, 0, 0, 0, 4096);
+    assert.is(slotOf(h), slots[7 - k], `claim ${k} reuses slot ${slots[7 - k]}`);
+  }
+  // A slot that another participant took since it was freed is skipped, not shared.
+  const b = B.register(7, 1, false, 0, 0, 0, 4096);
+  assert.not.ok(slots.includes(slotOf(b)), 'participant 7 starts elsewhere in the table');
+  // Statistics: on each participant's own line, and nothing else in the header moved but the ticket.
+  const line = (p, w) => i32[H_PART + p * H_PART_WORDS + w];
+  assert.is(line(0, P_IN_FLIGHT), 8);
+  assert.is(line(0, P_HIGH_WATER), 8);
+  assert.is(line(7, P_IN_FLIGHT), 1);
+  assert.is(line(7, P_HIGH_WATER), 1);
+  assert.is(A.inFlight(), 9);
+  assert.is(A.highWater(), 9, 'the sum of the participants\' own marks');
+  for (let w = 0; w < H_PART; w++) if (w !== H_TICKET && w !== 2 /* H_CAPACITY */) assert.is(i32[w], 0, `table-wide word ${w} untouched`);
+  // A dead participant's count goes back to 0 with its entries.
+  releaseOwnedBy(sab, cap, 0);
+  assert.is(line(0, P_IN_FLIGHT), 0);
+  assert.is(A.inFlight(), 1);
+  B.release(b);
+  assert.is(B.inFlight(), 0);
+  assert.is(B.highWater(), 9, 'high-water marks stay');
+});
 
 async function hammer({ workers, capacity, iters, serPct, seedGen, bits }) {
   const sab = TrackedTable.create(capacity);

@@ -226,6 +226,12 @@ test('a thread terminated while it holds a serialising entry: the others go on, 
     assert.is(n, BS);
     assert.is(f.stats().tableParticipants, 1, "the terminated thread's participant left the table");
     assert.ok(f.stats().waits >= 1);
+    // native/registry.cc release_owned() put the dead participant's in-flight count (its own
+    // statistics line) back to 0: the table's count is the sum of the participants' lines.
+    const [ident] = here.identities.values();
+    const ts = here.addon.tableStats(ident.dev, ident.ino);
+    assert.is(ts.inFlight, 0, 'no entry left in flight');
+    assert.ok(ts.highWater >= 2, `the high-water mark counts both participants' entries (${ts.highWater})`);
     // The table is usable afterwards: a serialising request of this engine runs.
     await f.truncate(0);
     assert.is(await f.size(), 0n);

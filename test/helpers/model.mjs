@@ -13,7 +13,7 @@
 // (memory, histories) is an exact state key; DFS explores every interleaving
 // at every atomic operation, with undo (restore one word, pop one result).
 
-import { FULL, ADMITTED, TrackedTable, H_SER_IN_FLIGHT, H_IN_FLIGHT, H_HIGH_WATER, H_TICKET, H_FULL_WAITERS, HEADER_WORDS, SLOT_WORDS,
+import { FULL, ADMITTED, TrackedTable, H_SER_IN_FLIGHT, H_PART, H_PART_WORDS, P_IN_FLIGHT, H_TICKET, H_FULL_WAITERS, HEADER_WORDS, SLOT_WORDS,
   S_STATE, S_TICKET, S_START_HI, S_START_LO, S_END_HI, S_END_LO, ST_MASK, ST_FREE, ST_ACTIVE, SER_BIT, OWNER_SHIFT, OWNER_MASK, MAX_WORKERS }
   from '../../dist/src/table.js';
 
@@ -24,6 +24,9 @@ const KIND_NAMES = ['load', 'store', 'add', 'sub', 'or', 'xchg', 'cas', 'PARK', 
 export const EV_ADMIT = 1, EV_RELEASE = 2;
 
 const SUSPEND = { suspend: true };
+
+/** A participant's statistics word (in flight, high water): a ghost variable (see eager()). */
+const isStat = (a) => a >= H_PART && a < HEADER_WORDS;
 
 export class CheckFailure extends Error {
   constructor(kind, message, trace) {
@@ -202,9 +205,10 @@ export class Model {
   /**
    * Ops executed without a scheduling point before them (merged with the
    * thread's previous op):
-   *  - ops on the statistics words H_IN_FLIGHT / H_HIGH_WATER.  They are ghost
-   *    variables for the properties checked: their values only ever flow into
-   *    other statistics ops (countInFlight's CAS loop), never into a slot,
+   *  - ops on the participants' statistics lines (in flight, high water:
+   *    [H_PART, HEADER_WORDS)).  They are ghost variables for the properties
+   *    checked: their values only ever flow into other statistics ops
+   *    (countInFlight's high-water compare), never into a slot,
    *    ticket, mask or admission decision, so where they interleave cannot
    *    change the projection of an execution onto the other ops.  For the
    *    same reason they are left out of the state key.
@@ -213,7 +217,7 @@ export class Model {
    *    strongest version of the check.
    */
   eager(op) {
-    return op !== null && ((op[0] === EVENT && op[1] === EV_ADMIT) || (op[0] !== PARK && op[0] !== EVENT && (op[1] === H_IN_FLIGHT || op[1] === H_HIGH_WATER)));
+    return op !== null && ((op[0] === EVENT && op[1] === EV_ADMIT) || (op[0] !== PARK && op[0] !== EVENT && isStat(op[1])));
   }
 
   /** Performs thread t's next op (and any eager ops after it). Returns an undo record. Throws CheckFailure. */
@@ -254,7 +258,7 @@ export class Model {
       undo = () => { this.ticket[q.id] = null; this.ticketsDrawn[t]--; };
     }
     this.hist[t].push(res);
-    this.ghost[t].push(kind !== EVENT && kind !== PARK && (a === H_IN_FLIGHT || a === H_HIGH_WATER));
+    this.ghost[t].push(kind !== EVENT && kind !== PARK && isStat(a));
     this.trace.push(t, op, res);
     this.next[t] = this.peek(t);
     return { t, a, old, op, undo };
@@ -327,7 +331,9 @@ export class Model {
   checkFinal() {
     for (let i = 0; i < this.reqs.length; i++) if (this.status[i] !== 2) this.fail('lost request', `req ${i} never ran`);
     const m = this.mem;
-    if (m[H_SER_IN_FLIGHT] !== 0 || m[H_IN_FLIGHT] !== 0) this.fail('counters', `serialisingInFlight ${m[H_SER_IN_FLIGHT]} inFlight ${m[H_IN_FLIGHT]} at the end`);
+    let inFlight = 0;
+    for (let p = 0; p < MAX_WORKERS; p++) inFlight += m[H_PART + p * H_PART_WORDS + P_IN_FLIGHT];
+    if (m[H_SER_IN_FLIGHT] !== 0 || inFlight !== 0) this.fail('counters', `serialisingInFlight ${m[H_SER_IN_FLIGHT]} inFlight ${inFlight} at the end`);
     for (let s = 0; s < this.capacity; s++) {
       if ((m[HEADER_WORDS + s * SLOT_WORDS + S_STATE] & ST_MASK) !== ST_FREE) this.fail('leak', `slot ${s} not free at the end`);
     }
@@ -335,10 +341,8 @@ export class Model {
 
   key() {
     const m = this.mem;
-    const hiw = m[H_IN_FLIGHT], hhw = m[H_HIGH_WATER];
-    m[H_IN_FLIGHT] = 0; m[H_HIGH_WATER] = 0; // ghost words (see eager())
-    let k = m.join(',');
-    m[H_IN_FLIGHT] = hiw; m[H_HIGH_WATER] = hhw;
+    // Without the ghost words (see eager()).
+    let k = `${m.subarray(0, H_PART).join(',')}|${m.subarray(HEADER_WORDS).join(',')}`;
     for (let t = 0; t < this.nThreads; t++) {
       const h = this.hist[t], g = this.ghost[t];
       const op = this.next[t];
