@@ -311,8 +311,12 @@ for (const [name, body, end] of [
       ${end === 'exit-alone' ? '' : 'loadAddon(); // the main thread has the addon loaded too'}
       const w = new Worker(${JSON.stringify(workerFile)});
       w.on('error', (e) => { console.error('worker error', e); process.exitCode = 3; });
+      // Listen for 'exit' before the message arrives: a worker that posts and ends at once can
+      // have both delivered in one turn of this thread's loop, and a listener added after an
+      // await would miss 'exit' (the process then ends with code 13, an unsettled await).
+      const exited = new Promise((r) => w.once('exit', r));
       await new Promise((r) => w.once('message', r));
-      ${end.startsWith('exit') ? "await new Promise((r) => w.once('exit', r));" : 'await w.terminate();'}
+      ${end.startsWith('exit') ? 'await exited;' : 'await w.terminate();'}
       console.log('main survived');\n`);
     const r = spawnSync(process.execPath, [mainFile], { encoding: 'utf8', timeout: 30000 });
     assert.is(r.signal, null, `killed by ${r.signal}: ${r.stderr.slice(-500)}`);
