@@ -485,7 +485,7 @@ function formatReport(rep) {
     const allTwo = t.participants.every((r) => r.every((p) => p === 2));
     const noWaits = t.waits.every((r) => r.every((x) => x === 0));
     out.push(`table (case b, f.stats() of each thread, per round): tableParticipants ${t.participants.map((r) => r.join('/')).join(', ')}${allTwo ? ' (shared: one table, both threads)' : ' (NOT 2: not shared?)'}`);
-    out.push(`  waits ${t.waits.map((r) => r.join('/')).join(', ')}${noWaits ? ' (reads never conflict)' : ' (expected 0)'}; tracked ${t.tracked.map((r) => r.join('/')).join(', ')}; table high water ${t.highWater.join(', ')}`);
+    out.push(`  waits ${t.waits.map((r) => r.join('/')).join(', ')}${noWaits ? ' (reads never conflict)' : ' (expected 0)'}; tracked ${t.tracked.map((r) => r.join('/')).join(', ')}; table high water (upper bound) ${t.highWater.join(', ')}`);
   }
   if (rep.cases.f && rep.cases.a) out.push(`1 worker thread x QD64 / 1 main thread x QD64: ${(rep.cases.f.medianIops / rep.cases.a.medianIops).toFixed(2)}x`);
   if (rep.cases.g && rep.cases.h) {

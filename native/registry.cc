@@ -308,13 +308,14 @@ Napi::Value stats(Napi::Env env, uint64_t dev, uint64_t ino) {
         o.Set("capacity", e.capacity);
         o.Set("participants", uint32_t(__builtin_popcount(e.bits)));
         o.Set("workaroundUsers", e.workaround_users);
-        /* The participants' own counts (src/table.ts inFlight() and highWater()). */
+        /* The participants' own counts (src/table.ts inFlight() and highWater()): each exact,
+         * their sum read one after the other, so approximate while busy and capped. */
         uint32_t in_flight = 0, high_water = 0;
         for (uint32_t p = 0; p < MAX_PARTICIPANTS; p++) {
             in_flight += uint32_t(load(m, H_PART + p * H_PART_WORDS + P_IN_FLIGHT));
             high_water += uint32_t(load(m, H_PART + p * H_PART_WORDS + P_HIGH_WATER));
         }
-        o.Set("inFlight", in_flight);
+        o.Set("inFlight", in_flight < e.capacity ? in_flight : e.capacity);
         o.Set("highWater", high_water < e.capacity ? high_water : e.capacity);
         o.Set("serialisingInFlight", load(m, H_SER_IN_FLIGHT));
         return o;

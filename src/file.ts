@@ -735,7 +735,8 @@ export class File {
       tracked += s[b + FS_TRACKED]; serialising += s[b + FS_SERIALISING]; waits += s[b + FS_WAITS]; waitNs += s[b + FS_WAIT_NS];
       waitMax = Math.max(waitMax, s[b + FS_WAIT_MAX_NS]); full += s[b + FS_FULL]; emulated += s[b + FS_EMULATED];
     }
-    // The table is process-wide: its high-water mark and participants count every engine's.
+    // The table is process-wide: its high-water mark (an upper bound: the sum of each
+    // participant's own mark) and participants count every engine's.
     const ident = this.engine.identities.get(this.key);
     const t = ident?.tracked ? this.engine.addon.tableStats(ident.dev, ident.ino) : null;
     return { path: this.path, tracked, serialising, waits, waitNsTotal: waitNs, waitNsMax: waitMax, tableFull: full, emulatedFallocates: emulated, tableHighWater: t?.highWater ?? 0, tableParticipants: t?.participants ?? 0 };

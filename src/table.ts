@@ -6,7 +6,11 @@
 // an OLDER conflicting one is in flight, and a newer one never blocks an older
 // one.  Age is a global ticket drawn AFTER the slot is claimed and its range is
 // published; waits only go from newer to older tickets (or to a ticket that is
-// about to be published), so the wait-for graph has no cycle.  There is no
+// about to be published), so the wait-for graph has no cycle.  A non-serialising
+// request that finds no serialising entry in flight draws no ticket: it takes the
+// counter's current value minus one, which makes it older than every serialising
+// entry that can ever meet it (register() has the argument), and writes no
+// table-wide word.  There is no
 // mutex and no spin: a scanner that must wait registers interest in the slot's
 // waiter mask, re-checks the slot's state word and returns BLOCKED; whoever
 // changes that state word afterwards hands the mask back to its caller, which
@@ -58,10 +62,11 @@ export const ADMITTED = 0, BLOCKED = 1, FULL = -1;
 // Layout (int32 words).  See docs/ARCHITECTURE.md for the diagram.
 
 /**
- * Header: six 64-byte lines of table-wide words, then one line per participant. Every
- * registration writes the ticket counter, while the fast path only reads serialisingInFlight
- * (and release() reads the FULL waiter mask): keeping the written word off the read-mostly line
- * spares the readers a cache miss on every registration by another participant. Lines 3 to 5
+ * Header: six 64-byte lines of table-wide words, then one line per participant. Serialising
+ * registrations (and non-serialising ones while a serialising entry is in flight) write the
+ * ticket counter, while the fast path only reads it and serialisingInFlight (and release()
+ * reads the FULL waiter mask): keeping the written word off the read-mostly line spares the
+ * readers a cache miss on every registration that draws a ticket. Lines 3 to 5
  * hold the participants' "rung" words (H_RANG), written only when someone waits. The
  * statistics (entries in flight, high-water mark) are per participant, each on its own line and
  * written only by that participant: two table-wide counters that every registration and release
@@ -133,6 +138,7 @@ export class TrackedTable {
   private readonly ownTicket: Int32Array;
   private readonly ownRange: Int32Array; // 4 words per slot
   private readonly ownSer: Uint8Array;
+  private readonly ownEarly: Uint8Array; // 1: registered on the ticketless fast path, admitted at once
   // Slots this instance freed, newest on top: claimSlot() tries them first, so that each
   // participant keeps reusing the few cache lines it already owns instead of sweeping the
   // whole table (and taking every line from the other participants' CPUs as it goes).
@@ -169,6 +175,7 @@ export class TrackedTable {
     this.ownTicket = new Int32Array(capacity);
     this.ownRange = new Int32Array(capacity * 4);
     this.ownSer = new Uint8Array(capacity);
+    this.ownEarly = new Uint8Array(capacity);
     this.freed = new Int32Array(capacity);
     this.ownWorker = new Uint8Array(capacity);
   }
@@ -178,7 +185,8 @@ export class TrackedTable {
 
   /**
    * Claims a slot, publishes the overlap range [start, end) and the flags,
-   * then draws the ticket.  Returns a handle (gen << 8 | slot, non-negative)
+   * then draws the ticket (or, non-serialising with no serialising entry in
+   * flight, takes the ticketless fast path and is admitted already).  Returns a handle (gen << 8 | slot, non-negative)
    * or FULL, in which case the caller's worker bit is in the table-level
    * waiter mask: park, and call register() again when woken.
    *
@@ -220,7 +228,26 @@ export class TrackedTable {
     // scanner holding any later ticket then sees us, and one that sees us
     // CLAIMED may ignore us because our ticket will be later than its own.
     this.publishRange(base, gen, serialising);
-    const ticket = this.drawTicket();
+    let ticket: number, early = 0;
+    if (serialising) {
+      ticket = this.drawTicket();
+    } else {
+      // Ticketless fast path (no write to a table-wide word). Only serialising entries ever
+      // compare their ticket with ours. Our range is visible (RANGED) before these two loads,
+      // and the counter is read before serialisingInFlight. If that reads 0, every serialising
+      // entry S is either gone (its leaveSerialising came before our load: the count is the
+      // enters minus the leaves, and each leave follows its own enter) or enters after our
+      // load, so it draws a ticket >= next after our range is visible: ticket next - 1 is older
+      // than S's, S's scan finds us and waits for us, and no older serialising entry is in
+      // flight, so we are admitted now. Otherwise draw a ticket as a serialising entry does.
+      const next = this.peekTicket();
+      if (this.noSerialisingInFlight()) {
+        ticket = (next - 1) | 0;
+        early = 1;
+      } else {
+        ticket = this.drawTicket();
+      }
+    }
     this.publishTicket(base, gen, serialising, ticket);
     // Scanners that found us RANGED and conflicting parked on our slot;
     // publishTicket() changed the state word, so wake them to re-scan.
@@ -234,6 +261,7 @@ export class TrackedTable {
     this.ownRange[r + 2] = endHi;
     this.ownRange[r + 3] = endLo;
     this.ownSer[slot] = serialising ? 1 : 0;
+    this.ownEarly[slot] = early;
     this.ownWorker[slot] = worker;
     return (gen << SLOT_BITS) | slot;
   }
@@ -253,6 +281,8 @@ export class TrackedTable {
   tryAdmit(worker: number, handle: number): number {
     const slot = this.ownSlot(handle);
     const ser = this.ownSer[slot] !== 0;
+    // Registered on the ticketless fast path: no older serialising entry exists (register()).
+    if (this.ownEarly[slot] !== 0) return ADMITTED;
     // Fast path (QEMU's serialising_in_flight): our ticket is already drawn,
     // so every older serialising entry has already incremented the counter.
     if (!ser && this.noSerialisingInFlight()) return ADMITTED;
@@ -341,11 +371,16 @@ export class TrackedTable {
     for (let p = 0; p < MAX_WORKERS; p++) n += this.mem.load(H_PART + p * H_PART_WORDS + P_HIGH_WATER);
     return n < this.capacity ? n : this.capacity;
   }
-  /** Entries in flight (a snapshot of the participants' counts). */
+  /**
+   * Entries in flight: the participants' counts, each exact, read one after the other. With
+   * several participants busy, the sum belongs to no single instant (one count read before a
+   * release, another after the claim that reused the slot), so it is approximate and capped at
+   * the capacity. Exact when the table is quiet, as tests and the end of a run see it.
+   */
   inFlight(): number {
     let n = 0;
     for (let p = 0; p < MAX_WORKERS; p++) n += this.mem.load(H_PART + p * H_PART_WORDS + P_IN_FLIGHT);
-    return n;
+    return n < this.capacity ? n : this.capacity;
   }
 
   // -------------------------------------------------------------------------
@@ -433,6 +468,8 @@ export class TrackedTable {
   }
 
   protected drawTicket(): number { return this.mem.add(H_TICKET, 1); }
+  /** The next ticket, read without drawing it (the ticketless fast path). */
+  protected peekTicket(): number { return this.mem.load(H_TICKET); }
 
   /** Ticket word first, then ACTIVE: a reader validating ACTIVE sees the ticket. */
   protected publishTicket(base: number, gen: number, ser: boolean, ticket: number): void {

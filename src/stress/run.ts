@@ -142,7 +142,7 @@ export async function runStress(vol: Volume, o: StressOptions): Promise<StressRe
       if (now !== last || (st.inFlight === 0 && (threads?.inFlight() ?? 0) === 0)) { last = now; still = 0; return; }
       if (++still < (o.stallSeconds ?? STALL_SECONDS)) return;
       clearInterval(watch);
-      const files = st.files.map((f) => `${f.path.split('/').pop()}: ${f.tracked} tracked, ${f.serialising} serialising, ${f.waits} waits, table high water ${f.tableHighWater}`).join('; ');
+      const files = st.files.map((f) => `${f.path.split('/').pop()}: ${f.tracked} tracked, ${f.serialising} serialising, ${f.waits} waits, table high water <= ${f.tableHighWater}`).join('; ');
       stalled = `the engine stalled: ${st.inFlight} request(s) outstanding and none completed for ${still} s ` +
         `(workers report ${st.workers.map((w) => w.inFlight).join('/')} in the kernel; ${files}). ` +
         `This is a ringfence bug (a request parked in the tracked-request table and never woken?): report it with the seed ${o.seed}`;

@@ -14,7 +14,8 @@
 // at every atomic operation, with undo (restore one word, pop one result).
 
 import { FULL, ADMITTED, TrackedTable, H_SER_IN_FLIGHT, H_PART, H_PART_WORDS, P_IN_FLIGHT, H_TICKET, H_FULL_WAITERS, HEADER_WORDS, SLOT_WORDS,
-  S_STATE, S_TICKET, S_START_HI, S_START_LO, S_END_HI, S_END_LO, ST_MASK, ST_FREE, ST_ACTIVE, SER_BIT, OWNER_SHIFT, OWNER_MASK, MAX_WORKERS }
+  S_STATE, S_TICKET, S_START_HI, S_START_LO, S_END_HI, S_END_LO, ST_MASK, ST_FREE, ST_ACTIVE, SER_BIT, OWNER_SHIFT, OWNER_MASK, MAX_WORKERS,
+  GEN_SHIFT, GEN_MASK, SLOT_BITS, SLOT_MASK }
   from '../../dist/src/table.js';
 
 // Operation kinds.
@@ -37,7 +38,7 @@ export class CheckFailure extends Error {
 
 /** SharedWords that replays a thread's history, then captures its next op. */
 class ReplayMem {
-  constructor() { this.hist = null; this.k = 0; this.pk = -1; this.pa = 0; this.pv = 0; this.pw = 0; this.cpK = 0; this.sum = []; }
+  constructor() { this.hist = null; this.k = 0; this.pk = -1; this.pa = 0; this.pv = 0; this.pw = 0; this.cpK = 0; this.cpA = 0; this.sum = []; }
   /**
    * Driver checkpoint between two API calls.  There the thread's whole local
    * state is the driver's variables plus the TrackedTable instance's fields,
@@ -48,6 +49,7 @@ class ReplayMem {
    */
   cp(table, a, b, c) {
     this.cpK = this.k;
+    this.cpA = a; // the driver's request index: which request the ops up to the next checkpoint belong to
     if (this.k === this.hist.length) {
       let s = `${a},${b},${c}`;
       for (const f of Object.keys(table)) {
@@ -119,9 +121,13 @@ export class Model {
     const n = this.reqs.length;
     this.conf = this.reqs.map((a) => this.reqs.map((b) => a !== b && conflicts(a, b)));
     // Bookkeeping (a function of the histories, so not part of the state key).
-    this.ticket = new Array(n).fill(null); // ticket drawn by each request
+    // Each request's place in the age order, from its own ops on the ticket counter: an add
+    // (a drawn ticket x: place "x") or, on the ticketless fast path, a load that read x (place
+    // "just before x": every ticket drawn before the load is older, every later one newer).
+    // A slow-path request loads, then draws: the draw overrides the load.
+    this.ticket = new Array(n).fill(null);
+    this.early = new Int8Array(n);         // 1: the place comes from a load (just before ticket[id])
     this.status = new Int8Array(n);        // 0 pending, 1 admitted, 2 released
-    this.ticketsDrawn = new Int32Array(this.nThreads);
     this.hist = Array.from({ length: this.nThreads }, () => []);
     this.ghost = Array.from({ length: this.nThreads }, () => []);
     this.rm = Array.from({ length: this.nThreads }, () => new ReplayMem());
@@ -170,7 +176,7 @@ export class Model {
           mem.op(PARK, doorbell + w, 2 /* BLOCKED */, 0);
         }
         mem.cp(table, qi, 5, h);
-        mem.op(EVENT, EV_ADMIT, q.id, table.ticketOf(h));
+        mem.op(EVENT, EV_ADMIT, q.id, h);
         mem.cp(table, qi, 6, h);
         mem.op(EVENT, EV_RELEASE, q.id, 0);
         mem.cp(table, qi, 7, h);
@@ -189,7 +195,7 @@ export class Model {
     try {
       this.programs[t](rm);
     } catch (e) {
-      if (e === SUSPEND) return [rm.pk, rm.pa, rm.pv, rm.pw, rm.cpK];
+      if (e === SUSPEND) return [rm.pk, rm.pa, rm.pv, rm.pw, rm.cpK, rm.cpA];
       throw e;
     }
     if (rm.k !== rm.hist.length) throw new Error('nondeterministic thread program');
@@ -251,11 +257,13 @@ export class Model {
     if (kind === XCHG && a === H_FULL_WAITERS && old !== 0) {
       for (let u = 0; u < this.nThreads; u++) if ((old & (1 << this.bits[u])) !== 0) this.fullWakes[u]++;
     }
-    if (kind === ADD && a === H_TICKET) {
-      // The n-th ticket drawn by a thread belongs to its n-th request.
-      const q = this.threadReqs[t][this.ticketsDrawn[t]++];
+    if ((kind === ADD || kind === LOAD) && a === H_TICKET) {
+      // Only register() touches the counter; op[5] is the request the driver is registering.
+      const q = this.threadReqs[t][op[5]];
+      const was = this.ticket[q.id], wasEarly = this.early[q.id];
       this.ticket[q.id] = old;
-      undo = () => { this.ticket[q.id] = null; this.ticketsDrawn[t]--; };
+      this.early[q.id] = kind === LOAD ? 1 : 0;
+      undo = () => { this.ticket[q.id] = was; this.early[q.id] = wasEarly; };
     }
     this.hist[t].push(res);
     this.ghost[t].push(kind !== EVENT && kind !== PARK && isStat(a));
@@ -273,18 +281,28 @@ export class Model {
     this.next[u.t] = u.op;
   }
 
-  event(t, kind, id, ticket) {
+  /** o is older than q in the age order (tickets compare modulo 2^32, as the table's do). */
+  older(o, q) {
+    const d = (this.ticket[o] - this.ticket[q]) | 0;
+    return d < 0 || (d === 0 && this.early[o] === 1 && this.early[q] === 0);
+  }
+
+  event(t, kind, id, h) {
     const q = this.reqs[id];
     if (kind === EV_ADMIT) {
-      if (this.ticket[id] !== ticket) this.fail('bookkeeping', `req ${id} ticket ${ticket} != ${this.ticket[id]}`);
-      this.checkEntry(t, q, ticket);
+      const ticket = this.instances[t].ticketOf(h);
+      if (this.ticket[id] === null) this.fail('bookkeeping', `req ${id} admitted without a place in the age order`);
+      // A drawn ticket is the counter's value; a fast-path one is the table's choice (checked
+      // only through the order properties below and the slot's ticket word).
+      if (this.early[id] === 0 && this.ticket[id] !== ticket) this.fail('bookkeeping', `req ${id} ticket ${ticket} != ${this.ticket[id]}`);
+      this.checkEntry(t, q, h, ticket);
       for (const o of this.reqs) {
         if (o === q || !this.conf[id][o.id]) continue;
         if (this.status[o.id] === 1) {
           this.fail('conflicting admission', `req ${id}${q.ser ? ' (serialising)' : ''} admitted while conflicting req ${o.id}${o.ser ? ' (serialising)' : ''} is admitted`);
         }
-        if (this.status[o.id] === 0 && this.ticket[o.id] !== null && ((this.ticket[o.id] - ticket) | 0) < 0) {
-          this.fail('order violation', `req ${id} (ticket ${ticket}) admitted before older conflicting req ${o.id} (ticket ${this.ticket[o.id]}) was released`);
+        if (this.status[o.id] === 0 && this.ticket[o.id] !== null && this.older(o.id, id)) {
+          this.fail('order violation', `req ${id} (${this.place(id)}) admitted before older conflicting req ${o.id} (${this.place(o.id)}) was released`);
         }
       }
       // 3. A serialising entry excludes everything overlapping (type plays no part).
@@ -301,22 +319,27 @@ export class Model {
     return () => { this.status[id] = 1; };
   }
 
+  place(id) { return this.early[id] ? `ticketless, just before ticket ${this.ticket[id]}` : `ticket ${this.ticket[id]}`; }
+
   /**
-   * The admitted request's shared entry: exactly one ACTIVE slot holds its ticket, and its state
+   * The admitted request's shared entry: its handle's slot is ACTIVE in the handle's generation
+   * and holds its ticket; no other admitted request holds the same drawn ticket; and its state
    * word names the admitting thread's participant bit as owner (releaseOwnedBy relies on it), its
    * serialising flag, and its range, as the scanners of the other instances see them.
    */
-  checkEntry(t, q, ticket) {
+  checkEntry(t, q, h, ticket) {
     const m = this.mem;
-    let found = -1;
-    for (let s = 0; s < this.capacity; s++) {
-      const base = HEADER_WORDS + s * SLOT_WORDS;
-      if ((m[base + S_STATE] & ST_MASK) !== ST_ACTIVE || m[base + S_TICKET] !== ticket) continue;
-      if (found >= 0) this.fail('entry', `ticket ${ticket} in slots ${found} and ${s}`);
-      found = s;
-    }
-    if (found < 0) this.fail('entry', `req ${q.id} admitted without an ACTIVE slot holding ticket ${ticket}`);
+    const found = h & SLOT_MASK, gen = (h >>> SLOT_BITS) & GEN_MASK;
+    if (found >= this.capacity) this.fail('entry', `req ${q.id}: handle ${h} names slot ${found}`);
     const base = HEADER_WORDS + found * SLOT_WORDS, st = m[base + S_STATE];
+    if ((st & ST_MASK) !== ST_ACTIVE || ((st >>> GEN_SHIFT) & GEN_MASK) !== gen || m[base + S_TICKET] !== ticket) {
+      this.fail('entry', `req ${q.id} admitted without its slot ${found} ACTIVE in generation ${gen} holding ticket ${ticket}`);
+    }
+    if (this.early[q.id] === 0) {
+      for (const o of this.reqs) {
+        if (o !== q && this.status[o.id] === 1 && this.early[o.id] === 0 && this.ticket[o.id] === this.ticket[q.id]) this.fail('entry', `reqs ${q.id} and ${o.id} drew the same ticket`);
+      }
+    }
     const owner = (st >>> OWNER_SHIFT) & OWNER_MASK;
     if (owner !== this.bits[t]) this.fail('owner', `req ${q.id} of participant ${this.bits[t]}: slot ${found} names owner ${owner}`);
     if (((st & SER_BIT) !== 0) !== q.ser) this.fail('entry', `req ${q.id}: slot ${found} serialising flag ${(st & SER_BIT) !== 0}`);
