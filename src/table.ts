@@ -221,7 +221,8 @@ export class TrackedTable {
     if (serialising) {
       // Must come before drawTicket(): a non-serialising request that draws
       // a later ticket reads the counter after its own draw (fast path) and
-      // therefore sees this increment.
+      // therefore sees this increment; and one on the ticketless path that
+      // misses it read the counter before our draw, so its ticket is older.
       this.enterSerialising();
     }
     // The range must be visible (RANGED) before the ticket is drawn: a
@@ -519,8 +520,10 @@ export class TrackedTable {
  * I/O drained): nobody else writes those slots, so plain stores suffice, and requests parked
  * behind them are woken through the returned mask. The owner is part of the state word from
  * the claiming CAS on, so even a slot the worker had only CLAIMED is found. A worker that
- * died between entering the serialising count and publishing its range leaves that count one
- * high: that only disables the fast path; it never admits wrongly. The worker's in-flight
+ * died between entering the serialising count and publishing its range, or in release() between
+ * freeing the slot and leaving the count, leaves that count one high for the table's life: that
+ * only disables both fast paths (every plain request then draws a ticket and scans); it never
+ * admits wrongly. The worker's in-flight
  * count (its own statistics line) goes to 0.
  */
 export function releaseOwnedBy(sab: SharedArrayBuffer, capacity: number, worker: number): number {

@@ -373,6 +373,11 @@ export class Model {
       k += '|' + this.rm[t].sum[cpK];
       for (let i = cpK; i < h.length; i++) if (!g[i]) k += ',' + h[i];
     }
+    // The age order of the requests still in play, which the order check reads. It follows from
+    // the histories (the results of the counter ops) only through the table's own fields in the
+    // checkpoint summary; stated here, it cannot merge states a table variant keeps apart.
+    k += '|';
+    for (let i = 0; i < this.reqs.length; i++) if (this.status[i] !== 2) k += `${this.ticket[i]}${this.early[i] ? 'e' : ''},`;
     return k;
   }
 
