@@ -332,8 +332,8 @@ export class TrackedTable {
     const ser = this.ownSer[slot] !== 0;
     this.ownGen[slot] = 0;
     const mem = this.mem;
-    // Before the slot can be reclaimed, so that the participants' in-flight counts never add
-    // up to more than the number of claimed slots.
+    // Before the slot can be reclaimed, so that at any one instant the participants' in-flight
+    // counts add up to no more than the number of claimed slots.
     this.uncountInFlight(this.ownWorker[slot]);
     // Free first, then look at interest (pairs with registerInterest +
     // recheckAfterInterest in tryAdmit, and with registerFullInterest +
