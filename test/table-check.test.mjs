@@ -386,6 +386,15 @@ test('API: handles, tickets, counters, FULL wake mask', () => {
   assert.is(t.tryAdmit(1, d), ADMITTED);
   assert.is(t.tryAdmit(0, c), ADMITTED);
   t.release(c); t.release(d);
+  // inFlight() sums the participants' counts read one after another, so a busy table can
+  // momentarily show more than it holds: the sum is capped at the capacity.
+  const i32 = t.mem.i32;
+  i32[H_PART + 0 * H_PART_WORDS + P_IN_FLIGHT] = 2; // as if read just before 0's release ...
+  i32[H_PART + 1 * H_PART_WORDS + P_IN_FLIGHT] = 1; // ... and just after 1's claim of that slot
+  assert.is(t.inFlight(), 2, 'capped at the capacity');
+  i32[H_PART + 0 * H_PART_WORDS + P_IN_FLIGHT] = 0;
+  i32[H_PART + 1 * H_PART_WORDS + P_IN_FLIGHT] = 0;
+  assert.is(t.inFlight(), 0);
 });
 
 // ---------------------------------------------------------------------------

@@ -120,7 +120,8 @@ export class Model {
     }));
     const n = this.reqs.length;
     this.conf = this.reqs.map((a) => this.reqs.map((b) => a !== b && conflicts(a, b)));
-    // Bookkeeping (a function of the histories, so not part of the state key).
+    // Bookkeeping (a function of the histories; the age order of unreleased requests is also
+    // stated in the state key, see key()).
     // Each request's place in the age order, from its own ops on the ticket counter: an add
     // (a drawn ticket x: place "x") or, on the ticketless fast path, a load that read x (place
     // "just before x": every ticket drawn before the load is older, every later one newer).
