@@ -186,9 +186,10 @@ export class TrackedTable {
   /**
    * Claims a slot, publishes the overlap range [start, end) and the flags,
    * then draws the ticket (or, non-serialising with no serialising entry in
-   * flight, takes the ticketless fast path and is admitted already).  Returns a handle (gen << 8 | slot, non-negative)
-   * or FULL, in which case the caller's worker bit is in the table-level
-   * waiter mask: park, and call register() again when woken.
+   * flight, takes the ticketless fast path and is admitted already).  Returns
+   * a handle (gen << 8 | slot, non-negative) or FULL, in which case the
+   * caller's worker bit is in the table-level waiter mask: park, and call
+   * register() again when woken.
    *
    * After a successful register() the caller MUST ring takeWakeups(): scanners
    * that found this slot RANGED (ticket not yet published) parked on it.

@@ -256,6 +256,44 @@ test('per-file policies in one engine: the registry counts the engine as wanting
   } finally { await e.close(); }
 });
 
+test("the native table's inFlight and highWater are capped at the capacity (the participants' counts are read one after the other)", async () => {
+  // native/registry.cc stats() sums each participant's own statistics line. Read while the
+  // participants work, the sum can exceed what the table holds (src/table.ts inFlight() is the
+  // reference, with its own test in table-check). Two unused participants' lines are set to the
+  // whole capacity here: without the cap the sums would be twice the capacity.
+  const path = join(scratch.dir, 'stats-cap');
+  const e = await Engine.start({});
+  try {
+    const f = await e.open(path, { create: true });
+    const [ident] = e.identities.values();
+    const before = e.addon.tableStats(ident.dev, ident.ino);
+    const w = e.addon.wire, cap = before.capacity;
+    const mem = new Int32Array(e.addon.tableView(before.id));
+    const line = (p) => w.TABLE_H_PART + p * w.TABLE_H_PART_WORDS;
+    const used = before.participants;
+    for (const p of [28, 29]) {
+      Atomics.store(mem, line(p) + w.TABLE_P_IN_FLIGHT, cap);
+      Atomics.store(mem, line(p) + w.TABLE_P_HIGH_WATER, cap);
+    }
+    try {
+      const ts = e.addon.tableStats(ident.dev, ident.ino);
+      assert.is(ts.inFlight, cap, `inFlight capped at the capacity ${cap}`);
+      assert.is(ts.highWater, cap, `highWater capped at the capacity ${cap}`);
+      assert.is(ts.participants, used, 'the participant count comes from the registry, not from the lines');
+    } finally {
+      for (const p of [28, 29]) {
+        Atomics.store(mem, line(p) + w.TABLE_P_IN_FLIGHT, 0);
+        Atomics.store(mem, line(p) + w.TABLE_P_HIGH_WATER, 0);
+      }
+    }
+    assert.is(e.addon.tableStats(ident.dev, ident.ino).inFlight, 0);
+    const buf = e.alloc(BS);
+    await f.write(buf, 0);
+    e.free(buf);
+    await f.close();
+  } finally { await e.close(); }
+});
+
 test("a worker whose replacement cannot rejoin the file's table retires its slot: clear errors, no crash, no hang", async () => {
   // Engine A's only worker dies after its first request; its teardown leaves the file's table,
   // which then closes. Engine B opens the file buffered as soon as that is allowed. A's
