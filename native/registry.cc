@@ -233,7 +233,7 @@ uint32_t release_owned(const Joined &j) {
         return 0;
     int32_t *m = e->block->mem;
     uint32_t wake = 0;
-    /* src/table.ts releaseOwnedBy(), the same steps: the owner is gone, nobody else writes its slots. */
+    /* src/table.ts releaseOwned(), the same steps: the owner is gone, nobody else writes its slots. */
     for (uint32_t i = 0; i < e->capacity; i++) {
         uint32_t base = HEADER_WORDS + i * SLOT_WORDS;
         uint32_t s = uint32_t(load(m, base + S_STATE));

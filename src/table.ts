@@ -216,7 +216,7 @@ export class TrackedTable {
     const gen = (this.claimedWord >>> GEN_SHIFT) & GEN_MASK;
     // The owner's participant bit rides in the state word (set by the claiming CAS), so that a
     // dead context's teardown can release its entries: release_owned() in native/registry.cc
-    // (releaseOwnedBy() below is its reference).
+    // (releaseOwned() below is its reference).
     this.writeFields(base, type, startHi, startLo, endHi, endLo);
     this.countInFlight(worker);
     if (serialising) {
@@ -524,11 +524,18 @@ export class TrackedTable {
  * died between entering the serialising count and publishing its range, or in release() between
  * freeing the slot and leaving the count, leaves that count one high for the table's life: that
  * only disables both fast paths (every plain request then draws a ticket and scans); it never
- * admits wrongly. The worker's in-flight
- * count (its own statistics line) goes to 0.
+ * admits wrongly. The worker's in-flight count (its own statistics line) goes to 0.
+ *
+ * `others` is the mask of the table's other participants (native: every bit joined). They are
+ * all woken, not only the waiters found: a worker that died after taking a waiter mask (its
+ * slot's, in register() or release(), or the table's FULL mask) and before ringing it, or in
+ * release() between freeing its slot and taking that slot's mask, leaves waiters that no scan
+ * finds. The interleaving checker kills a participant at each of its steps and reports such a
+ * lost wake-up when `others` is 0 (test/table-check.test.mjs). Every participant woken is
+ * marked rung (H_RANG), as a release's caller does before ringing, so that each re-evaluates
+ * its parked requests.
  */
-export function releaseOwnedBy(sab: SharedArrayBuffer, capacity: number, worker: number): number {
-  const mem = new AtomicWords(new Int32Array(sab));
+export function releaseOwned(mem: SharedWords, capacity: number, worker: number, others: number): number {
   let wake = 0;
   for (let i = 0; i < capacity; i++) {
     const base = HEADER_WORDS + i * SLOT_WORDS;
@@ -544,5 +551,15 @@ export function releaseOwnedBy(sab: SharedArrayBuffer, capacity: number, worker:
   // counted itself yet, or had: either way its count is now 0).
   mem.store(H_PART + worker * H_PART_WORDS + P_IN_FLIGHT, 0);
   if (mem.load(H_FULL_WAITERS) !== 0) wake |= mem.exchange(H_FULL_WAITERS, 0);
+  wake = (wake | others) & ~(1 << worker) & ((1 << MAX_WORKERS) - 1);
+  for (let b = 0, m = wake; m !== 0; b++, m >>>= 1) if ((m & 1) !== 0) mem.store(H_RANG + b, 1);
   return wake;
+}
+
+/**
+ * releaseOwned() on a table's SharedArrayBuffer. `others` defaults to 0 (only the waiters found
+ * are woken), unlike the native teardown: pass the other participants' bits to match it.
+ */
+export function releaseOwnedBy(sab: SharedArrayBuffer, capacity: number, worker: number, others = 0): number {
+  return releaseOwned(new AtomicWords(new Int32Array(sab)), capacity, worker, others);
 }

@@ -4,7 +4,7 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { Worker } from 'node:worker_threads';
 import {
-  TrackedTable, AtomicWords, FULL, ADMITTED, BLOCKED, releaseOwnedBy,
+  TrackedTable, AtomicWords, FULL, ADMITTED, BLOCKED, releaseOwnedBy, releaseOwned, H_SER_IN_FLIGHT,
   HEADER_WORDS, SLOT_WORDS, S_STATE, S_TICKET, GEN_SHIFT, GEN_MASK, ST_ACTIVE, ST_MASK, SER_BIT,
   OWNER_SHIFT, OWNER_MASK, H_FULL_WAITERS, MAX_WORKERS, H_TICKET, H_PART, H_PART_WORDS, P_IN_FLIGHT, P_HIGH_WATER,
 } from '../dist/src/table.js';
@@ -308,6 +308,80 @@ test('shared table mutants, bits 7/30: owner missing from the state word, waiter
   expectCaught(sharedSmallScn([7, 30], NoOwnerWord), ['owner']);
   expectCaught(sharedFullScn([7, 30], FullShift), ['stray wake']);
   expectCaught(sharedSmallScn([7, 30], SlotShift), ['stray wake']);
+});
+
+// ---------------------------------------------------------------------------
+// A participant dies. A thread can be terminated between any two of its steps (a worker
+// killed, a Worker terminated, an exception between release() and the ring); its context's
+// teardown then runs releaseOwned() for its bit (native/registry.cc release_owned()) and rings
+// the mask it returns. The checker kills the dying participant at every scheduling point (and
+// explores not killing it), runs that teardown as one more thread, and requires every other
+// participant to finish: nobody waits forever for a dead participant's entry, whatever it was
+// doing when it died (claiming, publishing, parked, inside release()).
+
+const deathSmallScn = (wakeOthers) => ({
+  name: `death 2x1 cap2 bits 7/30, 30 dies${wakeOthers ? '' : ', teardown wakes only the waiters it finds'}`,
+  capacity: 2, bits: [7, 30], death: { thread: 1, wakeOthers }, threads: [[pastEof(FAR)], [zeroToInf(EOF_)]] });
+const deathFullScn = (dies = 1) => ({
+  name: `death 2x1 cap1 (FULL) bits 30/7, ${[30, 7][dies]} dies`, capacity: 1, bits: [30, 7], death: { thread: dies, wakeOthers: true },
+  threads: [[pastEof(FAR)], [zeroToInf(EOF_)]] });
+
+function checkDeath(r) {
+  report(r);
+  assert.ok(r.finals > 0);
+  assert.ok(r.kills > 0, 'the participant never died');
+  assert.ok(r.parks > 0, 'scenario should make someone park');
+  console.log(`    ${r.kills} deaths explored`);
+}
+
+test('a participant dies at any step: exhaustive 2x1 cap2 and cap1 (FULL), either one dying, the survivor always finishes', () => {
+  checkDeath(explore(deathSmallScn(true), { maxStates: 2e6 }));
+  checkDeath(explore({ ...deathSmallScn(true), name: 'death 2x1 cap2 bits 7/30, 7 dies', death: { thread: 0, wakeOthers: true } }, { maxStates: 2e6 }));
+  checkDeath(explore(deathFullScn(1), { maxStates: 2e6 }));
+  checkDeath(explore(deathFullScn(0), { maxStates: 2e6 }));
+});
+
+test('a participant dies at any step: exhaustive 2x2 cap2, the one with the zero-write to infinity', () => {
+  checkDeath(explore({ ...sharedConflictScn([7, 30]), name: 'death 2x2 cap2 bits 7/30, 7 dies', death: { thread: 0, wakeOthers: true } }, { maxStates: 2e6 }));
+});
+
+test('a participant dies: PCT 3x3 cap2 bits 0/7/30, each of them in turn', () => {
+  const t0 = performance.now();
+  for (let d = 0; d < 3; d++) {
+    const scn = { name: `death 3x3 cap2, ${BITS3[d]} dies`, capacity: 2, bits: BITS3, death: { thread: d, wakeOthers: true }, threads: [
+      [pastEof(3n * K), req(0, K, true), pastEof(FAR)],
+      [pastEof(LAST), pastEof(EOF_), zeroToInf(EOF_ + K)],
+      [zeroToInf(EOF_), req(0, 512, false), pastEof(3n * K)]] };
+    let died = 0;
+    for (let seed = 1; seed <= 700; seed++) if (pctRun(scn, seed * 7919, { d: 1 + (seed % 4), k: 150 * 3 }).died) died++;
+    console.log(`    ${scn.name}: 700 runs, died in ${died}`);
+    assert.ok(died > 100, `participant ${BITS3[d]} died in only ${died} of 700 runs`);
+  }
+  console.log(`    ${Math.round(performance.now() - t0)} ms`);
+});
+
+// The teardown before 2026-12-03 (src/table.ts releaseOwnedBy) woke only the waiters it found in
+// the dead participant's slots and the table-level FULL mask: a participant that died after
+// taking a waiter mask (its slot's, in register() or release()) and before ringing it, or in
+// release() between freeing its slot and taking its mask, left its waiters parked for good.
+// The native teardown already woke every participant.
+test('mutant: a dead participant\'s teardown that wakes only the waiters it finds -> lost wake-up', () => {
+  expectCaught(deathSmallScn(false), ['deadlock']);
+});
+
+// The final serialisingInFlight check after a death is exact (what the dead thread left in its
+// serialising window), not "0 or 1": a teardown that forgets to subtract a published
+// serialising entry must be caught.
+const noSerSub = (mem, capacity, worker, others) => {
+  const fake = {
+    load: (i) => mem.load(i), store: (i, v) => mem.store(i, v), add: (i, v) => mem.add(i, v), or: (i, v) => mem.or(i, v),
+    exchange: (i, v) => mem.exchange(i, v), cas: (i, e, r) => mem.cas(i, e, r),
+    sub: (i, v) => (i === H_SER_IN_FLIGHT ? mem.load(i) : mem.sub(i, v)),
+  };
+  return releaseOwned(fake, capacity, worker, others);
+};
+test('mutant: a teardown that leaves the dead entry in serialisingInFlight -> counters', () => {
+  expectCaught({ ...deathSmallScn(true), death: { thread: 1, wakeOthers: true, teardown: noSerSub } }, ['counters']);
 });
 
 // ---------------------------------------------------------------------------

@@ -15,12 +15,12 @@
 
 import { FULL, ADMITTED, TrackedTable, H_SER_IN_FLIGHT, H_PART, H_PART_WORDS, P_IN_FLIGHT, H_TICKET, H_FULL_WAITERS, HEADER_WORDS, SLOT_WORDS,
   S_STATE, S_TICKET, S_START_HI, S_START_LO, S_END_HI, S_END_LO, ST_MASK, ST_FREE, ST_ACTIVE, SER_BIT, OWNER_SHIFT, OWNER_MASK, MAX_WORKERS,
-  GEN_SHIFT, GEN_MASK, SLOT_BITS, SLOT_MASK }
+  GEN_SHIFT, GEN_MASK, SLOT_BITS, SLOT_MASK, releaseOwned }
   from '../../dist/src/table.js';
 
 // Operation kinds.
-export const LOAD = 0, STORE = 1, ADD = 2, SUB = 3, OR = 4, XCHG = 5, CAS = 6, PARK = 7, EVENT = 8;
-const KIND_NAMES = ['load', 'store', 'add', 'sub', 'or', 'xchg', 'cas', 'PARK', 'EVENT'];
+export const LOAD = 0, STORE = 1, ADD = 2, SUB = 3, OR = 4, XCHG = 5, CAS = 6, PARK = 7, EVENT = 8, KILL = 9;
+const KIND_NAMES = ['load', 'store', 'add', 'sub', 'or', 'xchg', 'cas', 'PARK', 'EVENT', 'KILL'];
 // Events (EVENT operand `addr`).
 export const EV_ADMIT = 1, EV_RELEASE = 2;
 
@@ -87,10 +87,21 @@ export function conflicts(a, b) {
 }
 
 /**
- * A scenario: { name, capacity, threads: [[req...]...], Table?, bits? }
+ * A scenario: { name, capacity, threads: [[req...]...], Table?, bits?, death? }
  * req: { start: bigint, end: bigint, ser: boolean, type?: number }
  * bits: the participant bit of each thread (distinct, 0..30; default 0, 1, 2, ...).  Every
  * thread runs its OWN Table instance over the one shared memory, as separate threads do.
+ * death: { thread, wakeOthers, teardown? }: thread `thread` may die at any scheduling point (a KILL
+ * transition, explored at every step: the thread runs no further op).  A reaper, one more
+ * model thread that runs only after the death, then does what a context's teardown does:
+ * releaseOwned() of the dead participant's bit (with the other participants' mask as
+ * `others` if wakeOthers, else 0) and rings the mask it returns.  The dead thread's requests
+ * leave the checks (their kernel I/O is drained before the teardown); every other thread must
+ * still finish: a state where all of them are parked is a deadlock, whether or not a death
+ * could still happen.  (Dropping them is sound before the teardown too: until the reaper's
+ * first op, memory is what it would be had the dying thread just not been scheduled, and that
+ * execution, with its requests still checked, is explored as well.)  The key carries the death
+ * flag and leaves the dead thread's history out: nothing reads it any more.
  */
 export class Model {
   constructor(scn) {
@@ -98,6 +109,15 @@ export class Model {
     this.capacity = scn.capacity;
     this.Table = scn.Table ?? TrackedTable;
     this.nThreads = scn.threads.length;
+    // Model threads scheduled: the participants, then the reaper (if a death is modelled).
+    this.death = scn.death ?? null;
+    this.teardown = scn.death?.teardown ?? releaseOwned; // a mutant may replace it
+    this.nRun = this.nThreads + (this.death ? 1 : 0);
+    this.reaper = this.death ? this.nThreads : -1;
+    this.dead = false;
+    this.serResidue = 0; // see kill()
+    this.kills = 0; // KILL transitions taken (summed over everything explored)
+    if (this.death && !(this.death.thread >= 0 && this.death.thread < this.nThreads)) throw new Error(`[${scn.name}] death.thread ${this.death.thread}`);
     this.bits = scn.bits ?? scn.threads.map((_, t) => t);
     if (this.bits.length !== this.nThreads) throw new Error(`[${this.name}] ${this.bits.length} bits for ${this.nThreads} threads`);
     this.threadOfBit = new Int32Array(32).fill(-1);
@@ -129,12 +149,13 @@ export class Model {
     this.ticket = new Array(n).fill(null);
     this.early = new Int8Array(n);         // 1: the place comes from a load (just before ticket[id])
     this.status = new Int8Array(n);        // 0 pending, 1 admitted, 2 released
-    this.hist = Array.from({ length: this.nThreads }, () => []);
-    this.ghost = Array.from({ length: this.nThreads }, () => []);
-    this.rm = Array.from({ length: this.nThreads }, () => new ReplayMem());
+    this.hist = Array.from({ length: this.nRun }, () => []);
+    this.ghost = Array.from({ length: this.nRun }, () => []);
+    this.rm = Array.from({ length: this.nRun }, () => new ReplayMem());
     this.programs = this.threadReqs.map((list, w) => this.makeProgram(w, list));
-    this.next = []; // per thread: [kind, addr, v, w] or null when finished
-    for (let t = 0; t < this.nThreads; t++) this.next.push(this.peek(t));
+    if (this.death) this.programs.push(this.makeReaper());
+    this.next = []; // per model thread: [kind, addr, v, w] or null when finished
+    for (let t = 0; t < this.nRun; t++) this.next.push(this.peek(t));
     this.parks = 0; this.fulls = 0; this.blocks = 0;
     // Per thread: PARKs after FULL completed (woken), and exchanges of the table-level waiter
     // mask that handed that thread's bit to a releaser (summed over everything explored).
@@ -142,22 +163,33 @@ export class Model {
     this.fullWakes = new Array(this.nThreads).fill(0);
   }
 
+  /** Rings every participant in `mask` through `mem` (its doorbell word); `who` names the ringer in a failure. */
+  ring(mem, mask, who) {
+    const all = mask;
+    for (let b = 0; mask !== 0; b++, mask >>>= 1) {
+      if ((mask & 1) === 0) continue;
+      const t = this.threadOfBit[b];
+      if (t < 0) this.fail('stray wake', `${who} was handed wake mask 0x${(all >>> 0).toString(16)}: bit ${b} belongs to no participant`);
+      mem.op(OR, this.doorbell + t, 1, 0);
+    }
+  }
+
+  /** The dead participant's teardown (see the scenario's `death`). */
+  makeReaper() {
+    const { capacity } = this, d = this.death.thread, bit = this.bits[d];
+    let others = 0;
+    if (this.death.wakeOthers) for (let t = 0; t < this.nThreads; t++) if (t !== d) others |= 1 << this.bits[t];
+    return (mem) => this.ring(mem, this.teardown(mem, capacity, bit, others), `the reaper of participant ${bit}`);
+  }
+
   makeProgram(w, list) {
-    const { Table, capacity, doorbell, threadOfBit } = this;
+    const { Table, capacity, doorbell } = this;
     const bit = this.bits[w];
     return (mem) => {
       // One instance per participant (and per replay): its private caches are this thread's alone.
       const table = new Table(mem, capacity);
       this.instances[w] = table;
-      const ring = (mask) => {
-        const all = mask;
-        for (let b = 0; mask !== 0; b++, mask >>>= 1) {
-          if ((mask & 1) === 0) continue;
-          const t = threadOfBit[b];
-          if (t < 0) this.fail('stray wake', `participant ${bit} was handed wake mask 0x${(all >>> 0).toString(16)}: bit ${b} belongs to no participant`);
-          mem.op(OR, doorbell + t, 1, 0);
-        }
-      };
+      const ring = (mask) => this.ring(mem, mask, `participant ${bit}`);
       for (let qi = 0; qi < list.length; qi++) {
         const q = list[qi];
         let h;
@@ -206,7 +238,44 @@ export class Model {
 
   enabled(t) {
     const op = this.next[t];
+    if (t === this.reaper && !this.dead) return false;
     return op !== null && (op[0] !== PARK || this.mem[op[1]] !== 0);
+  }
+
+  /** The death can still happen: the dying thread has not died and not finished. */
+  canKill() { return this.death !== null && !this.dead && this.next[this.death.thread] !== null; }
+
+  /** The dying thread dies before its next op. Returns an undo record. */
+  kill() {
+    const t = this.death.thread, op = this.next[t];
+    const was = this.threadReqs[t].map((q) => this.status[q.id]);
+    for (const q of this.threadReqs[t]) this.status[q.id] = 2;
+    // What the teardown must leave in serialisingInFlight: the dead thread's net count, less one
+    // per published (RANGED/ACTIVE) serialising entry it still owns (releaseOwned() subtracts
+    // those): 1 if it died inside its serialising window, else 0.
+    let net = 0;
+    for (let i = 0; i < this.trace.length; i += 3) {
+      const o = this.trace[i + 1];
+      if (this.trace[i] === t && o[1] === H_SER_IN_FLIGHT && (o[0] === ADD || o[0] === SUB)) net += o[0] === ADD ? o[2] : -o[2];
+    }
+    for (let s = 0; s < this.capacity; s++) {
+      const st = this.mem[HEADER_WORDS + s * SLOT_WORDS + S_STATE];
+      if ((st & ST_MASK) >= 2 /* RANGED or ACTIVE */ && (st & SER_BIT) !== 0 && ((st >>> OWNER_SHIFT) & OWNER_MASK) === this.bits[t]) net--;
+    }
+    this.serResidue = net;
+    this.dead = true;
+    this.kills++;
+    this.next[t] = null;
+    this.trace.push(t, [KILL, 0, 0, 0], 0);
+    return { t, op, was };
+  }
+
+  unkill(u) {
+    this.trace.length -= 3;
+    this.next[u.t] = u.op;
+    this.dead = false;
+    this.serResidue = 0;
+    this.threadReqs[u.t].forEach((q, i) => { this.status[q.id] = u.was[i]; });
   }
 
   /**
@@ -349,7 +418,11 @@ export class Model {
     }
   }
 
-  done() { return this.next.every((op) => op === null); }
+  /** Every thread finished (or died), and a death's teardown ran. */
+  done() {
+    for (let t = 0; t < this.nThreads; t++) if (this.next[t] !== null) return false;
+    return !this.dead || this.next[this.reaper] === null;
+  }
 
   /** Checks at a final state: every request ran, the table is empty again. */
   checkFinal() {
@@ -357,7 +430,11 @@ export class Model {
     const m = this.mem;
     let inFlight = 0;
     for (let p = 0; p < MAX_WORKERS; p++) inFlight += m[H_PART + p * H_PART_WORDS + P_IN_FLIGHT];
-    if (m[H_SER_IN_FLIGHT] !== 0 || inFlight !== 0) this.fail('counters', `serialisingInFlight ${m[H_SER_IN_FLIGHT]} inFlight ${inFlight} at the end`);
+    // A participant that died between entering the serialising count and publishing its range,
+    // or between freeing its slot and leaving the count, leaves it one high (releaseOwned()):
+    // exactly what kill() worked out from its own ops and entries, nothing else.
+    const serLeft = m[H_SER_IN_FLIGHT];
+    if (serLeft !== (this.dead ? this.serResidue : 0) || inFlight !== 0) this.fail('counters', `serialisingInFlight ${serLeft} inFlight ${inFlight} at the end`);
     for (let s = 0; s < this.capacity; s++) {
       if ((m[HEADER_WORDS + s * SLOT_WORDS + S_STATE] & ST_MASK) !== ST_FREE) this.fail('leak', `slot ${s} not free at the end`);
     }
@@ -367,7 +444,9 @@ export class Model {
     const m = this.mem;
     // Without the ghost words (see eager()).
     let k = `${m.subarray(0, H_PART).join(',')}|${m.subarray(HEADER_WORDS).join(',')}`;
-    for (let t = 0; t < this.nThreads; t++) {
+    if (this.death) k += this.dead ? `|dead${this.serResidue}` : '|alive';
+    for (let t = 0; t < this.nRun; t++) {
+      if (this.dead && t === this.death.thread) continue; // it runs no more: its history matters no longer
       const h = this.hist[t], g = this.ghost[t];
       const op = this.next[t];
       const cpK = op === null ? this.rm[t].finalCp : op[4];
@@ -391,7 +470,8 @@ export class Model {
     const tr = this.trace;
     for (let i = Math.max(0, tr.length - 180); i < tr.length; i += 3) {
       const [kind, a, v, w] = tr[i + 1];
-      lines.push(`  T${tr[i]} ${KIND_NAMES[kind]}(${a}${kind === STORE || kind >= ADD ? `, ${v}` : ''}${kind === CAS || kind === EVENT ? `, ${w}` : ''}) -> ${tr[i + 2]}`);
+      const who = tr[i] === this.reaper ? 'R' : `T${tr[i]}`;
+      lines.push(`  ${who} ${KIND_NAMES[kind]}(${a}${kind === STORE || (kind >= ADD && kind !== KILL) ? `, ${v}` : ''}${kind === CAS || kind === EVENT ? `, ${w}` : ''}) -> ${tr[i + 2]}`);
     }
     return lines.join('\n');
   }
@@ -419,7 +499,7 @@ export function explore(scn, { maxDepth = 5000, maxStates = Infinity } = {}) {
     if (depth > maxSeen) maxSeen = depth;
     if (depth > maxDepth) m.fail('livelock', `execution longer than ${maxDepth} steps`);
     let any = false;
-    for (let t = 0; t < m.nThreads; t++) {
+    for (let t = 0; t < m.nRun; t++) {
       if (!m.enabled(t)) continue;
       any = true;
       transitions++;
@@ -427,11 +507,16 @@ export function explore(scn, { maxDepth = 5000, maxStates = Infinity } = {}) {
       dfs(depth + 1);
       m.unstep(u);
     }
-    if (!any) {
-      if (!m.done()) {
-        const parked = m.next.map((op, t) => (op === null ? `T${t} done` : `T${t} parked on doorbell ${op[1] - m.doorbell}`)).join(', ');
-        m.fail('deadlock', `no thread can run (${parked})`);
-      }
+    if (!any && !m.done()) {
+      const parked = m.next.slice(0, m.nThreads).map((op, t) => (op === null ? `T${t} ${m.dead && t === m.death.thread ? 'dead' : 'done'}` : `T${t} parked on doorbell ${op[1] - m.doorbell}`)).join(', ');
+      m.fail('deadlock', `no thread can run (${parked})`);
+    }
+    if (m.canKill()) {
+      transitions++;
+      const u = m.kill();
+      dfs(depth + 1);
+      m.unkill(u);
+    } else if (!any) {
       finals++;
       m.checkFinal();
     }
@@ -440,7 +525,7 @@ export function explore(scn, { maxDepth = 5000, maxStates = Infinity } = {}) {
   dfs(0);
   return {
     name: scn.name, states, transitions, finals, maxDepth: maxSeen, parks: m.parks, ms: Math.round(performance.now() - t0),
-    bits: m.bits, fullParks: m.fullParks, fullWakes: m.fullWakes, instances: m.instances,
+    bits: m.bits, fullParks: m.fullParks, fullWakes: m.fullWakes, instances: m.instances, kills: m.kills,
   };
 }
 
@@ -470,19 +555,25 @@ export function pctRun(scn, seed, { d = 3, k = 600, maxSteps = 20000 } = {}) {
   for (let i = n - 1; i > 0; i--) { const j = Math.floor(r() * (i + 1)); [prio[i], prio[j]] = [prio[j], prio[i]]; }
   const change = new Map();
   for (let i = 1; i < d; i++) change.set(Math.floor(r() * k), d - i);
-  let steps = 0;
+  // With a death: the step at which it happens (if the thread is still running then), and the
+  // reaper's priority (the highest: the teardown runs as soon as the thread is gone).
+  const killAt = m.death ? Math.floor(r() * k) : -1;
+  if (m.death) prio.push(d + n);
+  const runnable = m.nRun;
+  let steps = 0, died = false;
   for (;;) {
+    if (steps === killAt && m.canKill()) { m.kill(); died = true; }
     let best = -1;
-    for (let t = 0; t < n; t++) if (m.enabled(t) && (best < 0 || prio[t] > prio[best])) best = t;
+    for (let t = 0; t < runnable; t++) if (m.enabled(t) && (best < 0 || prio[t] > prio[best])) best = t;
     if (best < 0) {
       if (!m.done()) m.fail('deadlock', 'no thread can run');
       m.checkFinal();
-      return { steps, parks: m.parks, fullParks: m.fullParks, fullWakes: m.fullWakes };
+      return { steps, parks: m.parks, fullParks: m.fullParks, fullWakes: m.fullWakes, died };
     }
     if (change.has(steps)) {
       prio[best] = change.get(steps);
       best = -1;
-      for (let t = 0; t < n; t++) if (m.enabled(t) && (best < 0 || prio[t] > prio[best])) best = t;
+      for (let t = 0; t < runnable; t++) if (m.enabled(t) && (best < 0 || prio[t] > prio[best])) best = t;
     }
     m.step(best);
     if (++steps > maxSteps) m.fail('livelock', `execution longer than ${maxSteps} steps`);
