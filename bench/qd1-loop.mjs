@@ -25,7 +25,8 @@ const runtime = Number(o.runtime), repeat = Number(o.repeat);
 if (!(runtime > 0 && runtime <= 600)) throw new Error(`--runtime ${o.runtime}: give seconds above 0, at most 600`);
 if (!(Number.isInteger(repeat) && repeat >= 1 && repeat <= 100)) throw new Error(`--repeat ${o.repeat}: give a whole number from 1 to 100`);
 const SIZE = 256 << 20;
-const tmp = o.file ? null : mkdtempSync('/var/tmp/ringfence-qd1-');
+// The data file (unless --file) and the C loop's binary live here; removed at the end.
+const tmp = mkdtempSync('/var/tmp/ringfence-qd1-');
 const file = o.file ?? join(tmp, 'data.raw');
 
 async function engineLoop() {
@@ -49,7 +50,7 @@ try {
   if (!o.file) { process.stderr.write(`preparing ${file}\n`); prepareDataFile(file, SIZE, true); }
   let bin = null;
   if (!o['engine-only']) {
-    bin = join(tmp ?? mkdtempSync('/var/tmp/ringfence-qd1-'), 'qd1-loop');
+    bin = join(tmp, 'qd1-loop');
     const src = join(fileURLToPath(new URL('.', import.meta.url)), 'qd1-loop.c');
     try { execFileSync('gcc', ['-O2', src, '-o', bin, '-luring'], { stdio: 'inherit' }); }
     catch { throw new Error('building bench/qd1-loop.c failed: it needs gcc and liburing-dev (scripts/setup.sh installs them)'); }
@@ -59,5 +60,5 @@ try {
     if (bin) for (const m of ['A', 'B', 'C']) console.log(`round ${r}/${repeat}: ${execFileSync(bin, [m, file, String(runtime)], { encoding: 'utf8' }).trim()}`);
   }
 } finally {
-  if (tmp) rmSync(tmp, { recursive: true, force: true });
+  rmSync(tmp, { recursive: true, force: true });
 }

@@ -14,7 +14,7 @@
 // at every atomic operation, with undo (restore one word, pop one result).
 
 import { FULL, ADMITTED, TrackedTable, H_SER_IN_FLIGHT, H_PART, H_PART_WORDS, P_IN_FLIGHT, H_TICKET, H_FULL_WAITERS, HEADER_WORDS, SLOT_WORDS,
-  S_STATE, S_TICKET, S_START_HI, S_START_LO, S_END_HI, S_END_LO, ST_MASK, ST_FREE, ST_ACTIVE, SER_BIT, OWNER_SHIFT, OWNER_MASK, MAX_WORKERS,
+  S_STATE, S_TICKET, S_START_HI, S_START_LO, S_END_HI, S_END_LO, ST_MASK, ST_FREE, ST_RANGED, ST_ACTIVE, SER_BIT, OWNER_SHIFT, OWNER_MASK, MAX_WORKERS,
   GEN_SHIFT, GEN_MASK, SLOT_BITS, SLOT_MASK, releaseOwned }
   from '../../dist/src/table.js';
 
@@ -260,7 +260,7 @@ export class Model {
     }
     for (let s = 0; s < this.capacity; s++) {
       const st = this.mem[HEADER_WORDS + s * SLOT_WORDS + S_STATE];
-      if ((st & ST_MASK) >= 2 /* RANGED or ACTIVE */ && (st & SER_BIT) !== 0 && ((st >>> OWNER_SHIFT) & OWNER_MASK) === this.bits[t]) net--;
+      if ((st & ST_MASK) >= ST_RANGED /* or ACTIVE */ && (st & SER_BIT) !== 0 && ((st >>> OWNER_SHIFT) & OWNER_MASK) === this.bits[t]) net--;
     }
     this.serResidue = net;
     this.dead = true;
