@@ -17,6 +17,7 @@ import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { Engine, File, serveNbd } from '../dist/src/index.js';
 import { prepareDataFile } from '../dist/src/bench/data.js';
+import { fioTime } from '../dist/src/bench/fio-time.js';
 import { waitForSocket } from '../dist/src/bench/nbd.js';
 import { haveCommand, parseSize } from '../dist/src/volume.js';
 
@@ -39,7 +40,7 @@ const log = (s) => process.stderr.write(`[${new Date().toISOString().slice(11, 1
 /** fio's JSON for one job: IOPS and latency (us) of its reads or writes. */
 function fio(args) {
   return new Promise((res, rej) => {
-    execFile('fio', [...args, `--rw=${rw}`, '--bs=4k', '--iodepth=1', `--size=${size}`, '--time_based', `--runtime=${runtime}`, '--ramp_time=0.5', '--output-format=json'],
+    execFile('fio', [...args, `--rw=${rw}`, '--bs=4k', '--iodepth=1', `--size=${size}`, '--time_based', `--runtime=${fioTime(runtime)}`, `--ramp_time=${fioTime(0.5)}`, '--output-format=json'],
       { timeout: (runtime + 30) * 1000, maxBuffer: 16 << 20, encoding: 'utf8' }, (err, stdout, stderr) => {
         try {
           const d = JSON.parse(stdout.slice(stdout.indexOf('{'))).jobs[0][op];

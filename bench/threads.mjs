@@ -32,6 +32,7 @@ import { join } from 'node:path';
 import { makeXfsVolume, tempVolume, dirVolume, isRoot, haveCommand, parseSize } from '../dist/src/volume.js';
 import { atExit } from '../dist/src/cleanup.js';
 import { prepareDataFile } from '../dist/src/bench/data.js';
+import { fioTime } from '../dist/src/bench/fio-time.js';
 import { Tracer, schedReport, tracefsUnavailable } from '../dist/src/bench/tracefs.js';
 import { BS, engineCounters, readLoops, setup, teardown, threadId, wallNow } from './threads-worker.mjs';
 
@@ -298,7 +299,7 @@ async function runFio(c, paths, seconds) {
     '--group_reporting', `--size=${blocks * BS}`, '--norandommap', '--randrepeat=0', '--time_based',
     // Half a second longer than counted here, so that fio is still running when its CPU is sampled.
     `--runtime=${Math.round((seconds + 0.5) * 1000)}ms`,
-    `--ramp_time=${ramp}`, '--output-format=json'];
+    `--ramp_time=${fioTime(ramp)}`, '--output-format=json'];
   const child = spawn('fio', argv, { stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '', err = '';
   child.stdout.on('data', (d) => { out += d; });

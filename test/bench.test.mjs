@@ -42,6 +42,31 @@ test('bench rejects bad arguments with exit 2 and says what to do', () => {
   assert.match(r.stderr, /--rw: unknown workload "sideways" \(use read, write, randread, randwrite, randrw\)/);
 });
 
+// fio reads a bare number of seconds as whole seconds and drops the fraction silently: the NBD
+// bench's `--ramp_time=0.5` was no ramp at all, and `--runtime 1.5` ran for one second.
+(have('fio') ? test : test.skip)('fio gets durations it reads exactly: a 1.5 s run after a 0.5 s ramp runs 1.5 s, not 1', async () => {
+  const { fioTime } = await import('../dist/src/bench/fio-time.js');
+  assert.is(fioTime(0.5), '500ms');
+  assert.throws(() => fioTime(-1), /not a duration/);
+  // The null engine at a capped rate: no file, little CPU.
+  const r = spawnSync('fio', ['--name=t', '--ioengine=null', '--size=1G', '--rw=read', '--bs=4k', '--rate_iops=2000', '--time_based',
+    `--runtime=${fioTime(1.5)}`, `--ramp_time=${fioTime(0.5)}`, '--output-format=json'], { encoding: 'utf8', timeout: 30_000 });
+  assert.is(r.status, 0, r.stderr);
+  const j = JSON.parse(r.stdout.slice(r.stdout.indexOf('{'))).jobs[0];
+  assert.ok(j.job_runtime >= 1400 && j.job_runtime <= 1800, `measured for 1.5 s after the ramp, got ${j.job_runtime} ms`);
+  assert.ok(j.elapsed >= 2, `the ramp ran too (elapsed ${j.elapsed} s)`);
+});
+
+test('bench --warmup: only with --nbd, and 0 or 1 to 600 seconds; refused before any work', () => {
+  let r = spawnSync(process.execPath, [cli, 'bench', '--dir', scratch.dir, '--warmup', '2'], { encoding: 'utf8', timeout: 30_000 });
+  assert.is(r.status, 2, r.stderr);
+  assert.match(r.stderr, /--warmup 2: the warm-up of freshly started NBD servers applies only with --nbd; drop it/);
+  r = spawnSync(process.execPath, [cli, 'bench', '--nbd', '--dir', scratch.dir, '--warmup', '0.5'], { encoding: 'utf8', timeout: 30_000 });
+  assert.is(r.status, 2, r.stderr);
+  assert.match(r.stderr, /--warmup 0.5: give 0 \(no warm-up\) or seconds from 1 to 600/);
+  assert.not.match(r.stderr, /preparing|round/, 'nothing was started');
+});
+
 test('bench --nbd refuses the flags it would ignore (its jobs are fixed), naming them, before any work', () => {
   const r = spawnSync(process.execPath, [cli, 'bench', '--nbd', '--dir', scratch.dir, '--rw', 'randread', '--qd', '1', '--no-direct'], { encoding: 'utf8', timeout: 30_000 });
   assert.is(r.status, 2, r.stderr);
@@ -52,11 +77,12 @@ test('bench --nbd refuses the flags it would ignore (its jobs are fixed), naming
 // bench --nbd: our server and qemu-nbd driven by the same fio nbd jobs; needs fio and qemu-nbd
 // (installed by scripts/setup.sh), otherwise reported as skipped.
 const nbdPeers = have('fio') && have('qemu-nbd');
-(nbdPeers ? test : test.skip)('bench --nbd: ringfence serve and qemu-nbd in one run; the report has ratios and the QD1 latencies', () => {
-  const r = spawnSync(process.execPath, [cli, 'bench', '--nbd', '--dir', scratch.dir, '--size', '16M', '--runtime', '1', '--repeat', '1',
-    '--engines', 'ringfence,qemu-nbd io_uring'], { encoding: 'utf8', timeout: 180_000 });
+(nbdPeers ? test : test.skip)('bench --nbd: ringfence serve and qemu-nbd in one run; the report has ratios, same-round ratios and the QD1 latencies', () => {
+  const r = spawnSync(process.execPath, [cli, 'bench', '--nbd', '--dir', scratch.dir, '--size', '16M', '--runtime', '1', '--repeat', '2',
+    '--warmup', '1', '--engines', 'ringfence,qemu-nbd io_uring'], { encoding: 'utf8', timeout: 180_000 });
   assert.is(r.status, 0, r.stderr);
   const lines = r.stdout.split('\n');
+  assert.match(r.stdout, /each server warmed up for 1s after it starts/, 'the report says how the servers were warmed up');
   for (const job of ['4k randread QD1', '4k randread QD32', '4k randwrite QD1', '4k randwrite QD32', '1M read QD8']) {
     const row = lines.find((l) => l.startsWith(job + ' '));
     assert.ok(row, `a row for ${job}:\n${r.stdout}`);
@@ -64,8 +90,18 @@ const nbdPeers = have('fio') && have('qemu-nbd');
   }
   const at = lines.findIndex((l) => l.startsWith('QD1 completion latency'));
   assert.ok(at > 0, `the QD1 latency section:\n${r.stdout}`);
-  const lat = lines.slice(at + 1).filter((l) => /QD1/.test(l));
+  const end = lines.findIndex((l, i) => i > at && l === '');
+  const lat = lines.slice(at + 1, end < 0 ? undefined : end).filter((l) => /QD1/.test(l));
   assert.is(lat.length, 4, 'two QD1 jobs x two servers');
+  // The same-round ratios: one line per job against the peer, two rounds each, median in front.
+  const rr = lines.slice(lines.findIndex((l) => l.startsWith('ringfence / peer in the same round')) + 1).filter((l) => / vs qemu-nbd io_uring /.test(l));
+  assert.is(rr.length, 5, `a same-round line per job:\n${r.stdout}`);
+  for (const l of rr) {
+    const m = /(\d+\.\d\d)x \((\d+\.\d\d), (\d+\.\d\d)\)$/.exec(l);
+    assert.ok(m, `median and two rounds: ${l}`);
+    const [med, a, b] = m.slice(1).map(Number);
+    assert.ok(Math.abs(med - (a + b) / 2) <= 0.01, `the median of two rounds is their mean: ${l}`);
+  }
   for (const l of lat) {
     const [p50, p90, p99, mean] = l.split('/').map((x) => Number(x.trim().split(/\s+/).pop()));
     assert.ok(p50 > 0 && p90 >= p50 && p99 >= p90 && mean > 0, `latencies in order: ${l}`);

@@ -12,7 +12,7 @@ import { atExit, haveCommand, isRoot, reportDeadRuns } from '../cleanup.js';
 import { checkVolumeFlags, defaultVolume, dirVolume, makeXfsVolume, parseSize, tempVolumeBase, xfsFreeEstimate, type Volume } from '../volume.js';
 import { prepareDataFile } from './data.js';
 import { RW_VALUES, fio, nodeFs, nodeFsUring, qemuImg, ringfenceBatch, ringfencePerRequest, type BenchEngine, type Job, type Result, type Rw } from './engines.js';
-import { nbdBenchCommand } from './nbd.js';
+import { nbdBenchCommand, NBD_WARMUP_S } from './nbd.js';
 
 export interface BenchOptions {
   rw: Rw[]; bs: number; qd: number[]; workers: number; backend: BackendChoice; direct: boolean; size: number; runtime: number; pollUs: number;
@@ -45,7 +45,7 @@ export const BENCH_LIMITS = {
 
 interface RawBench {
   rw: string; bs: string; qd: string; workers?: string; backend?: string; direct?: boolean; size: string; runtime: string; pollUs?: string;
-  repeat: string; engines?: string; file?: string; xfs?: string; dir?: string; json?: boolean; chart?: string;
+  repeat: string; engines?: string; file?: string; xfs?: string; dir?: string; json?: boolean; chart?: string; warmup?: string;
 }
 
 /** Free bytes in `dir` (statfs), or Infinity when it cannot be told. */
@@ -76,6 +76,7 @@ export function checkBenchFlags(o: RawBench): BenchOptions {
   if (bs * Math.max(...qd) > L.bufferBytes) {
     throw new UsageError(`--bs ${o.bs} with --qd ${Math.max(...qd)} needs ${formatSize(bs * Math.max(...qd))} of I/O buffers at once, more than ${formatSize(L.bufferBytes)}: lower --bs or the largest --qd`);
   }
+  if (o.warmup !== undefined) throw new UsageError(`--warmup ${o.warmup}: the warm-up of freshly started NBD servers applies only with --nbd; drop it`);
   exclusive({ '--file': o.file, '--xfs': o.xfs, '--dir': o.dir });
   const need = { bytes: size, what: `the data file (--size ${o.size})` };
   let file: string | undefined;
@@ -118,7 +119,8 @@ export function registerBench(program: Command): void {
     .option('--dir <path>', 'put the data file in this existing, writable directory')
     .option('--json', 'print one JSON object instead of the table')
     .option('--chart <file.svg>', 'draw IOPS and p99 latency against queue depth per engine (the directory must exist and be writable)')
-    .option('--nbd', 'NBD servers instead: ringfence serve, qemu-nbd (io_uring, native), nbdkit file, each driven by fio\'s nbd engine (uses --size, --runtime, --repeat, --file, --dir, --json)')
+    .option('--nbd', 'NBD servers instead: ringfence serve, qemu-nbd (io_uring, native), nbdkit file, each driven by fio\'s nbd engine (uses --size, --runtime, --repeat, --warmup, --file, --dir, --json)')
+    .option('--warmup <seconds>', `with --nbd: drive each freshly started server this long (4k randrw, QD1 then QD32) before its measured jobs; 0 measures it cold (default ${NBD_WARMUP_S})`)
     .addHelpText('after', `
 Examples:
   ringfence bench --xfs 2G --rw randread,randwrite --qd 1,32 --json --chart perf.svg
@@ -135,10 +137,10 @@ Every flag is checked before anything is created: a bad value exits 2 with a mes
         const ignored = NBD_IGNORES.filter(([key]) => cmd.getOptionValueSource(key) === 'cli').map(([, flag]) => flag);
         if (ignored.length > 0) {
           throw new UsageError(`${ignored.join(', ')} ${ignored.length > 1 ? 'do' : 'does'} not apply with --nbd, which runs fixed fio jobs ` +
-            '(4k randread and randwrite at QD1 and QD32, 1M sequential read at QD8) and uses only --size, --runtime, --repeat, --engines, --file, --dir and --json: drop ' +
+            '(4k randread and randwrite at QD1 and QD32, 1M sequential read at QD8) and uses only --size, --runtime, --repeat, --warmup, --engines, --file, --dir and --json: drop ' +
             (ignored.length > 1 ? 'them' : 'it'));
         }
-        checkBenchFlags({ ...o, engines: undefined });
+        checkBenchFlags({ ...o, engines: undefined, warmup: undefined });
         return nbdBenchCommand(o, parseSize, (msg: string): never => { throw new UsageError(msg); });
       }
       let opts: BenchOptions;

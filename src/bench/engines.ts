@@ -6,6 +6,7 @@ import type { Histogram } from 'hdr-histogram-js';
 import { Engine } from '../engine.js';
 import type { File } from '../file.js';
 import { haveCommand } from '../volume.js';
+import { fioTime } from './fio-time.js';
 
 export type Rw = 'read' | 'write' | 'randread' | 'randwrite' | 'randrw';
 export const RW_VALUES: readonly Rw[] = ['read', 'write', 'randread', 'randwrite', 'randrw'];
@@ -231,7 +232,7 @@ export function fio(ioengine: 'io_uring' | 'libaio', fixed = false): BenchEngine
         '--name=bench', `--filename=${job.path}`, `--size=${job.size}`, `--rw=${job.rw}`, `--bs=${job.bs}`, `--ioengine=${ioengine}`,
         // Engine options must follow --ioengine.
         ...(fixed ? ['--fixedbufs', '--registerfiles'] : []),
-        `--direct=${job.direct ? 1 : 0}`, `--iodepth=${job.qd}`, `--runtime=${job.seconds}`, '--time_based', '--output-format=json',
+        `--direct=${job.direct ? 1 : 0}`, `--iodepth=${job.qd}`, `--runtime=${fioTime(job.seconds)}`, '--time_based', '--output-format=json',
         // Total latency (submission to completion), like the other engines' figures: fio's
         // default percentiles are completion latency only, which excludes the submit call.
         '--percentile_list=50:99:99.9', '--lat_percentiles=1', '--randrepeat=0', '--norandommap',

@@ -1,7 +1,9 @@
 // `ringfence bench --nbd`: one data file served in turn by `ringfence serve`, qemu-nbd
 // (--cache=none, --aio=io_uring and --aio=native) and nbdkit's file plugin, each on a Unix
 // socket, each driven by the same fio nbd-engine jobs. Rounds are interleaved (every server
-// once per round) and the best round per server and job is kept: the machine may be shared.
+// once per round). Each server, once started, is warmed up (NBD_WARMUP_JOBS) before its measured
+// jobs. The best round per server and job is kept (the machine may be shared), and so is, per
+// job, ringfence's ratio to each qemu-nbd peer round by round, whose median is the steadier figure.
 import { spawn, execFile, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync, statSync } from 'node:fs';
 import { join, resolve, dirname } from 'node:path';
@@ -9,8 +11,9 @@ import { release } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { haveCommand } from '../volume.js';
 import { prepareDataFile } from './data.js';
+import { fioTime } from './fio-time.js';
 
-export interface NbdJob { name: string; rw: 'randread' | 'randwrite' | 'read'; bs: number; qd: number }
+export interface NbdJob { name: string; rw: 'randread' | 'randwrite' | 'read' | 'randrw'; bs: number; qd: number }
 export const NBD_JOBS: NbdJob[] = [
   { name: '4k randread QD1', rw: 'randread', bs: 4096, qd: 1 },
   { name: '4k randread QD32', rw: 'randread', bs: 4096, qd: 32 },
@@ -31,17 +34,50 @@ export const NBD_SERVERS: readonly NbdServerSpec[] = [
   { name: 'nbdkit file', need: 'nbdkit', start: (f, s) => spawn('nbdkit', ['-f', '-U', s, 'file', f], { stdio: ['ignore', 'ignore', 'pipe'] }) },
 ];
 
-export interface NbdBenchOptions { size: number; runtime: number; repeat: number; file?: string; dir?: string; json: boolean; servers?: string[] }
+export interface NbdBenchOptions {
+  size: number; runtime: number; repeat: number; file?: string; dir?: string; json: boolean; servers?: string[];
+  /** Seconds each freshly started server is driven before its measured jobs (0: measured cold). */
+  warmup: number;
+}
+
+/**
+ * The warm-up, run on every server after it starts and before its measured jobs, the same for
+ * each: half of `warmup` seconds of 4 KiB random reads and writes at QD1, half at QD32. A server
+ * written in JavaScript runs its first few thousand requests before V8 has compiled its hot path
+ * (a fresh `ringfence serve` does about 3k IOPS at QD1 in its first half second, against 7k to 8k
+ * from its second second on); a C server has no such phase. Without the warm-up the first
+ * measured job (4k randread QD1) would time that start-up; `--warmup 0` measures it.
+ */
+/**
+ * Seconds at the start of each fio job that are not measured: the connection is new (the
+ * server's per-connection code paths warm up; fio's own start-up).
+ */
+export const NBD_RAMP_S = 0.5;
+
+/** The default of `--warmup`, seconds. */
+export const NBD_WARMUP_S = 2;
+
+export const NBD_WARMUP_JOBS: NbdJob[] = [
+  { name: 'warm-up 4k randrw QD1', rw: 'randrw', bs: 4096, qd: 1 },
+  { name: 'warm-up 4k randrw QD32', rw: 'randrw', bs: 4096, qd: 32 },
+];
 /** One fio job against one server (its best round); latencies are fio's completion latency (clat), in us. */
 export interface NbdResult { server: string; job: string; iops: number; mibs: number; p50us: number; p90us: number; p99us: number; meanUs: number }
 export interface NbdReport {
   date: string; kernel: string; node: string; file: string; options: NbdBenchOptions;
   results: NbdResult[]; skipped: { server: string; why: string }[];
+  /**
+   * ringfence's IOPS over each peer's in the same round, per job, in round order (a round that
+   * either server missed is left out). The device's speed on this kind of VM moves by 10-20%
+   * over minutes, and "best of N" can pair one server's fast phase with the other's slow one;
+   * the median of these same-round ratios is the steadier figure.
+   */
+  roundRatios: { job: string; peer: string; ratios: number[]; median: number }[];
 }
 
 function fioJob(job: NbdJob, uri: string, size: number, seconds: number): Promise<NbdResult & { error?: string }> {
   const args = ['--name=nbd', '--ioengine=nbd', `--uri=${uri}`, `--rw=${job.rw}`, `--bs=${job.bs}`, `--iodepth=${job.qd}`, `--size=${size}`,
-    '--time_based', `--runtime=${seconds}`, '--ramp_time=0.5', '--output-format=json'];
+    '--time_based', `--runtime=${fioTime(seconds)}`, `--ramp_time=${fioTime(NBD_RAMP_S)}`, '--output-format=json'];
   return new Promise((res) => {
     execFile('fio', args, { timeout: (seconds + 30) * 1000, maxBuffer: 16 << 20, encoding: 'utf8' }, (err, stdout, stderr) => {
       try {
@@ -80,13 +116,15 @@ export async function runNbdBench(o: NbdBenchOptions, progress: (s: string) => v
   if (!haveCommand('fio')) throw new Error('--nbd needs fio (with its nbd engine): apt-get install fio');
   const tmp = mkdtempSync(join(o.dir ?? '/var/tmp', 'ringfence-nbd-bench-'));
   const file = o.file ? resolve(o.file) : join(tmp, 'data.raw');
-  const report: NbdReport = { date: new Date().toISOString(), kernel: release(), node: process.version, file, options: o, results: [], skipped: [] };
+  const report: NbdReport = { date: new Date().toISOString(), kernel: release(), node: process.version, file, options: o, results: [], skipped: [], roundRatios: [] };
   const servers = NBD_SERVERS.filter((s) => !o.servers || o.servers.includes(s.name));
   try {
     const fresh = !existsSync(file) || statSync(file).size < o.size;
     progress(`${fresh ? 'preparing' : 'warming up'} ${o.size >> 20} MiB data file ${file}\n`);
     prepareDataFile(file, o.size, fresh);
     const best = new Map<string, NbdResult>();
+    /** Per server and job: IOPS of each round (NaN where that round failed). */
+    const byRound = new Map<string, number[]>();
     const usable = servers.filter((s) => {
       if (s.need === 'node' || haveCommand(s.need)) return true;
       report.skipped.push({ server: s.name, why: `${s.need} is not installed` });
@@ -104,6 +142,13 @@ export async function runNbdBench(o: NbdBenchOptions, progress: (s: string) => v
         try {
           await waitForSocket(sock, child, 20000);
           const uri = `nbd+unix:///?socket=${sock}`;
+          if (o.warmup > 0) {
+            for (const job of NBD_WARMUP_JOBS) {
+              progress(`\r[${step}/${total}] ${s.name.padEnd(18)} ${job.name.padEnd(22)} round ${round + 1}/${o.repeat}   `);
+              const r = await fioJob(job, uri, o.size, o.warmup / NBD_WARMUP_JOBS.length);
+              if (r.error !== undefined) throw new Error(`${job.name}: ${r.error}`);
+            }
+          }
           for (const job of NBD_JOBS) {
             step++;
             progress(`\r[${step}/${total}] ${s.name.padEnd(18)} ${job.name.padEnd(18)} round ${round + 1}/${o.repeat}   `);
@@ -115,6 +160,8 @@ export async function runNbdBench(o: NbdBenchOptions, progress: (s: string) => v
             r.server = s.name;
             const key = `${s.name}\0${job.name}`;
             if (!best.has(key) || best.get(key)!.iops < r.iops) best.set(key, r);
+            if (!byRound.has(key)) byRound.set(key, Array<number>(o.repeat).fill(NaN));
+            byRound.get(key)![round] = r.iops;
           }
         } catch (err) {
           if (round === 0) report.skipped.push({ server: s.name, why: `${(err as Error).message} ${stderr.slice(0, 300)}` });
@@ -126,10 +173,25 @@ export async function runNbdBench(o: NbdBenchOptions, progress: (s: string) => v
     }
     progress('\r' + ' '.repeat(80) + '\r');
     for (const job of NBD_JOBS) for (const s of servers) { const r = best.get(`${s.name}\0${job.name}`); if (r) report.results.push(r); }
+    for (const job of NBD_JOBS) {
+      const mine = byRound.get(`ringfence\0${job.name}`);
+      for (const s of servers) {
+        const theirs = byRound.get(`${s.name}\0${job.name}`);
+        // Against the qemu-nbd peers only: nbdkit's file plugin serves from the page cache.
+        if (!s.name.startsWith('qemu-nbd') || mine === undefined || theirs === undefined) continue;
+        const ratios = mine.map((x, i) => x / theirs[i]).filter((x) => Number.isFinite(x) && x > 0);
+        if (ratios.length > 0) report.roundRatios.push({ job: job.name, peer: s.name, ratios, median: median(ratios) });
+      }
+    }
     return report;
   } finally {
     rmSync(tmp, { recursive: true, force: true });
   }
+}
+
+function median(v: number[]): number {
+  const a = [...v].sort((x, y) => x - y), h = a.length >> 1;
+  return a.length % 2 ? a[h] : (a[h - 1] + a[h]) / 2;
 }
 
 const k = (n: number): string => (n >= 1e4 ? `${(n / 1000).toFixed(1)}k` : n.toFixed(0));
@@ -138,7 +200,10 @@ export function formatNbdReport(r: NbdReport): string {
   const names = [...new Set(r.results.map((x) => x.server))];
   const out: string[] = [];
   out.push(`ringfence bench --nbd ${r.date}  kernel ${r.kernel}  node ${r.node}`);
-  out.push(`${r.file} (${r.options.size >> 20} MiB), fio nbd engine on a Unix socket, ${r.options.runtime}s per job, best of ${r.options.repeat} interleaved rounds; IOPS (MiB/s for 1M)`);
+  const warm = r.options.warmup > 0
+    ? `each server warmed up for ${r.options.warmup}s after it starts (4k randrw at QD1, then QD32)`
+    : 'no warm-up: each server\'s first job (4k randread QD1) includes its start-up';
+  out.push(`${r.file} (${r.options.size >> 20} MiB), fio nbd engine on a Unix socket, ${r.options.runtime}s per job, best of ${r.options.repeat} interleaved rounds, ${warm}; IOPS (MiB/s for 1M)`);
   out.push('');
   const head = ['job', ...names, 'vs qemu-nbd io_uring', 'vs qemu-nbd native'];
   const rows: string[][] = [head];
@@ -164,21 +229,30 @@ export function formatNbdReport(r: NbdReport): string {
       }
     }
   }
+  if (r.roundRatios.length > 0 && r.options.repeat > 1) {
+    out.push('');
+    out.push('ringfence / peer in the same round: median (each round in order)');
+    for (const x of r.roundRatios) {
+      out.push(`  ${x.job.padEnd(18)} vs ${x.peer.padEnd(18)} ${x.median.toFixed(2)}x (${x.ratios.map((v) => v.toFixed(2)).join(', ')})`);
+    }
+  }
   if (r.skipped.length) { out.push(''); for (const s of r.skipped) out.push(`skipped ${s.server}: ${s.why}`); }
   return out.join('\n') + '\n';
 }
 
 /** The `bench --nbd` action: flags already parsed by command.ts. */
-export async function nbdBenchCommand(o: { size: string; runtime: string; repeat: string; file?: string; dir?: string; json?: boolean; engines?: string },
+export async function nbdBenchCommand(o: { size: string; runtime: string; repeat: string; file?: string; dir?: string; json?: boolean; engines?: string; warmup?: string },
   parseSize: (s: string) => number, usage: (m: string) => never): Promise<void> {
   let size: number;
   try { size = parseSize(o.size); } catch (e) { usage(`--size: ${(e as Error).message}`); }
   const runtime = Number(o.runtime), repeat = Number(o.repeat);
   if (!(runtime > 0)) usage('--runtime must be a positive number of seconds');
   if (!Number.isInteger(repeat) || repeat < 1) usage('--repeat must be a positive integer');
+  const warmup = o.warmup === undefined ? NBD_WARMUP_S : Number(o.warmup);
+  if (!(warmup === 0 || (warmup >= 1 && warmup <= 600))) usage(`--warmup ${o.warmup}: give 0 (no warm-up) or seconds from 1 to 600, e.g. --warmup 2`);
   if (o.file && o.dir) usage('--file and --dir are mutually exclusive: pick one');
   const servers = o.engines ? o.engines.split(',').map((s) => s.trim()) : undefined;
   for (const s of servers ?? []) if (!NBD_SERVERS.some((x) => x.name === s)) usage(`--engines: with --nbd, use ${NBD_SERVERS.map((x) => `"${x.name}"`).join(', ')}`);
-  const report = await runNbdBench({ size, runtime, repeat, file: o.file, dir: o.dir, json: !!o.json, servers }, (s) => { if (!o.json) process.stderr.write(s); });
+  const report = await runNbdBench({ size, runtime, repeat, file: o.file, dir: o.dir, json: !!o.json, servers, warmup }, (s) => { if (!o.json) process.stderr.write(s); });
   process.stdout.write(o.json ? JSON.stringify(report, null, 2) + '\n' : formatNbdReport(report));
 }
