@@ -27,6 +27,7 @@ import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { prepareDataFile } from '../dist/src/bench/data.js';
+import { fioTime } from '../dist/src/bench/fio-time.js';
 import { NBD_SERVERS, waitForSocket } from '../dist/src/bench/nbd.js';
 import { stageReport } from '../dist/src/bench/stages.js';
 import { Tracer, tracefsUnavailable } from '../dist/src/bench/tracefs.js';
@@ -63,7 +64,7 @@ const EVENTS = [
 function fioRun(uri, seconds) {
   return new Promise((res, rej) => {
     execFile('fio', ['--name=q', '--ioengine=nbd', `--uri=${uri}`, `--rw=${o.rw}`, '--bs=4k', '--iodepth=1', `--size=${size}`,
-      '--time_based', `--runtime=${seconds}`, '--output-format=json'], { timeout: (seconds + 30) * 1000, maxBuffer: 16 << 20, encoding: 'utf8' },
+      '--time_based', `--runtime=${fioTime(seconds)}`, '--output-format=json'], { timeout: (seconds + 30) * 1000, maxBuffer: 16 << 20, encoding: 'utf8' },
     (err, stdout, stderr) => {
       try {
         const j = JSON.parse(stdout.slice(stdout.indexOf('{'))).jobs[0];

@@ -47,14 +47,19 @@ test('bench rejects bad arguments with exit 2 and says what to do', () => {
 (have('fio') ? test : test.skip)('fio gets durations it reads exactly: a 1.5 s run after a 0.5 s ramp runs 1.5 s, not 1', async () => {
   const { fioTime } = await import('../dist/src/bench/fio-time.js');
   assert.is(fioTime(0.5), '500ms');
+  assert.is(fioTime(0.0001), '1ms', 'above 0 is never 0 (fio reads a runtime of 0 as no limit)');
+  assert.is(fioTime(0), '0ms');
   assert.throws(() => fioTime(-1), /not a duration/);
   // The null engine at a capped rate: no file, little CPU.
+  const t0 = Date.now();
   const r = spawnSync('fio', ['--name=t', '--ioengine=null', '--size=1G', '--rw=read', '--bs=4k', '--rate_iops=2000', '--time_based',
     `--runtime=${fioTime(1.5)}`, `--ramp_time=${fioTime(0.5)}`, '--output-format=json'], { encoding: 'utf8', timeout: 30_000 });
+  const wall = Date.now() - t0;
   assert.is(r.status, 0, r.stderr);
   const j = JSON.parse(r.stdout.slice(r.stdout.indexOf('{'))).jobs[0];
   assert.ok(j.job_runtime >= 1400 && j.job_runtime <= 1800, `measured for 1.5 s after the ramp, got ${j.job_runtime} ms`);
-  assert.ok(j.elapsed >= 2, `the ramp ran too (elapsed ${j.elapsed} s)`);
+  // Without the ramp fio would be done after about 1.5 s.
+  assert.ok(wall >= 1950, `the 0.5 s ramp ran before the 1.5 s measured (fio took ${wall} ms)`);
 });
 
 test('bench --warmup: only with --nbd, and 0 or 1 to 600 seconds; refused before any work', () => {
@@ -65,6 +70,21 @@ test('bench --warmup: only with --nbd, and 0 or 1 to 600 seconds; refused before
   assert.is(r.status, 2, r.stderr);
   assert.match(r.stderr, /--warmup 0.5: give 0 \(no warm-up\) or seconds from 1 to 600/);
   assert.not.match(r.stderr, /preparing|round/, 'nothing was started');
+  for (const bad of ['601', '-1', '', ' ', '2s']) {
+    r = spawnSync(process.execPath, [cli, 'bench', '--nbd', '--dir', scratch.dir, '--warmup', bad], { encoding: 'utf8', timeout: 30_000 });
+    assert.is(r.status, 2, `--warmup '${bad}': ${r.stderr}`);
+    assert.match(r.stderr, /give 0 \(no warm-up\) or seconds from 1 to 600/, `--warmup '${bad}'`);
+  }
+});
+
+test('bench --nbd same-round ratios: a round either server missed is null, the median is over the rest', async () => {
+  const { sameRoundRatios } = await import('../dist/src/bench/nbd.js');
+  let x = sameRoundRatios([100, NaN, 300, 200], [100, 100, 100, NaN]);
+  assert.equal(x.ratios, [1, null, 3, null], 'positions kept: round i is ratios[i]');
+  assert.is(x.median, 2);
+  x = sameRoundRatios([90, 110, 100], [100, 100, 100]);
+  assert.is(x.median, 1, 'odd count: the middle one');
+  assert.ok(Number.isNaN(sameRoundRatios([NaN], [1]).median), 'no round: no median');
 });
 
 test('bench --nbd refuses the flags it would ignore (its jobs are fixed), naming them, before any work', () => {
@@ -77,34 +97,49 @@ test('bench --nbd refuses the flags it would ignore (its jobs are fixed), naming
 // bench --nbd: our server and qemu-nbd driven by the same fio nbd jobs; needs fio and qemu-nbd
 // (installed by scripts/setup.sh), otherwise reported as skipped.
 const nbdPeers = have('fio') && have('qemu-nbd');
-(nbdPeers ? test : test.skip)('bench --nbd: ringfence serve and qemu-nbd in one run; the report has ratios, same-round ratios and the QD1 latencies', () => {
+(nbdPeers ? test : test.skip)('bench --nbd: ringfence serve and qemu-nbd in one run, each warmed up first; the report has ratios, same-round ratios and the QD1 latencies', async () => {
   const r = spawnSync(process.execPath, [cli, 'bench', '--nbd', '--dir', scratch.dir, '--size', '16M', '--runtime', '1', '--repeat', '2',
-    '--warmup', '1', '--engines', 'ringfence,qemu-nbd io_uring'], { encoding: 'utf8', timeout: 180_000 });
+    '--warmup', '1', '--engines', 'ringfence,qemu-nbd io_uring', '--json'], { encoding: 'utf8', timeout: 180_000 });
   assert.is(r.status, 0, r.stderr);
-  const lines = r.stdout.split('\n');
-  assert.match(r.stdout, /each server warmed up for 1s after it starts/, 'the report says how the servers were warmed up');
+  const report = JSON.parse(r.stdout);
+  assert.equal(report.skipped, [], 'every server ran every round');
+  // The warm-up ran on each server in each round, both jobs, before the measured ones.
+  for (const server of ['ringfence', 'qemu-nbd io_uring']) {
+    for (const round of [1, 2]) {
+      const w = report.warmups.filter((x) => x.server === server && x.round === round);
+      assert.is(w.length, 2, `${server} round ${round} warmed up with both jobs: ${JSON.stringify(report.warmups)}`);
+      for (const x of w) assert.ok(x.iops > 0, `${server} did I/O while warming up: ${JSON.stringify(x)}`);
+    }
+  }
+  assert.is(report.roundRatios.length, 5, 'a same-round ratio per job against the one peer');
+  for (const x of report.roundRatios) {
+    assert.is(x.ratios.length, 2, 'one per round');
+    assert.ok(x.ratios.every((v) => v > 0) && x.median > 0, JSON.stringify(x));
+  }
+  const { formatNbdReport } = await import('../dist/src/bench/nbd.js');
+  const text = formatNbdReport(report);
+  const lines = text.split('\n');
+  assert.match(text, /each server warmed up for 1s after it starts/, 'the report says how the servers were warmed up');
   for (const job of ['4k randread QD1', '4k randread QD32', '4k randwrite QD1', '4k randwrite QD32', '1M read QD8']) {
     const row = lines.find((l) => l.startsWith(job + ' '));
-    assert.ok(row, `a row for ${job}:\n${r.stdout}`);
+    assert.ok(row, `a row for ${job}:\n${text}`);
     assert.match(row, /\d\.\d\dx/, `${job} has a ratio against qemu-nbd`);
   }
   const at = lines.findIndex((l) => l.startsWith('QD1 completion latency'));
-  assert.ok(at > 0, `the QD1 latency section:\n${r.stdout}`);
+  assert.ok(at > 0, `the QD1 latency section:\n${text}`);
   const end = lines.findIndex((l, i) => i > at && l === '');
   const lat = lines.slice(at + 1, end < 0 ? undefined : end).filter((l) => /QD1/.test(l));
   assert.is(lat.length, 4, 'two QD1 jobs x two servers');
-  // The same-round ratios: one line per job against the peer, two rounds each, median in front.
-  const rr = lines.slice(lines.findIndex((l) => l.startsWith('ringfence / peer in the same round')) + 1).filter((l) => / vs qemu-nbd io_uring /.test(l));
-  assert.is(rr.length, 5, `a same-round line per job:\n${r.stdout}`);
-  for (const l of rr) {
-    const m = /(\d+\.\d\d)x \((\d+\.\d\d), (\d+\.\d\d)\)$/.exec(l);
-    assert.ok(m, `median and two rounds: ${l}`);
-    const [med, a, b] = m.slice(1).map(Number);
-    assert.ok(Math.abs(med - (a + b) / 2) <= 0.01, `the median of two rounds is their mean: ${l}`);
-  }
   for (const l of lat) {
     const [p50, p90, p99, mean] = l.split('/').map((x) => Number(x.trim().split(/\s+/).pop()));
     assert.ok(p50 > 0 && p90 >= p50 && p99 >= p90 && mean > 0, `latencies in order: ${l}`);
+  }
+  // The same-round lines print what the JSON holds.
+  const rr = lines.slice(lines.findIndex((l) => l.startsWith('ringfence / peer in the same round')) + 1).filter((l) => / vs qemu-nbd io_uring /.test(l));
+  assert.is(rr.length, 5, `a same-round line per job:\n${text}`);
+  for (const [i, l] of rr.entries()) {
+    const x = report.roundRatios[i];
+    assert.ok(l.includes(`${x.median.toFixed(2)}x (${x.ratios.map((v) => v.toFixed(2)).join(', ')})`), `${l} against ${JSON.stringify(x)}`);
   }
 });
 

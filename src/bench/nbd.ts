@@ -5,7 +5,7 @@
 // jobs. The best round per server and job is kept (the machine may be shared), and so is, per
 // job, ringfence's ratio to each qemu-nbd peer round by round, whose median is the steadier figure.
 import { spawn, execFile, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync, statSync } from 'node:fs';
+import { closeSync, existsSync, fsyncSync, mkdtempSync, openSync, rmSync, statSync } from 'node:fs';
 import { join, resolve, dirname } from 'node:path';
 import { release } from 'node:os';
 import { fileURLToPath } from 'node:url';
@@ -41,15 +41,7 @@ export interface NbdBenchOptions {
 }
 
 /**
- * The warm-up, run on every server after it starts and before its measured jobs, the same for
- * each: half of `warmup` seconds of 4 KiB random reads and writes at QD1, half at QD32. A server
- * written in JavaScript runs its first few thousand requests before V8 has compiled its hot path
- * (a fresh `ringfence serve` does about 3k IOPS at QD1 in its first half second, against 7k to 8k
- * from its second second on); a C server has no such phase. Without the warm-up the first
- * measured job (4k randread QD1) would time that start-up; `--warmup 0` measures it.
- */
-/**
- * Seconds at the start of each fio job that are not measured: the connection is new (the
+ * Seconds at the start of each measured fio job that are not counted: the connection is new (the
  * server's per-connection code paths warm up; fio's own start-up).
  */
 export const NBD_RAMP_S = 0.5;
@@ -57,6 +49,14 @@ export const NBD_RAMP_S = 0.5;
 /** The default of `--warmup`, seconds. */
 export const NBD_WARMUP_S = 2;
 
+/**
+ * The warm-up, run on every server after it starts and before its measured jobs, the same for
+ * each: half of `warmup` seconds of 4 KiB random reads and writes at QD1, half at QD32, no ramp.
+ * A server written in JavaScript runs its first few thousand requests, and the first requests of
+ * each code path (the first write), before V8 has compiled them; a C server has no such phase.
+ * Without the warm-up the first measured job (4k randread QD1) times that start-up, and the
+ * first write job the write path's; `--warmup 0` measures it so.
+ */
 export const NBD_WARMUP_JOBS: NbdJob[] = [
   { name: 'warm-up 4k randrw QD1', rw: 'randrw', bs: 4096, qd: 1 },
   { name: 'warm-up 4k randrw QD32', rw: 'randrw', bs: 4096, qd: 32 },
@@ -67,17 +67,30 @@ export interface NbdReport {
   date: string; kernel: string; node: string; file: string; options: NbdBenchOptions;
   results: NbdResult[]; skipped: { server: string; why: string }[];
   /**
-   * ringfence's IOPS over each peer's in the same round, per job, in round order (a round that
-   * either server missed is left out). The device's speed on this kind of VM moves by 10-20%
+   * ringfence's IOPS over each peer's in the same round, per job, in round order (null for a
+   * round that either server missed). The device's speed on this kind of VM moves by 10-20%
    * over minutes, and "best of N" can pair one server's fast phase with the other's slow one;
    * the median of these same-round ratios is the steadier figure.
    */
-  roundRatios: { job: string; peer: string; ratios: number[]; median: number }[];
+  roundRatios: { job: string; peer: string; ratios: (number | null)[]; median: number }[];
+  /** The warm-up jobs run (not counted), per server and round. */
+  warmups: { server: string; round: number; job: string; iops: number }[];
 }
 
-function fioJob(job: NbdJob, uri: string, size: number, seconds: number): Promise<NbdResult & { error?: string }> {
+/**
+ * ringfence's IOPS over a peer's, round by round (`mine[i]`, `theirs[i]`: round i, NaN where that
+ * round failed): the ratios (null where either is missing) and the median of those present
+ * (NaN if none is).
+ */
+export function sameRoundRatios(mine: number[], theirs: number[]): { ratios: (number | null)[]; median: number } {
+  const ratios = mine.map((x, i) => { const v = x / theirs[i]; return Number.isFinite(v) && v > 0 ? v : null; });
+  const present = ratios.filter((v): v is number => v !== null);
+  return { ratios, median: present.length > 0 ? median(present) : NaN };
+}
+
+function fioJob(job: NbdJob, uri: string, size: number, seconds: number, rampS = NBD_RAMP_S): Promise<NbdResult & { error?: string }> {
   const args = ['--name=nbd', '--ioengine=nbd', `--uri=${uri}`, `--rw=${job.rw}`, `--bs=${job.bs}`, `--iodepth=${job.qd}`, `--size=${size}`,
-    '--time_based', `--runtime=${fioTime(seconds)}`, `--ramp_time=${fioTime(NBD_RAMP_S)}`, '--output-format=json'];
+    '--time_based', `--runtime=${fioTime(seconds)}`, `--ramp_time=${fioTime(rampS)}`, '--output-format=json'];
   return new Promise((res) => {
     execFile('fio', args, { timeout: (seconds + 30) * 1000, maxBuffer: 16 << 20, encoding: 'utf8' }, (err, stdout, stderr) => {
       try {
@@ -116,7 +129,7 @@ export async function runNbdBench(o: NbdBenchOptions, progress: (s: string) => v
   if (!haveCommand('fio')) throw new Error('--nbd needs fio (with its nbd engine): apt-get install fio');
   const tmp = mkdtempSync(join(o.dir ?? '/var/tmp', 'ringfence-nbd-bench-'));
   const file = o.file ? resolve(o.file) : join(tmp, 'data.raw');
-  const report: NbdReport = { date: new Date().toISOString(), kernel: release(), node: process.version, file, options: o, results: [], skipped: [], roundRatios: [] };
+  const report: NbdReport = { date: new Date().toISOString(), kernel: release(), node: process.version, file, options: o, results: [], skipped: [], roundRatios: [], warmups: [] };
   const servers = NBD_SERVERS.filter((s) => !o.servers || o.servers.includes(s.name));
   try {
     const fresh = !existsSync(file) || statSync(file).size < o.size;
@@ -145,8 +158,10 @@ export async function runNbdBench(o: NbdBenchOptions, progress: (s: string) => v
           if (o.warmup > 0) {
             for (const job of NBD_WARMUP_JOBS) {
               progress(`\r[${step}/${total}] ${s.name.padEnd(18)} ${job.name.padEnd(22)} round ${round + 1}/${o.repeat}   `);
-              const r = await fioJob(job, uri, o.size, o.warmup / NBD_WARMUP_JOBS.length);
+              // No ramp of its own: the warm-up is exactly --warmup seconds.
+              const r = await fioJob(job, uri, o.size, o.warmup / NBD_WARMUP_JOBS.length, 0);
               if (r.error !== undefined) throw new Error(`${job.name}: ${r.error}`);
+              report.warmups.push({ server: s.name, round: round + 1, job: job.name, iops: r.iops });
             }
           }
           for (const job of NBD_JOBS) {
@@ -154,7 +169,7 @@ export async function runNbdBench(o: NbdBenchOptions, progress: (s: string) => v
             progress(`\r[${step}/${total}] ${s.name.padEnd(18)} ${job.name.padEnd(18)} round ${round + 1}/${o.repeat}   `);
             const r = await fioJob(job, uri, o.size, o.runtime);
             if (r.error !== undefined) {
-              if (round === 0) report.skipped.push({ server: s.name, why: `${job.name}: ${r.error}` });
+              report.skipped.push({ server: s.name, why: `round ${round + 1}, ${job.name}: ${r.error}` });
               continue;
             }
             r.server = s.name;
@@ -164,10 +179,13 @@ export async function runNbdBench(o: NbdBenchOptions, progress: (s: string) => v
             byRound.get(key)![round] = r.iops;
           }
         } catch (err) {
-          if (round === 0) report.skipped.push({ server: s.name, why: `${(err as Error).message} ${stderr.slice(0, 300)}` });
+          report.skipped.push({ server: s.name, why: `round ${round + 1}: ${(err as Error).message} ${stderr.slice(0, 300)}` });
         } finally {
           await stop(child);
           rmSync(sock, { force: true });
+          // A server that writes through the page cache (nbdkit's file plugin) leaves dirty pages;
+          // written back now, they do not slow the next server down.
+          syncFile(file);
         }
       }
     }
@@ -179,14 +197,19 @@ export async function runNbdBench(o: NbdBenchOptions, progress: (s: string) => v
         const theirs = byRound.get(`${s.name}\0${job.name}`);
         // Against the qemu-nbd peers only: nbdkit's file plugin serves from the page cache.
         if (!s.name.startsWith('qemu-nbd') || mine === undefined || theirs === undefined) continue;
-        const ratios = mine.map((x, i) => x / theirs[i]).filter((x) => Number.isFinite(x) && x > 0);
-        if (ratios.length > 0) report.roundRatios.push({ job: job.name, peer: s.name, ratios, median: median(ratios) });
+        const rr = sameRoundRatios(mine, theirs);
+        if (!Number.isNaN(rr.median)) report.roundRatios.push({ job: job.name, peer: s.name, ...rr });
       }
     }
     return report;
   } finally {
     rmSync(tmp, { recursive: true, force: true });
   }
+}
+
+function syncFile(path: string): void {
+  let fd = -1;
+  try { fd = openSync(path, 'r'); fsyncSync(fd); } catch { /* gone, or not ours to sync: nothing to wait for */ } finally { if (fd >= 0) closeSync(fd); }
 }
 
 function median(v: number[]): number {
@@ -233,7 +256,7 @@ export function formatNbdReport(r: NbdReport): string {
     out.push('');
     out.push('ringfence / peer in the same round: median (each round in order)');
     for (const x of r.roundRatios) {
-      out.push(`  ${x.job.padEnd(18)} vs ${x.peer.padEnd(18)} ${x.median.toFixed(2)}x (${x.ratios.map((v) => v.toFixed(2)).join(', ')})`);
+      out.push(`  ${x.job.padEnd(18)} vs ${x.peer.padEnd(18)} ${x.median.toFixed(2)}x (${x.ratios.map((v) => (v === null ? '-' : v.toFixed(2))).join(', ')})`);
     }
   }
   if (r.skipped.length) { out.push(''); for (const s of r.skipped) out.push(`skipped ${s.server}: ${s.why}`); }
@@ -248,7 +271,7 @@ export async function nbdBenchCommand(o: { size: string; runtime: string; repeat
   const runtime = Number(o.runtime), repeat = Number(o.repeat);
   if (!(runtime > 0)) usage('--runtime must be a positive number of seconds');
   if (!Number.isInteger(repeat) || repeat < 1) usage('--repeat must be a positive integer');
-  const warmup = o.warmup === undefined ? NBD_WARMUP_S : Number(o.warmup);
+  const warmup = o.warmup === undefined ? NBD_WARMUP_S : /^\d+(\.\d+)?$/.test(o.warmup.trim()) ? Number(o.warmup) : NaN;
   if (!(warmup === 0 || (warmup >= 1 && warmup <= 600))) usage(`--warmup ${o.warmup}: give 0 (no warm-up) or seconds from 1 to 600, e.g. --warmup 2`);
   if (o.file && o.dir) usage('--file and --dir are mutually exclusive: pick one');
   const servers = o.engines ? o.engines.split(',').map((s) => s.trim()) : undefined;
