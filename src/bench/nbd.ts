@@ -225,7 +225,7 @@ export function formatNbdReport(r: NbdReport): string {
   out.push(`ringfence bench --nbd ${r.date}  kernel ${r.kernel}  node ${r.node}`);
   const warm = r.options.warmup > 0
     ? `each server warmed up for ${r.options.warmup}s after it starts (4k randrw at QD1, then QD32)`
-    : 'no warm-up: each server\'s first job (4k randread QD1) includes its start-up';
+    : `no warm-up: each server's first job (4k randread QD1) is measured from ${NBD_RAMP_S}s after it starts`;
   out.push(`${r.file} (${r.options.size >> 20} MiB), fio nbd engine on a Unix socket, ${r.options.runtime}s per job, best of ${r.options.repeat} interleaved rounds, ${warm}; IOPS (MiB/s for 1M)`);
   out.push('');
   const head = ['job', ...names, 'vs qemu-nbd io_uring', 'vs qemu-nbd native'];
