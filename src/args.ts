@@ -78,6 +78,20 @@ export function numberArg(flag: string, raw: string | undefined, spec: NumberSpe
   return n;
 }
 
+/**
+ * 0 (which turns something off, said in `zeroMeans`) or a decimal number in [min, max];
+ * undefined when not given. E.g. `--warmup 0` or `--warmup 2`.
+ */
+export function zeroOrNumberArg(flag: string, raw: string | undefined, spec: { min: number; max: number; unit: string; zeroMeans: string; example?: number | string }): number | undefined {
+  if (raw === undefined) return undefined;
+  const t = String(raw).trim();
+  const n = Number(t);
+  if (!/^(\d+(\.\d*)?|\.\d+)$/.test(t) || !(n === 0 || (n >= spec.min && n <= spec.max))) {
+    mustBe(flag, raw, `0 (${spec.zeroMeans}) or a number of ${spec.unit} from ${spec.min} to ${spec.max}`, spec.example);
+  }
+  return n;
+}
+
 /** Parses sizes such as 512M, 1G, 2GiB, 4k, 4096 (binary multiples) to bytes, unrounded; throws RangeError. */
 export function parseSizeExact(text: string): number {
   const m = /^(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?$/i.exec(String(text).trim());

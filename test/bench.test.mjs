@@ -68,13 +68,34 @@ test('bench --warmup: only with --nbd, and 0 or 1 to 600 seconds; refused before
   assert.match(r.stderr, /--warmup 2: the warm-up of freshly started NBD servers applies only with --nbd; drop it/);
   r = spawnSync(process.execPath, [cli, 'bench', '--nbd', '--dir', scratch.dir, '--warmup', '0.5'], { encoding: 'utf8', timeout: 30_000 });
   assert.is(r.status, 2, r.stderr);
-  assert.match(r.stderr, /--warmup 0.5: give 0 \(no warm-up\) or seconds from 1 to 600/);
+  assert.match(r.stderr, /--warmup must be 0 \(no warm-up: each server measured cold\) or a number of seconds from 1 to 600, e\.g\. --warmup 2; got "0\.5"/);
   assert.not.match(r.stderr, /preparing|round/, 'nothing was started');
-  for (const bad of ['601', '-1', '', ' ', '2s']) {
+  for (const bad of ['601', '-1', '', ' ', '2s', '1e1']) {
     r = spawnSync(process.execPath, [cli, 'bench', '--nbd', '--dir', scratch.dir, '--warmup', bad], { encoding: 'utf8', timeout: 30_000 });
     assert.is(r.status, 2, `--warmup '${bad}': ${r.stderr}`);
-    assert.match(r.stderr, /give 0 \(no warm-up\) or seconds from 1 to 600/, `--warmup '${bad}'`);
+    assert.match(r.stderr, /--warmup must be 0 \(no warm-up/, `--warmup '${bad}'`);
   }
+});
+
+test('bench --nbd checks --runtime, --repeat and --engines as bench does, and --json reports a bad flag as JSON', () => {
+  // Before 2026-12-03, --nbd took a server named twice in --engines, and with --json wrote a bad
+  // flag's error as text only.
+  for (const [flag, value, message] of [
+    ['--runtime', '5000', /--runtime must be a number of seconds above 0 and at most 3600/],
+    ['--repeat', '101', /--repeat must be an integer from 1 to 100/],
+    ['--engines', 'ringfence,ringfence', /--engines must be a list that names each of .* at most once/],
+    ['--engines', 'ringfence,fio-io_uring', /--engines: unknown server "fio-io_uring" \(use ringfence, qemu-nbd io_uring, qemu-nbd native, nbdkit file\)/],
+  ]) {
+    const r = spawnSync(process.execPath, [cli, 'bench', '--nbd', '--dir', scratch.dir, flag, value], { encoding: 'utf8', timeout: 30_000 });
+    assert.is(r.status, 2, `${flag} ${value}: ${r.stderr}`);
+    assert.match(r.stderr, message, `${flag} ${value}`);
+    assert.not.match(r.stderr, /preparing|round/, 'nothing was started');
+  }
+  const r = spawnSync(process.execPath, [cli, 'bench', '--nbd', '--dir', scratch.dir, '--warmup', '0.5', '--json'], { encoding: 'utf8', timeout: 30_000 });
+  assert.is(r.status, 2, r.stderr);
+  const j = JSON.parse(r.stdout);
+  assert.equal({ ok: j.ok, exitCode: j.exitCode }, { ok: false, exitCode: 2 });
+  assert.match(j.error, /--warmup must be 0/);
 });
 
 test('bench --nbd same-round ratios: a round either server missed is null, the median is over the rest', async () => {

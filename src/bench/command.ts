@@ -7,12 +7,12 @@ import { BACKEND_CHOICES } from '../backends.js';
 import { Engine } from '../engine.js';
 import { MAX_WORKERS } from '../shm.js';
 import type { BackendChoice } from '../types.js';
-import { UsageError, bad, enumArg, enumListArg, exclusive, formatSize, intArg, intListArg, numberArg, outputFileArg, sizeArg } from '../args.js';
+import { UsageError, bad, enumArg, enumListArg, exclusive, formatSize, intArg, intListArg, numberArg, outputFileArg, sizeArg, zeroOrNumberArg } from '../args.js';
 import { atExit, haveCommand, isRoot, reportDeadRuns } from '../cleanup.js';
 import { checkVolumeFlags, defaultVolume, dirVolume, makeXfsVolume, parseSize, tempVolumeBase, xfsFreeEstimate, type Volume } from '../volume.js';
 import { prepareDataFile } from './data.js';
 import { RW_VALUES, fio, nodeFs, nodeFsUring, qemuImg, ringfenceBatch, ringfencePerRequest, type BenchEngine, type Job, type Result, type Rw } from './engines.js';
-import { nbdBenchCommand, NBD_WARMUP_S } from './nbd.js';
+import { nbdBenchCommand, NBD_SERVERS, NBD_WARMUP_S, type NbdBenchOptions } from './nbd.js';
 
 export interface BenchOptions {
   rw: Rw[]; bs: number; qd: number[]; workers: number; backend: BackendChoice; direct: boolean; size: number; runtime: number; pollUs: number;
@@ -99,6 +99,28 @@ export function checkBenchFlags(o: RawBench): BenchOptions {
   };
 }
 
+/** The limits of `bench --nbd --warmup`, seconds (0 turns it off). */
+export const NBD_WARMUP_LIMITS = { min: 1, max: 600 };
+
+/**
+ * Every flag of `ringfence bench --nbd`, checked; throws UsageError naming the flag. Creates
+ * nothing. `given(key)` says whether the user gave that option: a flag that --nbd would ignore is
+ * refused (before its value is judged), not silently dropped.
+ */
+export function checkNbdBenchFlags(o: RawBench, given: (key: string) => boolean): NbdBenchOptions {
+  const ignored = NBD_IGNORES.filter(([key]) => given(key)).map(([, flag]) => flag);
+  if (ignored.length > 0) {
+    throw new UsageError(`${ignored.join(', ')} ${ignored.length > 1 ? 'do' : 'does'} not apply with --nbd, which runs fixed fio jobs ` +
+      '(4k randread and randwrite at QD1 and QD32, 1M sequential read at QD8) and uses only --size, --runtime, --repeat, --warmup, --engines, --file, --dir and --json: drop ' +
+      (ignored.length > 1 ? 'them' : 'it'));
+  }
+  // --size, --runtime, --repeat, --file and --dir mean the same as without --nbd.
+  const b = checkBenchFlags({ ...o, engines: undefined, warmup: undefined });
+  const warmup = zeroOrNumberArg('--warmup', o.warmup, { ...NBD_WARMUP_LIMITS, unit: 'seconds', zeroMeans: 'no warm-up: each server measured cold', example: NBD_WARMUP_S }) ?? NBD_WARMUP_S;
+  const servers = o.engines === undefined ? undefined : enumListArg('--engines', o.engines, NBD_SERVERS.map((x) => x.name), 'server');
+  return { size: b.size, runtime: b.runtime, repeat: b.repeat, file: b.file, dir: b.dir, json: b.json, servers, warmup };
+}
+
 export function registerBench(program: Command): void {
   const L = BENCH_LIMITS;
   program.command('bench')
@@ -130,33 +152,27 @@ Examples:
 Every flag is checked before anything is created: a bad value exits 2 with a message.
 `)
     .action(async (o: RawBench & { nbd?: boolean }, cmd: Command) => {
-      // The flags both modes share are checked the same way, before any work.
-      if (o.nbd) {
-        // --nbd runs its own fixed jobs: a flag it would ignore is refused (before its value is
-        // judged), not silently dropped.
-        const ignored = NBD_IGNORES.filter(([key]) => cmd.getOptionValueSource(key) === 'cli').map(([, flag]) => flag);
-        if (ignored.length > 0) {
-          throw new UsageError(`${ignored.join(', ')} ${ignored.length > 1 ? 'do' : 'does'} not apply with --nbd, which runs fixed fio jobs ` +
-            '(4k randread and randwrite at QD1 and QD32, 1M sequential read at QD8) and uses only --size, --runtime, --repeat, --warmup, --engines, --file, --dir and --json: drop ' +
-            (ignored.length > 1 ? 'them' : 'it'));
-        }
-        checkBenchFlags({ ...o, engines: undefined, warmup: undefined });
-        return nbdBenchCommand(o, parseSize, (msg: string): never => { throw new UsageError(msg); });
-      }
-      let opts: BenchOptions;
-      try { opts = checkBenchFlags(o); } catch (err) {
+      // The flags both modes share are checked the same way, before any work. With --json, a bad
+      // flag is also reported as one JSON object on stdout (and exits 2 as usual).
+      let opts: BenchOptions | undefined, nbdOpts: NbdBenchOptions | undefined;
+      try {
+        if (o.nbd) nbdOpts = checkNbdBenchFlags(o, (key) => cmd.getOptionValueSource(key) === 'cli');
+        else opts = checkBenchFlags(o);
+      } catch (err) {
         if (o.json) process.stdout.write(JSON.stringify({ ok: false, exitCode: 2, error: (err as Error).message }) + '\n');
         throw err;
       }
+      if (nbdOpts) return nbdBenchCommand(nbdOpts);
+      const bo = opts!; // checkBenchFlags returned: it throws on any bad flag
       reportDeadRuns((s) => process.stderr.write(s + '\n'));
-      const report = await runBench(opts, (s) => { if (!opts.json) process.stderr.write(s); });
-      if (opts.json) process.stdout.write(JSON.stringify(report, null, 2) + '\n');
+      const report = await runBench(bo, (s) => { if (!bo.json) process.stderr.write(s); });
+      if (bo.json) process.stdout.write(JSON.stringify(report, null, 2) + '\n');
       else process.stdout.write(formatReport(report));
-      if (opts.chart) {
+      if (bo.chart) {
         // vega is large: loaded only when a chart is asked for.
         const { renderChart } = await import('./chart.js');
-        writeFileSync(opts.chart, await renderChart(report));
-        if (!opts.json) process.stdout.write(`chart: ${resolve(opts.chart)}\n`);
+        writeFileSync(bo.chart, await renderChart(report));
+        if (!bo.json) process.stdout.write(`chart: ${resolve(bo.chart)}\n`);
       }
     });
 }

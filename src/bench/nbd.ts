@@ -263,19 +263,8 @@ export function formatNbdReport(r: NbdReport): string {
   return out.join('\n') + '\n';
 }
 
-/** The `bench --nbd` action: flags already parsed by command.ts. */
-export async function nbdBenchCommand(o: { size: string; runtime: string; repeat: string; file?: string; dir?: string; json?: boolean; engines?: string; warmup?: string },
-  parseSize: (s: string) => number, usage: (m: string) => never): Promise<void> {
-  let size: number;
-  try { size = parseSize(o.size); } catch (e) { usage(`--size: ${(e as Error).message}`); }
-  const runtime = Number(o.runtime), repeat = Number(o.repeat);
-  if (!(runtime > 0)) usage('--runtime must be a positive number of seconds');
-  if (!Number.isInteger(repeat) || repeat < 1) usage('--repeat must be a positive integer');
-  const warmup = o.warmup === undefined ? NBD_WARMUP_S : /^\d+(\.\d+)?$/.test(o.warmup.trim()) ? Number(o.warmup) : NaN;
-  if (!(warmup === 0 || (warmup >= 1 && warmup <= 600))) usage(`--warmup ${o.warmup}: give 0 (no warm-up) or seconds from 1 to 600, e.g. --warmup 2`);
-  if (o.file && o.dir) usage('--file and --dir are mutually exclusive: pick one');
-  const servers = o.engines ? o.engines.split(',').map((s) => s.trim()) : undefined;
-  for (const s of servers ?? []) if (!NBD_SERVERS.some((x) => x.name === s)) usage(`--engines: with --nbd, use ${NBD_SERVERS.map((x) => `"${x.name}"`).join(', ')}`);
-  const report = await runNbdBench({ size, runtime, repeat, file: o.file, dir: o.dir, json: !!o.json, servers, warmup }, (s) => { if (!o.json) process.stderr.write(s); });
+/** The `bench --nbd` action, with flags already checked (src/bench/command.ts, checkNbdBenchFlags). */
+export async function nbdBenchCommand(o: NbdBenchOptions): Promise<void> {
+  const report = await runNbdBench(o, (s) => { if (!o.json) process.stderr.write(s); });
   process.stdout.write(o.json ? JSON.stringify(report, null, 2) + '\n' : formatNbdReport(report));
 }
