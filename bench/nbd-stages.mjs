@@ -19,10 +19,15 @@
 // p50: the median over the traced requests of each round, then the median of the rounds; mean:
 // the average of the rounds' means (so that the stages add up to the whole request).
 //
+// "same CPU" is the share of the requests that the server took up on the CPU that fio had sent
+// them from. The scheduler places the threads; --cpus SERVER:CLIENT pins every thread of each
+// server to the CPU list SERVER and fio to CLIENT (taskset lists: 0, 1, 0-1), the same for both
+// servers, to measure a placement rather than the scheduler's choice (e.g. --cpus 0:0, --cpus 1:0).
+//
 // Needs root (tracefs at /sys/kernel/tracing), fio and qemu-nbd; build first (npm run build):
-//   node bench/nbd-stages.mjs [--rw randread|randwrite] [--repeat N] [--window S] [--size 256M] [--dir DIR] [--json]
+//   node bench/nbd-stages.mjs [--rw randread|randwrite] [--repeat N] [--window S] [--size 256M] [--dir DIR] [--cpus S:C] [--json]
 import { parseArgs } from 'node:util';
-import { execFile } from 'node:child_process';
+import { execFile, execFileSync } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -37,6 +42,7 @@ import { atExit, onStopSignal } from '../dist/src/cleanup.js';
 const { values: o } = parseArgs({ options: {
   repeat: { type: 'string', default: '3' }, window: { type: 'string', default: '0.3' }, size: { type: 'string', default: '256M' },
   dir: { type: 'string', default: '/var/tmp' }, json: { type: 'boolean', default: false }, rw: { type: 'string', default: 'randread' },
+  cpus: { type: 'string' },
 } });
 const repeat = Number(o.repeat), windowS = Number(o.window), size = parseSize(o.size);
 const fail = (m) => { process.stderr.write(`nbd-stages: ${m}\n`); process.exit(2); };
@@ -47,6 +53,10 @@ for (const c of ['fio', 'qemu-nbd']) if (!haveCommand(c)) fail(`${c} is not inst
 const why = tracefsUnavailable();
 if (why !== null) fail(why);
 if (!existsSync(o.dir)) fail(`--dir ${o.dir} does not exist`);
+const CPU_LIST = /^\d+(-\d+)?(,\d+(-\d+)?)*$/;
+const [serverCpus, clientCpus] = o.cpus === undefined ? [undefined, undefined] : o.cpus.split(':');
+if (o.cpus !== undefined && !(CPU_LIST.test(serverCpus ?? '') && CPU_LIST.test(clientCpus ?? ''))) fail(`--cpus ${o.cpus}: give SERVER:CLIENT, two CPU lists as taskset takes them, e.g. --cpus 0:0 or --cpus 1:0`);
+if (o.cpus !== undefined && !haveCommand('taskset')) fail('--cpus needs taskset (Debian package util-linux)');
 const cli = join(dirname(fileURLToPath(import.meta.url)), '..', 'dist', 'src', 'cli.js');
 if (!existsSync(cli)) fail(`${cli} is missing: build first (npm run build)`);
 
@@ -63,8 +73,11 @@ const EVENTS = [
 
 function fioRun(uri, seconds) {
   return new Promise((res, rej) => {
-    execFile('fio', ['--name=q', '--ioengine=nbd', `--uri=${uri}`, `--rw=${o.rw}`, '--bs=4k', '--iodepth=1', `--size=${size}`,
-      '--time_based', `--runtime=${fioTime(seconds)}`, '--output-format=json'], { timeout: (seconds + 30) * 1000, maxBuffer: 16 << 20, encoding: 'utf8' },
+    const fio = ['fio', '--name=q', '--ioengine=nbd', `--uri=${uri}`, `--rw=${o.rw}`, '--bs=4k', '--iodepth=1', `--size=${size}`,
+      '--time_based', `--runtime=${fioTime(seconds)}`, '--output-format=json'];
+    // taskset execs fio, so the client's command name stays "fio".
+    const [cmd, ...args] = clientCpus === undefined ? fio : ['taskset', '-c', clientCpus, ...fio];
+    execFile(cmd, args, { timeout: (seconds + 30) * 1000, maxBuffer: 16 << 20, encoding: 'utf8' },
     (err, stdout, stderr) => {
       try {
         const j = JSON.parse(stdout.slice(stdout.indexOf('{'))).jobs[0];
@@ -99,6 +112,9 @@ try {
       const child = s.start(file, sock);
       child.stderr.resume(); // drained, so that a chatty server never blocks on a full pipe
       try {
+        // Every thread it has now; the ones it starts later inherit the mask of the thread that
+        // starts them.
+        if (serverCpus !== undefined) execFileSync('taskset', ['-a', '-p', '-c', serverCpus, String(child.pid)], { stdio: 'ignore' });
         await waitForSocket(sock, child, 10000);
         const seconds = Math.ceil(windowS + 3);
         const job = fioRun(`nbd+unix:///?socket=${sock}`, seconds);
@@ -111,7 +127,7 @@ try {
         const st = stageReport(text, child.pid);
         st.iops = iops;
         round.push([s.name, st]);
-        log(`round ${r}/${repeat} ${s.name}: ${iops.toFixed(0)} IOPS (${seconds} s, traced ${windowS} s); ${st.requests} requests traced, p50 ${st.p50['whole request'].toFixed(0)} us, server submits ${st.p50['server submits'].toFixed(0)}, replies ${st.p50['server replies'].toFixed(0)}`);
+        log(`round ${r}/${repeat} ${s.name}: ${iops.toFixed(0)} IOPS (${seconds} s, traced ${windowS} s); ${st.requests} requests traced, p50 ${st.p50['whole request'].toFixed(0)} us, server submits ${st.p50['server submits'].toFixed(0)}, replies ${st.p50['server replies'].toFixed(0)}, same CPU ${(100 * st.sameCpu).toFixed(0)}%`);
       } finally {
         tracer.restore();
         child.kill('SIGTERM');
@@ -130,10 +146,11 @@ try {
 const names = SERVERS.map((s) => s.name);
 if (names.some((n) => got[n].length === 0)) { log('no complete round: nothing to report'); process.exit(stopping ? 130 : 1); }
 const keys = Object.keys(got[names[0]][0].p50);
-const res = { rw: o.rw, repeat, window: windowS, size, servers: {} };
+const res = { rw: o.rw, repeat, window: windowS, size, cpus: o.cpus ?? null, servers: {} };
 for (const n of names) {
   res.servers[n] = {
     iops: median(got[n].map((x) => x.iops)), requests: median(got[n].map((x) => x.requests)),
+    sameCpu: median(got[n].map((x) => x.sameCpu)),
     p50: Object.fromEntries(keys.map((k) => [k, median(got[n].map((x) => x.p50[k]))])),
     // Means: the average of the rounds' means, so that the stages add up to the whole request.
     mean: Object.fromEntries(keys.map((k) => [k, average(got[n].map((x) => x.mean[k]))])),
@@ -148,5 +165,6 @@ else {
   for (const k of keys) {
     console.log(`${k.padEnd(22)} ${f(a.p50[k]).padStart(13)} ${f(b.p50[k]).padStart(13)} ${f(a.mean[k]).padStart(14)} ${f(b.mean[k]).padStart(14)}   ${(a.mean[k] - b.mean[k] >= 0 ? '+' : '') + (a.mean[k] - b.mean[k]).toFixed(1)}`);
   }
+  console.log(`requests the server took up on fio's CPU (median of the rounds): ringfence ${(100 * a.sameCpu).toFixed(0)}%, qemu-nbd ${(100 * b.sameCpu).toFixed(0)}%${o.cpus === undefined ? ' (placed by the scheduler)' : ` (pinned: --cpus ${o.cpus}, server:fio)`}`);
   console.log(`IOPS over each whole fio run (traced part included): ringfence ${a.iops.toFixed(0)}, qemu-nbd ${b.iops.toFixed(0)}, ${(a.iops / b.iops).toFixed(2)}x`);
 }

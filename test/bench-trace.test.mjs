@@ -66,6 +66,17 @@ test('the reply is the server\'s sendmsg, not its 8-byte eventfd write; other pi
   // Another pid as the server: no server event, so no cycle is complete.
   assert.is(stageReport(TRACE, 14238).requests, 0);
 });
+test('stageReport: the share of requests the server took up on the client\'s own CPU', () => {
+  // In the excerpt, fio sends from CPU 0 and qemu-nbd wakes on CPU 1.
+  assert.is(stageReport(TRACE, 14237).sameCpu, 0);
+  assert.is(parseCycles(TRACE, 14237)[0].clientCpu, 0);
+  assert.is(parseCycles(TRACE, 14237)[0].serverCpu, 1);
+  // The same requests with the server on CPU 0 too.
+  const same = TRACE.replace(/(qemu-nbd-14237 +)\[001\]/g, '$1[000]');
+  assert.is(parseCycles(same, 14237)[0].serverCpu, 0);
+  assert.is(stageReport(same, 14237).sameCpu, 1);
+});
+
 const SCHED = `# tracer: nop
           <idle>-0       [001] dNh2.  100.000010: sched_wakeup: comm=node pid=500 prio=120 target_cpu=001
           <idle>-0       [001] d..2.  100.000015: sched_switch: prev_comm=swapper/1 prev_pid=0 prev_prio=120 prev_state=R ==> next_comm=node next_pid=500 next_prio=120

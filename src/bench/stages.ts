@@ -35,6 +35,8 @@ export const STAGES: readonly { name: string; from: keyof Cycle; to: keyof Cycle
 export interface Cycle {
   start: number; sent?: number; srvRuns?: number; issue?: number; kickEnd?: number; complete?: number;
   srvRuns2?: number; reply?: number; fioRuns?: number; end?: number;
+  /** The CPU the client sent the request on, and the one the server first ran on for it. */
+  clientCpu: number; serverCpu?: number;
 }
 
 export interface StageReport {
@@ -44,6 +46,12 @@ export interface StageReport {
   /** Per stage name: the median and the mean over the counted requests, microseconds. */
   p50: Record<string, number>;
   mean: Record<string, number>;
+  /**
+   * The share of the counted requests that the server took up on the CPU the client had sent
+   * them from (0 to 1). A wake-up on the same CPU needs no inter-processor interrupt, which on a
+   * VM is a costly exit; the scheduler decides where each thread runs (see --cpus).
+   */
+  sameCpu: number;
 }
 
 /** A system call that waits for events, and returns when the thread has something to do. */
@@ -71,12 +79,12 @@ export function parseCycles(text: string, serverPid: number, clientComm = 'fio')
     if (isLostLine(line)) { c = null; continue; } // no cycle may span events the buffer dropped
     const e = parseLine(line);
     if (e === null) continue;
-    const { comm, pid, us: t, name, rest } = e;
+    const { comm, pid, cpu, us: t, name, rest } = e;
     const enter = rest.startsWith('(');
     if (comm === clientComm && name === 'sys_sendto' && enter && rest.includes('len: 0x1c,') && (client < 0 || pid === client)) {
       client = pid;
       if (c !== null) { c.end = t; cycles.push(c); }
-      c = { start: t };
+      c = { start: t, clientCpu: cpu };
       continue;
     }
     if (c === null) continue;
@@ -84,11 +92,12 @@ export function parseCycles(text: string, serverPid: number, clientComm = 'fio')
     const serverWakes = server && !enter && WAITS.has(name);
     if (c.sent === undefined) { if (fromClient && name === 'sys_poll' && enter) c.sent = t; continue; }
     if (c.issue === undefined) {
-      if (serverWakes && c.srvRuns === undefined) c.srvRuns = t;
+      if (serverWakes && c.srvRuns === undefined) { c.srvRuns = t; c.serverCpu = cpu; }
       if (name === 'block_rq_issue' && rest.endsWith(`[${comm}]`) && server) {
         // No wait returned since the client finished sending: the server was already running
         // (it woke on the first part of a write, or was finishing the previous request).
         c.srvRuns ??= c.sent;
+        c.serverCpu ??= cpu;
         c.issue = t; issued = blockKey(rest);
       }
       continue;
@@ -120,7 +129,8 @@ export function stageReport(text: string, serverPid: number, clientComm = 'fio')
     return a === undefined || b === undefined ? NaN : b - a;
   };
   const ok = cycles.filter((x) => STAGES.every((s) => { const v = span(x, s); return Number.isFinite(v) && v >= 0; }));
-  const report: StageReport = { traced: cycles.length, requests: ok.length, p50: {}, mean: {} };
+  const report: StageReport = { traced: cycles.length, requests: ok.length, p50: {}, mean: {},
+    sameCpu: ok.length === 0 ? NaN : ok.filter((x) => x.serverCpu === x.clientCpu).length / ok.length };
   for (const s of STAGES) {
     const d = dist(ok.map((x) => span(x, s)));
     report.p50[s.name] = d.p50;
