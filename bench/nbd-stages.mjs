@@ -20,17 +20,19 @@
 // the average of the rounds' means (so that the stages add up to the whole request).
 //
 // "same CPU" is the share of the requests that the server took up on the CPU that fio had sent
-// them from. The scheduler places the threads; --cpus SERVER:CLIENT pins every thread of each
-// server to the CPU list SERVER and fio to CLIENT (taskset lists: 0, 1, 0-1), the same for both
-// servers, to measure a placement rather than the scheduler's choice (e.g. --cpus 0:0, --cpus 1:0).
+// them from (where the server's first event for the request was: the return of its wait, or the
+// block layer's issue). The scheduler places the threads; --cpus SERVER:CLIENT starts each server
+// under taskset -c SERVER and fio under taskset -c CLIENT (CPU lists: 0, 1, 0-1), the same for
+// both servers, to measure one placement rather than the scheduler's (e.g. --cpus 0:0, 1:0).
 //
 // Needs root (tracefs at /sys/kernel/tracing), fio and qemu-nbd; build first (npm run build):
 //   node bench/nbd-stages.mjs [--rw randread|randwrite] [--repeat N] [--window S] [--size 256M] [--dir DIR] [--cpus S:C] [--json]
 import { parseArgs } from 'node:util';
-import { execFile, execFileSync } from 'node:child_process';
+import { execFile } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { availableParallelism } from 'node:os';
 import { prepareDataFile } from '../dist/src/bench/data.js';
 import { fioTime } from '../dist/src/bench/fio-time.js';
 import { NBD_SERVERS, waitForSocket } from '../dist/src/bench/nbd.js';
@@ -54,9 +56,18 @@ const why = tracefsUnavailable();
 if (why !== null) fail(why);
 if (!existsSync(o.dir)) fail(`--dir ${o.dir} does not exist`);
 const CPU_LIST = /^\d+(-\d+)?(,\d+(-\d+)?)*$/;
-const [serverCpus, clientCpus] = o.cpus === undefined ? [undefined, undefined] : o.cpus.split(':');
-if (o.cpus !== undefined && !(CPU_LIST.test(serverCpus ?? '') && CPU_LIST.test(clientCpus ?? ''))) fail(`--cpus ${o.cpus}: give SERVER:CLIENT, two CPU lists as taskset takes them, e.g. --cpus 0:0 or --cpus 1:0`);
-if (o.cpus !== undefined && !haveCommand('taskset')) fail('--cpus needs taskset (Debian package util-linux)');
+const cpuParts = o.cpus === undefined ? [] : o.cpus.split(':');
+if (o.cpus !== undefined && !(cpuParts.length === 2 && cpuParts.every((p) => CPU_LIST.test(p)))) fail(`--cpus ${o.cpus}: give SERVER:CLIENT, two CPU lists as taskset takes them, e.g. --cpus 0:0 or --cpus 1:0`);
+const [serverCpus, clientCpus] = o.cpus === undefined ? [undefined, undefined] : cpuParts;
+if (o.cpus !== undefined) {
+  if (!haveCommand('taskset')) fail('--cpus needs taskset (Debian package util-linux)');
+  // Every CPU named must be one this process may run on (taskset would fail inside a round).
+  const online = availableParallelism();
+  for (const list of cpuParts) for (const part of list.split(',')) {
+    const [lo, hi = lo] = part.split('-').map(Number);
+    if (lo > hi || hi >= online) fail(`--cpus ${o.cpus}: "${part}" is not a range of CPUs from 0 to ${online - 1} (this machine has ${online})`);
+  }
+}
 const cli = join(dirname(fileURLToPath(import.meta.url)), '..', 'dist', 'src', 'cli.js');
 if (!existsSync(cli)) fail(`${cli} is missing: build first (npm run build)`);
 
@@ -109,12 +120,11 @@ try {
       // Before the server and the client start: enabling the events patches kernel code, and the
       // buffer is allocated (src/bench/tracefs.ts). Recording starts 1.5 s into fio's run.
       tracer.prepare();
-      const child = s.start(file, sock);
+      // Under taskset when pinned: it execs the server, so the pid (the server's main thread,
+      // which the parser follows) is the server's.
+      const child = s.start(file, sock, serverCpus);
       child.stderr.resume(); // drained, so that a chatty server never blocks on a full pipe
       try {
-        // Every thread it has now; the ones it starts later inherit the mask of the thread that
-        // starts them.
-        if (serverCpus !== undefined) execFileSync('taskset', ['-a', '-p', '-c', serverCpus, String(child.pid)], { stdio: 'ignore' });
         await waitForSocket(sock, child, 10000);
         const seconds = Math.ceil(windowS + 3);
         const job = fioRun(`nbd+unix:///?socket=${sock}`, seconds);
@@ -150,7 +160,8 @@ const res = { rw: o.rw, repeat, window: windowS, size, cpus: o.cpus ?? null, ser
 for (const n of names) {
   res.servers[n] = {
     iops: median(got[n].map((x) => x.iops)), requests: median(got[n].map((x) => x.requests)),
-    sameCpu: median(got[n].map((x) => x.sameCpu)),
+    // A round with no counted request has no share (NaN): left out.
+    sameCpu: median(got[n].map((x) => x.sameCpu).filter((x) => Number.isFinite(x))),
     p50: Object.fromEntries(keys.map((k) => [k, median(got[n].map((x) => x.p50[k]))])),
     // Means: the average of the rounds' means, so that the stages add up to the whole request.
     mean: Object.fromEntries(keys.map((k) => [k, average(got[n].map((x) => x.mean[k]))])),

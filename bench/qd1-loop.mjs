@@ -9,8 +9,8 @@
 // Prints us per read and CPU us per read for each (the engine's also split into user and
 // system time), interleaved over --repeat rounds.
 // --buffered runs the engine's loop alone, without O_DIRECT, on a file read into the page cache
-// first: each read completes inside its submit, the thread never sleeps, and what is left is
-// the engine's own cost per request.
+// first: each read completes inside its submit, so the thread need not sleep (the loop wake-ups
+// per read say whether it did), and what is left is the engine's own cost per request.
 //   node bench/qd1-loop.mjs [--file PATH (default: a new 256 MiB file in /var/tmp)] [--runtime S] [--repeat N] [--buffered]
 // For a profile: perf record -F 5000 -g node --perf-basic-prof bench/qd1-loop.mjs --engine-only --file PATH
 import { parseArgs } from 'node:util';
@@ -46,8 +46,10 @@ async function engineLoop() {
     n++;
   }
   const t = performance.now() - t0, c = process.cpuUsage(c0);
+  // Times the thread's event loop was woken for the engine (its eventfd): per read, whether it slept.
+  const wakes = (engine.info().workers?.[0]?.info?.loopWakes ?? NaN) / n;
   await f.close(); await engine.close();
-  return `engine${o.buffered ? ' (buffered, cached)' : ''}: ${(t * 1000 / n).toFixed(1)} us/read, cpu ${((c.user + c.system) / n).toFixed(1)} us/read (user ${(c.user / n).toFixed(1)}, system ${(c.system / n).toFixed(1)})`;
+  return `engine${o.buffered ? ' (buffered, cached)' : ''}: ${(t * 1000 / n).toFixed(1)} us/read, cpu ${((c.user + c.system) / n).toFixed(1)} us/read (user ${(c.user / n).toFixed(1)}, system ${(c.system / n).toFixed(1)}), loop wake-ups per read ${wakes.toFixed(2)}`;
 }
 
 try {

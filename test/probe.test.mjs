@@ -14,6 +14,9 @@ import { probeVerdict, probeCounters, resolveProbePolicy, clearProbeMemo } from 
 import { loadAddon } from '../dist/src/addon.js';
 import { scratchDir, isRoot } from './helpers/env.mjs';
 
+/** A test that needs root (loop devices, mounts): reported as skipped, not passed, without it. */
+const rootTest = isRoot ? test : test.skip;
+
 const MAIN = fileURLToPath(new URL('../dist/src/cli.js', import.meta.url));
 const KERNEL = loadAddon().probe().kernel || release();
 const scratch = scratchDir('rf-probe-');
@@ -66,8 +69,7 @@ test('static facts on the root filesystem', async () => {
   assertUntouched(scratch.dir, before);
 });
 
-test('static facts on a loop-mounted XFS volume', async () => {
-  if (!isRoot) { console.log('  SKIP: a loop-mounted XFS volume needs root'); return; }
+rootTest('static facts on a loop-mounted XFS volume (root: a loop-mounted volume)', async () => {
   const vol = makeXfsVolume(512 * 1024 * 1024);
   try {
     const r = await runProbe(vol.dir);
@@ -91,8 +93,7 @@ test('static facts on a loop-mounted XFS volume', async () => {
   }
 });
 
-test('static facts on tmpfs; the race is not applicable there (no FALLOC_FL_ZERO_RANGE)', async () => {
-  if (!isRoot) { console.log('  SKIP: mounting a tmpfs needs root'); return; }
+rootTest('static facts on tmpfs; the race is not applicable there (no FALLOC_FL_ZERO_RANGE) (root: mounts a tmpfs)', async () => {
   const dir = mkdtempSync(join(scratch.dir, 'tmpfs-'));
   execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=16m', 'none', dir]);
   try {
@@ -145,8 +146,7 @@ test('dynamic check without emulation: no lost writes on the fixed kernel, calib
   assertUntouched(scratch.dir, before);
 });
 
-test('XFS volume: emulation detected, real kernel clean', async () => {
-  if (!isRoot) { console.log('  SKIP: a loop-mounted XFS volume needs root'); return; }
+rootTest('XFS volume: emulation detected, real kernel clean (root: a loop-mounted volume)', async () => {
   const vol = makeXfsVolume(512 * 1024 * 1024);
   try {
     const emu = await runProbe(vol.dir, { race: true, emulate: true, iterations: 100 });

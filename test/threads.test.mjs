@@ -7,6 +7,7 @@ import * as assert from 'uvu/assert';
 import { join } from 'node:path';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { Worker } from 'node:worker_threads';
+import { spawnSync } from 'node:child_process';
 import { Engine } from '../dist/src/index.js';
 import { scratchDir, pattern } from './helpers/env.mjs';
 
@@ -239,6 +240,67 @@ test('a thread terminated while it holds a serialising entry: the others go on, 
     await f.close();
     await here.close();
   }
+});
+
+test('a release in one thread wakes a request parked in another through its doorbell (no once-a-second backstop)', () => {
+  // The engines re-check parked requests once a second as a backstop; with it off
+  // (RINGFENCE_TEST_NO_BACKSTOP, read when the module loads, so in a child process), the main
+  // thread's parked write can only be woken by the worker's release ringing its eventfd. The
+  // worker's entry is an unaligned 32 MiB write (a padded read-modify-write, serialising over its
+  // aligned range, run on the worker's own ring); nothing else is in flight on the main thread.
+  // Without the ring the write never settles, and the child's own 10 s limit fails it: with
+  // Executor.wake's tableRing call removed, this child exits 1 ("never woken"). (A zero-write held
+  // in the emulated fallocate, as in the test above, does not show that: the main thread was woken
+  // without the ring there, by a way not looked into.)
+  const path = join(scratch.dir, 'doorbell');
+  const src = `
+    import { Worker } from 'node:worker_threads';
+    import { Engine } from ${JSON.stringify(new URL('../dist/src/index.js', import.meta.url).href)};
+    const here = await Engine.start({ queueDepth: 8 });
+    const f = await here.open(${JSON.stringify(path)}, { create: true, truncate: true });
+    await f.truncate(64n << 20n);
+    const [ident] = here.identities.values();
+    const worker = \`
+      import { workerData, parentPort } from 'node:worker_threads';
+      import { Engine } from \${JSON.stringify(${JSON.stringify(new URL('../dist/src/index.js', import.meta.url).href)})};
+      const e = await Engine.start({ queueDepth: 8 });
+      const g = await e.open(workerData.path);
+      parentPort.postMessage('open');
+      await new Promise((r) => parentPort.once('message', r));
+      await g.write(Buffer.alloc(32 << 20, 7), 1);
+      await g.close(); await e.close();
+      parentPort.postMessage('done');
+    \`;
+    // The worker's write may finish before the main thread's overlaps it: try again (each try
+    // that parks proves the point; one is enough).
+    let parked = 0, participants = 0, n = 0, ms = 0;
+    for (let attempt = 0; attempt < 10 && parked === 0; attempt++) {
+      const w = new Worker(worker, { eval: true, execArgv: [], workerData: { path: ${JSON.stringify(path)} } });
+      await new Promise((r) => w.once('message', r));
+      participants = Math.max(participants, f.stats().tableParticipants);
+      w.postMessage('go');
+      while (here.addon.tableStats(ident.dev, ident.ino).inFlight === 0) await new Promise((r) => setImmediate(r));
+      const before = f.stats().waits, t0 = performance.now();
+      n = await Promise.race([f.write(here.alloc(4096), 16 << 20), new Promise((_, rej) => setTimeout(() => rej(new Error('the parked write was never woken')), 10_000))]);
+      ms = performance.now() - t0;
+      parked = f.stats().waits - before;
+      await new Promise((r) => w.once('message', r));
+      await w.terminate();
+    }
+    console.log(JSON.stringify({ n, ms, parked, participants }));
+    await f.close();
+    await here.close();
+  `;
+  const r = spawnSync(process.execPath, ['--input-type=module', '-e', src], {
+    encoding: 'utf8', timeout: 60_000, env: { ...process.env, RINGFENCE_TEST_NO_BACKSTOP: '1' },
+  });
+  assert.ok(r.error === undefined && r.signal === null, `the child hung: ${r.error ?? r.signal}; ${r.stderr}`);
+  assert.is(r.status, 0, r.stderr);
+  const out = JSON.parse(r.stdout.trim().split('\n').pop());
+  console.log(`  parked ${out.ms.toFixed(1)} ms behind the other thread's padded write, woken by its release`);
+  assert.is(out.participants, 2, 'both engines joined one table');
+  assert.is(out.n, 4096);
+  assert.ok(out.parked >= 1, 'the write did park behind the serialising entry (else this proves nothing)');
 });
 
 test('per-file policies in one engine: the registry counts the engine as wanting the workaround while any of its handles does', async () => {

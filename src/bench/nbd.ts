@@ -22,16 +22,32 @@ export const NBD_JOBS: NbdJob[] = [
   { name: '1M read QD8', rw: 'read', bs: 1 << 20, qd: 8 },
 ];
 
-export interface NbdServerSpec { name: string; need: string; start(file: string, sock: string): ChildProcess }
+/**
+ * One server: `argv(file, socket)` is its command line. `start` runs it; with `cpus` (a CPU list
+ * as taskset takes it), under `taskset -c cpus`, which execs it, so that every thread it ever
+ * starts has that mask from the first instruction (the kernel's io_uring worker threads, if it
+ * needs any, take theirs from io-wq, not from it).
+ */
+export interface NbdServerSpec { name: string; need: string; argv(file: string, sock: string): string[]; start(file: string, sock: string, cpus?: string): ChildProcess }
 
 const CLI = join(dirname(fileURLToPath(import.meta.url)), '..', 'cli.js');
 
+function server(name: string, need: string, argv: (f: string, s: string) => string[]): NbdServerSpec {
+  return {
+    name, need, argv,
+    start: (f, s, cpus) => {
+      const [cmd, ...args] = cpus === undefined ? argv(f, s) : ['taskset', '-c', cpus, ...argv(f, s)];
+      return spawn(cmd, args, { stdio: ['ignore', 'ignore', 'pipe'] });
+    },
+  };
+}
+
 /** The servers `bench --nbd` compares (bench/nbd-stages.mjs starts two of them the same way). */
 export const NBD_SERVERS: readonly NbdServerSpec[] = [
-  { name: 'ringfence', need: 'node', start: (f, s) => spawn(process.execPath, [CLI, 'serve', f, '--socket', s, '--max-connections', '64'], { stdio: ['ignore', 'ignore', 'pipe'] }) },
-  { name: 'qemu-nbd io_uring', need: 'qemu-nbd', start: (f, s) => spawn('qemu-nbd', ['-t', '-f', 'raw', '--cache=none', '--aio=io_uring', '-e', '64', '-k', s, f], { stdio: ['ignore', 'ignore', 'pipe'] }) },
-  { name: 'qemu-nbd native', need: 'qemu-nbd', start: (f, s) => spawn('qemu-nbd', ['-t', '-f', 'raw', '--cache=none', '--aio=native', '-e', '64', '-k', s, f], { stdio: ['ignore', 'ignore', 'pipe'] }) },
-  { name: 'nbdkit file', need: 'nbdkit', start: (f, s) => spawn('nbdkit', ['-f', '-U', s, 'file', f], { stdio: ['ignore', 'ignore', 'pipe'] }) },
+  server('ringfence', 'node', (f, s) => [process.execPath, CLI, 'serve', f, '--socket', s, '--max-connections', '64']),
+  server('qemu-nbd io_uring', 'qemu-nbd', (f, s) => ['qemu-nbd', '-t', '-f', 'raw', '--cache=none', '--aio=io_uring', '-e', '64', '-k', s, f]),
+  server('qemu-nbd native', 'qemu-nbd', (f, s) => ['qemu-nbd', '-t', '-f', 'raw', '--cache=none', '--aio=native', '-e', '64', '-k', s, f]),
+  server('nbdkit file', 'nbdkit', (f, s) => ['nbdkit', '-f', '-U', s, 'file', f]),
 ];
 
 export interface NbdBenchOptions {
