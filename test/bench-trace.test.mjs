@@ -150,6 +150,10 @@ test('parseCycles: a server already running when the client finishes sending sta
   near(c.srvRuns - c.sent, 0, 'server wakes');
   near(c.issue - c.srvRuns, 15, 'server submits, from the send');
   assert.is(stageReport(early, 14237).requests, 1);
+  // Its CPU is then the one of the block layer's issue (qemu-nbd's, CPU 1).
+  assert.is(c.serverCpu, 1);
+  const onZero = early.replace(/(qemu-nbd-14237 +)\[001\](.*block_rq_issue)/, '$1[000]$2');
+  assert.is(parseCycles(onZero, 14237)[0].serverCpu, 0, 'the issue\'s CPU, not a wait\'s');
 });
 
 test('parseCycles: the completion is the issued request\'s own; a cycle across lost events is dropped', () => {

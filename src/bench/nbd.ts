@@ -23,18 +23,18 @@ export const NBD_JOBS: NbdJob[] = [
 ];
 
 /**
- * One server: `argv(file, socket)` is its command line. `start` runs it; with `cpus` (a CPU list
- * as taskset takes it), under `taskset -c cpus`, which execs it, so that every thread it ever
- * starts has that mask from the first instruction (the kernel's io_uring worker threads, if it
- * needs any, take theirs from io-wq, not from it).
+ * One server. `start` runs it; with `cpus` (a CPU list as taskset takes it), under `taskset -c
+ * cpus`, which execs it, so that every thread it ever starts has that mask from its first
+ * instruction (the kernel's io_uring worker threads, if it needs any, take theirs from io-wq).
  */
-export interface NbdServerSpec { name: string; need: string; argv(file: string, sock: string): string[]; start(file: string, sock: string, cpus?: string): ChildProcess }
+export interface NbdServerSpec { name: string; need: string; start(file: string, sock: string, cpus?: string): ChildProcess }
 
 const CLI = join(dirname(fileURLToPath(import.meta.url)), '..', 'cli.js');
 
+/** A server whose command line is `argv(file, socket)`. */
 function server(name: string, need: string, argv: (f: string, s: string) => string[]): NbdServerSpec {
   return {
-    name, need, argv,
+    name, need,
     start: (f, s, cpus) => {
       const [cmd, ...args] = cpus === undefined ? argv(f, s) : ['taskset', '-c', cpus, ...argv(f, s)];
       return spawn(cmd, args, { stdio: ['ignore', 'ignore', 'pipe'] });

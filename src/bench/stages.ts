@@ -47,9 +47,10 @@ export interface StageReport {
   p50: Record<string, number>;
   mean: Record<string, number>;
   /**
-   * The share of the counted requests that the server took up on the CPU the client had sent
-   * them from (0 to 1). A wake-up on the same CPU needs no inter-processor interrupt, which on a
-   * VM is a costly exit; the scheduler decides where each thread runs (see --cpus).
+   * The share of the counted requests (0 to 1) whose first server event (the return of its wait,
+   * or the block layer's issue when it was running already) was on the CPU the client had sent
+   * them from. Waking a thread on another CPU takes an inter-processor interrupt (on a VM, an
+   * exit); the scheduler decides where each thread runs (bench/nbd-stages.mjs --cpus pins them).
    */
   sameCpu: number;
 }
