@@ -612,6 +612,7 @@ class Addon : public Napi::Addon<Addon> {
                         InstanceValue("createDoorbell", Napi::Function::New(env, CreateDoorbell, "createDoorbell"), napi_enumerable),
                         InstanceValue("ring", Napi::Function::New(env, Ring, "ring"), napi_enumerable),
                         InstanceValue("closeFd", Napi::Function::New(env, CloseFd, "closeFd"), napi_enumerable),
+                        InstanceValue("dupFd", Napi::Function::New(env, DupFd, "dupFd"), napi_enumerable),
                         InstanceValue("dioAlign", Napi::Function::New(env, DioAlign, "dioAlign"), napi_enumerable),
                         InstanceValue("poolView", Napi::Function::New(env, PoolView, "poolView"), napi_enumerable),
                         InstanceValue("detach", Napi::Function::New(env, Detach, "detach"), napi_enumerable),

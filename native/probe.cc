@@ -205,6 +205,16 @@ Napi::Value CloseFd(const Napi::CallbackInfo &info) {
     return env.Undefined();
 }
 
+Napi::Value DupFd(const Napi::CallbackInfo &info) {
+    Napi::Env env = info.Env();
+    int fd = int(int_arg(env, info[0], "dupFd: fd", 0, INT32_MAX));
+    int d = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+    if (d < 0)
+        throw Napi::Error::New(env, "dupFd failed: " + errno_name(errno) +
+                                        (errno == EMFILE || errno == ENFILE ? " (out of file descriptors: raise ulimit -n)" : ""));
+    return Napi::Number::New(env, d);
+}
+
 Napi::Value DioAlign(const Napi::CallbackInfo &info) {
     Napi::Env env = info.Env();
     int fd = int(int_arg(env, info[0], "fd", 0, INT32_MAX));

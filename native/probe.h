@@ -13,6 +13,8 @@ Napi::Value Probe(const Napi::CallbackInfo &info);
 Napi::Value CreateDoorbell(const Napi::CallbackInfo &info);
 Napi::Value Ring(const Napi::CallbackInfo &info);
 Napi::Value CloseFd(const Napi::CallbackInfo &info);
+/* dupFd(fd): a close-on-exec duplicate of an open socket's fd (serve's transmission socket). */
+Napi::Value DupFd(const Napi::CallbackInfo &info);
 Napi::Value DioAlign(const Napi::CallbackInfo &info);
 
 /* Integer argument check shared with addon.cc: throws TypeError/RangeError. */

@@ -110,6 +110,8 @@ export interface NativeAddon {
   createDoorbell(): number;
   ring(fd: number): void;
   closeFd(fd: number): void;
+  /** A close-on-exec duplicate of `fd` (fcntl F_DUPFD_CLOEXEC). */
+  dupFd(fd: number): number;
   dioAlign(fd: number): { mem: number; offset: number } | null;
   /**
    * An ArrayBuffer of its own (external, detachable) over bytes [offset, offset+length) of

@@ -16,6 +16,8 @@ const CLI = join(ROOT, 'dist/src/cli.js');
 const dir = mkdtempSync('/var/tmp/ringfence-serve-');
 test.after(() => rmSync(dir, { recursive: true, force: true }));
 const MiB = 1 << 20;
+/** The suite run with RINGFENCE_TEST_SERVE_STREAM=1 (the fallback socket path, src/serve/server.ts). */
+const STREAM_ONLY = process.env.RINGFENCE_TEST_SERVE_STREAM === '1';
 
 function have(cmd) {
   return (process.env.PATH ?? '/usr/bin:/bin').split(':').concat(['/usr/sbin', '/sbin']).some((d) => existsSync(join(d, cmd)));
@@ -260,7 +262,7 @@ needs(['fio'], 'fio nbd engine: verify=crc32c at QD32 on 2 connections, no verif
 test('many requests in flight answered out of order; a write on one connection, flushed, is read on another', async () => {
   const p = image('ooo.raw', 16 * MiB, true);
   const expect = readFileSync(p);
-  await withServer({ path: p }, async (s) => {
+  await withServer({ path: p }, async (s, events) => {
     const a = await Client.connect(s), b = await Client.connect(s);
     assert.equal(a.info.block, [s.file.info().alignment, 4096, 32 * MiB]);
     assert.ok((a.info.flags & (1 << 8)) !== 0, 'CAN_MULTI_CONN');
@@ -287,7 +289,68 @@ test('many requests in flight answered out of order; a write on one connection, 
     const final = (await a.read(7 * MiB, 8192)).data;
     assert.ok(final.every((x) => x === final[0]), 'an overlapping write is never torn');
     a.disc(); b.disc();
+    const modes = events.filter((e) => e.event === 'export').map((e) => e.socket);
+    assert.equal(modes, STREAM_ONLY ? ['stream', 'stream'] : ['read-buffer', 'read-buffer'], 'TCP connections read requests through the read buffer (src/serve/socket.ts)');
   });
+});
+
+/** A request sent in pieces: the header byte by byte, a write's payload in three parts. */
+async function sendInPieces(c, bytes, cuts) {
+  let at = 0;
+  for (const cut of [...cuts, bytes.length]) {
+    c.write(bytes.subarray(at, cut));
+    at = cut;
+    await new Promise((r) => setTimeout(r, 5)); // each piece its own read on the server
+  }
+}
+
+/** A write of `data` at `off` and a read of it, each split across many reads of the server. */
+async function splitRequests(c) {
+  const data = Buffer.alloc(12288);
+  randomFillSync(data);
+  const h = Buffer.alloc(28);
+  h.writeUInt32BE(0x25609513, 0); h.writeUInt16BE(1, 6); h.writeBigUInt64BE(0xabcdn, 8); h.writeBigUInt64BE(1n << 20n, 16); h.writeUInt32BE(data.length, 24);
+  const wrote = new Promise((resolve, reject) => c.pending.set(0xabcdn, { cmd: 1, len: data.length, resolve, reject }));
+  await sendInPieces(c, Buffer.concat([h, data]), [1, 2, 3, 10, 27, 28, 29, 5000, 28 + 8192]);
+  assert.is((await wrote).error, 0, 'the split write is answered');
+  const r = Buffer.alloc(28);
+  r.writeUInt32BE(0x25609513, 0); r.writeBigUInt64BE(0xabcen, 8); r.writeBigUInt64BE(1n << 20n, 16); r.writeUInt32BE(data.length, 24);
+  const read = new Promise((resolve, reject) => c.pending.set(0xabcen, { cmd: 0, len: data.length, resolve, reject }));
+  await sendInPieces(c, r, Array.from({ length: 27 }, (_, i) => i + 1));
+  const got = await read;
+  assert.is(got.error, 0);
+  assert.ok(got.data.equals(data), 'the split read returns what the split write wrote');
+}
+
+test('a request split across many reads (header byte by byte, payload in parts) is parsed whole', async () => {
+  const p = image('split.raw', 4 * MiB, false);
+  await withServer({ path: p, socket: join(dir, 'split.sock'), port: undefined }, async (s, events) => {
+    const c = await Client.connect(s);
+    await splitRequests(c);
+    c.disc();
+    assert.is(events.find((e) => e.event === 'export')?.socket, STREAM_ONLY ? 'stream' : 'read-buffer');
+  });
+});
+
+test('the fallback socket path (the accepted socket\'s stream) serves the same requests', async () => {
+  // RINGFENCE_TEST_SERVE_STREAM=1 keeps connections on the accepted socket (src/serve/server.ts).
+  const p = image('stream.raw', 4 * MiB, true);
+  const sock = join(dir, 'stream.sock');
+  const srv = cli([p, '--socket', sock, '--json'], { RINGFENCE_TEST_SERVE_STREAM: '1' });
+  await srv.line(/"event":"listening"/);
+  const c = await Client.connect({ address: { socket: sock } });
+  await splitRequests(c);
+  const reads = [];
+  for (let i = 0; i < 32; i++) reads.push(c.read(i * 65536, 65536));
+  const expect = readFileSync(p);
+  (await Promise.all(reads)).forEach((r, i) => assert.ok(r.error === 0 && r.data.equals(expect.subarray(i * 65536, (i + 1) * 65536)), `read ${i}`));
+  c.disc();
+  await srv.line(/"event":"disconnect"/);
+  srv.child.kill('SIGTERM');
+  const r = await srv.exited;
+  assert.is(r.code, 0, r.err);
+  const ex = r.out.trim().split('\n').map((l) => JSON.parse(l)).find((e) => e.event === 'export');
+  assert.is(ex.socket, 'stream');
 });
 
 test('bad requests get NBD errors and the connection keeps working', async () => {
@@ -484,8 +547,10 @@ test('close() drains: in-flight requests are answered, new ones get ESHUTDOWN', 
 
 // ---- The command line ----------------------------------------------------------------------
 
-function cli(args) {
-  const child = spawn(process.execPath, [CLI, 'serve', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+function cli(args, env = {}) {
+  const base = { ...process.env };
+  delete base.RINGFENCE_TEST_SERVE_STREAM; // each CLI test says which socket path it runs
+  const child = spawn(process.execPath, [CLI, 'serve', ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...base, ...env } });
   let out = '', err = '';
   const lines = [];
   child.stdout.on('data', (d) => { out += d; });
@@ -537,6 +602,7 @@ test('ringfence serve --json on a Unix socket, read-only; SIGTERM drains and exi
   const evs = r.out.trim().split('\n').map((l) => JSON.parse(l));
   assert.ok(evs.some((e) => e.event === 'connect') && evs.some((e) => e.event === 'disconnect'), 'connect and disconnect logged');
   assert.ok(evs.some((e) => e.event === 'stopped' && e.clean));
+  assert.is(evs.find((e) => e.event === 'export')?.socket, 'read-buffer', 'a Unix socket connection reads through the read buffer');
   assert.not.ok(existsSync(sock), 'the socket file is removed');
 });
 

@@ -131,7 +131,7 @@ export function formatEvent(e: ServeEvent): string {
         `  block sizes: minimum ${e.minBlock}, preferred ${e.preferredBlock}, maximum ${e.maxBlock}; up to ${e.maxConnections} connections; ${e.direct ? 'O_DIRECT' : 'buffered'}, backend ${e.backend}; simple replies; Ctrl-C stops`;
     }
     case 'connect': return `${c}connect from ${e.remote}`;
-    case 'export': return `${c}export "${e.export}" via ${e.via}${e.blockSizeNegotiated ? '' : ' (block sizes not negotiated: unaligned requests are padded)'}`;
+    case 'export': return `${c}export "${e.export}" via ${e.via}${e.blockSizeNegotiated ? '' : ' (block sizes not negotiated: unaligned requests are padded)'}${e.socket === 'stream' ? ' (requests read through the socket stream: the faster read buffer could not be set up)' : ''}`;
     case 'disconnect': return `${c}disconnect: ${e.reason}; ${e.requests} requests${e.inFlightDiscarded ? `, ${e.inFlightDiscarded} in flight discarded` : ''}`;
     case 'refused': return `${c}refused ${e.remote}: ${e.message}`;
     case 'protocol-error': return `${c}protocol error: ${e.message}`;

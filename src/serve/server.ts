@@ -13,6 +13,7 @@ import { BufferCache } from './buffers.js';
 import { newCounters, type EventSink, type ExportContext, type ExportSpec, type ServeCounters, type ServeEvent } from './export.js';
 import { Handshake, type HandshakeOutcome } from './handshake.js';
 import { Transmission } from './transmission.js';
+import { moveToReadBuffer } from './socket.js';
 import {
   TF_CAN_MULTI_CONN, TF_HAS_FLAGS, TF_READ_ONLY, TF_SEND_CACHE, TF_SEND_FLUSH, TF_SEND_FUA, TF_SEND_TRIM, TF_SEND_WRITE_ZEROES,
 } from './protocol.js';
@@ -50,6 +51,13 @@ export interface ServeOptions {
   /** Server events (listening, connect, disconnect, protocol and request errors). */
   onEvent?: EventSink;
 }
+
+/**
+ * TEST HOOK, not an interface: RINGFENCE_TEST_SERVE_STREAM=1 keeps every connection on the
+ * accepted socket's 'data' events (the fallback of socket.ts's move), so that the suite runs
+ * that path as well (test/serve.test.mjs). Read once, at load.
+ */
+const STREAM_ONLY = process.env.RINGFENCE_TEST_SERVE_STREAM === '1';
 
 const OPTION_KEYS = ['path', 'name', 'description', 'host', 'port', 'socket', 'readOnly', 'maxConnections', 'maxRequestBytes', 'maxInFlight', 'direct', 'engine', 'workers', 'backend', 'pollUs', 'onEvent'] as const;
 
@@ -231,7 +239,7 @@ class NbdServerImpl implements NbdServer {
       this.conns.delete(c);
       this.ctx.counters.connections--;
       this.ctx.emit({ event: 'disconnect', connection: id, remote, reason, error, requests: c.tx?.requests ?? 0, inFlightDiscarded: c.tx?.inFlight ?? 0 });
-      if (!socket.destroyed) socket.end();
+      if (!c.socket.destroyed) c.socket.end();
       this.ctx.idle();
     };
     // A client has 30 s to choose an export.
@@ -246,28 +254,35 @@ class NbdServerImpl implements NbdServer {
         return;
       }
       clearTimeout(timer);
-      this.ctx.emit({ event: 'export', connection: id, export: outcome.name, via: outcome.via, blockSizeNegotiated: outcome.blockSizeNegotiated });
-      const tx = new Transmission({ ctx: this.ctx, socket, id, blockSizeNegotiated: outcome.blockSizeNegotiated, onClose: finish });
+      // The transmission phase reads into the server's buffer on a socket of its own (socket.ts).
+      const moved = !STREAM_ONLY ? moveToReadBuffer(socket, (buf, n) => onBytes(buf, n)) : null;
+      if (moved !== null) { c.socket = moved; listen(moved); }
+      this.ctx.emit({ event: 'export', connection: id, export: outcome.name, via: outcome.via, blockSizeNegotiated: outcome.blockSizeNegotiated, socket: moved !== null ? 'read-buffer' : 'stream' });
+      const tx = new Transmission({ ctx: this.ctx, socket: c.socket, id, blockSizeNegotiated: outcome.blockSizeNegotiated, onClose: finish });
       c.tx = tx;
-      if (outcome.leftover.length > 0) tx.feed(outcome.leftover);
+      if (outcome.leftover.length > 0) tx.feed(outcome.leftover, outcome.leftover.length);
       if (this.closing !== null) tx.drain();
     });
     c.hs = hs;
-    socket.on('data', (chunk: Buffer) => {
+    const onBytes = (chunk: Buffer, n: number): void => {
       try {
-        if (c.tx !== null) c.tx.feed(chunk); else c.hs?.feed(chunk);
+        if (c.tx !== null) c.tx.feed(chunk, n); else c.hs?.feed(n === chunk.length ? chunk : Buffer.from(chunk.subarray(0, n)));
       } catch (err) {
         // A bug must not take the other connections down: this one is closed.
         this.ctx.emit({ event: 'internal-error', connection: id, message: String((err as Error)?.stack ?? err) });
-        if (c.tx !== null) c.tx.abort('internal error', true); else { socket.destroy(); finish('internal error', true); }
+        if (c.tx !== null) c.tx.abort('internal error', true); else { c.socket.destroy(); finish('internal error', true); }
       }
-    });
-    socket.on('end', () => { if (c.tx !== null) c.tx.clientEnded(); else { socket.end(); finish('client closed the connection during the handshake', false); } });
-    socket.on('error', (err: NodeJS.ErrnoException) => { if (err.code !== 'ECONNRESET' && err.code !== 'EPIPE') this.ctx.emit({ event: 'socket-error', connection: id, message: err.message }); });
-    socket.on('close', () => {
-      if (c.tx !== null) c.tx.abort(c.tx.inFlight > 0 ? 'connection lost with requests in flight' : 'connection lost', false);
-      finish('connection closed', false);
-    });
+    };
+    const listen = (s: Socket): void => {
+      s.on('end', () => { if (c.tx !== null) c.tx.clientEnded(); else { s.end(); finish('client closed the connection during the handshake', false); } });
+      s.on('error', (err: NodeJS.ErrnoException) => { if (err.code !== 'ECONNRESET' && err.code !== 'EPIPE') this.ctx.emit({ event: 'socket-error', connection: id, message: err.message }); });
+      s.on('close', () => {
+        if (c.tx !== null) c.tx.abort(c.tx.inFlight > 0 ? 'connection lost with requests in flight' : 'connection lost', false);
+        finish('connection closed', false);
+      });
+    };
+    socket.on('data', (chunk: Buffer) => onBytes(chunk, chunk.length));
+    listen(socket);
     hs.start();
   }
 

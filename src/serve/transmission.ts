@@ -97,6 +97,12 @@ export class Transmission {
     this.id = o.id;
     this.enforceAlign = o.blockSizeNegotiated && o.ctx.spec.minBlock > 1;
     this.onClose = o.onClose;
+    // The free list starts with a record in it, so that every connection's array holds objects
+    // from the start: an empty literal starts with small-integer elements, and V8's code compiled
+    // for an earlier connection's list then deoptimised done() on each new connection ("wrong
+    // map", node --trace-deopt). request() still deoptimises once on the second connection, at
+    // its entry, for a reason not found yet.
+    this.free.push(new Req(this));
     this.socket.on('drain', () => { if (this.blocked && this.backlogWaitsForDrain) this.resume(); });
   }
 
@@ -105,14 +111,17 @@ export class Transmission {
 
   // ---- Input -------------------------------------------------------------------------
 
-  feed(chunk: Buffer): void {
+  /**
+   * Bytes [0, n) of `chunk` arrived. The chunk may be the server's read buffer, reused by the
+   * next read (socket.ts): whatever must outlive this call is copied.
+   */
+  feed(chunk: Buffer, n: number): void {
     if (this.draining) this.lastInput = performance.now();
     if (this.blocked) {
-      // Data that arrived after pause() took effect: keep it behind the backlog.
-      this.backlog = this.backlog === null ? chunk : Buffer.concat([this.backlog, chunk]);
+      // Data that arrived after pause() took effect (a streaming socket reads on): keep a copy behind the backlog.
+      this.backlog = Buffer.concat(this.backlog === null ? [chunk.subarray(0, n)] : [this.backlog, chunk.subarray(0, n)]);
       return;
     }
-    const n = chunk.length;
     let pos = 0;
     while (pos < n) {
       const st = this.state;
@@ -151,7 +160,7 @@ export class Transmission {
         // from this very header. The header is kept in this.hdr, the rest as the backlog.
         if (h !== this.hdr) h.copy(this.hdr, 0, ho, ho + REQUEST_BYTES);
         this.hdrFill = REQUEST_BYTES;
-        this.backlog = pos < n ? chunk.subarray(pos) : null;
+        this.backlog = pos < n ? Buffer.from(chunk.subarray(pos, n)) : null;
         this.block();
         return;
       }
@@ -179,7 +188,7 @@ export class Transmission {
     }
     const b = this.backlog;
     this.backlog = null;
-    if (b !== null) this.feed(b);
+    if (b !== null) this.feed(b, b.length);
     if (!this.blocked && !this.closed && this.state !== S_STOPPED) this.socket.resume();
   }
 
