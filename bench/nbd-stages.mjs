@@ -32,9 +32,9 @@ import { execFile } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { availableParallelism } from 'node:os';
 import { prepareDataFile } from '../dist/src/bench/data.js';
 import { fioTime } from '../dist/src/bench/fio-time.js';
+import { parseCpus, pinned } from '../dist/src/bench/cpus.js';
 import { NBD_SERVERS, waitForSocket } from '../dist/src/bench/nbd.js';
 import { stageReport } from '../dist/src/bench/stages.js';
 import { Tracer, tracefsUnavailable } from '../dist/src/bench/tracefs.js';
@@ -55,19 +55,9 @@ for (const c of ['fio', 'qemu-nbd']) if (!haveCommand(c)) fail(`${c} is not inst
 const why = tracefsUnavailable();
 if (why !== null) fail(why);
 if (!existsSync(o.dir)) fail(`--dir ${o.dir} does not exist`);
-const CPU_LIST = /^\d+(-\d+)?(,\d+(-\d+)?)*$/;
-const cpuParts = o.cpus === undefined ? [] : o.cpus.split(':');
-if (o.cpus !== undefined && !(cpuParts.length === 2 && cpuParts.every((p) => CPU_LIST.test(p)))) fail(`--cpus ${o.cpus}: give SERVER:CLIENT, two CPU lists as taskset takes them, e.g. --cpus 0:0 or --cpus 1:0`);
-const [serverCpus, clientCpus] = o.cpus === undefined ? [undefined, undefined] : cpuParts;
-if (o.cpus !== undefined) {
-  if (!haveCommand('taskset')) fail('--cpus needs taskset (Debian package util-linux)');
-  // Every CPU named must be one this process may run on (taskset would fail inside a round).
-  const online = availableParallelism();
-  for (const list of cpuParts) for (const part of list.split(',')) {
-    const [lo, hi = lo] = part.split('-').map(Number);
-    if (lo > hi || hi >= online) fail(`--cpus ${o.cpus}: "${part}" is not a range of CPUs from 0 to ${online - 1} (this machine has ${online})`);
-  }
-}
+const cpus = parseCpus(o.cpus);
+if (typeof cpus === 'string') fail(cpus);
+const { server: serverCpus, client: clientCpus } = cpus;
 const cli = join(dirname(fileURLToPath(import.meta.url)), '..', 'dist', 'src', 'cli.js');
 if (!existsSync(cli)) fail(`${cli} is missing: build first (npm run build)`);
 
@@ -87,7 +77,7 @@ function fioRun(uri, seconds) {
     const fio = ['fio', '--name=q', '--ioengine=nbd', `--uri=${uri}`, `--rw=${o.rw}`, '--bs=4k', '--iodepth=1', `--size=${size}`,
       '--time_based', `--runtime=${fioTime(seconds)}`, '--output-format=json'];
     // taskset execs fio, so the client's command name stays "fio".
-    const [cmd, ...args] = clientCpus === undefined ? fio : ['taskset', '-c', clientCpus, ...fio];
+    const [cmd, ...args] = pinned(fio, clientCpus);
     execFile(cmd, args, { timeout: (seconds + 30) * 1000, maxBuffer: 16 << 20, encoding: 'utf8' },
     (err, stdout, stderr) => {
       try {

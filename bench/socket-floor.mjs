@@ -2,9 +2,11 @@
 // this machine: the floor under `ringfence serve` at QD1 (an NBD request is 28 bytes, a write
 // reply 16). A C client sends 28 bytes and waits for 16, N times, against:
 //   c:          a C server (poll, read, write)
-//   node:       a Node net.Server ('data' event, socket.write), what src/serve uses
-//   node-lean:  a Node server reading through net.Socket's onread into one buffer, replying
-//               with a synchronous write(2) on the fd (the least JavaScript Node allows)
+//   node:       a Node net.Server ('data' event, socket.write), what src/serve used before
+//   node-onread: a Node server reading through net.Socket's onread into one buffer, replying
+//               with socket.write (what src/serve uses since 2026-12-03: src/serve/socket.ts)
+//   node-lean:  the same reads, replying with a synchronous write(2) on the fd (the least
+//               JavaScript Node allows)
 // Servers and client are compiled with cc into a temporary directory. Rounds interleaved, the
 // median per server.
 //   node bench/socket-floor.mjs [--trips N] [--repeat R] [--json]
@@ -76,7 +78,15 @@ import { unlinkSync, writeSync } from 'node:fs';
 const [, , path, lean] = process.argv;
 try { unlinkSync(path); } catch {}
 const rep = Buffer.alloc(16);
-if (lean !== 'lean') {
+if (lean === 'onread') {
+  const buf = Buffer.alloc(65536);
+  net.createServer({ pauseOnConnect: true }, (s0) => {
+    const handle = s0._handle; s0._handle = null;
+    let got = 0;
+    const s = new net.Socket({ handle, readable: true, writable: true, onread: { buffer: buf, callback: (n) => { got += n; while (got >= 28) { got -= 28; s.write(rep); } return true; } } });
+    s.resume();
+  }).listen(path);
+} else if (lean !== 'lean') {
   net.createServer((s) => { let got = 0; s.on('data', (d) => { got += d.length; while (got >= 28) { got -= 28; s.write(rep); } }); }).listen(path);
 } else {
   const buf = Buffer.alloc(65536);
@@ -101,6 +111,7 @@ try {
   const servers = {
     c: () => [join(dir, 'server'), []],
     node: () => [process.execPath, [join(dir, 'server.mjs')]],
+    'node-onread': () => [process.execPath, [join(dir, 'server.mjs'), 'onread']],
     'node-lean': () => [process.execPath, [join(dir, 'server.mjs'), 'lean']],
   };
   const got = Object.fromEntries(Object.keys(servers).map((k) => [k, []]));
@@ -122,7 +133,7 @@ try {
   if (o.json) console.log(JSON.stringify({ trips, repeat, usPerRoundTrip: res }, null, 2));
   else {
     console.log(`one 28-byte request, 16-byte reply over a Unix socket, C client, ${trips} round trips, median of ${repeat} interleaved rounds`);
-    for (const [k, v] of Object.entries(res)) console.log(`${k.padEnd(10)} ${v.toFixed(1)} us per round trip${k === 'c' ? '' : `  (+${(v - res.c).toFixed(1)} us over C)`}`);
+    for (const [k, v] of Object.entries(res)) console.log(`${k.padEnd(11)} ${v.toFixed(1)} us per round trip${k === 'c' ? '' : `  (+${(v - res.c).toFixed(1)} us over C)`}`);
   }
 } finally {
   rmSync(dir, { recursive: true, force: true });

@@ -67,12 +67,17 @@ export interface NumberSpec {
   example?: number | string;
 }
 
+/** A plain unsigned decimal (`2`, `0.5`, `.5`, `3.`; no sign, exponent, hex or spaces inside), else NaN. */
+function plainDecimal(raw: string): number {
+  const t = String(raw).trim();
+  return /^(\d+(\.\d*)?|\.\d+)$/.test(t) ? Number(t) : NaN;
+}
+
 /** A decimal number (no exponent, no sign) in (above, max]; undefined when not given. */
 export function numberArg(flag: string, raw: string | undefined, spec: NumberSpec): number | undefined {
   if (raw === undefined) return undefined;
-  const t = String(raw).trim();
-  const n = Number(t);
-  if (!/^(\d+(\.\d*)?|\.\d+)$/.test(t) || !(n > spec.above) || n > spec.max) {
+  const n = plainDecimal(raw);
+  if (Number.isNaN(n) || !(n > spec.above) || n > spec.max) {
     mustBe(flag, raw, `a number of ${spec.unit} above ${spec.above} and at most ${spec.max}`, spec.example);
   }
   return n;
@@ -84,9 +89,8 @@ export function numberArg(flag: string, raw: string | undefined, spec: NumberSpe
  */
 export function zeroOrNumberArg(flag: string, raw: string | undefined, spec: { min: number; max: number; unit: string; zeroMeans: string; example?: number | string }): number | undefined {
   if (raw === undefined) return undefined;
-  const t = String(raw).trim();
-  const n = Number(t);
-  if (!/^(\d+(\.\d*)?|\.\d+)$/.test(t) || !(n === 0 || (n >= spec.min && n <= spec.max))) {
+  const n = plainDecimal(raw);
+  if (Number.isNaN(n) || !(n === 0 || (n >= spec.min && n <= spec.max))) {
     mustBe(flag, raw, `0 (${spec.zeroMeans}) or a number of ${spec.unit} from ${spec.min} to ${spec.max}`, spec.example);
   }
   return n;

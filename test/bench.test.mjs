@@ -98,6 +98,22 @@ test('bench --nbd checks --runtime, --repeat and --engines as bench does, and --
   assert.match(j.error, /--warmup must be 0/);
 });
 
+test('--cpus SERVER:CLIENT of the NBD benches: two CPU lists this machine has, or a message saying what is wrong', async () => {
+  const { parseCpus, pinned } = await import('../dist/src/bench/cpus.js');
+  const { availableParallelism } = await import('node:os');
+  assert.equal(parseCpus(undefined), {});
+  if (have('taskset')) {
+    assert.equal(parseCpus('0:0'), { server: '0', client: '0' });
+    const last = availableParallelism() - 1;
+    assert.equal(parseCpus(`0-${last}:0`), { server: `0-${last}`, client: '0' });
+    assert.match(parseCpus(`${last + 1}:0`), `is not a range of CPUs from 0 to ${last}`);
+    assert.match(parseCpus('1-0:0'), 'is not a range of CPUs');
+  }
+  for (const bad of ['1', '0:', ':0', '0:0:0', 'a:0', '0:-1', '0 :0']) assert.match(parseCpus(bad), 'give SERVER:CLIENT', bad);
+  assert.equal(pinned(['fio', '--x'], undefined), ['fio', '--x']);
+  assert.equal(pinned(['fio', '--x'], '1'), ['taskset', '-c', '1', 'fio', '--x']);
+});
+
 test('bench --nbd same-round ratios: a round either server missed is null, the median is over the rest', async () => {
   const { sameRoundRatios } = await import('../dist/src/bench/nbd.js');
   let x = sameRoundRatios([100, NaN, 300, 200], [100, 100, 100, NaN]);

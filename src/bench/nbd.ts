@@ -4,6 +4,7 @@
 // once per round). Each server, once started, is warmed up (NBD_WARMUP_JOBS) before its measured
 // jobs. The best round per server and job is kept (the machine may be shared), and so is, per
 // job, ringfence's ratio to each qemu-nbd peer round by round, whose median is the steadier figure.
+import { pinned } from './cpus.js';
 import { spawn, execFile, type ChildProcess } from 'node:child_process';
 import { closeSync, existsSync, fsyncSync, mkdtempSync, openSync, rmSync, statSync } from 'node:fs';
 import { join, resolve, dirname } from 'node:path';
@@ -36,7 +37,7 @@ function server(name: string, need: string, argv: (f: string, s: string) => stri
   return {
     name, need,
     start: (f, s, cpus) => {
-      const [cmd, ...args] = cpus === undefined ? argv(f, s) : ['taskset', '-c', cpus, ...argv(f, s)];
+      const [cmd, ...args] = pinned(argv(f, s), cpus);
       return spawn(cmd, args, { stdio: ['ignore', 'ignore', 'pipe'] });
     },
   };
