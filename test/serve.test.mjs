@@ -4,7 +4,7 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { execFile, spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, openSync, closeSync, readFileSync, rmSync, writeFileSync, ftruncateSync, writeSync, readSync } from 'node:fs';
+import { existsSync, mkdtempSync, openSync, closeSync, readFileSync, readdirSync, rmSync, writeFileSync, ftruncateSync, writeSync, readSync } from 'node:fs';
 import { randomFillSync } from 'node:crypto';
 import { join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -330,6 +330,28 @@ test('a request split across many reads (header byte by byte, payload in parts) 
     c.disc();
     assert.is(events.find((e) => e.event === 'export')?.socket, STREAM_ONLY ? 'stream' : 'read-buffer');
   });
+});
+
+/** File descriptors this process has open. */
+const openFds = () => readdirSync('/proc/self/fd').length;
+
+test('a connection that ends with NBD_CMD_DISC and then closes gives its fd back (TCP and Unix)', async () => {
+  const p = image('disc.raw', 4 * MiB, false);
+  for (const where of [{}, { socket: join(dir, 'disc.sock'), port: undefined }]) {
+    await withServer({ path: p, ...where }, async (s, events) => {
+      const before = openFds();
+      for (let i = 0; i < 10; i++) {
+        const c = await Client.connect(s);
+        assert.is((await c.writeAt(0, Buffer.alloc(4096, i))).error, 0);
+        c.disc(); // DISC, then the client's FIN
+        await c.closedWithin(5000);
+      }
+      const deadline = Date.now() + 5000;
+      while (openFds() > before && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+      assert.is(openFds(), before, `every connection's fd is closed (${where.socket ? 'Unix' : 'TCP'})`);
+      assert.is(events.filter((e) => e.event === 'disconnect').length, 10);
+    });
+  }
 });
 
 test('the fallback socket path (the accepted socket\'s stream) serves the same requests', async () => {

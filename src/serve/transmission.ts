@@ -471,6 +471,11 @@ export class Transmission {
     this.closed = true;
     this.state = S_STOPPED;
     this.socket.end();
+    // Read on until the client's FIN (feed() drops the bytes: S_STOPPED). A paused socket that
+    // reads with onread (socket.ts) stops reading for good, so after a DISC, which pauses it,
+    // the EOF would never be read: no 'end', no 'close', and its fd, its Transmission and its
+    // staging buffer would stay for the life of the process.
+    this.socket.resume();
     this.onClose(this.endReason, false);
   }
 
