@@ -3,8 +3,8 @@
 // transmission phase the connection moves to a second net.Socket over a duplicate of the same
 // fd that reads with `onread`: libuv reads straight into one buffer the server owns, and the
 // callback gets the byte count, with no stream buffering, no Buffer and no event per chunk.
-// On the 2-core nested VM that gave QD1 random writes 6-8% (`node bench/nbd-ab.mjs`, README
-// "Requests read into one buffer"). pause() on such a socket stops reading at once (readStop),
+// On the 2-core nested VM, QD1 random writes measured 1.06x and 1.08x, at two pinned
+// placements (`node bench/nbd-ab.mjs`, README "Requests read into one buffer"). pause() on such a socket stops reading at once (readStop),
 // where a streaming socket goes on reading into its buffer.
 //
 // Why the move is safe: it happens inside the 'data' callback that ended the handshake, so the
