@@ -294,7 +294,7 @@ test('many requests in flight answered out of order; a write on one connection, 
   });
 });
 
-/** A request sent in pieces: the header byte by byte, a write's payload in three parts. */
+/** A request sent in pieces, each after a pause, so that the server reads each one on its own. */
 async function sendInPieces(c, bytes, cuts) {
   let at = 0;
   for (const cut of [...cuts, bytes.length]) {
@@ -304,7 +304,7 @@ async function sendInPieces(c, bytes, cuts) {
   }
 }
 
-/** A write of `data` at `off` and a read of it, each split across many reads of the server. */
+/** A 12 KiB write (its header in six pieces, its payload in three) and a read of it (its header byte by byte). */
 async function splitRequests(c) {
   const data = Buffer.alloc(12288);
   randomFillSync(data);

@@ -255,7 +255,7 @@ class NbdServerImpl implements NbdServer {
       }
       clearTimeout(timer);
       // The transmission phase reads into the server's buffer on a socket of its own (socket.ts).
-      const moved = !STREAM_ONLY ? moveToReadBuffer(socket, (buf, n) => onBytes(buf, n)) : null;
+      const moved = !STREAM_ONLY ? moveToReadBuffer(socket, onBytes) : null;
       if (moved !== null) { c.socket = moved; listen(moved); }
       this.ctx.emit({ event: 'export', connection: id, export: outcome.name, via: outcome.via, blockSizeNegotiated: outcome.blockSizeNegotiated, socket: moved !== null ? 'read-buffer' : 'stream' });
       const tx = new Transmission({ ctx: this.ctx, socket: c.socket, id, blockSizeNegotiated: outcome.blockSizeNegotiated, onClose: finish });
