@@ -8,7 +8,9 @@
 // --cpus SERVER:CLIENT pins every server and fio (as in bench/nbd-stages.mjs): on the 2-core VM
 // the scheduler's placement alone moves a server's QD32 random reads by a quarter, so an unpinned
 // A/B can credit one build with the other's placement.
-//   node bench/nbd-ab.mjs --base DIR [--jobs randread:1,randwrite:1,randread:32,randwrite:32] [--repeat 6] [--runtime 3] [--size 256M] [--dir /var/tmp] [--cpus S:C] [--json]
+// --env NAME=VALUE (repeatable) is set for this checkout's server only, so that --base . compares
+// an environment switch on one build (e.g. --base . --env RINGFENCE_QUIET_EVENTFD=1).
+//   node bench/nbd-ab.mjs --base DIR [--env NAME=VALUE]... [--jobs randread:1,randwrite:1,randread:32,randwrite:32] [--repeat 6] [--runtime 3] [--size 256M] [--dir /var/tmp] [--cpus S:C] [--json]
 import { parseArgs } from 'node:util';
 import { execFile, spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
@@ -25,6 +27,7 @@ const { values: o } = parseArgs({ options: {
   base: { type: 'string' }, jobs: { type: 'string', default: 'randread:1,randwrite:1,randread:32,randwrite:32' },
   repeat: { type: 'string', default: '6' }, runtime: { type: 'string', default: '3' }, size: { type: 'string', default: '256M' },
   dir: { type: 'string', default: '/var/tmp' }, cpus: { type: 'string' }, json: { type: 'boolean', default: false },
+  env: { type: 'string', multiple: true, default: [] },
 } });
 const fail = (m) => { process.stderr.write(`nbd-ab: ${m}\n`); process.exit(2); };
 const repeat = Number(o.repeat), runtime = Number(o.runtime), size = parseSize(o.size);
@@ -33,6 +36,11 @@ const baseCli = join(o.base, 'dist/src/cli.js');
 if (!existsSync(baseCli)) fail(`--base ${o.base}: no ${baseCli} (build that checkout first: npm ci && npm run build)`);
 if (!(Number.isInteger(repeat) && repeat >= 1 && repeat <= 100)) fail(`--repeat ${o.repeat}: give a whole number from 1 to 100`);
 if (!(runtime >= 0.5 && runtime <= 600)) fail(`--runtime ${o.runtime}: give seconds from 0.5 to 600`);
+const thisEnv = Object.fromEntries(o.env.map((kv) => {
+  const m = /^([A-Za-z_][A-Za-z0-9_]*)=(.*)$/s.exec(kv);
+  if (!m) fail(`--env "${kv}": give NAME=VALUE`);
+  return [m[1], m[2]];
+}));
 const jobs = o.jobs.split(',').map((j) => {
   const m = /^(randread|randwrite):(\d+)$/.exec(j);
   if (!m || Number(m[2]) < 1 || Number(m[2]) > 256) fail(`--jobs: "${j}" is not RW:QD (randread or randwrite, QD 1 to 256)`);
@@ -65,7 +73,8 @@ try {
       const sock = join(tmp, 'nbd.sock');
       rmSync(sock, { force: true });
       const [cmd, ...args] = pinned(make(file, sock).flat(), cpus.server);
-      const child = spawn(cmd, args, { stdio: ['ignore', 'ignore', 'ignore'] });
+      const env = name === 'this' ? { ...process.env, ...thisEnv } : process.env;
+      const child = spawn(cmd, args, { stdio: ['ignore', 'ignore', 'ignore'], env });
       try {
         await waitForSocket(sock, child, 20000);
         const common = ['--name=ab', '--ioengine=nbd', `--uri=nbd+unix:///?socket=${sock}`, '--bs=4k', `--size=${size}`, '--time_based'];
@@ -83,9 +92,9 @@ try {
     }
   }
   const med = Object.fromEntries(Object.entries(got).map(([k, v]) => [k, Object.fromEntries(Object.entries(v).map(([j, a]) => [j, median(a)]))]));
-  if (o.json) console.log(JSON.stringify({ base: o.base, repeat, runtime, cpus: o.cpus ?? null, rounds: got, medians: med }, null, 2));
+  if (o.json) console.log(JSON.stringify({ base: o.base, env: thisEnv, repeat, runtime, cpus: o.cpus ?? null, rounds: got, medians: med }, null, 2));
   else {
-    console.log(`fio nbd, 4 KiB, ${runtime} s per job, median IOPS of ${repeat} interleaved rounds; base = ${o.base}; ${o.cpus === undefined ? 'placed by the scheduler' : `pinned --cpus ${o.cpus} (server:fio)`}`);
+    console.log(`fio nbd, 4 KiB, ${runtime} s per job, median IOPS of ${repeat} interleaved rounds; base = ${o.base}${o.env.length ? `; this with ${o.env.join(' ')}` : ''}; ${o.cpus === undefined ? 'placed by the scheduler' : `pinned --cpus ${o.cpus} (server:fio)`}`);
     console.log(`${'job'.padEnd(14)} ${'base'.padStart(9)} ${'this'.padStart(9)} ${'qemu-nbd'.padStart(9)}  this/base  this/qemu  base/qemu`);
     for (const j of jobs) {
       const b = med.base[j.name], t = med.this[j.name], q = med['qemu-nbd io_uring'][j.name];
