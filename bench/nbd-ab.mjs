@@ -7,7 +7,8 @@
 // then per job the median over the rounds and the ratios of the medians.
 // --cpus SERVER:CLIENT pins every server and fio (as in bench/nbd-stages.mjs): on the 2-core VM
 // the scheduler's placement alone moves a server's QD32 random reads by a quarter, so an unpinned
-// A/B can credit one build with the other's placement.
+// A/B can credit one build with the other's placement. The base and this checkout swap places
+// every other round.
 // --env NAME=VALUE (repeatable) is set for this checkout's server only, so that --base . compares
 // an environment switch on one build (e.g. --base . --env RINGFENCE_QUIET_EVENTFD=1).
 //   node bench/nbd-ab.mjs --base DIR [--env NAME=VALUE]... [--jobs randread:1,randwrite:1,randread:32,randwrite:32] [--repeat 6] [--runtime 3] [--size 256M] [--dir /var/tmp] [--cpus S:C] [--json]
@@ -69,7 +70,10 @@ try {
   process.stderr.write(`preparing ${size >> 20} MiB data file ${file}\n`);
   prepareDataFile(file, size, true);
   for (let r = 1; r <= repeat; r++) {
-    for (const [name, make] of Object.entries(servers)) {
+    // base and this swap places every other round, so that a drift over the run, or the order
+    // itself, does not land on one side only.
+    const [b, t, q] = Object.entries(servers);
+    for (const [name, make] of r % 2 === 1 ? [b, t, q] : [t, b, q]) {
       const sock = join(tmp, 'nbd.sock');
       rmSync(sock, { force: true });
       const [cmd, ...args] = pinned(make(file, sock).flat(), cpus.server);

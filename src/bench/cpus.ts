@@ -1,7 +1,7 @@
 // `--cpus SERVER:CLIENT` of the NBD benches (bench/nbd-stages.mjs, bench/nbd-ab.mjs): each server
 // starts under `taskset -c SERVER` and fio under `taskset -c CLIENT`, so that servers are compared
 // at one placement rather than the scheduler's. On the 2-core VM the placement alone moves a
-// server's QD32 random reads by a quarter (README, "Serving an image over NBD").
+// server's QD32 random reads by a quarter (docs/SERVE-PERF.md, "Requests read into one buffer").
 import { availableParallelism } from 'node:os';
 import { haveCommand } from '../volume.js';
 

@@ -4,7 +4,7 @@
 // fd that reads with `onread`: libuv reads straight into one buffer the server owns, and the
 // callback gets the byte count, with no stream buffering, no Buffer and no event per chunk.
 // On the 2-core nested VM, QD1 random writes measured 1.06x and 1.08x, at two pinned
-// placements (`node bench/nbd-ab.mjs`, README "Requests read into one buffer"). pause() on
+// placements (`node bench/nbd-ab.mjs`, docs/SERVE-PERF.md "Requests read into one buffer"). pause() on
 // such a socket stops reading at once (readStop), where a streaming socket goes on reading into
 // its buffer; so a paused one never sees the client's EOF either, and a connection that has
 // ended resumes it (Transmission.maybeEnd) for its fd to be closed.
