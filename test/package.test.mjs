@@ -195,12 +195,23 @@ test('from source with RINGFENCE_NO_LIBURING=1 RINGFENCE_NO_LIBAIO=1: sync only,
   const pkg = join(scratch.dir, 'nolibs');
   mkdirSync(pkg);
   for (const p of ['package.json', 'binding.gyp', 'native', 'scripts', 'dist']) cpSync(join(root, p), join(pkg, p), { recursive: true });
-  symlinkSync(join(root, 'node_modules'), join(pkg, 'node_modules'));
+  // node_modules links to the repository's packages, but node-addon-api is copied in. gyp writes
+  // a dependency's makefiles at build/ plus the dependency's path relative to the package, and
+  // the path behind a link to the repository's node_modules climbs out of the package: they went
+  // to /var/work/main/node_modules/node-addon-api/ for a checkout in /work/main (and to
+  // /var/tmp/ci-check/... for CI's clone), left behind after every run.
+  mkdirSync(join(pkg, 'node_modules'));
+  for (const n of readdirSync(join(root, 'node_modules'))) {
+    if (n === 'node-addon-api') cpSync(join(root, 'node_modules', n), join(pkg, 'node_modules', n), { recursive: true });
+    else symlinkSync(join(root, 'node_modules', n), join(pkg, 'node_modules', n));
+  }
   const env = { ...process.env, RINGFENCE_NO_LIBURING: '1', RINGFENCE_NO_LIBAIO: '1', JOBS: process.env.JOBS ?? 'max' };
   const t0 = Date.now();
   const b = sh('npm', ['run', 'build:native'], { cwd: pkg, env, timeout: 600000 });
   assert.is(b.status, 0, b.all);
   console.log(`built without liburing and libaio in ${((Date.now() - t0) / 1000).toFixed(0)} s`);
+  assert.ok(existsSync(join(pkg, 'build/node_modules/node-addon-api/node_addon_api.target.mk')),
+    'the build wrote node-addon-api\'s makefiles outside the package copy (outside the scratch directory)');
   const addon = join(pkg, 'build/Release/ringfence.node');
   assert.not.match(sh('ldd', [addon]).stdout, /liburing|libaio/);
   assert.not.match(sh('nm', ['-D', '--undefined-only', addon]).stdout, /io_uring|io_submit|io_setup/);
