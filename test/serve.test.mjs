@@ -595,7 +595,7 @@ test('ringfence serve: flags are validated first (exit 2 naming the flag)', asyn
   for (const [args, flag] of [
     [[p, '--port', '70000'], '--port'], [[p, '--max-connections', '0'], '--max-connections'], [[p, '--max-request', '1000'], '--max-request'],
     [[p, '--stats', '-1'], '--stats'], [[p, '--socket', '/x', '--port', '1'], '--socket'], [[p, '--bind', 'not an ip'], '--bind'],
-    [[p, '--backend', 'nope'], '--backend'], [[join(dir, 'missing.raw')], '<image>'], [[p, '--workers', 'x'], '--workers'],
+    [[p, '--backend', 'nope'], '--backend'], [[join(dir, 'missing.raw')], '<image>'], [[p, '--workers', 'x'], '--workers'], [[p, '--workers', '32'], '--workers'],
   ]) {
     const r = await run(process.execPath, [CLI, 'serve', ...args], 15000);
     assert.is(r.code, 2, `${args.join(' ')}: exit 2`);

@@ -6,6 +6,7 @@ import { isIP } from 'node:net';
 import type { Command } from 'commander';
 import { BACKEND_CHOICES } from '../backends.js';
 import { parseSize } from '../volume.js';
+import { MAX_WORKERS } from '../shm.js';
 import type { BackendChoice } from '../types.js';
 import { DEFAULT_MAX_REQUEST, DEFAULT_PORT, serveNbd, type NbdServer } from './server.js';
 import type { ServeEvent } from './export.js';
@@ -34,7 +35,7 @@ export function registerServe(program: Command, usage: (msg: string) => never): 
     .option('--max-request <size>', 'largest READ/WRITE, the advertised maximum block size', `${DEFAULT_MAX_REQUEST >> 20}M`)
     .option('--stats <seconds>', 'print IOPS and throughput every SECONDS')
     .option('--json', 'machine-readable logs: one JSON object per line')
-    .option('--workers <n>', 'engine worker threads (default min(4, cores - 1))')
+    .option('--workers <n>', `run the engine on this many offload worker threads, 1 to ${MAX_WORKERS} (default: none; the inline engine, where the serving thread owns its ring)`)
     .option('--backend <name>', 'auto|io_uring|libaio|sync', 'auto')
     .option('--poll-us <us>', 'busy-poll completions this many microseconds after each submit (engine option pollUs; default 0); not with --workers')
     .option('--no-direct', 'buffered I/O instead of O_DIRECT')
@@ -67,7 +68,7 @@ flushed; exit 0 after a clean drain.`)
         statsEvery = Number(o.stats);
         if (!Number.isFinite(statsEvery) || statsEvery <= 0 || statsEvery > 86400) usage(`--stats: "${o.stats}" is not a number of seconds (0 < s <= 86400)`);
       }
-      const workers = o.workers === undefined ? undefined : intFlag(o.workers, '--workers', 1, 64, usage);
+      const workers = o.workers === undefined ? undefined : intFlag(o.workers, '--workers', 1, MAX_WORKERS, usage);
       const pollUs = o.pollUs === undefined ? undefined : intFlag(o.pollUs, '--poll-us', 0, 1_000_000, usage);
       if (pollUs !== undefined && workers !== undefined) usage('--poll-us applies to the default inline engine: drop --workers, or drop --poll-us');
       if (!(BACKEND_CHOICES as readonly string[]).includes(o.backend)) usage(`--backend: "${o.backend}" is not one of ${BACKEND_CHOICES.join(', ')}`);
