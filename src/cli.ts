@@ -69,7 +69,7 @@ program.command('demo')
 addStressCommand(program);
 registerBench(program);
 registerProbe(program);
-registerServe(program, (msg) => { throw new UsageError(msg); });
+registerServe(program);
 
 // ---- cleanup --------------------------------------------------------------------------------
 

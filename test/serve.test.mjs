@@ -605,6 +605,45 @@ test('ringfence serve: flags are validated first (exit 2 naming the flag)', asyn
   assert.match(h.stdout, /Examples:/); assert.match(h.stdout, /qemu-img convert/);
 });
 
+test('ringfence serve: every numeric flag takes its limits and refuses one past them (checkServeFlags)', async () => {
+  const { checkServeFlags, SERVE_LIMITS: L } = await import('../dist/src/serve/command.js');
+  const p = image('limits.raw', 4 * MiB, false);
+  const base = { maxConnections: '16', maxRequest: '32M', backend: 'auto', direct: true };
+  const ok = (o) => checkServeFlags(p, { ...base, ...o });
+  const refused = (o, flag) => {
+    try { ok(o); } catch (e) {
+      assert.ok(e.usage, `${JSON.stringify(o)}: a UsageError`);
+      assert.ok(e.message.startsWith(flag), `${JSON.stringify(o)}: the message starts with ${flag}: ${e.message}`);
+      return;
+    }
+    assert.unreachable(`${JSON.stringify(o)} was accepted`);
+  };
+  for (const [key, flag, lim] of [['port', '--port', L.port], ['maxConnections', '--max-connections', L.maxConnections],
+    ['workers', '--workers', L.workers], ['pollUs', '--poll-us', L.pollUs]]) {
+    assert.is(ok({ [key]: String(lim.min) })[key], lim.min, `${flag} ${lim.min}`);
+    assert.is(ok({ [key]: String(lim.max) })[key], lim.max, `${flag} ${lim.max}`);
+    refused({ [key]: String(lim.min - 1) }, flag);
+    refused({ [key]: String(lim.max + 1) }, flag);
+    refused({ [key]: '1.5' }, flag);
+  }
+  assert.is(ok({ maxRequest: '4K' }).maxRequestBytes, 4096);
+  assert.is(ok({ maxRequest: '256M' }).maxRequestBytes, 256 * MiB);
+  for (const v of ['2K', '260M', '6000', '4.5K']) refused({ maxRequest: v }, '--max-request');
+  assert.is(ok({ stats: '86400' }).statsEvery, 86400);
+  assert.is(ok({ stats: '0.5' }).statsEvery, 0.5);
+  for (const v of ['0', '86401', '1e3']) refused({ stats: v }, '--stats');
+  assert.is(L.workers.max, (await import('../dist/src/shm.js')).MAX_WORKERS, "--workers goes up to the engine's maximum");
+  // The defaults and what the plan carries.
+  const d = ok({});
+  assert.equal([d.host, d.port, d.socket, d.workers, d.backend, d.readOnly, d.direct], ['127.0.0.1', 10809, undefined, undefined, 'auto', false, true]);
+  const u = ok({ socket: '/run/rf.sock', readOnly: true, direct: false });
+  assert.equal([u.host, u.port, u.socket, u.readOnly, u.direct], [undefined, undefined, '/run/rf.sock', true, false]);
+  refused({ socket: 'x'.repeat(108) }, '--socket');
+  refused({ socket: '/s', bind: '127.0.0.1' }, '--socket');
+  refused({ pollUs: '10', workers: '2' }, '--poll-us');
+  refused({ name: 'a\0b' }, '--name');
+});
+
 test('ringfence serve --json on a Unix socket, read-only; SIGTERM drains and exits 0', async () => {
   const p = image('cli.raw', 8 * MiB, true);
   const sock = join(dir, 'rf.sock');

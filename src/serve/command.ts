@@ -5,7 +5,7 @@ import { statSync } from 'node:fs';
 import { isIP } from 'node:net';
 import type { Command } from 'commander';
 import { BACKEND_CHOICES } from '../backends.js';
-import { parseSize } from '../volume.js';
+import { UsageError, enumArg, intArg, mustBe, numberArg, sizeArg } from '../args.js';
 import { MAX_WORKERS } from '../shm.js';
 import type { BackendChoice } from '../types.js';
 import { DEFAULT_MAX_REQUEST, DEFAULT_PORT, serveNbd, type NbdServer } from './server.js';
@@ -16,28 +16,71 @@ interface ServeFlags {
   name?: string; stats?: string; json?: boolean; workers?: string; pollUs?: string; backend: string; direct: boolean;
 }
 
-function intFlag(v: string, flag: string, min: number, max: number, usage: (m: string) => never): number {
-  const n = Number(v);
-  if (!/^\d+$/.test(String(v).trim()) || !Number.isInteger(n) || n < min || n > max) usage(`${flag}: "${v}" is not an integer ${min}..${max}`);
-  return n;
+/** The limits of `ringfence serve`'s numeric flags (its --help and the README's table say the same). */
+export const SERVE_LIMITS = {
+  port: { min: 0, max: 65535 },
+  maxConnections: { min: 1, max: 4096 },
+  /** A multiple of 4K: the advertised maximum block size is a multiple of the preferred 4K. */
+  maxRequest: { min: 4096, max: 256 << 20, multipleOf: 4096 },
+  statsS: { max: 86400 },
+  workers: { min: 1, max: MAX_WORKERS },
+  pollUs: { min: 0, max: 1_000_000 },
+} as const;
+
+export interface ServePlan {
+  image: string; host?: string; port?: number; socket?: string; readOnly: boolean; name?: string;
+  maxConnections: number; maxRequestBytes: number; statsEvery?: number; json: boolean;
+  workers?: number; pollUs?: number; backend: BackendChoice; direct: boolean;
 }
 
-export function registerServe(program: Command, usage: (msg: string) => never): void {
+/**
+ * Every flag of `ringfence serve`, checked before anything is opened: throws UsageError naming
+ * the flag, the value and what is allowed (src/args.ts, as for the other commands).
+ */
+export function checkServeFlags(image: string, o: ServeFlags): ServePlan {
+  const L = SERVE_LIMITS;
+  let st;
+  try { st = statSync(image); } catch (e) {
+    throw new UsageError(`<image> "${image}": ${(e as NodeJS.ErrnoException).code === 'ENOENT' ? 'no such file; give the path of an existing raw image file or block device' : `cannot use it: ${(e as Error).message}`}`);
+  }
+  if (!st.isFile() && !st.isBlockDevice()) throw new UsageError(`<image> "${image}": not a regular file or block device; give a raw image file or a block device`);
+  if (o.socket !== undefined && (o.bind !== undefined || o.port !== undefined)) {
+    throw new UsageError('--socket cannot be combined with --bind or --port: serve on a Unix socket (--socket) or on TCP (--bind, --port), not both');
+  }
+  if (o.socket !== undefined && (o.socket === '' || Buffer.byteLength(o.socket) > 107)) mustBe('--socket', o.socket, 'a path of 1 to 107 bytes (the limit of a Unix socket address)', '/run/rf.sock');
+  if (o.bind !== undefined && isIP(o.bind) === 0 && o.bind !== 'localhost') mustBe('--bind', o.bind, 'an IPv4 or IPv6 address, or localhost', '127.0.0.1');
+  const port = intArg('--port', o.port, { ...L.port, example: DEFAULT_PORT });
+  const maxConnections = intArg('--max-connections', o.maxConnections, { ...L.maxConnections, example: 16 })!;
+  const maxRequestBytes = sizeArg('--max-request', o.maxRequest, { ...L.maxRequest, example: '32M' })!;
+  const statsEvery = numberArg('--stats', o.stats, { above: 0, max: L.statsS.max, unit: 'seconds', example: 5 });
+  const workers = intArg('--workers', o.workers, { ...L.workers, example: 4, maxWhy: "the engine's maximum, MAX_WORKERS" });
+  const pollUs = intArg('--poll-us', o.pollUs, { ...L.pollUs, example: 20 });
+  if (pollUs !== undefined && workers !== undefined) throw new UsageError('--poll-us applies to the default inline engine: drop --workers, or drop --poll-us');
+  const backend = enumArg('--backend', o.backend, BACKEND_CHOICES, 'auto');
+  if (o.name !== undefined && (Buffer.byteLength(o.name) > 4096 || o.name.includes('\0'))) mustBe('--name', o.name, 'an export name of at most 4096 bytes, without NUL', 'disk');
+  return {
+    image, host: o.socket === undefined ? (o.bind ?? '127.0.0.1') : undefined, port: o.socket === undefined ? (port ?? DEFAULT_PORT) : undefined,
+    socket: o.socket, readOnly: !!o.readOnly, name: o.name, maxConnections, maxRequestBytes, statsEvery, json: !!o.json,
+    workers, pollUs, backend, direct: o.direct !== false,
+  };
+}
+
+export function registerServe(program: Command): void {
   program.command('serve')
     .description('export an image file over NBD (fixed newstyle, simple replies), every request through the engine')
     .argument('<image>', 'the image file (raw) or block device to export')
     .option('--bind <address>', 'TCP address to listen on (default 127.0.0.1; 0.0.0.0 exposes the image to the network)')
-    .option('--port <n>', `TCP port (default ${DEFAULT_PORT})`)
+    .option('--port <n>', `TCP port, 0 to 65535 (default ${DEFAULT_PORT}; 0: any free port)`)
     .option('--socket <path>', 'listen on this Unix socket instead of TCP')
     .option('--read-only', 'export read-only: writes, trims and zero-writes get EPERM')
     .option('--name <export>', 'export name (default: the file name without extension; "" is always served too)')
-    .option('--max-connections <n>', 'clients at once', '16')
-    .option('--max-request <size>', 'largest READ/WRITE, the advertised maximum block size', `${DEFAULT_MAX_REQUEST >> 20}M`)
-    .option('--stats <seconds>', 'print IOPS and throughput every SECONDS')
+    .option('--max-connections <n>', 'clients at once, 1 to 4096', '16')
+    .option('--max-request <size>', 'largest READ/WRITE, the advertised maximum block size: a multiple of 4K, 4K to 256M', `${DEFAULT_MAX_REQUEST >> 20}M`)
+    .option('--stats <seconds>', 'print IOPS and throughput every SECONDS (above 0, at most 86400)')
     .option('--json', 'machine-readable logs: one JSON object per line')
     .option('--workers <n>', `run the engine on this many offload worker threads, 1 to ${MAX_WORKERS} (default: none; the inline engine, where the serving thread owns its ring)`)
     .option('--backend <name>', 'auto|io_uring|libaio|sync', 'auto')
-    .option('--poll-us <us>', 'busy-poll completions this many microseconds after each submit (engine option pollUs; default 0); not with --workers')
+    .option('--poll-us <us>', 'busy-poll completions this many microseconds after each submit, 0 to 1000000 (engine option pollUs; default 0); not with --workers')
     .option('--no-direct', 'buffered I/O instead of O_DIRECT')
     .addHelpText('after', `
 Examples:
@@ -51,38 +94,16 @@ Examples:
 SIGINT or SIGTERM stops it: in-flight requests are answered, new ones get ESHUTDOWN, the file is
 flushed; exit 0 after a clean drain.`)
     .action(async (image: string, o: ServeFlags) => {
-      // ---- Validation, before any work.
-      let st;
-      try { st = statSync(image); } catch (e) { usage(`<image>: cannot use "${image}": ${(e as NodeJS.ErrnoException).code === 'ENOENT' ? 'no such file' : (e as Error).message}`); }
-      if (!st.isFile() && !st.isBlockDevice()) usage(`<image>: "${image}" is not a regular file or block device`);
-      if (o.socket !== undefined && (o.bind !== undefined || o.port !== undefined)) usage('--socket cannot be combined with --bind or --port: pick a Unix socket or TCP');
-      if (o.socket !== undefined && (o.socket === '' || Buffer.byteLength(o.socket) > 107)) usage('--socket: give a path of at most 107 bytes');
-      if (o.bind !== undefined && isIP(o.bind) === 0 && o.bind !== 'localhost') usage(`--bind: "${o.bind}" is not an IP address`);
-      const port = o.port === undefined ? undefined : intFlag(o.port, '--port', 0, 65535, usage);
-      const maxConnections = intFlag(o.maxConnections, '--max-connections', 1, 4096, usage);
-      let maxRequest: number;
-      try { maxRequest = parseSize(o.maxRequest); } catch (e) { usage(`--max-request: ${(e as Error).message}`); }
-      if (maxRequest < 4096 || maxRequest > 256 << 20 || maxRequest % 4096 !== 0) usage(`--max-request: "${o.maxRequest}" must be a multiple of 4K between 4K and 256M`);
-      let statsEvery: number | undefined;
-      if (o.stats !== undefined) {
-        statsEvery = Number(o.stats);
-        if (!Number.isFinite(statsEvery) || statsEvery <= 0 || statsEvery > 86400) usage(`--stats: "${o.stats}" is not a number of seconds (0 < s <= 86400)`);
-      }
-      const workers = o.workers === undefined ? undefined : intFlag(o.workers, '--workers', 1, MAX_WORKERS, usage);
-      const pollUs = o.pollUs === undefined ? undefined : intFlag(o.pollUs, '--poll-us', 0, 1_000_000, usage);
-      if (pollUs !== undefined && workers !== undefined) usage('--poll-us applies to the default inline engine: drop --workers, or drop --poll-us');
-      if (!(BACKEND_CHOICES as readonly string[]).includes(o.backend)) usage(`--backend: "${o.backend}" is not one of ${BACKEND_CHOICES.join(', ')}`);
-      if (o.name !== undefined && (Buffer.byteLength(o.name) > 4096 || o.name.includes('\0'))) usage('--name: at most 4096 bytes, no NUL');
-
-      const json = !!o.json;
+      const plan = checkServeFlags(image, o);
+      const { json, statsEvery } = plan;
       const log = (e: ServeEvent): void => {
         const line = json ? JSON.stringify({ time: new Date().toISOString(), ...e }) : formatEvent(e);
         if (line !== '') process.stdout.write(line + '\n');
       };
       const server: NbdServer = await serveNbd({
-        path: image, name: o.name, host: o.socket === undefined ? (o.bind ?? '127.0.0.1') : undefined, port: o.socket === undefined ? (port ?? DEFAULT_PORT) : undefined,
-        socket: o.socket, readOnly: !!o.readOnly, maxConnections, maxRequestBytes: maxRequest, direct: o.direct !== false,
-        workers, pollUs, backend: o.backend as BackendChoice, onEvent: log,
+        path: plan.image, name: plan.name, host: plan.host, port: plan.port, socket: plan.socket, readOnly: plan.readOnly,
+        maxConnections: plan.maxConnections, maxRequestBytes: plan.maxRequestBytes, direct: plan.direct,
+        workers: plan.workers, pollUs: plan.pollUs, backend: plan.backend, onEvent: log,
       });
       let timer: NodeJS.Timeout | undefined;
       if (statsEvery !== undefined) {
