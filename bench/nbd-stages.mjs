@@ -8,7 +8,7 @@
 //   server submits     the server runs -> the block layer issues the I/O (parse, engine, enter)
 //   device             issue -> the device's completion interrupt (includes the kick, below)
 //   server woken       completion -> the server's waiting call returns again
-//   server replies     the server runs -> its reply write(2)/sendmsg(2) starts (reap, settle, reply)
+//   server replies     the server runs -> its reply write(2)/sendmsg(2)/sendto(2) starts (reap, settle, reply)
 //   client wakes       the reply's write starts -> fio runs
 //   client reads       fio runs -> its next request's send (reading the reply)
 // and, inside "device", the kick: issue -> the submitting io_uring_enter returns (the virtio

@@ -31,6 +31,7 @@
 #include "ops.h"
 #include "probe.h"
 #include "registry.h"
+#include "reply.h"
 #include "views.h"
 #include "watch.h"
 
@@ -66,6 +67,8 @@ class Context : public Napi::ObjectWrap<Context> {
                 InstanceMethod<&Context::TableLeave>("tableLeave"),
                 InstanceMethod<&Context::TableRing>("tableRing"),
                 InstanceMethod<&Context::TableWorkaround>("tableWorkaround"),
+                InstanceMethod<&Context::ReplyOpen>("replyOpen"),
+                InstanceMethod<&Context::ReplyClose>("replyClose"),
             });
     }
 
@@ -149,6 +152,28 @@ class Context : public Napi::ObjectWrap<Context> {
              * thread then must not reuse any memory those ops name.
              */
             if (stall.length >= 2) gave_up_ = static_cast<int32_t *>(stall.data) + 1;
+        }
+
+        /*
+         * Inline mode, optional: replies sent at completion time (reply.h).  `replies` holds
+         * the records (REPLY_MAX * REPLY_WORDS words), `replyArm` one word per batch entry,
+         * `replySlots` the engine's request slots (a tag's slot is tag >> 3).
+         */
+        v = opts.Get("replies");
+        if (!v.IsUndefined()) {
+            if (on_ready.IsUndefined())
+                throw Napi::TypeError::New(env, "Context: replies are for inline mode (with onReady) only");
+            View recs, arm;
+            if (!typed_view(env, v, napi_int32_array, &recs) || recs.length < size_t(REPLY_MAX) * REPLY_WORDS)
+                throw Napi::TypeError::New(env, "Context: replies must be an Int32Array of " +
+                                                    std::to_string(REPLY_MAX * REPLY_WORDS) + " elements");
+            Napi::Value a = opts.Get("replyArm");
+            if (!typed_view(env, a, napi_int32_array, &arm) || arm.length < batch_cap_)
+                throw Napi::TypeError::New(env, "Context: replyArm must be an Int32Array with one element per batch entry");
+            uint32_t slots = uint32_t(int_arg(env, opts.Get("replySlots"), "Context: replySlots", 1, 1 << 20));
+            replies_ref_ = Napi::Persistent(v.As<Napi::Object>());
+            reply_arm_ref_ = Napi::Persistent(a.As<Napi::Object>());
+            replies_.reset(new Replies(slots));
         }
 
         if (!on_ready.IsUndefined()) {
@@ -255,6 +280,7 @@ class Context : public Napi::ObjectWrap<Context> {
 
     /* Drain and release the kernel side.  Touches no JS values. */
     void Teardown() {
+        if (replies_) replies_->close_all(); /* the sockets' dups: no reply is sent after this */
         bool drained = true;
         if (backend_) {
             if (!backend_->shutdown()) {
@@ -368,10 +394,30 @@ class Context : public Napi::ObjectWrap<Context> {
                 }
                 ext = ext_.data();
             }
+            /* Entries submitted with a reply (pump's 4th argument: the batch has some). */
+            if (replies_ && info[3].IsBoolean() && info[3].As<Napi::Boolean>().Value()) {
+                View arm;
+                if (typed_view(env, reply_arm_ref_.Value(), napi_int32_array, &arm) && arm.length >= n) {
+                    int32_t *r = static_cast<int32_t *>(arm.data);
+                    for (uint32_t i = 0; i < n; i++) {
+                        if (r[i] != 0) replies_->submitted(b + size_t(i) * ENTRY_WORDS, r[i]);
+                        r[i] = 0;
+                    }
+                }
+            }
             /* Never wait on the loop thread: completions arrive through onReady. */
             backend_->pump(b, n, sink, 0, ext);
             inline_->drain(sink);
             inline_->set_active(backend_->inflight() > 0);
+            /* Replies due: sent before JavaScript sees the completions. */
+            if (replies_ && replies_->pending() > 0 && sink.count() > 0) {
+                View recs;
+                bool ok = typed_view(env, replies_ref_.Value(), napi_int32_array, &recs);
+                const int32_t *c = static_cast<const int32_t *>(compl_.data);
+                for (uint32_t i = 0; i < sink.count(); i++)
+                    replies_->completed(c[size_t(i) * COMPL_WORDS + C_TAG], c[size_t(i) * COMPL_WORDS + C_RES],
+                                        ok ? static_cast<int32_t *>(recs.data) : nullptr, ok ? recs.length : 0);
+            }
         } else {
             backend_->pump(static_cast<const int32_t *>(batch.data), n, sink, wait_ms, nullptr);
         }
@@ -520,6 +566,24 @@ class Context : public Napi::ObjectWrap<Context> {
     /* tableRing(id, mask): wake the table's participants in mask (any thread's). */
     Napi::Value TableRing(const Napi::CallbackInfo &info) { return TableRingAny(info); }
 
+    /* replyOpen(fd): a reply record for socket fd (reply.h): its number, or -errno. */
+    Napi::Value ReplyOpen(const Napi::CallbackInfo &info) {
+        Napi::Env env = info.Env();
+        CheckOpen(env, "replyOpen");
+        if (!replies_)
+            throw Napi::Error::New(env, "replyOpen: this context was created without replies");
+        int fd = int(int_arg(env, info[0], "replyOpen: fd", 0, INT32_MAX));
+        return Napi::Number::New(env, replies_->open(fd));
+    }
+
+    /* replyClose(rec): closes the record's socket dup (its number is reused once no request names it). */
+    Napi::Value ReplyClose(const Napi::CallbackInfo &info) {
+        Napi::Env env = info.Env();
+        uint32_t rec = uint32_t(int_arg(env, info[0], "replyClose: rec", 0, REPLY_MAX - 1));
+        if (replies_) replies_->close(rec);
+        return env.Undefined();
+    }
+
     /*
      * Blocks until in-flight ops finish; their results are dropped.  With
      * io_uring, at most about 10 s: see UringBackend::shutdown().
@@ -531,6 +595,8 @@ class Context : public Napi::ObjectWrap<Context> {
         batch_ref_.Reset();
         compl_ref_.Reset();
         stall_ref_.Reset();
+        replies_ref_.Reset();
+        reply_arm_ref_.Reset();
         return info.Env().Undefined();
     }
 
@@ -545,6 +611,9 @@ class Context : public Napi::ObjectWrap<Context> {
     uint32_t compl_cap_ = 0;
     /* Keep the arrays (and so the pool the kernel writes into) alive. */
     Napi::ObjectReference pool_ref_, batch_ref_, compl_ref_, stall_ref_;
+    /* Replies sent at completion time (inline mode, optional): reply.h. */
+    std::unique_ptr<Replies> replies_;
+    Napi::ObjectReference replies_ref_, reply_arm_ref_;
     int32_t *gave_up_ = nullptr;
     bool pool_leaked_ = false;
     napi_env env_ = nullptr;
@@ -578,6 +647,9 @@ Napi::Object Wire(Napi::Env env) {
         {"TABLE_P_IN_FLIGHT", registry::P_IN_FLIGHT}, {"TABLE_P_HIGH_WATER", registry::P_HIGH_WATER},
         {"TABLE_GEN_SHIFT", registry::GEN_SHIFT}, {"TABLE_OWNER_SHIFT", registry::OWNER_SHIFT},
         {"TABLE_MAX_CAPACITY", registry::MAX_CAPACITY}, {"TABLE_MAX_PARTICIPANTS", registry::MAX_PARTICIPANTS},
+        {"REPLY_MAX", REPLY_MAX}, {"REPLY_WORDS", REPLY_WORDS}, {"REPLY_BYTES", REPLY_BYTES},
+        {"REPLY_ARMED", uint32_t(REPLY_ARMED)}, {"REPLY_TRIED", uint32_t(REPLY_TRIED)},
+        {"REPLY_STATE", R_STATE}, {"REPLY_RESULT", R_RESULT},
     };
     for (const auto &p : kv)
         o.Set(p.first, p.second);

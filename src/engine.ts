@@ -137,6 +137,20 @@ export class Engine implements LaneHost {
   /** @internal */ get outstanding(): number { return this.outstandingCount; }
   /** @internal */ pinFds(): void { this.fdsPinned = true; }
 
+  /**
+   * @internal Replies sent at completion time (native/reply.h, for src/serve/transmission.ts):
+   * a reply record for socket `fd` (File.writeReplying), or -1 when this engine has none to give
+   * (worker mode, closing, every record in use, out of file descriptors).
+   */
+  replyOpen(fd: number): number {
+    if (this.destroying || this.lane === undefined) return -1;
+    try { return this.lane.replyOpen?.(fd) ?? -1; } catch { return -1; }
+  }
+  /** @internal Closes a record of replyOpen(). */
+  replyClose(rec: number): void { if (!this.destroying) this.lane?.replyClose?.(rec); }
+  /** @internal The reply records (src/protocol.ts REPLY_*), null without them. */
+  replyRecords(): Int32Array | null { return this.lane?.replyRecords?.() ?? null; }
+
   // ---- Files -------------------------------------------------------------------------
 
   /** Opens `path` for I/O through the engine. See OpenOptions. */
@@ -238,9 +252,10 @@ export class Engine implements LaneHost {
    */
   submit(file: File, op: number, offLo: number, offHi: number, len: number, buf: number, aux: number,
     done: ((res: number) => number | void) | null, resolve: ((n: number) => void) | null, reject: ((e: unknown) => void) | null,
-    batch: BatchState | null, batchIndex: number, view: Uint8Array | null = null, rec: PoolAllocation | null = null, bounce = -1): number {
+    batch: BatchState | null, batchIndex: number, view: Uint8Array | null = null, rec: PoolAllocation | null = null, bounce = -1,
+    reply = 0): number {
     const id = this.reqs.create(file, op, this.rawFile ? this.rawFileId : file.id, offLo, offHi, len, buf, aux,
-      done, resolve, reject, batch, batchIndex, view, rec, bounce);
+      done, resolve, reject, batch, batchIndex, view, rec, bounce, reply);
     if (rec !== null) this.buffers.hold(rec);
     if (!this.lane.send(id)) { this.reqs.settle(id, -1, this.lane.unavailable(id)); return -1; }
     this.scheduleFlush();

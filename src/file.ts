@@ -102,7 +102,7 @@ export interface FileHost {
   readonly fdsPinned: boolean;
   submit(file: File, op: number, offLo: number, offHi: number, len: number, buf: number, aux: number,
     done: ((res: number) => number | void) | null, resolve: ((n: number) => void) | null, reject: ((e: unknown) => void) | null,
-    batch: BatchState | null, batchIndex: number, view?: Uint8Array | null, rec?: PoolAllocation | null, bounce?: number): number;
+    batch: BatchState | null, batchIndex: number, view?: Uint8Array | null, rec?: PoolAllocation | null, bounce?: number, reply?: number): number;
   allocBounce(size: number, op: string): number;
   releasePool(off: number): void;
   waitForPool(w: PoolWaiter): void;
@@ -306,6 +306,20 @@ export class File {
     });
   }
 
+  /**
+   * @internal For src/serve/transmission.ts: write(), and once it has completed whole the
+   * engine's context sends reply record `rec` (Engine.replyOpen) on its socket at once, before
+   * any JavaScript runs (native/reply.h). Only a write that goes to the kernel as it is (pool
+   * memory, aligned) carries the reply; any other runs as write() does and leaves the record
+   * armed, for the caller to see and reply itself.
+   */
+  writeReplying(buf: Uint8Array, offset: number | bigint, rec: number): Promise<number> {
+    return new Promise((resolve, reject) => {
+      const lo = this.checkRw(Op.WRITE, buf, offset, 'write', 'buf', 'offset'), hi = offHi;
+      this.issueRw(Op.WRITE, buf, lo, hi, resolve, reject, null, 0, rec + 1);
+    });
+  }
+
   // ---- Validation: every check a request needs, in one place per kind, run before anything
   // is queued (by the single calls and by submit() for every op of a batch). The issue*
   // functions after them do not validate again and do not throw for bad input.
@@ -431,7 +445,7 @@ export class File {
   // ---- Issue: validated requests go to the engine, or wait for pool memory.
 
   private issueRw(op: Op.READ | Op.WRITE, buf: Uint8Array, lo: number, hi: number, resolve: ((n: number) => void) | null,
-    reject: (e: unknown) => void, batch: BatchState | null, index: number): void {
+    reject: (e: unknown) => void, batch: BatchState | null, index: number, reply = 0): void {
     const engine = this.engine, len = buf.byteLength;
     this.refs++;
     if (this.align > 1 && ((lo >>> 0) % this.align !== 0 || len % this.align !== 0)) {
@@ -444,14 +458,14 @@ export class File {
       if (poolOff % this.memAlign === 0) {
         // Zero-copy: the kernel reads or writes the caller's pool buffer directly; the engine
         // keeps the buffer referenced and its block reserved until the request settles.
-        engine.submit(this, op, lo, hi, len, poolOff, 0, null, resolve, reject, batch, index, buf, rec);
+        engine.submit(this, op, lo, hi, len, poolOff, 0, null, resolve, reject, batch, index, buf, rec, -1, reply);
         return;
       }
     }
     if (this.extOk(buf, op)) {
       // Inline mode, and the caller's memory meets the file's alignment: the kernel uses it
       // directly (OpFlag.EXT); the engine keeps `buf` referenced until the request settles.
-      engine.submit(this, op | OpFlag.EXT, lo, hi, len, 0, 0, null, resolve, reject, batch, index, buf, null);
+      engine.submit(this, op | OpFlag.EXT, lo, hi, len, 0, 0, null, resolve, reject, batch, index, buf, null, -1, reply);
       return;
     }
     // Bounced through a pool block. The common case, a block free now, allocates nothing but

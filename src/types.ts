@@ -20,6 +20,14 @@ export interface NativeContextOptions {
   onReady?: () => void;
   /** Int32Array (over the control SharedArrayBuffer) of length >= 1: see W_STALL in src/shm.ts. */
   stall?: Int32Array;
+  /**
+   * Inline mode, optional: replies sent at completion time (native/reply.h). The records
+   * (REPLY_MAX * REPLY_WORDS words), one arm word per batch entry (record + 1, 0: none; the
+   * context clears each word it reads) and the number of request slots (a tag's slot is tag >> 3).
+   */
+  replies?: Int32Array;
+  replyArm?: Int32Array;
+  replySlots?: number;
 }
 
 export interface NativeContextInfo {
@@ -61,7 +69,11 @@ export interface NativeContext {
   setFile(id: number, fd: number): void;
   clearFile(id: number): void;
   /** exts (inline mode): the caller buffers of the batch's OpFlag.EXT entries, by batch index. */
-  pump(nSubmit: number, waitMs: number, exts?: (Uint8Array | undefined)[]): number;
+  pump(nSubmit: number, waitMs: number, exts?: (Uint8Array | undefined)[], replies?: boolean): number;
+  /** A reply record for socket `fd` (the context keeps a dup of it): its number, or -errno. Needs `replies`. */
+  replyOpen(fd: number): number;
+  /** Closes a reply record's dup; the number is reused once no submitted request names it. */
+  replyClose(rec: number): void;
   inflight(): number;
   info(): NativeContextInfo;
   close(): void;

@@ -66,6 +66,13 @@ test('the reply is the server\'s sendmsg, not its 8-byte eventfd write; other pi
   // Another pid as the server: no server event, so no cycle is complete.
   assert.is(stageReport(TRACE, 14238).requests, 0);
 });
+test('a reply sent with sendto (ringfence\'s reply sent by the engine at completion) is the reply too', () => {
+  const t = TRACE.replace('sys_sendmsg(fd: 0xb, msg: 0x7f7da3efec20, flags: 0)', 'sys_sendto(fd: 0x1b, buff: 0x7f7da3efec20, len: 0x10, flags: 0x4040, addr: 0, addr_len: 0)')
+    .replace('sys_sendmsg -> 0x101c', 'sys_sendto -> 0x10');
+  assert.is.not(t, TRACE);
+  const [c] = parseCycles(t, 14237);
+  near(c.reply - c.start, 93, 'reply (the sendto at .577718)');
+});
 test('stageReport: the share of requests the server took up on the client\'s own CPU', () => {
   // In the excerpt, fio sends from CPU 0 and qemu-nbd wakes on CPU 1.
   assert.is(stageReport(TRACE, 14237).sameCpu, 0);

@@ -290,6 +290,76 @@ test('native: an EXT entry is checked against its own buffer, and refused withou
   } finally { ctx.close(); require_fs().closeSync(fd); }
 });
 
+test('native: a reply record is sent at completion only for a whole write, on its own socket, with every word from JavaScript checked', async () => {
+  const addon = loadAddon(), net = await import('node:net');
+  const sockPath = join(scratch.dir, 'reply.sock');
+  const srv = net.createServer();
+  await new Promise((r) => srv.listen(sockPath, r));
+  const client = net.connect(sockPath);
+  const [served] = await Promise.all([new Promise((r) => srv.once('connection', r)), new Promise((r) => client.once('connect', r))]);
+  let got = Buffer.alloc(0);
+  client.on('data', (d) => { got = Buffer.concat([got, d]); });
+  const pool = new Uint8Array(new SharedArrayBuffer(1 << 16, { maxByteLength: 1 << 16 }));
+  const batch = new Int32Array(8 * 8), completions = new Int32Array(4 * 32);
+  const replies = new Int32Array(1024 * 8), replyArm = new Int32Array(8);
+  const bytes = new Uint8Array(replies.buffer);
+  const fd = require_fs().openSync(join(scratch.dir, 'reply-file'), 'w+');
+  const results = {};
+  let wake = () => {};
+  const ctx = new addon.Context({ backend: 'sync', depth: 8, pool, batch, completions, replies, replyArm, replySlots: 16, onReady: () => wake() });
+  // Submits `entries` ([words, arm]) and pumps until each tag has completed.
+  const run = async (entries) => {
+    entries.forEach(([w, arm], i) => { batch.set(w, i * 8); replyArm[i] = arm; });
+    let n = ctx.pump(entries.length, 0, undefined, true);
+    for (let left = entries.length; ;) {
+      for (let i = 0; i < n; i++) { results[completions[i * 4]] = completions[i * 4 + 1]; left--; }
+      if (left <= 0) break;
+      await new Promise((r) => { wake = r; });
+      n = ctx.pump(0, 0);
+    }
+    await new Promise((r) => setTimeout(r, 50)); // what was sent reaches the client
+  };
+  const arm = (rec, fill) => { bytes.fill(fill, rec * 32, rec * 32 + 16); replies[rec * 8 + 4] = 1; replies[rec * 8 + 5] = 0; };
+  try {
+    ctx.setFile(0, fd);
+    assert.ok(ctx.replyOpen(1 << 30) < 0, 'a closed fd number is refused with -errno');
+    const rec = ctx.replyOpen(served._handle.fd);
+    assert.ok(rec >= 0 && rec < 1024, `a record: ${rec}`);
+    // A whole write: the record's 16 bytes go out, TRIED with the send's result.
+    arm(rec, 0xa1);
+    await run([[[2, 0, 0, 0, 4096, 0, 1 << 3, 0], rec + 1]]);
+    assert.is(results[8], 4096);
+    assert.equal([...got], new Array(16).fill(0xa1), 'the reply bytes, once');
+    assert.equal([replies[rec * 8 + 4], replies[rec * 8 + 5]], [2, 16]);
+    assert.equal([...replyArm], new Array(8).fill(0), 'the context cleared the arm words it read');
+    // Nothing is sent for: a failed write (no such file id), a READ, a sub-operation tag, a
+    // record number past the table, a record that is not armed.
+    got = Buffer.alloc(0);
+    arm(rec, 0xb2);
+    await run([
+      [[2, 7, 0, 0, 4096, 0, 2 << 3, 0], rec + 1],
+      [[1, 0, 0, 0, 4096, 0, 3 << 3, 0], rec + 1],
+      [[2, 0, 0, 0, 4096, 0, (4 << 3) | 1, 0], rec + 1],
+      [[2, 0, 0, 0, 4096, 0, 5 << 3, 0], 5000],
+      [[2, 0, 0, 0, 4096, 0, 6 << 3, 0], -3],
+    ]);
+    assert.ok(results[16] < 0, 'the write to an unknown file failed');
+    assert.is(got.length, 0, 'nothing was sent');
+    assert.is(replies[rec * 8 + 4], 1, 'the record is still armed: the caller replies itself');
+    // A slot past replySlots is ignored too, and so is a closed record: its dup is gone.
+    await run([[[2, 0, 0, 0, 4096, 0, 40 << 3, 0], rec + 1]]);
+    assert.is(got.length, 0);
+    ctx.replyClose(rec);
+    await run([[[2, 0, 0, 0, 4096, 0, 1 << 3, 0], rec + 1]]);
+    assert.is(got.length, 0, 'a closed record sends nothing');
+    assert.throws(() => ctx.replyClose(1024), /replyClose: rec/);
+  } finally {
+    ctx.close(); require_fs().closeSync(fd); client.destroy(); served.destroy(); srv.close();
+  }
+  const plain = new addon.Context({ backend: 'sync', depth: 8, pool, batch, completions, onReady: () => {} });
+  try { assert.throws(() => plain.replyOpen(0), /without replies/); } finally { plain.close(); }
+});
+
 for (const [name, body, end] of [
   ['ends by itself, its engine idle and never closed', "await f.write(Buffer.alloc(4096, 1), 0); parentPort.postMessage('ready');", 'exit'],
   ['ends by itself (and only it loaded the addon)', "await f.write(Buffer.alloc(4096, 1), 0); parentPort.postMessage('ready');", 'exit-alone'],

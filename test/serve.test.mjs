@@ -354,6 +354,71 @@ test('a connection that ends with NBD_CMD_DISC and then closes gives its fd back
   }
 });
 
+test('a write alone in flight is answered by the engine at completion; requests that arrive meanwhile are answered whole after it', async () => {
+  const p = image('early.raw', 8 * MiB, false);
+  const expect = Buffer.alloc(8 * MiB);
+  await withServer({ path: p }, async (s) => {
+    const c = await Client.connect(s);
+    // QD1 writes, no FUA: each one is armed (src/serve/transmission.ts, native/reply.h).
+    for (let i = 0; i < 50; i++) {
+      const d = Buffer.alloc(4096, i + 1);
+      assert.is((await c.writeAt(i * 4096, d)).error, 0);
+      d.copy(expect, i * 4096);
+    }
+    assert.is(s.stats().engineReplies, 50, 'every QD1 write was answered by the engine');
+    // A FUA write is answered here, after its flush.
+    assert.is((await c.writeAt(MiB, Buffer.alloc(4096, 0xfe), 1)).error, 0);
+    Buffer.alloc(4096, 0xfe).copy(expect, MiB);
+    assert.is(s.stats().engineReplies, 50, 'not a FUA write');
+    // An armed write with a read and another write right behind it in the same chunk: the
+    // read's reply (data included) and the second write's wait while the first is armed, and
+    // all three arrive whole, in any order.
+    for (let i = 0; i < 200; i++) {
+      const off = 2 * MiB + (i % 64) * 8192, d = Buffer.alloc(4096, (i * 7) & 0xff), d2 = Buffer.alloc(4096, (i * 7 + 3) & 0xff);
+      c.sock.cork();
+      const w = c.writeAt(off, d), r = c.read((i % 50) * 4096, 4096), w2 = c.writeAt(off + 4096, d2);
+      c.sock.uncork();
+      const [a, b, e] = await Promise.all([w, r, w2]);
+      assert.is(a.error, 0); assert.is(e.error, 0); assert.is(b.error, 0);
+      assert.ok(b.data.equals(expect.subarray((i % 50) * 4096, (i % 50) * 4096 + 4096)), `read ${i} returned the written bytes`);
+      d.copy(expect, off); d2.copy(expect, off + 4096);
+    }
+    assert.ok(s.stats().engineReplies > 50, 'armed writes were sent with others queued behind them');
+    assert.is((await c.flush()).error, 0);
+    const back = await c.read(2 * MiB, 64 * 8192);
+    assert.ok(back.data.equals(expect.subarray(2 * MiB, 2 * MiB + 64 * 8192)), 'every write landed');
+    c.disc();
+    await c.closedWithin(5000);
+  });
+  assert.ok(readFileSync(p).equals(expect), 'the file holds every write');
+});
+
+test('clients that go away while their write is armed: the server keeps serving, and their fds (and the engine\'s dups) are closed', async () => {
+  const p = image('armgone.raw', 4 * MiB, false);
+  await withServer({ path: p }, async (s, events) => {
+    const good = await Client.connect(s);
+    assert.is((await good.writeAt(0, Buffer.alloc(4096, 5))).error, 0);
+    const before = openFds();
+    for (let i = 0; i < 20; i++) {
+      const c = await Client.connect(s);
+      const h = Buffer.alloc(28);
+      h.writeUInt32BE(0x25609513, 0); h.writeUInt16BE(1, 6); h.writeBigUInt64BE(99n, 8); h.writeBigUInt64BE(BigInt(MiB + i * 4096), 16); h.writeUInt32BE(4096, 24);
+      c.write(Buffer.concat([h, Buffer.alloc(4096, 0x40 + i)]));
+      if (i % 2 === 0) c.destroy(); else setImmediate(() => c.destroy());
+      await c.closedWithin(5000);
+    }
+    const deadline = Date.now() + 5000;
+    while ((openFds() > before || s.stats().connections > 1) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+    assert.is(openFds(), before, 'each gone connection\'s fd and the engine\'s dup of it are closed');
+    assert.is(s.stats().connections, 1);
+    assert.is((await good.writeAt(4096, Buffer.alloc(4096, 6))).error, 0, 'the other connection is undisturbed');
+    assert.ok((await good.read(0, 8192)).data.equals(Buffer.concat([Buffer.alloc(4096, 5), Buffer.alloc(4096, 6)])));
+    good.disc();
+    await good.closedWithin(5000);
+    assert.is(events.filter((e) => e.event === 'internal-error').length, 0);
+  });
+});
+
 test('the fallback socket path (the accepted socket\'s stream) serves the same requests', async () => {
   // RINGFENCE_TEST_SERVE_STREAM=1 keeps connections on the accepted socket (src/serve/server.ts).
   const p = image('stream.raw', 4 * MiB, true);

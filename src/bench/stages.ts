@@ -10,7 +10,8 @@
 //   kickEnd   the server's submitting io_uring_enter returns (the virtio notify is inside it)
 //   complete  the device's completion (block_rq_complete)
 //   srvRuns2  the server's thread runs again
-//   reply     the server's reply write(2) (not an 8-byte eventfd write), writev(2) or sendmsg(2) starts
+//   reply     the server's reply write(2) (not an 8-byte eventfd write), writev(2), sendmsg(2) or sendto(2)
+//             (ringfence's reply sent by the engine at completion, native/reply.cc) starts
 //   fioRuns   the client runs again
 // A cycle in which any of them is missing (a trace window's edges, a request that was not
 // QD1-shaped) is not counted.
@@ -111,7 +112,7 @@ export function parseCycles(text: string, serverPid: number, clientComm = 'fio')
     if (c.reply === undefined) {
       if (serverWakes && c.srvRuns2 === undefined) c.srvRuns2 = t;
       const write = name === 'sys_write' && !rest.includes('count: 8)');
-      if (server && enter && (write || name === 'sys_sendmsg' || name === 'sys_writev')) {
+      if (server && enter && (write || name === 'sys_sendmsg' || name === 'sys_writev' || name === 'sys_sendto')) {
         c.srvRuns2 ??= c.complete; // it was running when the completion came
         c.reply = t;
       }

@@ -120,6 +120,13 @@ export abstract class Executor {
   protected nativeInflight = 0;
   /** The batch being filled has OpFlag.EXT entries (batchExt). */
   protected batchHasExt = false;
+  /**
+   * Replies sent at completion time (inline mode, native/reply.h): the request's reply record
+   * + 1 by slot (0: none), and pump()'s arm word per batch entry (null: the context has none).
+   */
+  protected readonly slotReply: Int32Array;
+  protected replyArm: Int32Array | null = null;
+  protected batchHasReply = false;
 
   protected readonly batch: Int32Array;
   protected readonly compl: Int32Array;
@@ -150,6 +157,7 @@ export abstract class Executor {
     this.slotFile = new Array(this.cap).fill(undefined);
     this.slotExt = new Array(this.cap).fill(undefined);
     this.batchExt = new Array(init.depth).fill(undefined);
+    this.slotReply = new Int32Array(this.cap);
     this.freeSlots = new Int32Array(this.cap);
     for (let i = 0; i < this.cap; i++) this.freeSlots[i] = this.cap - 1 - i;
     this.nFree = this.cap;
@@ -175,14 +183,16 @@ export abstract class Executor {
    * Takes one request: copies its ENTRY_WORDS words from `words` at `at`, with `gen` the pool
    * allocation generation its memory must belong to, then registers and admits or parks it.
    * The caller checked hasRoom(). `ext`: the caller's buffer of an OpFlag.EXT entry (inline
-   * mode), handed to the native context next to the batch.
+   * mode), handed to the native context next to the batch. `reply`: a reply record + 1 to send
+   * from at completion (inline mode, a plain WRITE; 0: none).
    */
-  accept(words: Int32Array, at: number, gen: number, ext?: Uint8Array): void {
+  accept(words: Int32Array, at: number, gen: number, ext?: Uint8Array, reply = 0): void {
     const slot = this.freeSlots[--this.nFree];
     const dst = slot * ENTRY_WORDS;
     for (let i = 0; i < ENTRY_WORDS; i++) this.slotEntry[dst + i] = words[at + i];
     this.slotGen[slot] = gen;
     this.slotExt[slot] = ext;
+    this.slotReply[slot] = reply;
     this.held++;
     if (this.faults !== null) this.faults.onRequest();
     this.route(slot);
@@ -540,6 +550,8 @@ export abstract class Executor {
       B[dst + E_TAG] = slot << 3;
       const x = this.slotExt[slot];
       if (x !== undefined) { this.batchExt[n] = x; this.batchHasExt = true; }
+      const r = this.slotReply[slot];
+      if (r !== 0 && this.replyArm !== null) { this.replyArm[n] = r; this.batchHasReply = true; }
       return;
     }
     this.rmw.fill(B, dst, slot, sub);
@@ -562,7 +574,12 @@ export abstract class Executor {
     if (n === 0 && waitMs === 0 && this.nativeInflight === 0 && this.undelivered() === 0) return false;
     this.nativeInflight += n;
     let got = 0;
-    if (this.batchHasExt) {
+    if (this.batchHasReply) {
+      // (The context clears the arm words it read.)
+      got = this.ctx.pump(n, waitMs, this.batchHasExt ? this.batchExt : undefined, true);
+      this.batchHasReply = false;
+      if (this.batchHasExt) { this.batchHasExt = false; this.batchExt.fill(undefined, 0, n); }
+    } else if (this.batchHasExt) {
       got = this.ctx.pump(n, waitMs, this.batchExt);
       this.batchHasExt = false;
       this.batchExt.fill(undefined, 0, n); // the engine holds the buffers until they settle
@@ -606,6 +623,7 @@ export abstract class Executor {
     this.slotHandle[slot] = -1;
     this.slotFile[slot] = undefined;
     this.slotExt[slot] = undefined;
+    this.slotReply[slot] = 0;
     this.freeSlots[this.nFree++] = slot;
     this.held--;
     this.deliver(tag, res);

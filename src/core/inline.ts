@@ -6,7 +6,7 @@
 // never waits: completions that arrive later make the thread's libuv loop call onReady()
 // (native/inline.h), which kicks again and reaps them. Completions go straight back to the
 // engine (settle), which resolves the caller's promise: no other thread is involved.
-import { ENTRY_WORDS, E_BUF, E_OP, E_TAG, Op, OpFlag } from '../protocol.js';
+import { ENTRY_WORDS, E_BUF, E_OP, E_TAG, Op, OpFlag, REPLY_MAX, REPLY_WORDS } from '../protocol.js';
 import { WSTAT_WORDS } from '../shm.js';
 import type { BackendChoice, BackendName, ControlMessage, NativeAddon, NativeContextInfo } from '../types.js';
 import type { ContextReport, Lane, LaneHost } from './lane.js';
@@ -53,6 +53,12 @@ export class InlineContext extends Executor {
   private again = false;
   private closed = false;
   private readonly pollUs: number;
+  /**
+   * The reply records (native/reply.h), null when the native context has none: an io_uring or
+   * libaio context takes them; the sync backend's context too (its completions come through
+   * the same pump()).
+   */
+  readonly replies: Int32Array | null;
 
   constructor(init: InlineInit) {
     super({
@@ -65,12 +71,13 @@ export class InlineContext extends Executor {
     const order = backendOrder(init.backend);
     const refused: Record<string, string> = {};
     let started: BackendName | null = null;
+    const replies = new Int32Array(REPLY_MAX * REPLY_WORDS), replyArm = new Int32Array(init.depth);
     for (const backend of order) {
       try {
         if (!init.addon.Context) throw new Error('native addon has no Context');
         this.ctx = new init.addon.Context({
           backend, depth: init.depth, pool: new Uint8Array(init.pool), batch: this.batch, completions: this.compl,
-          emulateWindowUs: init.emulateWindowUs, onReady: this.onReady,
+          emulateWindowUs: init.emulateWindowUs, onReady: this.onReady, replies, replyArm, replySlots: this.cap,
         });
         started = backend;
         break;
@@ -84,7 +91,18 @@ export class InlineContext extends Executor {
     }
     this.backend = started;
     this.refused = refused;
+    this.replies = replies;
+    this.replyArm = replyArm;
   }
+
+  /** A reply record for socket `fd` (native/reply.h), or -1 when none can be had (closed, table full, EMFILE). */
+  replyOpen(fd: number): number {
+    if (this.closed) return -1;
+    const r = this.ctx.replyOpen(fd);
+    return r >= 0 ? r : -1;
+  }
+
+  replyClose(rec: number): void { if (!this.closed) this.ctx.replyClose(rec); }
 
   /**
    * The native side saw completions, a helper finished, or another participant of a table
@@ -219,8 +237,9 @@ export class InlineLane implements Lane {
     const E = this.host.reqs.entry, e = id * ENTRY_WORDS, op = E[e + E_OP] & 0xff;
     // The caller's own buffer (OpFlag.EXT) goes next to the entry; pool memory is named by
     // offset, with the allocation generation it must still belong to (checked at admission).
-    if (E[e + E_OP] & OpFlag.EXT) { this.ctx.accept(E, e, 0, this.host.reqs.buf[id]!); return; }
-    this.ctx.accept(E, e, op >= Op.READ && op <= Op.WRITEV ? this.host.pool.genAt(E[e + E_BUF] >>> 0) : 0, undefined);
+    const reply = this.host.reqs.reply[id];
+    if (E[e + E_OP] & OpFlag.EXT) { this.ctx.accept(E, e, 0, this.host.reqs.buf[id]!, reply); return; }
+    this.ctx.accept(E, e, op >= Op.READ && op <= Op.WRITEV ? this.host.pool.genAt(E[e + E_BUF] >>> 0) : 0, undefined, reply);
   }
 
   /** Requests that waited for a local slot take the slots completions freed. */
@@ -235,6 +254,10 @@ export class InlineLane implements Lane {
   }
 
   flush(): void { this.ctx.kick(); }
+
+  replyOpen(fd: number): number { return this.ctx.replyOpen(fd); }
+  replyClose(rec: number): void { this.ctx.replyClose(rec); }
+  replyRecords(): Int32Array | null { return this.ctx.replies; }
 
   /** This thread's own context is told at once. */
   async broadcast(make: (seq: number) => ControlMessage): Promise<void> {

@@ -40,6 +40,13 @@ export interface Lane {
   statRows(): { index: number; ringFullEvents: number }[];
   /** Stops the contexts; graceMs: how long they may take to drain (0: close() gave up). */
   stop(graceMs: number): Promise<void>;
+  /**
+   * Replies sent at completion time (native/reply.h): inline mode only, absent in worker mode.
+   * replyOpen: a record for socket `fd`, or -1; replyRecords: the records (null: none).
+   */
+  replyOpen?(fd: number): number;
+  replyClose?(rec: number): void;
+  replyRecords?(): Int32Array | null;
 }
 
 /** What a lane needs from its engine. */

@@ -66,6 +66,8 @@ export class Requests {
   retry = new Uint8Array(1024);
   /** A plain bounced read or write: its pool block (-1: none). A read copies into buf[id]. */
   bounce = new Int32Array(1024).fill(-1);
+  /** A reply record + 1 that the context sends from when the write completes whole (0: none; native/reply.h). */
+  reply = new Int32Array(1024);
   private freeIds: number[] = [];
   /** Ids below this have been used (the highest live id is below it). */
   nextId = 0;
@@ -80,7 +82,7 @@ export class Requests {
   /** A new request with entry words 0..5 and 7 as given (the tag word is the mode's). */
   create(file: RequestFile, op: number, fileId: number, offLo: number, offHi: number, len: number, buf: number, aux: number,
     done: ((res: number) => number | void) | null, resolve: ((n: number) => void) | null, reject: ((e: unknown) => void) | null,
-    batch: BatchState | null, batchIndex: number, view: Uint8Array | null, rec: PoolAllocation | null, bounce = -1): number {
+    batch: BatchState | null, batchIndex: number, view: Uint8Array | null, rec: PoolAllocation | null, bounce = -1, reply = 0): number {
     let id = this.freeIds.pop();
     if (id === undefined) {
       id = this.nextId++;
@@ -93,7 +95,7 @@ export class Requests {
     this.resolve[id] = resolve; this.reject[id] = reject; this.done[id] = done;
     this.batch[id] = batch; this.batchIndex[id] = batchIndex; this.file[id] = file;
     this.buf[id] = view; this.rec[id] = rec;
-    this.partial[id] = 0; this.retry[id] = 1; this.bounce[id] = bounce;
+    this.partial[id] = 0; this.retry[id] = 1; this.bounce[id] = bounce; this.reply[id] = reply;
     this.host.holdOpen(1);
     return id;
   }
@@ -106,6 +108,7 @@ export class Requests {
     const pa = new Float64Array(n); pa.set(this.partial); this.partial = pa;
     const rt = new Uint8Array(n); rt.set(this.retry); this.retry = rt;
     const bo = new Int32Array(n).fill(-1); bo.set(this.bounce); this.bounce = bo;
+    const rp = new Int32Array(n); rp.set(this.reply); this.reply = rp;
     for (const arr of [this.resolve, this.reject, this.batch, this.file, this.done, this.buf, this.rec] as unknown[][]) {
       arr.length = n;
       arr.fill(null, n / 2);

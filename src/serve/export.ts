@@ -38,10 +38,22 @@ export interface ServeCounters {
   bytesRead: number;
   bytesWritten: number;
   inFlight: number;
+  /** Write replies the engine's context sent at completion time (native/reply.h), of `writes`. */
+  engineReplies: number;
 }
 
 export function newCounters(): ServeCounters {
-  return { connections: 0, totalConnections: 0, reads: 0, writes: 0, flushes: 0, trims: 0, zeroes: 0, other: 0, errors: 0, bytesRead: 0, bytesWritten: 0, inFlight: 0 };
+  return { connections: 0, totalConnections: 0, reads: 0, writes: 0, flushes: 0, trims: 0, zeroes: 0, other: 0, errors: 0, bytesRead: 0, bytesWritten: 0, inFlight: 0, engineReplies: 0 };
+}
+
+/**
+ * Replies sent at completion time (src/engine.ts replyOpen, native/reply.h): an engine whose
+ * context can send a write's reply itself, as soon as the write completed.
+ */
+export interface ReplyHost {
+  replyOpen(fd: number): number;
+  replyClose(rec: number): void;
+  replyRecords(): Int32Array | null;
 }
 
 /** What every connection of one server uses. */
@@ -57,4 +69,6 @@ export interface ExportContext {
   hardLimit: number;
   /** Called when the last in-flight request of the server settles. */
   idle: () => void;
+  /** The engine, when its context may send write replies itself (null: every reply is written by the connection). */
+  replies: ReplyHost | null;
 }

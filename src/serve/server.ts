@@ -58,6 +58,12 @@ export interface ServeOptions {
  * that path as well (test/serve.test.mjs). Read once, at load.
  */
 const STREAM_ONLY = process.env.RINGFENCE_TEST_SERVE_STREAM === '1';
+/**
+ * RINGFENCE_SERVE_JS_REPLIES=1: every reply is written by the connection's JavaScript, none by
+ * the engine's context at completion time (Transmission, "replies sent at completion"). A
+ * diagnostic and A/B switch (`node bench/nbd-ab.mjs --base . --env RINGFENCE_SERVE_JS_REPLIES=1`).
+ */
+const JS_REPLIES = process.env.RINGFENCE_SERVE_JS_REPLIES === '1';
 
 const OPTION_KEYS = ['path', 'name', 'description', 'host', 'port', 'socket', 'readOnly', 'maxConnections', 'maxRequestBytes', 'maxInFlight', 'direct', 'engine', 'workers', 'backend', 'pollUs', 'onEvent'] as const;
 
@@ -181,6 +187,7 @@ class NbdServerImpl implements NbdServer {
     this.ctx = {
       spec, file, buffers, counters, emit, maxInFlight, hardLimit: Math.max(4 * maxRequest, 64 << 20),
       idle: () => { const w = this.idleWaiters; this.idleWaiters = []; for (const f of w) f(); },
+      replies: JS_REPLIES ? null : engine,
     };
     this.net = createServer({ allowHalfOpen: true, noDelay: true } as Parameters<typeof createServer>[0], (s) => this.accept(s));
   }

@@ -2,14 +2,25 @@
 // chunks (no strings, no per-request objects: request records are reused), each sent to the
 // engine at once, and answered with simple replies in whatever order they complete. Replies
 // are gathered in a staging buffer and written once per turn of the completion loop.
+//
+// Replies sent at completion. A write that is the only request in flight on its connection,
+// with nothing staged or queued on the socket and no FUA, is "armed": its 16-byte reply is put
+// in the connection's reply record, and the engine's context sends it itself inside the pump()
+// that reaps the write's completion, before any JavaScript runs (native/reply.h); done() then
+// only settles it. While a write is armed nothing else is written to the socket (replies of
+// requests that arrive meanwhile stay staged, large reads included), so the context's send can
+// never land inside a reply of ours, and replies stay whole. Whatever the context did not send
+// (a failed or short write, a full socket, part of the bytes) is written here as usual. The
+// context writes to its own dup of the socket's fd, held until this connection closes its
+// record (closeReply): a number it writes to is never another connection's.
 import type { Socket } from 'node:net';
-import { FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE } from '../protocol.js';
+import { FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, REPLY_ARMED, REPLY_IDLE, REPLY_TRIED, REPLY_WORDS, R_RESULT, R_STATE } from '../protocol.js';
 import {
   CMD_CACHE, CMD_DISC, CMD_FLAG_FUA, CMD_FLAG_NO_HOLE, CMD_FLUSH, CMD_READ, CMD_TRIM, CMD_WRITE, CMD_WRITE_ZEROES,
   NBD_EINVAL, NBD_ENOMEM, NBD_ENOSPC, NBD_EPERM, NBD_ESHUTDOWN, REQUEST_BYTES, REQUEST_MAGIC, SIMPLE_REPLY_BYTES,
   commandName, encodeSimpleReply, nbdErrno, nbdErrorName, readU16, readU32, readU64,
 } from './protocol.js';
-import type { ExportContext } from './export.js';
+import type { ExportContext, ReplyHost } from './export.js';
 
 const S_HEADER = 0, S_PAYLOAD = 1, S_SKIP = 2, S_STOPPED = 3;
 /** Read data up to this size is copied into the staging buffer; larger reads are written from their pool buffer. */
@@ -90,6 +101,13 @@ export class Transmission {
   private lastInput = 0;
   closed = false;
   private endReason = '';
+  /** The connection's reply record (ReplyHost.replyOpen; -1: none, every reply is written here) and the records. */
+  private replyRec = -1;
+  private replyHost: ReplyHost | null = null;
+  private replyWords: Int32Array | null = null;
+  private replyBytes: Uint8Array | null = null;
+  /** The write whose reply the engine's context sends at completion: while set, nothing is written to the socket. */
+  private armed: Req | null = null;
 
   constructor(o: TransmissionOptions) {
     this.ctx = o.ctx;
@@ -104,6 +122,15 @@ export class Transmission {
     // its entry, for a reason not found yet.
     this.free.push(new Req(this));
     this.socket.on('drain', () => { if (this.blocked && this.backlogWaitsForDrain) this.resume(); });
+    const host = o.ctx.replies, fd = (o.socket as unknown as { _handle?: { fd?: unknown } })._handle?.fd;
+    const words = host?.replyRecords() ?? null;
+    if (host !== null && words !== null && typeof fd === 'number' && fd >= 0) {
+      const rec = host.replyOpen(fd);
+      if (rec >= 0) {
+        this.replyRec = rec; this.replyHost = host; this.replyWords = words;
+        this.replyBytes = new Uint8Array(words.buffer, words.byteOffset, words.byteLength);
+      }
+    }
   }
 
   private backlogWaitsForDrain = false;
@@ -321,6 +348,17 @@ export class Transmission {
 
   private startWrite(req: Req): void {
     try {
+      if (this.replyRec >= 0 && this.inFlight === 1 && this.armed === null && (req.flags & CMD_FLAG_FUA) === 0 &&
+          this.outPos === this.outStart && this.socket.writableLength === 0) {
+        // Armed (see the top of this file): only this request is in flight and nothing is
+        // queued on the socket, so the context's send goes out whole and in order.
+        const w = this.replyRec * REPLY_WORDS;
+        encodeSimpleReply(this.replyBytes!, w * 4, 0, req.handle, 0);
+        this.replyWords![w + R_STATE] = REPLY_ARMED;
+        this.armed = req;
+        this.ctx.file.writeReplying(req.view!, req.off, this.replyRec).then(req.onWritten, req.onFail);
+        return;
+      }
       this.ctx.file.write(req.view!, req.off).then(req.onWritten, req.onFail);
     } catch (err) {
       this.failed(req, err);
@@ -356,9 +394,10 @@ export class Transmission {
 
   /** @internal The request settled with NBD error `error` (0: success): reply, recycle. */
   done(req: Req, error: number): void {
+    if (req === this.armed && this.repliedAtCompletion(req, error)) return;
     if (!this.closed) {
       if (error === 0 && req.cmd === CMD_READ && req.len > 0) {
-        if (req.len <= COPY_MAX) {
+        if (req.len <= COPY_MAX || this.armed !== null) {
           this.reserve(SIMPLE_REPLY_BYTES + req.len);
           encodeSimpleReply(this.out, this.outPos, 0, req.handle, 0);
           this.out.set(req.view!, this.outPos + SIMPLE_REPLY_BYTES);
@@ -381,6 +420,37 @@ export class Transmission {
       if (!this.flushQueued) { this.flushQueued = true; queueMicrotask(this.flushBound); }
     }
     this.settle(req, true);
+  }
+
+  /**
+   * The armed write settled: it is disarmed, and what the context sent of its reply counted.
+   * True when the reply is all out (the request is settled here); false when done() must reply.
+   */
+  private repliedAtCompletion(req: Req, error: number): boolean {
+    this.armed = null;
+    if (this.closed) return false; // no reply either way; the record may be closed already
+    const W = this.replyWords!, w = this.replyRec * REPLY_WORDS;
+    const sent = W[w + R_STATE] === REPLY_TRIED ? W[w + R_RESULT] : 0;
+    W[w + R_STATE] = REPLY_IDLE;
+    // Replies held while this write was armed go out after its own (a microtask: the same turn).
+    if (this.outPos > this.outStart && !this.flushQueued) { this.flushQueued = true; queueMicrotask(this.flushBound); }
+    if (sent <= 0) return false; // nothing sent (a failed or short write, a full socket): reply as usual
+    if (error !== 0) {
+      // Cannot happen: the context sends only for a write that completed whole.
+      this.ctx.emit({ event: 'internal-error', connection: this.id, message: `a success reply went out for a write that then failed (NBD error ${nbdErrorName(error)})` });
+    }
+    if (sent < SIMPLE_REPLY_BYTES) this.socket.write(Buffer.from(this.replyBytes!.subarray(w * 4 + sent, w * 4 + SIMPLE_REPLY_BYTES)));
+    this.ctx.counters.engineReplies++;
+    this.settle(req, true);
+    return true;
+  }
+
+  /** The reply record goes (the connection is over): the context closes its dup of the socket. */
+  private closeReply(): void {
+    if (this.replyRec < 0) return;
+    const rec = this.replyRec;
+    this.replyRec = -1;
+    this.replyHost!.replyClose(rec);
   }
 
   /** @internal A large read's data left (or the socket died): its buffer can be reused. */
@@ -407,6 +477,13 @@ export class Transmission {
   /** Room for `n` more bytes in the staging buffer. */
   private reserve(n: number): void {
     if (this.outPos + n <= this.out.length) return;
+    if (this.armed !== null) {
+      // Nothing may be written now: a larger buffer, with what is staged copied over.
+      const used = this.outPos - this.outStart, bigger = Buffer.allocUnsafeSlow(Math.max(STAGING_BYTES, 2 * (used + n)));
+      this.out.copy(bigger, 0, this.outStart, this.outPos);
+      this.out = bigger; this.outStart = 0; this.outPos = used;
+      return;
+    }
     this.writeOut();
     if (this.socket.writableLength === 0 && n <= STAGING_BYTES) {
       this.outStart = this.outPos = 0; // everything written so far has reached the kernel
@@ -416,8 +493,9 @@ export class Transmission {
     }
   }
 
-  /** Writes what is staged. */
+  /** Writes what is staged (not while a write is armed: its reply may go out at any pump). */
   private writeOut(): void {
+    if (this.armed !== null) return;
     if (this.outPos > this.outStart && !this.closed && !this.socket.destroyed) {
       this.socket.write(this.out.subarray(this.outStart, this.outPos));
     }
@@ -470,6 +548,7 @@ export class Transmission {
     this.writeOut();
     this.closed = true;
     this.state = S_STOPPED;
+    this.closeReply();
     this.socket.end();
     // Read on until the client's FIN (feed() drops the bytes: S_STOPPED). A paused socket that
     // reads with onread (socket.ts) stops reading for good, so after a DISC, which pauses it,
@@ -493,6 +572,7 @@ export class Transmission {
     this.backlog = null;
     // A write whose payload was arriving never started: its buffer goes back now.
     if (this.cur !== null) { const req = this.cur; this.cur = null; this.settle(req, true); }
+    this.closeReply();
     this.socket.destroy();
     this.onClose(reason, error);
   }

@@ -1,0 +1,98 @@
+/* Replies sent at completion time: see reply.h. */
+#include "reply.h"
+
+#include <fcntl.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+
+#include "ops.h"
+
+namespace rf {
+
+Replies::Replies(uint32_t slots)
+    : fd_(REPLY_MAX, -1), uses_(REPLY_MAX, 0), open_(REPLY_MAX, 0), arm_(slots) {
+    free_.reserve(REPLY_MAX);
+    for (uint32_t i = REPLY_MAX; i-- > 0;)
+        free_.push_back(i);
+}
+
+Replies::~Replies() { close_all(); }
+
+int Replies::open(int fd) {
+    if (free_.empty())
+        return -ENFILE;
+    int d = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+    if (d < 0)
+        return -errno;
+    uint32_t rec = free_.back();
+    free_.pop_back();
+    fd_[rec] = d;
+    open_[rec] = 1;
+    return int(rec);
+}
+
+void Replies::maybe_free(uint32_t rec) {
+    if (!open_[rec] && fd_[rec] < 0 && uses_[rec] == 0)
+        free_.push_back(rec);
+}
+
+void Replies::close(uint32_t rec) {
+    if (rec >= REPLY_MAX || !open_[rec])
+        return;
+    open_[rec] = 0;
+    if (fd_[rec] >= 0) {
+        ::close(fd_[rec]);
+        fd_[rec] = -1;
+    }
+    maybe_free(rec);
+}
+
+void Replies::close_all() {
+    for (uint32_t rec = 0; rec < REPLY_MAX; rec++)
+        if (fd_[rec] >= 0) {
+            ::close(fd_[rec]);
+            fd_[rec] = -1;
+            open_[rec] = 0;
+        }
+}
+
+void Replies::submitted(const int32_t *entry, int32_t r) {
+    uint32_t tag = uint32_t(entry[E_TAG]), slot = tag >> 3;
+    if (r < 1 || uint32_t(r) > REPLY_MAX || (tag & 7) != 0 || slot >= arm_.size())
+        return;
+    uint32_t rec = uint32_t(r - 1);
+    if (!open_[rec] || (uint32_t(entry[E_OP]) & OP_MASK) != OP_WRITE || entry[E_LEN] <= 0)
+        return;
+    Arm &a = arm_[slot];
+    if (a.rec >= 0) { /* a stale arm (its request never completed): forget it */
+        uses_[a.rec]--;
+        pending_total_--;
+        maybe_free(uint32_t(a.rec));
+    }
+    a.rec = int32_t(rec);
+    a.len = entry[E_LEN];
+    uses_[rec]++;
+    pending_total_++;
+}
+
+void Replies::completed(int32_t tag, int32_t res, int32_t *words, size_t nwords) {
+    uint32_t t = uint32_t(tag), slot = t >> 3;
+    if ((t & 7) != 0 || slot >= arm_.size() || arm_[slot].rec < 0)
+        return;
+    Arm a = arm_[slot];
+    arm_[slot].rec = -1;
+    uint32_t rec = uint32_t(a.rec);
+    uses_[rec]--;
+    pending_total_--;
+    size_t w = size_t(rec) * REPLY_WORDS;
+    if (res == a.len && fd_[rec] >= 0 && w + REPLY_WORDS <= nwords && words[w + R_STATE] == REPLY_ARMED) {
+        ssize_t n = send(fd_[rec], words + w, REPLY_BYTES, MSG_DONTWAIT | MSG_NOSIGNAL);
+        words[w + R_RESULT] = n >= 0 ? int32_t(n) : -errno;
+        words[w + R_STATE] = REPLY_TRIED;
+    }
+    maybe_free(rec);
+}
+
+}  // namespace rf

@@ -1,0 +1,78 @@
+/*
+ * Replies sent at completion time (inline mode only).
+ *
+ * A server that answers a successful write with a few fixed bytes (ringfence serve's 16-byte
+ * NBD simple reply) can have the context send them itself, inside the pump() that reaps the
+ * write's completion, before JavaScript runs: that saves the JavaScript between the reap and
+ * the reply on the request's critical path.  The server:
+ *
+ *   - opens a reply socket, replyOpen(fd): the context keeps its own dup of the fd, so the
+ *     number it writes to can never be closed and reused for another connection under it;
+ *   - arms its record before each such write: writes the reply's bytes to words 0..3 of the
+ *     record in the `replies` Int32Array and REPLY_ARMED to word 4;
+ *   - submits the write with the record's number + 1 in the batch's parallel `replyArm` array.
+ *
+ * At submit, submitted() remembers (record, length) for the request's tag.  At completion,
+ * completed() sends the record's bytes with one non-blocking send() when the write completed
+ * whole and the record is still armed, and leaves REPLY_TRIED in word 4 and the send's result
+ * (bytes or -errno) in word 5.  Anything else (a short or failed write, a record disarmed or
+ * closed meanwhile) sends nothing and leaves the record as it was: the server replies itself.
+ * Whether the server may let a reply go out ahead of JavaScript, so that replies stay whole and
+ * in order on the stream, is the server's rule (src/serve/transmission.ts, docs/SERVE.md).
+ *
+ * Everything here runs on the context's own thread (pump() and the reply calls are all made
+ * from it), so there is no lock.  What JavaScript wrote is untrusted: every record number and
+ * tag is bounds-checked, the fd is never read from JavaScript memory, and a record is reused
+ * only once no submitted request names it any more (a closed one waits for its last request).
+ */
+#ifndef RINGFENCE_REPLY_H
+#define RINGFENCE_REPLY_H
+
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+namespace rf {
+
+constexpr uint32_t REPLY_MAX = 1024;   /* reply sockets per context */
+constexpr uint32_t REPLY_WORDS = 8;    /* words per record: 0..3 the bytes, 4 state, 5 result */
+constexpr uint32_t REPLY_BYTES = 16;
+constexpr int32_t REPLY_IDLE = 0, REPLY_ARMED = 1, REPLY_TRIED = 2;
+constexpr uint32_t R_STATE = 4, R_RESULT = 5;
+
+class Replies {
+ public:
+    /* slots: the number of request slots (a tag's slot is tag >> 3). */
+    explicit Replies(uint32_t slots);
+    ~Replies();
+    Replies(const Replies &) = delete;
+    Replies &operator=(const Replies &) = delete;
+
+    /* A record for socket `fd` (dup'd): its number, or -errno (-ENFILE: every record in use). */
+    int open(int fd);
+    /* Closes the record's dup now; its number is reused once no request names it. */
+    void close(uint32_t rec);
+    /* Closes every dup (the context closes). */
+    void close_all();
+
+    /* Batch entry `entry` (ENTRY_WORDS words) is being submitted with reply word `r` (rec + 1). */
+    void submitted(const int32_t *entry, int32_t r);
+    /* Requests submitted with a record and not completed yet. */
+    uint32_t pending() const { return pending_total_; }
+    /* A completion: sends the reply if it is due.  words: the records (nwords of them, 0 if gone). */
+    void completed(int32_t tag, int32_t res, int32_t *words, size_t nwords);
+
+ private:
+    struct Arm { int32_t rec = -1; int32_t len = 0; };
+    std::vector<int> fd_;            /* by record: the dup, -1 when closed or free */
+    std::vector<uint32_t> uses_;     /* by record: submitted requests that name it */
+    std::vector<uint8_t> open_;      /* by record: opened and not closed */
+    std::vector<Arm> arm_;           /* by slot */
+    std::vector<uint32_t> free_;
+    uint32_t pending_total_ = 0;
+    void maybe_free(uint32_t rec);
+};
+
+}  // namespace rf
+
+#endif
