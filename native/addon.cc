@@ -566,7 +566,7 @@ class Context : public Napi::ObjectWrap<Context> {
     /* tableRing(id, mask): wake the table's participants in mask (any thread's). */
     Napi::Value TableRing(const Napi::CallbackInfo &info) { return TableRingAny(info); }
 
-    /* replyOpen(fd): a reply record for socket fd (reply.h): its number, or -errno. */
+    /* replyOpen(fd): a reply record for socket fd (reply.h): its handle, or -errno. */
     Napi::Value ReplyOpen(const Napi::CallbackInfo &info) {
         Napi::Env env = info.Env();
         CheckOpen(env, "replyOpen");
@@ -576,11 +576,11 @@ class Context : public Napi::ObjectWrap<Context> {
         return Napi::Number::New(env, replies_->open(fd));
     }
 
-    /* replyClose(rec): closes the record's socket dup (its number is reused once no request names it). */
+    /* replyClose(handle): closes the record's socket dup (its index is reused once no request names it). */
     Napi::Value ReplyClose(const Napi::CallbackInfo &info) {
         Napi::Env env = info.Env();
-        uint32_t rec = uint32_t(int_arg(env, info[0], "replyClose: rec", 0, REPLY_MAX - 1));
-        if (replies_) replies_->close(rec);
+        uint32_t handle = uint32_t(int_arg(env, info[0], "replyClose: handle", 0, INT32_MAX));
+        if (replies_) replies_->close(handle);
         return env.Undefined();
     }
 
@@ -649,7 +649,7 @@ Napi::Object Wire(Napi::Env env) {
         {"TABLE_MAX_CAPACITY", registry::MAX_CAPACITY}, {"TABLE_MAX_PARTICIPANTS", registry::MAX_PARTICIPANTS},
         {"REPLY_MAX", REPLY_MAX}, {"REPLY_WORDS", REPLY_WORDS}, {"REPLY_BYTES", REPLY_BYTES},
         {"REPLY_ARMED", uint32_t(REPLY_ARMED)}, {"REPLY_TRIED", uint32_t(REPLY_TRIED)},
-        {"REPLY_STATE", R_STATE}, {"REPLY_RESULT", R_RESULT},
+        {"REPLY_STATE", R_STATE}, {"REPLY_RESULT", R_RESULT}, {"REPLY_REC_BITS", REPLY_REC_BITS},
     };
     for (const auto &p : kv)
         o.Set(p.first, p.second);

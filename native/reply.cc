@@ -12,7 +12,7 @@
 namespace rf {
 
 Replies::Replies(uint32_t slots)
-    : fd_(REPLY_MAX, -1), uses_(REPLY_MAX, 0), open_(REPLY_MAX, 0), arm_(slots) {
+    : fd_(REPLY_MAX, -1), uses_(REPLY_MAX, 0), open_(REPLY_MAX, 0), gen_(REPLY_MAX, 0), arm_(slots) {
     free_.reserve(REPLY_MAX);
     for (uint32_t i = REPLY_MAX; i-- > 0;)
         free_.push_back(i);
@@ -30,7 +30,15 @@ int Replies::open(int fd) {
     free_.pop_back();
     fd_[rec] = d;
     open_[rec] = 1;
-    return int(rec);
+    gen_[rec] = (gen_[rec] + 1) & REPLY_GEN_MASK;
+    return int(rec | gen_[rec] << REPLY_REC_BITS);
+}
+
+int32_t Replies::current(uint32_t handle) const {
+    uint32_t rec = handle & (REPLY_MAX - 1), gen = handle >> REPLY_REC_BITS;
+    if (gen > REPLY_GEN_MASK || !open_[rec] || gen_[rec] != gen)
+        return -1;
+    return int32_t(rec);
 }
 
 void Replies::maybe_free(uint32_t rec) {
@@ -38,9 +46,11 @@ void Replies::maybe_free(uint32_t rec) {
         free_.push_back(rec);
 }
 
-void Replies::close(uint32_t rec) {
-    if (rec >= REPLY_MAX || !open_[rec])
+void Replies::close(uint32_t handle) {
+    int32_t r = current(handle);
+    if (r < 0)
         return;
+    uint32_t rec = uint32_t(r);
     open_[rec] = 0;
     if (fd_[rec] >= 0) {
         ::close(fd_[rec]);
@@ -60,11 +70,12 @@ void Replies::close_all() {
 
 void Replies::submitted(const int32_t *entry, int32_t r) {
     uint32_t tag = uint32_t(entry[E_TAG]), slot = tag >> 3;
-    if (r < 1 || uint32_t(r) > REPLY_MAX || (tag & 7) != 0 || slot >= arm_.size())
+    if (r < 1 || (tag & 7) != 0 || slot >= arm_.size())
         return;
-    uint32_t rec = uint32_t(r - 1);
-    if (!open_[rec] || (uint32_t(entry[E_OP]) & OP_MASK) != OP_WRITE || entry[E_LEN] <= 0)
+    int32_t cur = current(uint32_t(r - 1)); /* a stale handle (record closed, maybe reopened): -1 */
+    if (cur < 0 || (uint32_t(entry[E_OP]) & OP_MASK) != OP_WRITE || entry[E_LEN] <= 0)
         return;
+    uint32_t rec = uint32_t(cur);
     Arm &a = arm_[slot];
     if (a.rec >= 0) { /* a stale arm (its request never completed): forget it */
         uses_[a.rec]--;

@@ -7,10 +7,12 @@
  * the reply on the request's critical path.  The server:
  *
  *   - opens a reply socket, replyOpen(fd): the context keeps its own dup of the fd, so the
- *     number it writes to can never be closed and reused for another connection under it;
+ *     number it writes to can never be closed and reused for another connection under it.  It
+ *     gets a handle, `rec | gen << REPLY_REC_BITS`: the record's index and the generation of
+ *     this opening (see below);
  *   - arms its record before each such write: writes the reply's bytes to words 0..3 of the
  *     record in the `replies` Int32Array and REPLY_ARMED to word 4;
- *   - submits the write with the record's number + 1 in the batch's parallel `replyArm` array.
+ *   - submits the write with the handle + 1 in the batch's parallel `replyArm` array.
  *
  * At submit, submitted() remembers (record, length) for the request's tag.  At completion,
  * completed() sends the record's bytes with one non-blocking send() when the write completed
@@ -24,6 +26,15 @@
  * from it), so there is no lock.  What JavaScript wrote is untrusted: every record number and
  * tag is bounds-checked, the fd is never read from JavaScript memory, and a record is reused
  * only once no submitted request names it any more (a closed one waits for its last request).
+ *
+ * Why the generation.  A request can name a record and still be JavaScript's (waiting for a
+ * ring slot, for pool memory, or parked in the table) when its server closes the record: no
+ * submitted request names it, so it is freed at once, and the next replyOpen() (of another
+ * connection) gets the same index.  Without the generation, that old request, submitted later,
+ * would send the new connection's armed bytes on the new connection's socket.  submitted()
+ * ignores a handle whose generation is not the record's current one, and close() too, so a
+ * stale handle can neither send nor close anything.  The generation has 20 bits: a request
+ * would have to wait in JavaScript while its record is reopened a million times to be mistaken.
  */
 #ifndef RINGFENCE_REPLY_H
 #define RINGFENCE_REPLY_H
@@ -39,6 +50,9 @@ constexpr uint32_t REPLY_WORDS = 8;    /* words per record: 0..3 the bytes, 4 st
 constexpr uint32_t REPLY_BYTES = 16;
 constexpr int32_t REPLY_IDLE = 0, REPLY_ARMED = 1, REPLY_TRIED = 2;
 constexpr uint32_t R_STATE = 4, R_RESULT = 5;
+constexpr uint32_t REPLY_REC_BITS = 10;          /* REPLY_MAX == 1 << REPLY_REC_BITS */
+constexpr uint32_t REPLY_GEN_MASK = (1u << 20) - 1;
+static_assert(REPLY_MAX == 1u << REPLY_REC_BITS, "a handle's index bits hold every record");
 
 class Replies {
  public:
@@ -48,10 +62,10 @@ class Replies {
     Replies(const Replies &) = delete;
     Replies &operator=(const Replies &) = delete;
 
-    /* A record for socket `fd` (dup'd): its number, or -errno (-ENFILE: every record in use). */
+    /* A record for socket `fd` (dup'd): its handle, or -errno (-ENFILE: every record in use). */
     int open(int fd);
-    /* Closes the record's dup now; its number is reused once no request names it. */
-    void close(uint32_t rec);
+    /* Closes the record of `handle` (a stale handle: nothing); its index is reused once no request names it. */
+    void close(uint32_t handle);
     /* Closes every dup (the context closes). */
     void close_all();
 
@@ -64,9 +78,12 @@ class Replies {
 
  private:
     struct Arm { int32_t rec = -1; int32_t len = 0; };
+    /* The record of a current handle, or -1 (out of range, not open, an older generation). */
+    int32_t current(uint32_t handle) const;
     std::vector<int> fd_;            /* by record: the dup, -1 when closed or free */
     std::vector<uint32_t> uses_;     /* by record: submitted requests that name it */
     std::vector<uint8_t> open_;      /* by record: opened and not closed */
+    std::vector<uint32_t> gen_;      /* by record: the generation of its last opening */
     std::vector<Arm> arm_;           /* by slot */
     std::vector<uint32_t> free_;
     uint32_t pending_total_ = 0;

@@ -139,15 +139,19 @@ export class Engine implements LaneHost {
 
   /**
    * @internal Replies sent at completion time (native/reply.h, for src/serve/transmission.ts):
-   * a reply record for socket `fd` (File.writeReplying), or -1 when this engine has none to give
+   * a reply record's handle for socket `fd` (File.writeReplying), or -1 when this engine has none to give
    * (worker mode, closing, every record in use, out of file descriptors).
    */
   replyOpen(fd: number): number {
     if (this.destroying || this.lane === undefined) return -1;
     try { return this.lane.replyOpen?.(fd) ?? -1; } catch { return -1; }
   }
-  /** @internal Closes a record of replyOpen(). */
-  replyClose(rec: number): void { if (!this.destroying) this.lane?.replyClose?.(rec); }
+  /**
+   * @internal Closes a record of replyOpen() (its handle). Forwarded while closing too: after a
+   * close() that gave up (fdsPinned), the context is never torn down, and only this closes the
+   * context's dup of a client's socket.
+   */
+  replyClose(handle: number): void { this.lane?.replyClose?.(handle); }
   /** @internal The reply records (src/protocol.ts REPLY_*), null without them. */
   replyRecords(): Int32Array | null { return this.lane?.replyRecords?.() ?? null; }
 

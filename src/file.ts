@@ -308,15 +308,15 @@ export class File {
 
   /**
    * @internal For src/serve/transmission.ts: write(), and once it has completed whole the
-   * engine's context sends reply record `rec` (Engine.replyOpen) on its socket at once, before
-   * any JavaScript runs (native/reply.h). Only a write that goes to the kernel as it is (pool
-   * memory, aligned) carries the reply; any other runs as write() does and leaves the record
-   * armed, for the caller to see and reply itself.
+   * engine's context sends the reply record of `handle` (Engine.replyOpen) on its socket at
+   * once, before any JavaScript runs (native/reply.h). Only a write that goes to the kernel as
+   * it is (pool memory, aligned) carries the reply; any other runs as write() does and leaves
+   * the record armed, for the caller to see and reply itself.
    */
-  writeReplying(buf: Uint8Array, offset: number | bigint, rec: number): Promise<number> {
+  writeReplying(buf: Uint8Array, offset: number | bigint, handle: number): Promise<number> {
     return new Promise((resolve, reject) => {
       const lo = this.checkRw(Op.WRITE, buf, offset, 'write', 'buf', 'offset'), hi = offHi;
-      this.issueRw(Op.WRITE, buf, lo, hi, resolve, reject, null, 0, rec + 1);
+      this.issueRw(Op.WRITE, buf, lo, hi, resolve, reject, null, 0, handle + 1);
     });
   }
 

@@ -323,11 +323,11 @@ test('native: a reply record is sent at completion only for a whole write, on it
   try {
     ctx.setFile(0, fd);
     assert.ok(ctx.replyOpen(1 << 30) < 0, 'a closed fd number is refused with -errno');
-    const rec = ctx.replyOpen(served._handle.fd);
-    assert.ok(rec >= 0 && rec < 1024, `a record: ${rec}`);
+    const h = ctx.replyOpen(served._handle.fd), rec = h & 1023;
+    assert.ok(h >= 1024, `a handle, index | generation << 10: ${h}`);
     // A whole write: the record's 16 bytes go out, TRIED with the send's result.
     arm(rec, 0xa1);
-    await run([[[2, 0, 0, 0, 4096, 0, 1 << 3, 0], rec + 1]]);
+    await run([[[2, 0, 0, 0, 4096, 0, 1 << 3, 0], h + 1]]);
     assert.is(results[8], 4096);
     assert.equal([...got], new Array(16).fill(0xa1), 'the reply bytes, once');
     assert.equal([replies[rec * 8 + 4], replies[rec * 8 + 5]], [2, 16]);
@@ -337,27 +337,120 @@ test('native: a reply record is sent at completion only for a whole write, on it
     got = Buffer.alloc(0);
     arm(rec, 0xb2);
     await run([
-      [[2, 7, 0, 0, 4096, 0, 2 << 3, 0], rec + 1],
-      [[1, 0, 0, 0, 4096, 0, 3 << 3, 0], rec + 1],
-      [[2, 0, 0, 0, 4096, 0, (4 << 3) | 1, 0], rec + 1],
+      [[2, 7, 0, 0, 4096, 0, 2 << 3, 0], h + 1],
+      [[1, 0, 0, 0, 4096, 0, 3 << 3, 0], h + 1],
+      [[2, 0, 0, 0, 4096, 0, (4 << 3) | 1, 0], h + 1],
       [[2, 0, 0, 0, 4096, 0, 5 << 3, 0], 5000],
       [[2, 0, 0, 0, 4096, 0, 6 << 3, 0], -3],
+      [[2, 0, 0, 0, 4096, 0, 7 << 3, 0], rec + 1],
     ]);
     assert.ok(results[16] < 0, 'the write to an unknown file failed');
     assert.is(got.length, 0, 'nothing was sent');
     assert.is(replies[rec * 8 + 4], 1, 'the record is still armed: the caller replies itself');
     // A slot past replySlots is ignored too, and so is a closed record: its dup is gone.
-    await run([[[2, 0, 0, 0, 4096, 0, 40 << 3, 0], rec + 1]]);
+    await run([[[2, 0, 0, 0, 4096, 0, 40 << 3, 0], h + 1]]);
     assert.is(got.length, 0);
-    ctx.replyClose(rec);
-    await run([[[2, 0, 0, 0, 4096, 0, 1 << 3, 0], rec + 1]]);
+    ctx.replyClose(rec); // the bare index: an older generation's handle, which closes nothing
+    await run([[[2, 0, 0, 0, 4096, 0, 1 << 3, 0], h + 1]]);
+    assert.is(got.length, 16, 'a stale handle closed nothing');
+    got = Buffer.alloc(0);
+    arm(rec, 0xc3);
+    ctx.replyClose(h);
+    await run([[[2, 0, 0, 0, 4096, 0, 1 << 3, 0], h + 1]]);
     assert.is(got.length, 0, 'a closed record sends nothing');
-    assert.throws(() => ctx.replyClose(1024), /replyClose: rec/);
+    // Reopened, the same index has a new generation: the old handle names nothing.
+    const h2 = ctx.replyOpen(served._handle.fd);
+    assert.is(h2 & 1023, rec, 'the index is reused');
+    assert.is.not(h2, h);
+    await run([[[2, 0, 0, 0, 4096, 0, 1 << 3, 0], h + 1]]);
+    assert.is(got.length, 0, 'a request with the old handle sends nothing on the reopened record');
+    await run([[[2, 0, 0, 0, 4096, 0, 1 << 3, 0], h2 + 1]]);
+    assert.equal([...got], new Array(16).fill(0xc3), 'the new handle sends');
+    assert.throws(() => ctx.replyClose(-1), /replyClose: handle/);
   } finally {
     ctx.close(); require_fs().closeSync(fd); client.destroy(); served.destroy(); srv.close();
   }
   const plain = new addon.Context({ backend: 'sync', depth: 8, pool, batch, completions, onReady: () => {} });
   try { assert.throws(() => plain.replyOpen(0), /without replies/); } finally { plain.close(); }
+});
+
+test('a write still queued in JavaScript when its reply record is closed never sends the reply of the connection that reuses the record', async () => {
+  // The bug (review of the first version): a write armed with connection A's record waits in
+  // JavaScript (here: not yet flushed; in a server: behind a full ring, for pool memory, or
+  // parked), A goes away and closes its record, B opens one and gets the same index, arms its
+  // own reply, and A's write, submitted later, sent B's reply on B's socket.
+  const net = await import('node:net');
+  const sockPath = join(scratch.dir, 'reuse.sock');
+  const srv = net.createServer();
+  await new Promise((r) => srv.listen(sockPath, r));
+  const pair = async () => {
+    const client = net.connect(sockPath);
+    const [served] = await Promise.all([new Promise((r) => srv.once('connection', r)), new Promise((r) => client.once('connect', r))]);
+    const c = { client, served, got: Buffer.alloc(0) };
+    client.on('data', (d) => { c.got = Buffer.concat([c.got, d]); });
+    return c;
+  };
+  const A = await pair(), B = await pair();
+  const engine = await Engine.start({ queueDepth: 1, bufferPoolBytes: 1 << 20 });
+  const arm = (words, h, fill) => { const w = (h & 1023) * 8; new Uint8Array(words.buffer).fill(fill, w * 4, w * 4 + 16); words[w + 4] = 1; };
+  try {
+    const words = engine.replyRecords();
+    assert.ok(words !== null, 'an inline engine has reply records');
+    const f = await engine.open(join(scratch.dir, 'reuse-file'), { create: true, truncate: true });
+    const buf = engine.alloc(4096); buf.fill(7);
+    const hA = engine.replyOpen(A.served._handle.fd);
+    assert.ok(hA >= 0);
+    arm(words, hA, 0xaa);
+    const wA = f.writeReplying(buf, 0, hA); // queued: the engine flushes at the end of this turn
+    engine.replyClose(hA);
+    const hB = engine.replyOpen(B.served._handle.fd);
+    assert.is(hB & 1023, hA & 1023, 'B got the index A had');
+    arm(words, hB, 0xbb);
+    assert.is(await wA, 4096);
+    await new Promise((r) => setTimeout(r, 50));
+    assert.is(B.got.length, 0, 'A\'s write sent nothing on B\'s socket');
+    assert.is(A.got.length, 0, 'nor on A\'s');
+    assert.is(words[(hB & 1023) * 8 + 4], 1, 'B\'s record is still armed');
+    // B's own write sends B's reply, once.
+    assert.is(await f.writeReplying(buf, 4096, hB), 4096);
+    await new Promise((r) => setTimeout(r, 50));
+    assert.equal([...B.got], new Array(16).fill(0xbb));
+    engine.replyClose(hB);
+    await f.close();
+  } finally {
+    await engine.close();
+    for (const c of [A, B]) { c.client.destroy(); c.served.destroy(); }
+    srv.close();
+  }
+});
+
+test('after a close() that gave up (the context left running), closing a reply record still closes its dup of the socket', async () => {
+  const net = await import('node:net');
+  const sockPath = join(scratch.dir, 'gaveup.sock');
+  const srv = net.createServer();
+  await new Promise((r) => srv.listen(sockPath, r));
+  const client = net.connect(sockPath);
+  const [served] = await Promise.all([new Promise((r) => srv.once('connection', r)), new Promise((r) => client.once('connect', r))]);
+  const fds = () => fsMod.readdirSync('/proc/self/fd').length;
+  const engine = await Engine.start();
+  try {
+    const f = await engine.open(join(scratch.dir, 'gaveup-file'), { create: true, truncate: true });
+    const n0 = fds();
+    const h = engine.replyOpen(served._handle.fd);
+    assert.ok(h >= 0);
+    assert.is(fds(), n0 + 1, 'the context holds a dup of the socket');
+    // A write in flight and no time to wait for it: close() gives up, and the context is
+    // never torn down (its fds stay pinned for the kernel), so only replyClose closes the dup.
+    const w = f.write(Buffer.alloc(8 << 20, 1), 0).then(() => null, (e) => e);
+    await engine.close({ deadlineMs: 0 });
+    assert.ok(engine.fdsPinned, 'close() gave up');
+    engine.replyClose(h);
+    assert.is(fds(), n0, 'the dup is closed');
+    await w;
+  } finally {
+    await engine.close();
+    client.destroy(); served.destroy(); srv.close();
+  }
 });
 
 for (const [name, body, end] of [

@@ -121,7 +121,7 @@ export abstract class Executor {
   /** The batch being filled has OpFlag.EXT entries (batchExt). */
   protected batchHasExt = false;
   /**
-   * Replies sent at completion time (inline mode, native/reply.h): the request's reply record
+   * Replies sent at completion time (inline mode, native/reply.h): the request's reply handle
    * + 1 by slot (0: none), and pump()'s arm word per batch entry (null: the context has none).
    */
   protected readonly slotReply: Int32Array;
@@ -183,7 +183,7 @@ export abstract class Executor {
    * Takes one request: copies its ENTRY_WORDS words from `words` at `at`, with `gen` the pool
    * allocation generation its memory must belong to, then registers and admits or parks it.
    * The caller checked hasRoom(). `ext`: the caller's buffer of an OpFlag.EXT entry (inline
-   * mode), handed to the native context next to the batch. `reply`: a reply record + 1 to send
+   * mode), handed to the native context next to the batch. `reply`: a reply handle + 1 to send
    * from at completion (inline mode, a plain WRITE; 0: none).
    */
   accept(words: Int32Array, at: number, gen: number, ext?: Uint8Array, reply = 0): void {
@@ -545,6 +545,9 @@ export abstract class Executor {
   /** Writes the batch entry for sub-operation `sub` of `slot` at batch index `n`. */
   protected fillBatch(n: number, slot: number, sub: number): void {
     const src = slot * ENTRY_WORDS, dst = n * ENTRY_WORDS, B = this.batch, E = this.slotEntry;
+    // The arm word is written for every entry, zero included: a word left by a batch whose
+    // pump() threw must not attach a reply to another request.
+    if (this.replyArm !== null) this.replyArm[n] = 0;
     if (sub === 0) {
       for (let i = 0; i < ENTRY_WORDS; i++) B[dst + i] = E[src + i];
       B[dst + E_TAG] = slot << 3;

@@ -95,14 +95,14 @@ export class InlineContext extends Executor {
     this.replyArm = replyArm;
   }
 
-  /** A reply record for socket `fd` (native/reply.h), or -1 when none can be had (closed, table full, EMFILE). */
+  /** A reply record's handle for socket `fd` (native/reply.h), or -1 when none can be had (closed, table full, EMFILE). */
   replyOpen(fd: number): number {
     if (this.closed) return -1;
     const r = this.ctx.replyOpen(fd);
     return r >= 0 ? r : -1;
   }
 
-  replyClose(rec: number): void { if (!this.closed) this.ctx.replyClose(rec); }
+  replyClose(handle: number): void { if (!this.closed) this.ctx.replyClose(handle); }
 
   /**
    * The native side saw completions, a helper finished, or another participant of a table
@@ -256,7 +256,7 @@ export class InlineLane implements Lane {
   flush(): void { this.ctx.kick(); }
 
   replyOpen(fd: number): number { return this.ctx.replyOpen(fd); }
-  replyClose(rec: number): void { this.ctx.replyClose(rec); }
+  replyClose(handle: number): void { this.ctx.replyClose(handle); }
   replyRecords(): Int32Array | null { return this.ctx.replies; }
 
   /** This thread's own context is told at once. */

@@ -42,10 +42,10 @@ export interface Lane {
   stop(graceMs: number): Promise<void>;
   /**
    * Replies sent at completion time (native/reply.h): inline mode only, absent in worker mode.
-   * replyOpen: a record for socket `fd`, or -1; replyRecords: the records (null: none).
+   * replyOpen: a record's handle for socket `fd`, or -1; replyRecords: the records (null: none).
    */
   replyOpen?(fd: number): number;
-  replyClose?(rec: number): void;
+  replyClose?(handle: number): void;
   replyRecords?(): Int32Array | null;
 }
 

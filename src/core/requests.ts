@@ -66,7 +66,7 @@ export class Requests {
   retry = new Uint8Array(1024);
   /** A plain bounced read or write: its pool block (-1: none). A read copies into buf[id]. */
   bounce = new Int32Array(1024).fill(-1);
-  /** A reply record + 1 that the context sends from when the write completes whole (0: none; native/reply.h). */
+  /** A reply handle + 1 (Engine.replyOpen) that the context sends from when the write completes whole (0: none; native/reply.h). */
   reply = new Int32Array(1024);
   private freeIds: number[] = [];
   /** Ids below this have been used (the highest live id is below it). */

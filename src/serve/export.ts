@@ -52,7 +52,7 @@ export function newCounters(): ServeCounters {
  */
 export interface ReplyHost {
   replyOpen(fd: number): number;
-  replyClose(rec: number): void;
+  replyClose(handle: number): void;
   replyRecords(): Int32Array | null;
 }
 

@@ -7,14 +7,19 @@
 // with nothing staged or queued on the socket and no FUA, is "armed": its 16-byte reply is put
 // in the connection's reply record, and the engine's context sends it itself inside the pump()
 // that reaps the write's completion, before any JavaScript runs (native/reply.h); done() then
-// only settles it. While a write is armed nothing else is written to the socket (replies of
-// requests that arrive meanwhile stay staged, large reads included), so the context's send can
-// never land inside a reply of ours, and replies stay whole. Whatever the context did not send
-// (a failed or short write, a full socket, part of the bytes) is written here as usual. The
-// context writes to its own dup of the socket's fd, held until this connection closes its
-// record (closeReply): a number it writes to is never another connection's.
+// only settles it. The context's send must never land inside a reply of ours, so before this
+// connection writes anything to the socket while a write is armed, it disarms it (disarm(),
+// called from writeOut(), the one place bytes are written): if the context has not sent yet,
+// the state word goes back to idle and the context will not send (pump() runs on this thread,
+// so it cannot send in between); if it has, what it sent is accounted for and the rest of its
+// reply is written first. Nothing is held back for the armed write, so a slow write never
+// delays the replies of the requests behind it. Whatever the context did not send (a failed or
+// short write, a full socket, part of the bytes) is written here as usual. The context writes
+// to its own dup of the socket's fd, held until this connection closes its record
+// (closeReply), and names the record by a handle with a generation, so neither a number it
+// writes to nor a record a late request names is ever another connection's.
 import type { Socket } from 'node:net';
-import { FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, REPLY_ARMED, REPLY_IDLE, REPLY_TRIED, REPLY_WORDS, R_RESULT, R_STATE } from '../protocol.js';
+import { FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, REPLY_ARMED, REPLY_IDLE, REPLY_INDEX_MASK, REPLY_TRIED, REPLY_WORDS, R_RESULT, R_STATE } from '../protocol.js';
 import {
   CMD_CACHE, CMD_DISC, CMD_FLAG_FUA, CMD_FLAG_NO_HOLE, CMD_FLUSH, CMD_READ, CMD_TRIM, CMD_WRITE, CMD_WRITE_ZEROES,
   NBD_EINVAL, NBD_ENOMEM, NBD_ENOSPC, NBD_EPERM, NBD_ESHUTDOWN, REQUEST_BYTES, REQUEST_MAGIC, SIMPLE_REPLY_BYTES,
@@ -45,15 +50,17 @@ class Req {
   view: Uint8Array | null = null;
   readonly onRead: (n: number) => void;
   readonly onDone: () => void;
-  readonly onWritten: () => void;
+  readonly onWritten: (n?: number) => void;
   readonly onFail: (err: unknown) => void;
   readonly onSent: () => void;
+  /** An armed write whose reply the engine's context sent (part of it or all): done() only settles it. */
+  replied = false;
 
   constructor(conn: Transmission) {
     this.conn = conn;
     this.onRead = (n) => conn.readDone(this, n);
     this.onDone = () => conn.done(this, 0);
-    this.onWritten = () => conn.writeDone(this);
+    this.onWritten = (n?: number) => conn.writeDone(this, n);
     this.onFail = (err) => conn.failed(this, err);
     this.onSent = () => conn.sent(this);
   }
@@ -101,8 +108,12 @@ export class Transmission {
   private lastInput = 0;
   closed = false;
   private endReason = '';
-  /** The connection's reply record (ReplyHost.replyOpen; -1: none, every reply is written here) and the records. */
-  private replyRec = -1;
+  /**
+   * The connection's reply record: its handle (ReplyHost.replyOpen; -1: none, every reply is
+   * written here), its first word in the records, and the records.
+   */
+  private replyHandle = -1;
+  private replyWord = 0;
   private replyHost: ReplyHost | null = null;
   private replyWords: Int32Array | null = null;
   private replyBytes: Uint8Array | null = null;
@@ -125,9 +136,10 @@ export class Transmission {
     const host = o.ctx.replies, fd = (o.socket as unknown as { _handle?: { fd?: unknown } })._handle?.fd;
     const words = host?.replyRecords() ?? null;
     if (host !== null && words !== null && typeof fd === 'number' && fd >= 0) {
-      const rec = host.replyOpen(fd);
-      if (rec >= 0) {
-        this.replyRec = rec; this.replyHost = host; this.replyWords = words;
+      const handle = host.replyOpen(fd);
+      if (handle >= 0) {
+        this.replyHandle = handle; this.replyWord = (handle & REPLY_INDEX_MASK) * REPLY_WORDS;
+        this.replyHost = host; this.replyWords = words;
         this.replyBytes = new Uint8Array(words.buffer, words.byteOffset, words.byteLength);
       }
     }
@@ -348,15 +360,15 @@ export class Transmission {
 
   private startWrite(req: Req): void {
     try {
-      if (this.replyRec >= 0 && this.inFlight === 1 && this.armed === null && (req.flags & CMD_FLAG_FUA) === 0 &&
+      if (this.replyHandle >= 0 && this.inFlight === 1 && this.armed === null && (req.flags & CMD_FLAG_FUA) === 0 &&
           this.outPos === this.outStart && this.socket.writableLength === 0) {
         // Armed (see the top of this file): only this request is in flight and nothing is
-        // queued on the socket, so the context's send goes out whole and in order.
-        const w = this.replyRec * REPLY_WORDS;
+        // staged or queued on the socket, so the context's send goes out whole and in order.
+        const w = this.replyWord;
         encodeSimpleReply(this.replyBytes!, w * 4, 0, req.handle, 0);
         this.replyWords![w + R_STATE] = REPLY_ARMED;
         this.armed = req;
-        this.ctx.file.writeReplying(req.view!, req.off, this.replyRec).then(req.onWritten, req.onFail);
+        this.ctx.file.writeReplying(req.view!, req.off, this.replyHandle).then(req.onWritten, req.onFail);
         return;
       }
       this.ctx.file.write(req.view!, req.off).then(req.onWritten, req.onFail);
@@ -374,9 +386,20 @@ export class Transmission {
     this.done(req, 0);
   }
 
-  /** @internal A write, trim or zero-write finished: with FUA it is made durable first. */
-  writeDone(req: Req): void {
-    if (req.cmd === CMD_WRITE) { this.ctx.counters.writes++; this.ctx.counters.bytesWritten += req.len; }
+  /**
+   * @internal A write, trim or zero-write finished (`n`: a write's bytes written): with FUA it
+   * is made durable first.
+   */
+  writeDone(req: Req, n?: number): void {
+    if (req.cmd === CMD_WRITE) {
+      if (n !== req.len) {
+        // File.write resolves short only when it could not go on (the engine is closing):
+        // the client must not be told that the rest of its data landed.
+        this.failed(req, { code: 'EIO', message: `the write stopped short: ${n} of ${req.len} bytes were written and the rest could not be (the engine is closing)` });
+        return;
+      }
+      this.ctx.counters.writes++; this.ctx.counters.bytesWritten += req.len;
+    }
     if ((req.flags & CMD_FLAG_FUA) !== 0) {
       req.flags &= ~CMD_FLAG_FUA;
       try { this.ctx.file.flush().then(req.onDone, req.onFail); } catch (err) { this.failed(req, err); }
@@ -394,10 +417,19 @@ export class Transmission {
 
   /** @internal The request settled with NBD error `error` (0: success): reply, recycle. */
   done(req: Req, error: number): void {
-    if (req === this.armed && this.repliedAtCompletion(req, error)) return;
+    if (req === this.armed) this.disarm();
+    if (req.replied) {
+      req.replied = false;
+      if (error !== 0) {
+        // Cannot happen: the context sends only for a write that completed whole.
+        this.ctx.emit({ event: 'internal-error', connection: this.id, message: `a success reply went out for a write that then failed (NBD error ${nbdErrorName(error)})` });
+      }
+      this.settle(req, true);
+      return;
+    }
     if (!this.closed) {
       if (error === 0 && req.cmd === CMD_READ && req.len > 0) {
-        if (req.len <= COPY_MAX || this.armed !== null) {
+        if (req.len <= COPY_MAX) {
           this.reserve(SIMPLE_REPLY_BYTES + req.len);
           encodeSimpleReply(this.out, this.outPos, 0, req.handle, 0);
           this.out.set(req.view!, this.outPos + SIMPLE_REPLY_BYTES);
@@ -423,34 +455,34 @@ export class Transmission {
   }
 
   /**
-   * The armed write settled: it is disarmed, and what the context sent of its reply counted.
-   * True when the reply is all out (the request is settled here); false when done() must reply.
+   * Ends the armed state: the write settled, this connection is about to write to the socket,
+   * or it closes. What the context sent of the write's reply is accounted for: nothing (it had
+   * not completed, or completed short or failed, or the socket was full), and the state word
+   * goes back to idle so that it never will, and done() replies as usual; or some bytes, and the
+   * rest go out now, ahead of anything else, and done() only settles the write. pump() runs on
+   * this thread, so the context cannot send between the read of the state word and its reset.
    */
-  private repliedAtCompletion(req: Req, error: number): boolean {
+  private disarm(): void {
+    const req = this.armed!;
     this.armed = null;
-    if (this.closed) return false; // no reply either way; the record may be closed already
-    const W = this.replyWords!, w = this.replyRec * REPLY_WORDS;
+    const W = this.replyWords!, w = this.replyWord;
     const sent = W[w + R_STATE] === REPLY_TRIED ? W[w + R_RESULT] : 0;
     W[w + R_STATE] = REPLY_IDLE;
-    // Replies held while this write was armed go out after its own (a microtask: the same turn).
-    if (this.outPos > this.outStart && !this.flushQueued) { this.flushQueued = true; queueMicrotask(this.flushBound); }
-    if (sent <= 0) return false; // nothing sent (a failed or short write, a full socket): reply as usual
-    if (error !== 0) {
-      // Cannot happen: the context sends only for a write that completed whole.
-      this.ctx.emit({ event: 'internal-error', connection: this.id, message: `a success reply went out for a write that then failed (NBD error ${nbdErrorName(error)})` });
-    }
-    if (sent < SIMPLE_REPLY_BYTES) this.socket.write(Buffer.from(this.replyBytes!.subarray(w * 4 + sent, w * 4 + SIMPLE_REPLY_BYTES)));
+    if (sent <= 0) return;
+    req.replied = true;
     this.ctx.counters.engineReplies++;
-    this.settle(req, true);
-    return true;
+    if (sent < SIMPLE_REPLY_BYTES && !this.closed && !this.socket.destroyed) {
+      this.socket.write(Buffer.from(this.replyBytes!.subarray(w * 4 + sent, w * 4 + SIMPLE_REPLY_BYTES)));
+    }
   }
 
   /** The reply record goes (the connection is over): the context closes its dup of the socket. */
   private closeReply(): void {
-    if (this.replyRec < 0) return;
-    const rec = this.replyRec;
-    this.replyRec = -1;
-    this.replyHost!.replyClose(rec);
+    if (this.replyHandle < 0) return;
+    if (this.armed !== null) this.disarm(); // the record is still this connection's
+    const handle = this.replyHandle;
+    this.replyHandle = -1;
+    this.replyHost!.replyClose(handle);
   }
 
   /** @internal A large read's data left (or the socket died): its buffer can be reused. */
@@ -477,13 +509,6 @@ export class Transmission {
   /** Room for `n` more bytes in the staging buffer. */
   private reserve(n: number): void {
     if (this.outPos + n <= this.out.length) return;
-    if (this.armed !== null) {
-      // Nothing may be written now: a larger buffer, with what is staged copied over.
-      const used = this.outPos - this.outStart, bigger = Buffer.allocUnsafeSlow(Math.max(STAGING_BYTES, 2 * (used + n)));
-      this.out.copy(bigger, 0, this.outStart, this.outPos);
-      this.out = bigger; this.outStart = 0; this.outPos = used;
-      return;
-    }
     this.writeOut();
     if (this.socket.writableLength === 0 && n <= STAGING_BYTES) {
       this.outStart = this.outPos = 0; // everything written so far has reached the kernel
@@ -493,10 +518,13 @@ export class Transmission {
     }
   }
 
-  /** Writes what is staged (not while a write is armed: its reply may go out at any pump). */
+  /**
+   * Writes what is staged: the one place replies go to the socket (a large read's data goes
+   * right after its header, staged and written here). An armed write is disarmed first.
+   */
   private writeOut(): void {
-    if (this.armed !== null) return;
     if (this.outPos > this.outStart && !this.closed && !this.socket.destroyed) {
+      if (this.armed !== null) this.disarm();
       this.socket.write(this.out.subarray(this.outStart, this.outPos));
     }
     this.outStart = this.outPos;
