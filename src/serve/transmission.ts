@@ -417,7 +417,14 @@ export class Transmission {
 
   /** @internal The request settled with NBD error `error` (0: success): reply, recycle. */
   done(req: Req, error: number): void {
-    if (req === this.armed) this.disarm();
+    if (req === this.armed) {
+      this.disarm();
+      // An armed write that failed may still be in the kernel: a close() that gave up rejects
+      // the writes it could not wait for. Its late completion would find the record armed by
+      // the next write and send that write's success reply before (or without) its data
+      // landing. So the record goes for good, and this connection replies to everything itself.
+      if (error !== 0 && !req.replied) this.closeReply();
+    }
     if (req.replied) {
       req.replied = false;
       if (error !== 0) {
