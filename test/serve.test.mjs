@@ -453,52 +453,63 @@ test('a write that stops short is answered with an error, never with success', a
   });
 });
 
-skipUnless(test, xfsVolumeUnavailable(['mkfs.xfs', 'xfs_freeze']))('an armed write that JavaScript settles with an error while the kernel still has it (a close() that gave up) cannot have its completion answer the next write', async () => {
-  // A close() that gives up rejects the writes still in the kernel. That is simulated here:
-  // write Y is really submitted, armed, on a frozen filesystem (so it stays in the kernel), and
-  // its promise is rejected at once. The client, answered with Y's error, sends write X, which
-  // would be armed on the same reply record; X then fails. X must get its own error: before the
-  // fix, Y's late completion found the record armed (by X) and sent X's success reply.
-  const vol = makeXfsVolume(300 * MiB);
-  let frozen = false;
-  try {
-    const p = join(vol.dir, 'frozen.raw');
-    const fd = openSync(p, 'w'); ftruncateSync(fd, 4 * MiB); closeSync(fd);
-    await withServer({ path: p }, async (s, events) => {
-      const c = await Client.connect(s);
-      assert.is((await c.writeAt(0, Buffer.alloc(4096, 1))).error, 0);
-      assert.is(s.stats().engineReplies, 1, 'a QD1 write is armed and answered by the engine');
-      const file = s.ctx.file, orig = file.writeReplying, origW = file.write;
-      let kernelY = null;
-      // X, armed or not, fails once Y's write has completed in the kernel (and had its chance to send).
-      const failX = () => kernelY.then(() => new Promise((r) => setTimeout(r, 50))).then(() => {
-        throw Object.assign(new Error('simulated: this write failed'), { code: 'EIO' });
+for (const [when, readFirst] of [['at once', false], ['after a read\'s reply disarmed it', true]]) {
+  skipUnless(test, xfsVolumeUnavailable(['mkfs.xfs', 'xfs_freeze']))(`a write sent with the reply handle that JavaScript settles with an error while the kernel still has it (a close() that gave up), ${when}, cannot have its completion answer the next write`, async () => {
+    // A close() that gives up rejects the writes still in the kernel. That is simulated here:
+    // write Y is really submitted, armed, on a frozen filesystem (so it stays in the kernel),
+    // and its promise is rejected (at once, or after a read's reply was written, which
+    // disarmed Y in JavaScript but not in the context). The client, answered with Y's error,
+    // sends write X, which would be armed on the same reply record; X then fails. X must get
+    // its own error: before the fix, Y's late completion found the record armed (by X) and
+    // sent X's success reply.
+    const vol = makeXfsVolume(300 * MiB);
+    let frozen = false;
+    try {
+      const p = join(vol.dir, 'frozen.raw');
+      const fd = openSync(p, 'w'); ftruncateSync(fd, 4 * MiB); closeSync(fd);
+      await withServer({ path: p }, async (s, events) => {
+        const c = await Client.connect(s);
+        assert.is((await c.writeAt(0, Buffer.alloc(4096, 1))).error, 0);
+        assert.is(s.stats().engineReplies, 1, 'a QD1 write is armed and answered by the engine');
+        const file = s.ctx.file, orig = file.writeReplying, origW = file.write;
+        const gaveUp = () => Object.assign(new Error('simulated: close() gave up on this write'), { code: 'ERR_RINGFENCE_CLOSED' });
+        let kernelY = null, rejectY = null;
+        // X, armed or not, fails once Y's write has completed in the kernel (and had its chance to send).
+        const failX = () => kernelY.then(() => new Promise((r) => setTimeout(r, 50))).then(() => {
+          throw Object.assign(new Error('simulated: this write failed'), { code: 'EIO' });
+        });
+        file.write = failX;
+        file.writeReplying = function (...a) {
+          if (kernelY !== null) return failX();
+          kernelY = orig.apply(this, a).then(() => 'written', (e) => e);
+          return readFirst ? new Promise((_, rej) => { rejectY = rej; }) : Promise.reject(gaveUp());
+        };
+        execFileSync('xfs_freeze', ['-f', vol.dir]); frozen = true;
+        try {
+          const y = c.writeAt(8192, Buffer.alloc(4096, 2));
+          if (readFirst) {
+            await new Promise((r) => setTimeout(r, 50)); // Y is in the kernel, blocked by the freeze
+            assert.ok((await c.read(0, 4096)).data.equals(Buffer.alloc(4096, 1)), 'a read is answered meanwhile');
+            rejectY(gaveUp());
+          }
+          assert.ok((await y).error !== 0, 'Y is answered with its error');
+          const x = c.writeAt(16384, Buffer.alloc(4096, 3));
+          await new Promise((r) => setTimeout(r, 100)); // X has arrived (and, before the fix, was armed)
+          execFileSync('xfs_freeze', ['-u', vol.dir]); frozen = false;
+          assert.is(await kernelY, 'written', "Y's write completed in the kernel");
+          assert.is((await x).error, 5, "X is answered with its own error (EIO), not with a success sent by Y's completion");
+        } finally {
+          file.writeReplying = orig; file.write = origW;
+          if (frozen) execFileSync('xfs_freeze', ['-u', vol.dir]);
+        }
+        assert.is(events.filter((e) => e.event === 'internal-error').length, 0, JSON.stringify(events.filter((e) => e.event === 'internal-error')));
+        assert.is((await c.writeAt(0, Buffer.alloc(4096, 4))).error, 0, 'the connection goes on');
+        c.disc();
+        await c.closedWithin(5000);
       });
-      file.write = failX;
-      file.writeReplying = function (...a) {
-        if (kernelY !== null) return failX();
-        kernelY = orig.apply(this, a).then(() => 'written', (e) => e);
-        return Promise.reject(Object.assign(new Error('simulated: close() gave up on this write'), { code: 'ERR_RINGFENCE_CLOSED' }));
-      };
-      execFileSync('xfs_freeze', ['-f', vol.dir]); frozen = true;
-      try {
-        assert.ok((await c.writeAt(8192, Buffer.alloc(4096, 2))).error !== 0, 'Y is answered with its error');
-        const x = c.writeAt(16384, Buffer.alloc(4096, 3));
-        await new Promise((r) => setTimeout(r, 100)); // X has arrived (and, before the fix, was armed)
-        execFileSync('xfs_freeze', ['-u', vol.dir]); frozen = false;
-        assert.is(await kernelY, 'written', "Y's write completed in the kernel");
-        assert.is((await x).error, 5, "X is answered with its own error (EIO), not with a success sent by Y's completion");
-      } finally {
-        file.writeReplying = orig; file.write = origW;
-        if (frozen) execFileSync('xfs_freeze', ['-u', vol.dir]);
-      }
-      assert.is(events.filter((e) => e.event === 'internal-error').length, 0, JSON.stringify(events.filter((e) => e.event === 'internal-error')));
-      assert.is((await c.writeAt(0, Buffer.alloc(4096, 4))).error, 0, 'the connection goes on');
-      c.disc();
-      await c.closedWithin(5000);
-    });
-  } finally { vol.cleanup(); }
-});
+    } finally { vol.cleanup(); }
+  });
+}
 
 test('clients that go away while their write is armed: the server keeps serving, and their fds (and the engine\'s dups) are closed', async () => {
   const p = image('armgone.raw', 4 * MiB, false);

@@ -55,6 +55,8 @@ class Req {
   readonly onSent: () => void;
   /** An armed write whose reply the engine's context sent (part of it or all): done() only settles it. */
   replied = false;
+  /** A write submitted with the connection's reply handle (armed when it was started). */
+  withReply = false;
 
   constructor(conn: Transmission) {
     this.conn = conn;
@@ -368,6 +370,7 @@ export class Transmission {
         encodeSimpleReply(this.replyBytes!, w * 4, 0, req.handle, 0);
         this.replyWords![w + R_STATE] = REPLY_ARMED;
         this.armed = req;
+        req.withReply = true;
         this.ctx.file.writeReplying(req.view!, req.off, this.replyHandle).then(req.onWritten, req.onFail);
         return;
       }
@@ -417,12 +420,15 @@ export class Transmission {
 
   /** @internal The request settled with NBD error `error` (0: success): reply, recycle. */
   done(req: Req, error: number): void {
-    if (req === this.armed) {
-      this.disarm();
-      // An armed write that failed may still be in the kernel: a close() that gave up rejects
-      // the writes it could not wait for. Its late completion would find the record armed by
-      // the next write and send that write's success reply before (or without) its data
-      // landing. So the record goes for good, and this connection replies to everything itself.
+    if (req === this.armed) this.disarm();
+    if (req.withReply) {
+      req.withReply = false;
+      // A write submitted with the reply handle that failed may still be in the kernel (a
+      // close() that gave up rejects the writes it could not wait for), its arm in the context
+      // still set, whether or not it is still this.armed (a reply written meanwhile disarmed
+      // it). Its late completion would find the record armed by the next write and send that
+      // write's success reply before (or without) its data landing. So the record goes for
+      // good, and this connection replies to everything itself from now on.
       if (error !== 0 && !req.replied) this.closeReply();
     }
     if (req.replied) {
