@@ -173,7 +173,7 @@ class Context : public Napi::ObjectWrap<Context> {
             uint32_t slots = uint32_t(int_arg(env, opts.Get("replySlots"), "Context: replySlots", 1, 1 << 20));
             replies_ref_ = Napi::Persistent(v.As<Napi::Object>());
             reply_arm_ref_ = Napi::Persistent(a.As<Napi::Object>());
-            replies_.reset(new Replies(slots));
+            replies_.reset(new Replies(slots, cfg.pool));
         }
 
         if (!on_ready.IsUndefined()) {
@@ -400,7 +400,7 @@ class Context : public Napi::ObjectWrap<Context> {
                 if (typed_view(env, reply_arm_ref_.Value(), napi_int32_array, &arm) && arm.length >= n) {
                     int32_t *r = static_cast<int32_t *>(arm.data);
                     for (uint32_t i = 0; i < n; i++) {
-                        if (r[i] != 0) replies_->submitted(b + size_t(i) * ENTRY_WORDS, r[i]);
+                        if (r[i] != 0) replies_->submitted(b + size_t(i) * ENTRY_WORDS, r[i], ext != nullptr ? &ext_[i] : nullptr);
                         r[i] = 0;
                     }
                 }
@@ -649,7 +649,7 @@ Napi::Object Wire(Napi::Env env) {
         {"TABLE_MAX_CAPACITY", registry::MAX_CAPACITY}, {"TABLE_MAX_PARTICIPANTS", registry::MAX_PARTICIPANTS},
         {"REPLY_MAX", REPLY_MAX}, {"REPLY_WORDS", REPLY_WORDS}, {"REPLY_BYTES", REPLY_BYTES},
         {"REPLY_ARMED", uint32_t(REPLY_ARMED)}, {"REPLY_TRIED", uint32_t(REPLY_TRIED)},
-        {"REPLY_STATE", R_STATE}, {"REPLY_RESULT", R_RESULT}, {"REPLY_REC_BITS", REPLY_REC_BITS},
+        {"REPLY_STATE", R_STATE}, {"REPLY_RESULT", R_RESULT}, {"REPLY_DATA", R_DATA}, {"REPLY_REC_BITS", REPLY_REC_BITS},
     };
     for (const auto &p : kv)
         o.Set(p.first, p.second);

@@ -3,6 +3,7 @@
 
 #include <fcntl.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -11,8 +12,8 @@
 
 namespace rf {
 
-Replies::Replies(uint32_t slots)
-    : fd_(REPLY_MAX, -1), uses_(REPLY_MAX, 0), open_(REPLY_MAX, 0), gen_(REPLY_MAX, 0), arm_(slots) {
+Replies::Replies(uint32_t slots, const Pool &pool)
+    : fd_(REPLY_MAX, -1), uses_(REPLY_MAX, 0), open_(REPLY_MAX, 0), gen_(REPLY_MAX, 0), arm_(slots), pool_(pool) {
     free_.reserve(REPLY_MAX);
     for (uint32_t i = REPLY_MAX; i-- > 0;)
         free_.push_back(i);
@@ -68,13 +69,27 @@ void Replies::close_all() {
         }
 }
 
-void Replies::submitted(const int32_t *entry, int32_t r) {
-    uint32_t tag = uint32_t(entry[E_TAG]), slot = tag >> 3;
+void Replies::submitted(const int32_t *entry, int32_t r, const ExtBuf *ext) {
+    /* Each word read once: the batch is JavaScript's memory. */
+    const volatile int32_t *e = entry;
+    uint32_t tag = uint32_t(e[E_TAG]), slot = tag >> 3, word0 = uint32_t(e[E_OP]), op = word0 & OP_MASK;
+    int32_t len = e[E_LEN];
+    uint32_t buf = uint32_t(e[E_BUF]);
     if (r < 1 || (tag & 7) != 0 || slot >= arm_.size())
         return;
     int32_t cur = current(uint32_t(r - 1)); /* a stale handle (record closed, maybe reopened): -1 */
-    if (cur < 0 || (uint32_t(entry[E_OP]) & OP_MASK) != OP_WRITE || entry[E_LEN] <= 0)
+    if (cur < 0 || (op != OP_WRITE && op != OP_READ) || len <= 0)
         return;
+    const uint8_t *data = nullptr;
+    if (op == OP_READ) {
+        /* The memory the kernel reads into, checked as validate_entry() checks it (a bad one: no arm). */
+        bool is_ext = (word0 & FLAG_EXT) != 0;
+        const uint8_t *base = is_ext ? (ext != nullptr ? ext->data : nullptr) : pool_.base;
+        uint64_t size = is_ext ? (ext != nullptr ? ext->length : 0) : pool_.size;
+        if (base == nullptr || uint64_t(buf) + uint64_t(len) > size)
+            return;
+        data = base + buf;
+    }
     uint32_t rec = uint32_t(cur);
     Arm &a = arm_[slot];
     if (a.rec >= 0) { /* a stale arm (its request never completed): forget it */
@@ -83,7 +98,8 @@ void Replies::submitted(const int32_t *entry, int32_t r) {
         maybe_free(uint32_t(a.rec));
     }
     a.rec = int32_t(rec);
-    a.len = entry[E_LEN];
+    a.len = len;
+    a.data = data;
     uses_[rec]++;
     pending_total_++;
 }
@@ -98,8 +114,14 @@ void Replies::completed(int32_t tag, int32_t res, int32_t *words, size_t nwords)
     uses_[rec]--;
     pending_total_--;
     size_t w = size_t(rec) * REPLY_WORDS;
-    if (res == a.len && fd_[rec] >= 0 && w + REPLY_WORDS <= nwords && words[w + R_STATE] == REPLY_ARMED) {
-        ssize_t n = send(fd_[rec], words + w, REPLY_BYTES, MSG_DONTWAIT | MSG_NOSIGNAL);
+    int32_t data_len = a.data != nullptr ? a.len : 0;
+    if (res == a.len && fd_[rec] >= 0 && w + REPLY_WORDS <= nwords && words[w + R_STATE] == REPLY_ARMED &&
+        words[w + R_DATA] == data_len) {
+        struct iovec iov[2] = {{words + w, REPLY_BYTES}, {const_cast<uint8_t *>(a.data), size_t(data_len)}};
+        struct msghdr mh = {};
+        mh.msg_iov = iov;
+        mh.msg_iovlen = data_len > 0 ? 2 : 1;
+        ssize_t n = sendmsg(fd_[rec], &mh, MSG_DONTWAIT | MSG_NOSIGNAL);
         words[w + R_RESULT] = n >= 0 ? int32_t(n) : -errno;
         words[w + R_STATE] = REPLY_TRIED;
     }

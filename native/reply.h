@@ -1,26 +1,36 @@
 /*
  * Replies sent at completion time (inline mode only).
  *
- * A server that answers a successful write with a few fixed bytes (ringfence serve's 16-byte
- * NBD simple reply) can have the context send them itself, inside the pump() that reaps the
- * write's completion, before JavaScript runs: that saves the JavaScript between the reap and
- * the reply on the request's critical path.  The server:
+ * A server that answers a successful request with a fixed header, and for a read the data
+ * read after it (ringfence serve's NBD simple reply: 16 bytes, then the data), can have the
+ * context send the reply itself, inside the pump() that reaps the request's completion, before
+ * JavaScript runs: that saves the JavaScript between the reap and the reply on the request's
+ * critical path.  The server:
  *
  *   - opens a reply socket, replyOpen(fd): the context keeps its own dup of the fd, so the
  *     number it writes to can never be closed and reused for another connection under it.  It
  *     gets a handle, `rec | gen << REPLY_REC_BITS`: the record's index and the generation of
  *     this opening (see below);
- *   - arms its record before each such write: writes the reply's bytes to words 0..3 of the
- *     record in the `replies` Int32Array and REPLY_ARMED to word 4;
- *   - submits the write with the handle + 1 in the batch's parallel `replyArm` array.
+ *   - arms its record before each such request: writes the reply's header to words 0..3 of the
+ *     record in the `replies` Int32Array, the data bytes that follow it to word 6 (R_DATA: 0 for
+ *     a write, the read's length for a read) and REPLY_ARMED to word 4;
+ *   - submits the write or read with the handle + 1 in the batch's parallel `replyArm` array.
  *
- * At submit, submitted() remembers (record, length) for the request's tag.  At completion,
- * completed() sends the record's bytes with one non-blocking send() when the write completed
- * whole and the record is still armed, and leaves REPLY_TRIED in word 4 and the send's result
- * (bytes or -errno) in word 5.  Anything else (a short or failed write, a record disarmed or
- * closed meanwhile) sends nothing and leaves the record as it was: the server replies itself.
- * Whether the server may let a reply go out ahead of JavaScript, so that replies stay whole and
- * in order on the stream, is the server's rule (src/serve/transmission.ts, docs/SERVE.md).
+ * At submit, submitted() remembers (record, length, and for a read the checked address of the
+ * memory it reads into) for the request's tag.  At completion, completed() sends when the
+ * request completed whole, the record is still armed and R_DATA is what the request is (0 for
+ * a write, its length for a read): the header, and for a read the data, with one non-blocking
+ * sendmsg().  It leaves REPLY_TRIED in word 4 and the send's result (bytes, of 16 + R_DATA, or
+ * -errno) in word 5.  Anything else (a short or failed request, a record disarmed or closed
+ * meanwhile, armed for the other kind) sends nothing and leaves the record as it was: the
+ * server replies itself.  Whether the server may let a reply go out ahead of JavaScript, so
+ * that replies stay whole and in order on the stream, is the server's rule
+ * (src/serve/transmission.ts, docs/SERVE.md).
+ *
+ * A read's memory is the pool's (it lives as long as the context) or the caller's FLAG_EXT
+ * buffer, which the engine keeps referenced until the request settles, and it settles only
+ * after the pump() that sends: the address is good at completion exactly as it was for the
+ * kernel.  Its bounds are checked here, at submit, as validate_entry() checks them.
  *
  * Everything here runs on the context's own thread (pump() and the reply calls are all made
  * from it), so there is no lock.  What JavaScript wrote is untrusted: every record number and
@@ -43,21 +53,23 @@
 #include <cstdint>
 #include <vector>
 
+#include "validate.h"
+
 namespace rf {
 
 constexpr uint32_t REPLY_MAX = 1024;   /* reply sockets per context */
-constexpr uint32_t REPLY_WORDS = 8;    /* words per record: 0..3 the bytes, 4 state, 5 result */
+constexpr uint32_t REPLY_WORDS = 8;    /* words per record: 0..3 the bytes, 4 state, 5 result, 6 data */
 constexpr uint32_t REPLY_BYTES = 16;
 constexpr int32_t REPLY_IDLE = 0, REPLY_ARMED = 1, REPLY_TRIED = 2;
-constexpr uint32_t R_STATE = 4, R_RESULT = 5;
+constexpr uint32_t R_STATE = 4, R_RESULT = 5, R_DATA = 6;
 constexpr uint32_t REPLY_REC_BITS = 10;          /* REPLY_MAX == 1 << REPLY_REC_BITS */
 constexpr uint32_t REPLY_GEN_MASK = (1u << 20) - 1;
 static_assert(REPLY_MAX == 1u << REPLY_REC_BITS, "a handle's index bits hold every record");
 
 class Replies {
  public:
-    /* slots: the number of request slots (a tag's slot is tag >> 3). */
-    explicit Replies(uint32_t slots);
+    /* slots: the number of request slots (a tag's slot is tag >> 3); pool: the context's pool. */
+    Replies(uint32_t slots, const Pool &pool);
     ~Replies();
     Replies(const Replies &) = delete;
     Replies &operator=(const Replies &) = delete;
@@ -69,15 +81,19 @@ class Replies {
     /* Closes every dup (the context closes). */
     void close_all();
 
-    /* Batch entry `entry` (ENTRY_WORDS words) is being submitted with reply word `r` (rec + 1). */
-    void submitted(const int32_t *entry, int32_t r);
+    /*
+     * Batch entry `entry` (ENTRY_WORDS words) is being submitted with reply word `r` (handle + 1);
+     * ext: its caller buffer when it is a FLAG_EXT entry (nullptr: none).
+     */
+    void submitted(const int32_t *entry, int32_t r, const ExtBuf *ext);
     /* Requests submitted with a record and not completed yet. */
     uint32_t pending() const { return pending_total_; }
     /* A completion: sends the reply if it is due.  words: the records (nwords of them, 0 if gone). */
     void completed(int32_t tag, int32_t res, int32_t *words, size_t nwords);
 
  private:
-    struct Arm { int32_t rec = -1; int32_t len = 0; };
+    /* A request submitted with a record: its length, and for a read the memory it reads into. */
+    struct Arm { int32_t rec = -1; int32_t len = 0; const uint8_t *data = nullptr; };
     /* The record of a current handle, or -1 (out of range, not open, an older generation). */
     int32_t current(uint32_t handle) const;
     std::vector<int> fd_;            /* by record: the dup, -1 when closed or free */
@@ -86,6 +102,7 @@ class Replies {
     std::vector<uint32_t> gen_;      /* by record: the generation of its last opening */
     std::vector<Arm> arm_;           /* by slot */
     std::vector<uint32_t> free_;
+    Pool pool_;
     uint32_t pending_total_ = 0;
     void maybe_free(uint32_t rec);
 };

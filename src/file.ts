@@ -320,6 +320,20 @@ export class File {
     });
   }
 
+  /**
+   * @internal For src/serve/transmission.ts: read(), and once it has completed whole (all of
+   * `buf`) the engine's context sends the reply record of `handle` and then `buf`'s bytes on its
+   * socket at once, before any JavaScript runs (native/reply.h, R_DATA). As for writeReplying(),
+   * only a read the kernel does into `buf` itself (pool memory or caller memory, aligned)
+   * carries the reply; a padded or bounced one runs as read() does and leaves the record armed.
+   */
+  readReplying(buf: Uint8Array, offset: number | bigint, handle: number): Promise<number> {
+    return new Promise((resolve, reject) => {
+      const lo = this.checkRw(Op.READ, buf, offset, 'read', 'buf', 'offset'), hi = offHi;
+      this.issueRw(Op.READ, buf, lo, hi, resolve, reject, null, 0, handle + 1);
+    });
+  }
+
   // ---- Validation: every check a request needs, in one place per kind, run before anything
   // is queued (by the single calls and by submit() for every op of a batch). The issue*
   // functions after them do not validate again and do not throw for bad input.

@@ -49,18 +49,19 @@ export const WIRE: Readonly<Record<string, number>> = {
   OP_MAX: 8, OP_READ: Op.READ, OP_WRITE: Op.WRITE, OP_READV: Op.READV, OP_WRITEV: Op.WRITEV, OP_FALLOCATE: Op.FALLOCATE,
   OP_FSYNC: Op.FSYNC, OP_TRUNCATE: Op.TRUNCATE, OP_NOP: Op.NOP, FLAG_EMULATE_XFS_BUG: OpFlag.EMULATE_XFS_BUG, FLAG_EXT: OpFlag.EXT,
   IOV_MAX: 64, MAX_FILES: 4096, FALLOC_FL_KEEP_SIZE: 0x01, FALLOC_FL_PUNCH_HOLE: 0x02, FALLOC_FL_ZERO_RANGE: 0x10,
-  REPLY_MAX: 1024, REPLY_WORDS: 8, REPLY_BYTES: 16, REPLY_ARMED: 1, REPLY_TRIED: 2, REPLY_STATE: 4, REPLY_RESULT: 5, REPLY_REC_BITS: 10,
+  REPLY_MAX: 1024, REPLY_WORDS: 8, REPLY_BYTES: 16, REPLY_ARMED: 1, REPLY_TRIED: 2, REPLY_STATE: 4, REPLY_RESULT: 5, REPLY_DATA: 6, REPLY_REC_BITS: 10,
 };
 
 /**
  * Replies sent at completion time (inline mode, native/reply.h): a context's reply records,
  * REPLY_WORDS int32 words each: words 0..3 the reply's REPLY_BYTES bytes, R_STATE (0 idle,
  * REPLY_ARMED, REPLY_TRIED: the context tried to send, with the send's bytes or -errno in
- * R_RESULT). A record is named by a handle (replyOpen's result): `index | generation << 10`;
+ * R_RESULT) and R_DATA, the data bytes sent after them (0 for a write; a read's length: the
+ * read's data follows the header, and only for a read of exactly that length). A record is named by a handle (replyOpen's result): `index | generation << 10`;
  * its words are at (handle & REPLY_INDEX_MASK) * REPLY_WORDS.
  */
 export const REPLY_MAX = 1024, REPLY_WORDS = 8, REPLY_BYTES = 16, REPLY_INDEX_MASK = REPLY_MAX - 1;
-export const REPLY_IDLE = 0, REPLY_ARMED = 1, REPLY_TRIED = 2, R_STATE = 4, R_RESULT = 5;
+export const REPLY_IDLE = 0, REPLY_ARMED = 1, REPLY_TRIED = 2, R_STATE = 4, R_RESULT = 5, R_DATA = 6;
 
 /**
  * One request: 8 int32 words. Used for the submission rings (main -> worker) and,

@@ -319,7 +319,7 @@ test('native: a reply record is sent at completion only for a whole write, on it
     }
     await new Promise((r) => setTimeout(r, 50)); // what was sent reaches the client
   };
-  const arm = (rec, fill) => { bytes.fill(fill, rec * 32, rec * 32 + 16); replies[rec * 8 + 4] = 1; replies[rec * 8 + 5] = 0; };
+  const arm = (rec, fill) => { bytes.fill(fill, rec * 32, rec * 32 + 16); replies[rec * 8 + 4] = 1; replies[rec * 8 + 5] = 0; replies[rec * 8 + 6] = 0; };
   try {
     ctx.setFile(0, fd);
     assert.ok(ctx.replyOpen(1 << 30) < 0, 'a closed fd number is refused with -errno');
@@ -332,7 +332,8 @@ test('native: a reply record is sent at completion only for a whole write, on it
     assert.equal([...got], new Array(16).fill(0xa1), 'the reply bytes, once');
     assert.equal([replies[rec * 8 + 4], replies[rec * 8 + 5]], [2, 16]);
     assert.equal([...replyArm], new Array(8).fill(0), 'the context cleared the arm words it read');
-    // Nothing is sent for: a failed write (no such file id), a READ, a sub-operation tag, a
+    // Nothing is sent for: a failed write (no such file id), a whole READ of a record armed
+    // for a write (R_DATA 0, not the read's length), a sub-operation tag, a
     // record number past the table, a record that is not armed.
     got = Buffer.alloc(0);
     arm(rec, 0xb2);
@@ -372,6 +373,85 @@ test('native: a reply record is sent at completion only for a whole write, on it
   }
   const plain = new addon.Context({ backend: 'sync', depth: 8, pool, batch, completions, onReady: () => {} });
   try { assert.throws(() => plain.replyOpen(0), /without replies/); } finally { plain.close(); }
+});
+
+test('native: a read armed with R_DATA = its length sends the header and then the data it read, only when whole', async () => {
+  const addon = loadAddon(), net = await import('node:net');
+  const sockPath = join(scratch.dir, 'reply-read.sock');
+  const srv = net.createServer();
+  await new Promise((r) => srv.listen(sockPath, r));
+  const client = net.connect(sockPath);
+  const [served] = await Promise.all([new Promise((r) => srv.once('connection', r)), new Promise((r) => client.once('connect', r))]);
+  let got = Buffer.alloc(0);
+  client.on('data', (d) => { got = Buffer.concat([got, d]); });
+  const pool = new Uint8Array(new SharedArrayBuffer(1 << 16, { maxByteLength: 1 << 16 }));
+  const batch = new Int32Array(8 * 8), completions = new Int32Array(4 * 32);
+  const replies = new Int32Array(1024 * 8), replyArm = new Int32Array(8);
+  const bytes = new Uint8Array(replies.buffer);
+  const path = join(scratch.dir, 'reply-read-file');
+  const content = pattern(4096 + 100, 77); // 4096 whole bytes, then a block that reads short
+  writeFileSync(path, content);
+  const fd = require_fs().openSync(path, 'r+');
+  const results = {};
+  let wake = () => {};
+  const ctx = new addon.Context({ backend: 'sync', depth: 8, pool, batch, completions, replies, replyArm, replySlots: 16, onReady: () => wake() });
+  const run = async (entries, bufs) => {
+    entries.forEach(([w, arm], i) => { batch.set(w, i * 8); replyArm[i] = arm; });
+    let n = ctx.pump(entries.length, 0, bufs, true);
+    for (let left = entries.length; ;) {
+      for (let i = 0; i < n; i++) { results[completions[i * 4]] = completions[i * 4 + 1]; left--; }
+      if (left <= 0) break;
+      await new Promise((r) => { wake = r; });
+      n = ctx.pump(0, 0);
+    }
+    await new Promise((r) => setTimeout(r, 50));
+  };
+  const arm = (rec, fill, data) => { bytes.fill(fill, rec * 32, rec * 32 + 16); replies[rec * 8 + 4] = 1; replies[rec * 8 + 5] = 0; replies[rec * 8 + 6] = data; };
+  try {
+    ctx.setFile(0, fd);
+    const h = ctx.replyOpen(served._handle.fd), rec = h & 1023;
+    // A whole read into the pool at 8192: the header, then exactly the bytes the kernel read.
+    pool.fill(0xee);
+    arm(rec, 0xa1, 4096);
+    await run([[[1, 0, 0, 0, 4096, 8192, 1 << 3, 0], h + 1]]);
+    assert.is(results[8], 4096);
+    assert.is(got.length, 16 + 4096, 'header and data, once');
+    assert.equal([...got.subarray(0, 16)], new Array(16).fill(0xa1));
+    assert.ok(got.subarray(16).equals(Buffer.from(content.subarray(0, 4096))), 'the data the read brought in, not what the pool held before');
+    assert.equal([replies[rec * 8 + 4], replies[rec * 8 + 5]], [2, 16 + 4096]);
+    // Nothing is sent for: a read armed with another length, a read that comes back short (at
+    // EOF), a write armed as a read (R_DATA != 0), a read whose memory runs past the pool.
+    for (const [entry, data, why] of [
+      [[1, 0, 0, 0, 4096, 0, 2 << 3, 0], 512, 'R_DATA is not the read\'s length'],
+      [[1, 0, 4096, 0, 4096, 16384, 3 << 3, 0], 4096, 'the read came back short'],
+      [[2, 0, 0, 0, 4096, 0, 4 << 3, 0], 4096, 'a write with R_DATA set'],
+      [[1, 0, 0, 0, 4096, 65536 - 2048, 5 << 3, 0], 4096, 'the read\'s memory runs past the pool'],
+    ]) {
+      got = Buffer.alloc(0);
+      arm(rec, 0xb2, data);
+      await run([[entry, h + 1]]);
+      assert.is(got.length, 0, `nothing was sent: ${why}`);
+      assert.is(replies[rec * 8 + 4], 1, `still armed (${why}): the caller replies itself`);
+    }
+    assert.is(results[24], 100, 'the EOF read was short');
+    assert.is(results[40], -14, 'the read past the pool was refused (EFAULT)');
+    // A caller-memory (EXT) read: the data comes from that buffer.
+    const EXT = 0x400, ext = Buffer.alloc(4096, 0x55);
+    got = Buffer.alloc(0);
+    arm(rec, 0xc3, 4096);
+    await run([[[1 | EXT, 0, 0, 0, 4096, 0, 6 << 3, 0], h + 1]], [ext]);
+    assert.is(results[48], 4096);
+    assert.is(got.length, 16 + 4096);
+    assert.ok(got.subarray(16).equals(Buffer.from(content.subarray(0, 4096))), 'the EXT buffer\'s data');
+    // An EXT read whose buffer is smaller than its length: refused, and nothing sent.
+    got = Buffer.alloc(0);
+    arm(rec, 0xd4, 4096);
+    await run([[[1 | EXT, 0, 0, 0, 4096, 0, 7 << 3, 0], h + 1]], [Buffer.alloc(100)]);
+    assert.is(results[56], -14);
+    assert.is(got.length, 0, 'nothing sent for a refused EXT read');
+  } finally {
+    ctx.close(); require_fs().closeSync(fd); client.destroy(); served.destroy(); srv.close();
+  }
 });
 
 test('a write still queued in JavaScript when its reply record is closed never sends the reply of the connection that reuses the record', async () => {

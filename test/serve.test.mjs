@@ -395,6 +395,55 @@ test('a write alone in flight is answered by the engine at completion; requests 
   assert.ok(readFileSync(p).equals(expect), 'the file holds every write');
 });
 
+test('a read alone in flight is answered by the engine at completion, header and data; mixed with writes at QD1 and deeper, every reply is whole and right', async () => {
+  const p = image('early-read.raw', 8 * MiB, false);
+  const expect = Buffer.alloc(8 * MiB);
+  for (let i = 0; i < 8 * MiB; i += 4096) expect.fill((i >> 12) & 0xff, i, i + 4096);
+  writeFileSync(p, expect);
+  await withServer({ path: p }, async (s, events) => {
+    const c = await Client.connect(s);
+    // QD1 reads of 4 KiB and 64 KiB (COPY_MAX): each one is armed and sent by the engine.
+    for (let i = 0; i < 40; i++) {
+      const off = i * 8192, len = i % 2 === 0 ? 4096 : 65536;
+      const r = await c.read(off, len);
+      assert.is(r.error, 0);
+      assert.ok(r.data.equals(expect.subarray(off, off + len)), `QD1 read ${i}`);
+    }
+    assert.is(s.stats().engineReplies, 40, 'every QD1 read was answered by the engine');
+    // A read larger than COPY_MAX is answered by the connection (from its pool buffer).
+    const big = await c.read(MiB, 256 * 1024);
+    assert.ok(big.data.equals(expect.subarray(MiB, MiB + 256 * 1024)));
+    assert.is(s.stats().engineReplies, 40, 'not a large read');
+    // QD1 alternating writes and reads of what was just written, then bursts of 8 mixed.
+    for (let i = 0; i < 50; i++) {
+      const off = 2 * MiB + i * 4096, d = Buffer.alloc(4096, (i * 13 + 1) & 0xff);
+      assert.is((await c.writeAt(off, d)).error, 0);
+      d.copy(expect, off);
+      const r = await c.read(off - 4096, 8192);
+      assert.ok(r.data.equals(expect.subarray(off - 4096, off + 4096)), `read after write ${i}`);
+    }
+    assert.ok(s.stats().engineReplies >= 140, `QD1 writes and reads were answered by the engine (${s.stats().engineReplies})`);
+    for (let i = 0; i < 30; i++) {
+      c.sock.cork();
+      const ps = [];
+      for (let j = 0; j < 8; j++) {
+        const off = 4 * MiB + ((i * 8 + j) % 97) * 4096;
+        if (j % 3 === 0) { const d = Buffer.alloc(4096, (i + j) & 0xff); ps.push(c.writeAt(off, d).then((x) => { assert.is(x.error, 0); })); d.copy(expect, off); }
+        else { const want = Buffer.from(expect.subarray(off, off + 4096)); ps.push(c.read(off, 4096).then((x) => { assert.is(x.error, 0); assert.ok(x.data.equals(want), `burst ${i} read ${j}`); })); }
+      }
+      c.sock.uncork();
+      await Promise.all(ps);
+      // One QD1 read between bursts: armed again once the connection is idle.
+      const r = await c.read(4 * MiB, 4096);
+      assert.ok(r.data.equals(expect.subarray(4 * MiB, 4 * MiB + 4096)));
+    }
+    c.disc();
+    await c.closedWithin(5000);
+    assert.is(events.filter((e) => e.event === 'internal-error').length, 0);
+  });
+  assert.ok(readFileSync(p).equals(expect), 'the file holds every write');
+});
+
 test('an armed write that waits does not hold back the replies behind it: it is disarmed, answered once by the connection, and the engine answers the next one', async () => {
   const p = image('armwait.raw', 4 * MiB, false);
   await withServer({ path: p }, async (s, events) => {

@@ -3,23 +3,25 @@
 // engine at once, and answered with simple replies in whatever order they complete. Replies
 // are gathered in a staging buffer and written once per turn of the completion loop.
 //
-// Replies sent at completion. A write that is the only request in flight on its connection,
-// with nothing staged or queued on the socket and no FUA, is "armed": its 16-byte reply is put
-// in the connection's reply record, and the engine's context sends it itself inside the pump()
-// that reaps the write's completion, before any JavaScript runs (native/reply.h); done() then
-// only settles it. The context's send must never land inside a reply of ours, so before this
+// Replies sent at completion. A write (without FUA) or a read of up to COPY_MAX bytes that is
+// the only request in flight on its connection, with nothing staged or queued on the socket, is
+// "armed": its 16-byte reply header is put in the connection's reply record (with, for a read,
+// R_DATA = its length), and the engine's context sends it itself, a read's data after it,
+// inside the pump() that reaps the request's completion, before any JavaScript runs
+// (native/reply.h); done() then only settles it. The context's send must never land inside a reply of ours, so before this
 // connection writes anything to the socket while a write is armed, it disarms it (disarm(),
 // called from writeOut(), the one place bytes are written): if the context has not sent yet,
 // the state word goes back to idle and the context will not send (pump() runs on this thread,
 // so it cannot send in between); if it has, what it sent is accounted for and the rest of its
 // reply is written first. Nothing is held back for the armed write, so a slow write never
 // delays the replies of the requests behind it. Whatever the context did not send (a failed or
-// short write, a full socket, part of the bytes) is written here as usual. The context writes
+// short request, a full socket, part of the bytes) is written here as usual: the rest of a
+// partly sent reply is copied, because a read's buffer is recycled when it settles. The context writes
 // to its own dup of the socket's fd, held until this connection closes its record
 // (closeReply), and names the record by a handle with a generation, so neither a number it
 // writes to nor a record a late request names is ever another connection's.
 import type { Socket } from 'node:net';
-import { FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, REPLY_ARMED, REPLY_IDLE, REPLY_INDEX_MASK, REPLY_TRIED, REPLY_WORDS, R_RESULT, R_STATE } from '../protocol.js';
+import { FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, REPLY_ARMED, REPLY_IDLE, REPLY_INDEX_MASK, REPLY_TRIED, REPLY_WORDS, R_DATA, R_RESULT, R_STATE } from '../protocol.js';
 import {
   CMD_CACHE, CMD_DISC, CMD_FLAG_FUA, CMD_FLAG_NO_HOLE, CMD_FLUSH, CMD_READ, CMD_TRIM, CMD_WRITE, CMD_WRITE_ZEROES,
   NBD_EINVAL, NBD_ENOMEM, NBD_ENOSPC, NBD_EPERM, NBD_ESHUTDOWN, REQUEST_BYTES, REQUEST_MAGIC, SIMPLE_REPLY_BYTES,
@@ -53,9 +55,9 @@ class Req {
   readonly onWritten: (n?: number) => void;
   readonly onFail: (err: unknown) => void;
   readonly onSent: () => void;
-  /** An armed write whose reply the engine's context sent (part of it or all): done() only settles it. */
+  /** An armed request whose reply the engine's context sent (part of it or all): done() only settles it. */
   replied = false;
-  /** A write submitted with the connection's reply handle (armed when it was started). */
+  /** A write or read submitted with the connection's reply handle (armed when it was started). */
   withReply = false;
 
   constructor(conn: Transmission) {
@@ -119,7 +121,7 @@ export class Transmission {
   private replyHost: ReplyHost | null = null;
   private replyWords: Int32Array | null = null;
   private replyBytes: Uint8Array | null = null;
-  /** The write whose reply the engine's context sends at completion: while set, nothing is written to the socket. */
+  /** The request whose reply the engine's context sends at completion: while set, nothing is written to the socket. */
   private armed: Req | null = null;
 
   constructor(o: TransmissionOptions) {
@@ -315,6 +317,13 @@ export class Transmission {
       switch (cmd) {
         case CMD_READ:
           if (len === 0) { this.done(req, 0); break; }
+          if (this.replyHandle >= 0 && this.inFlight === 1 && this.armed === null && len <= COPY_MAX &&
+              this.outPos === this.outStart && this.socket.writableLength === 0) {
+            // Armed, as startWrite() arms a write: the context sends the header and the data.
+            this.arm(req, len);
+            file.readReplying(req.view!, off, this.replyHandle).then(req.onRead, req.onFail);
+            break;
+          }
           file.read(req.view!, off).then(req.onRead, req.onFail);
           break;
         case CMD_WRITE:
@@ -366,11 +375,7 @@ export class Transmission {
           this.outPos === this.outStart && this.socket.writableLength === 0) {
         // Armed (see the top of this file): only this request is in flight and nothing is
         // staged or queued on the socket, so the context's send goes out whole and in order.
-        const w = this.replyWord;
-        encodeSimpleReply(this.replyBytes!, w * 4, 0, req.handle, 0);
-        this.replyWords![w + R_STATE] = REPLY_ARMED;
-        this.armed = req;
-        req.withReply = true;
+        this.arm(req, 0);
         this.ctx.file.writeReplying(req.view!, req.off, this.replyHandle).then(req.onWritten, req.onFail);
         return;
       }
@@ -378,6 +383,16 @@ export class Transmission {
     } catch (err) {
       this.failed(req, err);
     }
+  }
+
+  /** Arms the reply record for `req`: its success header, then `data` bytes of it (a read's length; 0: a write). */
+  private arm(req: Req, data: number): void {
+    const w = this.replyWord, W = this.replyWords!;
+    encodeSimpleReply(this.replyBytes!, w * 4, 0, req.handle, 0);
+    W[w + R_DATA] = data;
+    W[w + R_STATE] = REPLY_ARMED;
+    this.armed = req;
+    req.withReply = true;
   }
 
   // ---- Completions -------------------------------------------------------------------
@@ -423,19 +438,20 @@ export class Transmission {
     if (req === this.armed) this.disarm();
     if (req.withReply) {
       req.withReply = false;
-      // A write submitted with the reply handle that failed may still be in the kernel (a
-      // close() that gave up rejects the writes it could not wait for), its arm in the context
-      // still set, whether or not it is still this.armed (a reply written meanwhile disarmed
-      // it). Its late completion would find the record armed by the next write and send that
-      // write's success reply before (or without) its data landing. So the record goes for
+      // A request submitted with the reply handle that failed may still be in the kernel (a
+      // close() that gave up rejects the requests it could not wait for), its arm in the
+      // context still set, whether or not it is still this.armed (a reply written meanwhile
+      // disarmed it). Its late completion would find the record armed by the next request and
+      // send that one's success reply before (or without) its data landing, or a read's reply
+      // from memory already reused. So the record goes for
       // good, and this connection replies to everything itself from now on.
       if (error !== 0 && !req.replied) this.closeReply();
     }
     if (req.replied) {
       req.replied = false;
       if (error !== 0) {
-        // Cannot happen: the context sends only for a write that completed whole.
-        this.ctx.emit({ event: 'internal-error', connection: this.id, message: `a success reply went out for a write that then failed (NBD error ${nbdErrorName(error)})` });
+        // Cannot happen: the context sends only for a request that completed whole.
+        this.ctx.emit({ event: 'internal-error', connection: this.id, message: `a success reply went out for a ${commandName(req.cmd)} that then failed (NBD error ${nbdErrorName(error)})` });
       }
       this.settle(req, true);
       return;
@@ -468,11 +484,12 @@ export class Transmission {
   }
 
   /**
-   * Ends the armed state: the write settled, this connection is about to write to the socket,
-   * or it closes. What the context sent of the write's reply is accounted for: nothing (it had
-   * not completed, or completed short or failed, or the socket was full), and the state word
-   * goes back to idle so that it never will, and done() replies as usual; or some bytes, and the
-   * rest go out now, ahead of anything else, and done() only settles the write. pump() runs on
+   * Ends the armed state: the request settled, this connection is about to write to the
+   * socket, or it closes. What the context sent of the request's reply is accounted for:
+   * nothing (it had not completed, or completed short or failed, or the socket was full), and
+   * the state word goes back to idle so that it never will, and done() replies as usual; or some
+   * bytes (of the header and a read's data), and the rest go out now, ahead of anything else,
+   * and done() only settles the request. pump() runs on
    * this thread, so the context cannot send between the read of the state word and its reset.
    */
   private disarm(): void {
@@ -484,8 +501,11 @@ export class Transmission {
     if (sent <= 0) return;
     req.replied = true;
     this.ctx.counters.engineReplies++;
-    if (sent < SIMPLE_REPLY_BYTES && !this.closed && !this.socket.destroyed) {
-      this.socket.write(Buffer.from(this.replyBytes!.subarray(w * 4 + sent, w * 4 + SIMPLE_REPLY_BYTES)));
+    const data = req.cmd === CMD_READ ? req.len : 0;
+    if (sent < SIMPLE_REPLY_BYTES + data && !this.closed && !this.socket.destroyed) {
+      // The rest of the reply, copied: a read's buffer is recycled when it settles.
+      if (sent < SIMPLE_REPLY_BYTES) this.socket.write(Buffer.from(this.replyBytes!.subarray(w * 4 + sent, w * 4 + SIMPLE_REPLY_BYTES)));
+      if (data > 0) this.socket.write(Buffer.from(req.view!.subarray(Math.max(0, sent - SIMPLE_REPLY_BYTES), data)));
     }
   }
 
@@ -533,7 +553,7 @@ export class Transmission {
 
   /**
    * Writes what is staged: the one place replies go to the socket (a large read's data goes
-   * right after its header, staged and written here). An armed write is disarmed first.
+   * right after its header, staged and written here). An armed request is disarmed first.
    */
   private writeOut(): void {
     if (this.outPos > this.outStart && !this.closed && !this.socket.destroyed) {
