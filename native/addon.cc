@@ -212,6 +212,10 @@ class Context : public Napi::ObjectWrap<Context> {
         }
 
         env_ = env;
+        if (inline_ && replies_) {
+            wake_compl_.assign(size_t(compl_cap_) * COMPL_WORDS, 0);
+            inline_->set_before_ready(&Context::ReapAtWake, this);
+        }
         if (inline_) {
             /*
              * Inline: an async hook, which the env waits for (see
@@ -238,6 +242,7 @@ class Context : public Napi::ObjectWrap<Context> {
     static void AsyncCleanup(napi_async_cleanup_hook_handle handle, void *arg) {
         auto *self = static_cast<Context *>(arg);
         self->async_hook_ = nullptr; /* removed by the InlineLoop when it is done */
+        if (self->inline_) self->inline_->set_before_ready(nullptr, nullptr);
         bool drained = true;
         if (self->backend_) {
             if (!self->backend_->shutdown()) {
@@ -280,6 +285,7 @@ class Context : public Napi::ObjectWrap<Context> {
 
     /* Drain and release the kernel side.  Touches no JS values. */
     void Teardown() {
+        if (inline_) inline_->set_before_ready(nullptr, nullptr);
         if (replies_) replies_->close_all(); /* the sockets' dups: no reply is sent after this */
         bool drained = true;
         if (backend_) {
@@ -410,18 +416,47 @@ class Context : public Napi::ObjectWrap<Context> {
             inline_->drain(sink);
             inline_->set_active(backend_->inflight() > 0);
             /* Replies due: sent before JavaScript sees the completions. */
-            if (replies_ && replies_->pending() > 0 && sink.count() > 0) {
-                View recs;
-                bool ok = typed_view(env, replies_ref_.Value(), napi_int32_array, &recs);
-                const int32_t *c = static_cast<const int32_t *>(compl_.data);
-                for (uint32_t i = 0; i < sink.count(); i++)
-                    replies_->completed(c[size_t(i) * COMPL_WORDS + C_TAG], c[size_t(i) * COMPL_WORDS + C_RES],
-                                        ok ? static_cast<int32_t *>(recs.data) : nullptr, ok ? recs.length : 0);
-            }
+            if (replies_ && replies_->pending() > 0 && sink.count() > 0)
+                SendDue(env, static_cast<const int32_t *>(compl_.data), sink.count());
         } else {
             backend_->pump(static_cast<const int32_t *>(batch.data), n, sink, wait_ms, nullptr);
         }
         return Napi::Number::New(env, sink.count());
+    }
+
+    /* The replies due for completions c[0..n) (reply.h): completed() for each. */
+    void SendDue(napi_env env, const int32_t *c, uint32_t n) {
+        View recs;
+        bool ok = typed_view(env, replies_ref_.Value(), napi_int32_array, &recs);
+        for (uint32_t i = 0; i < n; i++)
+            replies_->completed(c[size_t(i) * COMPL_WORDS + C_TAG], c[size_t(i) * COMPL_WORDS + C_RES],
+                                ok ? static_cast<int32_t *>(recs.data) : nullptr, ok ? recs.length : 0);
+    }
+
+    /*
+     * Inline mode, on each wake-up, after the eventfd is cleared and before onReady runs
+     * (InlineLoop::set_before_ready).  While a request submitted with a reply is in the kernel,
+     * reap here and send the replies due: the reply then leaves before the entry into
+     * JavaScript and the pump() that would otherwise reap it.  The completions are stashed for
+     * that pump() (drain()), which onReady makes in the same callback, so JavaScript sees and
+     * settles them exactly as before, and after their replies, as in pump().  Nothing has
+     * settled yet, so a read's memory is still referenced (reply.h).  With no reply in flight
+     * this does nothing, and the pump() reaps as it always did.
+     */
+    static void ReapAtWake(void *arg) {
+        auto *self = static_cast<Context *>(arg);
+        if (!self->backend_ || !self->replies_ || !self->inline_ || self->replies_->pending() == 0)
+            return;
+        CompletionSink sink(self->wake_compl_.data(), self->compl_cap_);
+        self->backend_->pump(nullptr, 0, sink, 0, nullptr);
+        uint32_t n = sink.count();
+        if (n == 0)
+            return;
+        Napi::HandleScope scope(self->env_);
+        self->SendDue(self->env_, self->wake_compl_.data(), n);
+        for (uint32_t i = 0; i < n; i++)
+            self->inline_->stash(self->wake_compl_[size_t(i) * COMPL_WORDS + C_TAG],
+                                 self->wake_compl_[size_t(i) * COMPL_WORDS + C_RES]);
     }
 
     Napi::Value SetFile(const Napi::CallbackInfo &info) {
@@ -609,6 +644,7 @@ class Context : public Napi::ObjectWrap<Context> {
     /* pump()'s FLAG_EXT buffers, one per batch entry (inline mode). */
     std::vector<ExtBuf> ext_;
     uint32_t compl_cap_ = 0;
+    std::vector<int32_t> wake_compl_; /* ReapAtWake's completions (compl_cap_ of them) */
     /* Keep the arrays (and so the pool the kernel writes into) alive. */
     Napi::ObjectReference pool_ref_, batch_ref_, compl_ref_, stall_ref_;
     /* Replies sent at completion time (inline mode, optional): reply.h. */

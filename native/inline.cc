@@ -47,6 +47,9 @@ struct InlineLoop::Shared {
     bool poll_closed = true;
     /* Times the eventfd woke the loop (info().loopWakes: wake-ups per completion). */
     uint64_t wakes = 0;
+    /* The context's reap at the wake-up, before onReady (nullptr: none; see set_before_ready). */
+    void (*before)(void *) = nullptr;
+    void *before_arg = nullptr;
     /* Set by close_for_exit(): removed once the handle closed and every job is back. */
     napi_async_cleanup_hook_handle exit_hook = nullptr;
     /* Run by maybe_finish() once the loop is closed and every helper job is back. */
@@ -152,6 +155,8 @@ void on_readable(uv_poll_t *h, int status, int events) {
     (void)r;
     std::shared_ptr<InlineLoop::Shared> sh = box->sh; /* alive across the call */
     sh->wakes++;
+    if (sh->alive && sh->before != nullptr)
+        sh->before(sh->before_arg);
     sh->notify();
 }
 
@@ -253,6 +258,16 @@ void InlineLoop::drain(CompletionSink &out) {
     }
 }
 
+void InlineLoop::stash(int32_t tag, int32_t res) {
+    shared_->pending.push_back(tag);
+    shared_->pending.push_back(res);
+}
+
+void InlineLoop::set_before_ready(void (*fn)(void *), void *arg) {
+    shared_->before = fn;
+    shared_->before_arg = arg;
+}
+
 void InlineLoop::set_active(bool active) {
     if (poll_ == nullptr || active == active_)
         return;
@@ -270,6 +285,7 @@ uint64_t InlineLoop::wakes() const { return shared_->wakes; }
 bool InlineLoop::close(std::function<void()> done) {
     Shared &s = *shared_;
     s.alive = false;
+    s.before = nullptr;
     if (done) s.exit_done = std::move(done);
     s.cb.Reset();
     if (s.actx != nullptr) {

@@ -15,7 +15,10 @@
  *     readable the counter is cleared first and then JavaScript is called
  *     once (onReady), which calls pump(n, 0) to reap every CQE there is.
  *     Clearing before reaping is what makes a wake-up impossible to lose:
- *     a completion posted after the read signals the eventfd again;
+ *     a completion posted after the read signals the eventfd again.  While
+ *     a reply to be sent at completion is in flight (reply.h), the context
+ *     reaps first, natively, between the read and onReady: it sends the
+ *     replies due and stashes the completions for the pump() onReady makes;
  *   - ops that can block in a system call (fsync/fallocate/ftruncate under
  *     libaio, buffered libaio I/O, the emulated XFS fallocate, every op of
  *     the sync backend) go to libuv's threadpool (uv_queue_work): the
@@ -59,6 +62,16 @@ class InlineLoop : public Offload {
 
     /* Move helper results into the sink (as many as fit). */
     void drain(CompletionSink &out);
+
+    /* A completion reaped outside pump() (the context's reap at the wake-up): the next drain() reports it. */
+    void stash(int32_t tag, int32_t res);
+
+    /*
+     * fn(arg) runs on every wake-up, after the eventfd is cleared and before onReady (nullptr:
+     * nothing). The context sets it to reap there while a reply may be due (addon.cc, ReapAtWake),
+     * and clears it before it tears down; close() clears it too.
+     */
+    void set_before_ready(void (*fn)(void *), void *arg);
 
     /* Reference the poll handle while anything is in the kernel. */
     void set_active(bool active);

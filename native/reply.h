@@ -3,8 +3,9 @@
  *
  * A server that answers a successful request with a fixed header, and for a read the data
  * read after it (ringfence serve's NBD simple reply: 16 bytes, then the data), can have the
- * context send the reply itself, inside the pump() that reaps the request's completion, before
- * JavaScript runs: that saves the JavaScript between the reap and the reply on the request's
+ * context send the reply itself when it reaps the request's completion, before JavaScript runs:
+ * inside a pump() that reaps it, or at the wake-up that the completion causes (addon.cc,
+ * ReapAtWake).  That saves the JavaScript between the reap and the reply on the request's
  * critical path.  The server:
  *
  *   - opens a reply socket, replyOpen(fd): the context keeps its own dup of the fd, so the

@@ -454,6 +454,58 @@ test('native: a read armed with R_DATA = its length sends the header and then th
   }
 });
 
+(BACKENDS.includes('io_uring') ? test : test.skip)('native: a reply due at completion is sent at the wake-up, before JavaScript runs (io_uring)', async () => {
+  const addon = loadAddon(), net = await import('node:net');
+  const sockPath = join(scratch.dir, 'reply-wake.sock');
+  const srv = net.createServer();
+  await new Promise((r) => srv.listen(sockPath, r));
+  const client = net.connect(sockPath);
+  const [served] = await Promise.all([new Promise((r) => srv.once('connection', r)), new Promise((r) => client.once('connect', r))]);
+  let got = Buffer.alloc(0);
+  client.on('data', (d) => { got = Buffer.concat([got, d]); });
+  // A FIFO: the read waits in the kernel until this test writes, so its completion arrives
+  // through the eventfd, not inside the pump() that submitted it.
+  const fifo = join(scratch.dir, 'reply-wake.fifo');
+  assert.is(spawnSync('mkfifo', [fifo]).status, 0, 'mkfifo');
+  const fd = require_fs().openSync(fifo, 'r+'); // O_RDWR: opens without a writer
+  const pool = new Uint8Array(new SharedArrayBuffer(1 << 16, { maxByteLength: 1 << 16 }));
+  const batch = new Int32Array(8 * 8), completions = new Int32Array(4 * 32);
+  const replies = new Int32Array(1024 * 8), replyArm = new Int32Array(8);
+  const bytes = new Uint8Array(replies.buffer);
+  let seen = null, wake = () => {};
+  const ctx = new addon.Context({
+    backend: 'io_uring', depth: 8, pool, batch, completions, replies, replyArm, replySlots: 16,
+    // What the record says when JavaScript first hears of the completion.
+    onReady: () => { seen = [replies[rec * 8 + 4], replies[rec * 8 + 5]]; wake(); },
+  });
+  let rec = 0;
+  try {
+    ctx.setFile(0, fd);
+    const h = ctx.replyOpen(served._handle.fd);
+    rec = h & 1023;
+    bytes.fill(0xa7, rec * 32, rec * 32 + 16);
+    replies[rec * 8 + 4] = 1; replies[rec * 8 + 5] = 0; replies[rec * 8 + 6] = 4096;
+    batch.set([1, 0, 0, 0, 4096, 0, 1 << 3, 0], 0); replyArm[0] = h + 1;
+    assert.is(ctx.pump(1, 0, undefined, true), 0, 'the read waits for the FIFO');
+    const data = pattern(4096, 91);
+    require_fs().writeSync(fd, data);
+    const results = {};
+    for (let left = 1; left > 0;) {
+      await new Promise((r) => { wake = r; });
+      const n = ctx.pump(0, 0);
+      for (let i = 0; i < n; i++) { results[completions[i * 4]] = completions[i * 4 + 1]; left--; }
+    }
+    assert.is(results[8], 4096, 'the completion still reaches JavaScript, once');
+    assert.equal(seen, [2, 16 + 4096], 'the reply was already sent when onReady ran (before the pump that reaped it)');
+    await new Promise((r) => setTimeout(r, 50));
+    assert.is(got.length, 16 + 4096, 'header and data, once');
+    assert.equal([...got.subarray(0, 16)], new Array(16).fill(0xa7));
+    assert.ok(got.subarray(16).equals(Buffer.from(data)), 'the bytes the read brought in');
+  } finally {
+    ctx.close(); require_fs().closeSync(fd); client.destroy(); served.destroy(); srv.close();
+  }
+});
+
 test('a write still queued in JavaScript when its reply record is closed never sends the reply of the connection that reuses the record', async () => {
   // The bug (review of the first version): a write armed with connection A's record waits in
   // JavaScript (here: not yet flushed; in a server: behind a full ring, for pool memory, or
