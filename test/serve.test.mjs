@@ -444,6 +444,42 @@ test('a read alone in flight is answered by the engine at completion, header and
   assert.ok(readFileSync(p).equals(expect), 'the file holds every write');
 });
 
+test('engine-sent read replies into a full socket: the part the engine could not send is written by the connection, in order, every byte right', async () => {
+  const p = image('full-socket.raw', 8 * MiB, false);
+  const expect = Buffer.alloc(8 * MiB);
+  for (let i = 0; i < 8 * MiB; i += 512) expect.fill(((i >> 9) * 7 + 3) & 0xff, i, i + 512);
+  writeFileSync(p, expect);
+  await withServer({ path: p }, async (s, events) => {
+    const c = await Client.connect(s);
+    // The client stops reading. Each 64 KiB read (COPY_MAX: armed while alone in flight) goes
+    // out only after the one before it completed, so the engine sends each reply into the TCP
+    // socket's buffers until they fill and a send goes out in part. (TCP: a Unix socket takes a
+    // 64 KiB send whole or not at all.)
+    c.sock.pause();
+    const asked = [];
+    for (let i = 0; i < 400 && s.stats().engineRepliesPartial === 0 && s.stats().engineReplies === i; i++) {
+      const off = (i * 65536 + i * 512) % (7 * MiB), before = s.stats().reads;
+      asked.push([c.read(off, 65536), off]);
+      for (let t = 0; t < 400 && s.stats().reads === before; t++) await new Promise((r) => setTimeout(r, 5));
+    }
+    const st = s.stats();
+    assert.ok(st.engineRepliesPartial > 0, `a reply went out in part (${asked.length} reads, ${st.engineReplies} sent by the engine)`);
+    // Two more reads behind it (answered by the connection, queued after the rest), then the
+    // client reads everything.
+    for (const off of [3 * MiB + 512, 5 * MiB]) asked.push([c.read(off, 65536), off]);
+    c.sock.resume();
+    for (const [pr, o] of asked) {
+      const r = await pr;
+      assert.is(r.error, 0);
+      assert.ok(r.data.equals(expect.subarray(o, o + 65536)), `the read at ${o}, whole and right`);
+    }
+    assert.is(s.stats().engineRepliesPartial, st.engineRepliesPartial, 'later replies were not sent in part');
+    c.disc();
+    await c.closedWithin(5000);
+    assert.is(events.filter((e) => e.event === 'internal-error').length, 0);
+  });
+});
+
 test('an armed write that waits does not hold back the replies behind it: it is disarmed, answered once by the connection, and the engine answers the next one', async () => {
   const p = image('armwait.raw', 4 * MiB, false);
   await withServer({ path: p }, async (s, events) => {

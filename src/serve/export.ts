@@ -38,12 +38,14 @@ export interface ServeCounters {
   bytesRead: number;
   bytesWritten: number;
   inFlight: number;
-  /** Write replies the engine's context sent at completion time (native/reply.h), of `writes`. */
+  /** Replies (to writes and reads) the engine's context sent at completion time (native/reply.h). */
   engineReplies: number;
+  /** Of those, the ones it sent only in part (a full socket): the connection wrote the rest. */
+  engineRepliesPartial: number;
 }
 
 export function newCounters(): ServeCounters {
-  return { connections: 0, totalConnections: 0, reads: 0, writes: 0, flushes: 0, trims: 0, zeroes: 0, other: 0, errors: 0, bytesRead: 0, bytesWritten: 0, inFlight: 0, engineReplies: 0 };
+  return { connections: 0, totalConnections: 0, reads: 0, writes: 0, flushes: 0, trims: 0, zeroes: 0, other: 0, errors: 0, bytesRead: 0, bytesWritten: 0, inFlight: 0, engineReplies: 0, engineRepliesPartial: 0 };
 }
 
 /**

@@ -504,6 +504,7 @@ export class Transmission {
     const data = req.cmd === CMD_READ ? req.len : 0;
     if (sent < SIMPLE_REPLY_BYTES + data && !this.closed && !this.socket.destroyed) {
       // The rest of the reply, copied: a read's buffer is recycled when it settles.
+      this.ctx.counters.engineRepliesPartial++;
       if (sent < SIMPLE_REPLY_BYTES) this.socket.write(Buffer.from(this.replyBytes!.subarray(w * 4 + sent, w * 4 + SIMPLE_REPLY_BYTES)));
       if (data > 0) this.socket.write(Buffer.from(req.view!.subarray(Math.max(0, sent - SIMPLE_REPLY_BYTES), data)));
     }
