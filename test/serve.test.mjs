@@ -4,7 +4,7 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { execFile, execFileSync, spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, openSync, closeSync, readFileSync, readdirSync, rmSync, writeFileSync, ftruncateSync, writeSync, readSync } from 'node:fs';
+import { existsSync, statSync, mkdtempSync, openSync, closeSync, readFileSync, readdirSync, rmSync, writeFileSync, ftruncateSync, writeSync, readSync } from 'node:fs';
 import { randomFillSync } from 'node:crypto';
 import { join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -595,6 +595,71 @@ for (const [when, readFirst] of [['at once', false], ['after a read\'s reply dis
     } finally { vol.cleanup(); }
   });
 }
+
+// blk-throttle limits of the root cgroup (cgroup v1 blkio), per device: they hold reads in the kernel.
+const BLKIO_READ_BPS = '/sys/fs/cgroup/blkio/blkio.throttle.read_bps_device';
+const BLKIO_READ_IOPS = '/sys/fs/cgroup/blkio/blkio.throttle.read_iops_device';
+/** Why reads cannot be held in the kernel here (a loop-mounted XFS volume and blk-throttle), or null. */
+function readThrottleUnavailable() {
+  return xfsVolumeUnavailable(['mkfs.xfs']) ?? (existsSync(BLKIO_READ_BPS) && existsSync(BLKIO_READ_IOPS) ? null : `${BLKIO_READ_BPS} is missing (needs the cgroup v1 blkio controller to hold a read in the kernel)`);
+}
+
+skipUnless(test, readThrottleUnavailable())('a read sent with the reply handle that JavaScript settles with an error while the kernel still has it (a close() that gave up) cannot have its completion answer the next read with its own data', async () => {
+  // The read twin of the test above. Read Y is really submitted, armed, on a loop device whose
+  // reads blk-throttle holds (1 byte/s: it stays in the kernel), and its promise is rejected
+  // as a close() that gave up rejects it. The client, answered with Y's error, sends read X of
+  // the same length elsewhere, which would be armed on the same record (and likely get Y's
+  // recycled buffer). Then the throttle lets one read a second through, so Y completes a
+  // second before X. Without the connection retiring the record on Y's failure (done(),
+  // closeReply()), Y's completion sends X's reply with Y's bytes: checked by dropping that
+  // call for reads, when this test fails with "first byte 1".
+  const vol = makeXfsVolume(300 * MiB);
+  let devLimit = null;
+  const unthrottle = () => { if (devLimit !== null) { writeFileSync(BLKIO_READ_BPS, `${devLimit} 0`); writeFileSync(BLKIO_READ_IOPS, `${devLimit} 0`); devLimit = null; } };
+  try {
+    const p = join(vol.dir, 'held.raw');
+    const fd = openSync(p, 'w'); ftruncateSync(fd, 4 * MiB);
+    writeSync(fd, Buffer.alloc(4096, 1), 0, 4096, 0); writeSync(fd, Buffer.alloc(4096, 2), 0, 4096, 65536);
+    closeSync(fd);
+    const dev = statSync(p).dev, major = (dev >> 8) & 0xfff, minor = (dev & 0xff) | ((dev >> 12) & 0xfff00);
+    await withServer({ path: p }, async (s, events) => {
+      const c = await Client.connect(s);
+      assert.ok((await c.read(65536, 4096)).data.equals(Buffer.alloc(4096, 2)));
+      assert.is(s.stats().engineReplies, 1, 'a QD1 read is armed and answered by the engine');
+      const file = s.ctx.file, orig = file.readReplying, yBuf = s.ctx.buffers.acquire(4096);
+      assert.ok(yBuf !== null);
+      let kernelY = null, yDone = false;
+      file.readReplying = function (...a) {
+        if (kernelY !== null) return orig.apply(this, a); // X: as it would be, armed
+        // Y reads into pool memory of its own, held to the end: the connection recycles Y's
+        // buffer when Y is rejected, and here (unlike after a real close(), when nothing
+        // runs on the engine any more) X would get it while Y's read still fills it.
+        kernelY = orig.call(this, yBuf, a[1], a[2]).then(() => { yDone = true; return 'read'; }, (e) => e);
+        return Promise.reject(Object.assign(new Error('simulated: close() gave up on this read'), { code: 'ERR_RINGFENCE_CLOSED' }));
+      };
+      try {
+        writeFileSync(BLKIO_READ_BPS, `${major}:${minor} 1`); devLimit = `${major}:${minor}`;
+        const y = await c.read(0, 4096);
+        assert.ok(y.error !== 0, 'Y is answered with its error');
+        const x = c.read(65536, 4096);
+        await new Promise((r) => setTimeout(r, 200)); // X has arrived (and, without the fix, is armed)
+        assert.not.ok(yDone, 'Y is still held in the kernel when X arrives');
+        // One read a second from now on: Y, first in the throttle's queue, completes about a
+        // second before X.
+        writeFileSync(BLKIO_READ_IOPS, `${devLimit} 1`); writeFileSync(BLKIO_READ_BPS, `${devLimit} 0`);
+        assert.is(await kernelY, 'read', "Y's read completed in the kernel");
+        const xr = await x;
+        assert.is(xr.error, 0);
+        assert.ok(xr.data.equals(Buffer.alloc(4096, 2)), `X is answered with its own data, not Y's (first byte ${xr.data[0]})`);
+        assert.is(s.stats().engineReplies, 1, 'X was answered by the connection: the record is retired');
+      } finally { unthrottle(); file.readReplying = orig; if (kernelY) await kernelY; s.ctx.buffers.release(yBuf); }
+      assert.is(events.filter((e) => e.event === 'internal-error').length, 0, JSON.stringify(events.filter((e) => e.event === 'internal-error')));
+      assert.ok((await c.read(0, 4096)).data.equals(Buffer.alloc(4096, 1)), 'the connection goes on');
+      c.disc();
+      await c.closedWithin(5000);
+    });
+  } finally { unthrottle(); vol.cleanup(); }
+});
 
 test('clients that go away while their write is armed: the server keeps serving, and their fds (and the engine\'s dups) are closed', async () => {
   const p = image('armgone.raw', 4 * MiB, false);
