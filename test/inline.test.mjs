@@ -290,15 +290,24 @@ test('native: an EXT entry is checked against its own buffer, and refused withou
   } finally { ctx.close(); require_fs().closeSync(fd); }
 });
 
-test('native: a reply record is sent at completion only for a whole write, on its own socket, with every word from JavaScript checked', async () => {
-  const addon = loadAddon(), net = await import('node:net');
-  const sockPath = join(scratch.dir, 'reply.sock');
+/**
+ * A connected Unix socket pair for the reply tests: the context sends on `served`'s fd and
+ * `client` collects it in `got` (reset it with `c.got = Buffer.alloc(0)`). `close()` ends both.
+ */
+async function socketPair(name) {
+  const net = await import('node:net');
+  const sockPath = join(scratch.dir, name);
   const srv = net.createServer();
   await new Promise((r) => srv.listen(sockPath, r));
   const client = net.connect(sockPath);
   const [served] = await Promise.all([new Promise((r) => srv.once('connection', r)), new Promise((r) => client.once('connect', r))]);
-  let got = Buffer.alloc(0);
-  client.on('data', (d) => { got = Buffer.concat([got, d]); });
+  const c = { client, served, got: Buffer.alloc(0), close() { client.destroy(); served.destroy(); srv.close(); } };
+  client.on('data', (d) => { c.got = Buffer.concat([c.got, d]); });
+  return c;
+}
+
+test('native: a reply record is sent at completion only for a whole write, on its own socket, with every word from JavaScript checked', async () => {
+  const addon = loadAddon(), sp = await socketPair('reply.sock'), { served } = sp;
   const pool = new Uint8Array(new SharedArrayBuffer(1 << 16, { maxByteLength: 1 << 16 }));
   const batch = new Int32Array(8 * 8), completions = new Int32Array(4 * 32);
   const replies = new Int32Array(1024 * 8), replyArm = new Int32Array(8);
@@ -329,13 +338,13 @@ test('native: a reply record is sent at completion only for a whole write, on it
     arm(rec, 0xa1);
     await run([[[2, 0, 0, 0, 4096, 0, 1 << 3, 0], h + 1]]);
     assert.is(results[8], 4096);
-    assert.equal([...got], new Array(16).fill(0xa1), 'the reply bytes, once');
+    assert.equal([...sp.got], new Array(16).fill(0xa1), 'the reply bytes, once');
     assert.equal([replies[rec * 8 + 4], replies[rec * 8 + 5]], [2, 16]);
     assert.equal([...replyArm], new Array(8).fill(0), 'the context cleared the arm words it read');
     // Nothing is sent for: a failed write (no such file id), a whole READ of a record armed
     // for a write (R_DATA 0, not the read's length), a sub-operation tag, a
     // record number past the table, a record that is not armed.
-    got = Buffer.alloc(0);
+    sp.got = Buffer.alloc(0);
     arm(rec, 0xb2);
     await run([
       [[2, 7, 0, 0, 4096, 0, 2 << 3, 0], h + 1],
@@ -346,44 +355,37 @@ test('native: a reply record is sent at completion only for a whole write, on it
       [[2, 0, 0, 0, 4096, 0, 7 << 3, 0], rec + 1],
     ]);
     assert.ok(results[16] < 0, 'the write to an unknown file failed');
-    assert.is(got.length, 0, 'nothing was sent');
+    assert.is(sp.got.length, 0, 'nothing was sent');
     assert.is(replies[rec * 8 + 4], 1, 'the record is still armed: the caller replies itself');
     // A slot past replySlots is ignored too, and so is a closed record: its dup is gone.
     await run([[[2, 0, 0, 0, 4096, 0, 40 << 3, 0], h + 1]]);
-    assert.is(got.length, 0);
+    assert.is(sp.got.length, 0);
     ctx.replyClose(rec); // the bare index: an older generation's handle, which closes nothing
     await run([[[2, 0, 0, 0, 4096, 0, 1 << 3, 0], h + 1]]);
-    assert.is(got.length, 16, 'a stale handle closed nothing');
-    got = Buffer.alloc(0);
+    assert.is(sp.got.length, 16, 'a stale handle closed nothing');
+    sp.got = Buffer.alloc(0);
     arm(rec, 0xc3);
     ctx.replyClose(h);
     await run([[[2, 0, 0, 0, 4096, 0, 1 << 3, 0], h + 1]]);
-    assert.is(got.length, 0, 'a closed record sends nothing');
+    assert.is(sp.got.length, 0, 'a closed record sends nothing');
     // Reopened, the same index has a new generation: the old handle names nothing.
     const h2 = ctx.replyOpen(served._handle.fd);
     assert.is(h2 & 1023, rec, 'the index is reused');
     assert.is.not(h2, h);
     await run([[[2, 0, 0, 0, 4096, 0, 1 << 3, 0], h + 1]]);
-    assert.is(got.length, 0, 'a request with the old handle sends nothing on the reopened record');
+    assert.is(sp.got.length, 0, 'a request with the old handle sends nothing on the reopened record');
     await run([[[2, 0, 0, 0, 4096, 0, 1 << 3, 0], h2 + 1]]);
-    assert.equal([...got], new Array(16).fill(0xc3), 'the new handle sends');
+    assert.equal([...sp.got], new Array(16).fill(0xc3), 'the new handle sends');
     assert.throws(() => ctx.replyClose(-1), /replyClose: handle/);
   } finally {
-    ctx.close(); require_fs().closeSync(fd); client.destroy(); served.destroy(); srv.close();
+    ctx.close(); require_fs().closeSync(fd); sp.close();
   }
   const plain = new addon.Context({ backend: 'sync', depth: 8, pool, batch, completions, onReady: () => {} });
   try { assert.throws(() => plain.replyOpen(0), /without replies/); } finally { plain.close(); }
 });
 
 test('native: a read armed with R_DATA = its length sends the header and then the data it read, only when whole', async () => {
-  const addon = loadAddon(), net = await import('node:net');
-  const sockPath = join(scratch.dir, 'reply-read.sock');
-  const srv = net.createServer();
-  await new Promise((r) => srv.listen(sockPath, r));
-  const client = net.connect(sockPath);
-  const [served] = await Promise.all([new Promise((r) => srv.once('connection', r)), new Promise((r) => client.once('connect', r))]);
-  let got = Buffer.alloc(0);
-  client.on('data', (d) => { got = Buffer.concat([got, d]); });
+  const addon = loadAddon(), sp = await socketPair('reply-read.sock'), { served } = sp;
   const pool = new Uint8Array(new SharedArrayBuffer(1 << 16, { maxByteLength: 1 << 16 }));
   const batch = new Int32Array(8 * 8), completions = new Int32Array(4 * 32);
   const replies = new Int32Array(1024 * 8), replyArm = new Int32Array(8);
@@ -415,9 +417,9 @@ test('native: a read armed with R_DATA = its length sends the header and then th
     arm(rec, 0xa1, 4096);
     await run([[[1, 0, 0, 0, 4096, 8192, 1 << 3, 0], h + 1]]);
     assert.is(results[8], 4096);
-    assert.is(got.length, 16 + 4096, 'header and data, once');
-    assert.equal([...got.subarray(0, 16)], new Array(16).fill(0xa1));
-    assert.ok(got.subarray(16).equals(Buffer.from(content.subarray(0, 4096))), 'the data the read brought in, not what the pool held before');
+    assert.is(sp.got.length, 16 + 4096, 'header and data, once');
+    assert.equal([...sp.got.subarray(0, 16)], new Array(16).fill(0xa1));
+    assert.ok(sp.got.subarray(16).equals(Buffer.from(content.subarray(0, 4096))), 'the data the read brought in, not what the pool held before');
     assert.equal([replies[rec * 8 + 4], replies[rec * 8 + 5]], [2, 16 + 4096]);
     // Nothing is sent for: a read armed with another length, a read that comes back short (at
     // EOF), a write armed as a read (R_DATA != 0), a read whose memory runs past the pool.
@@ -427,42 +429,35 @@ test('native: a read armed with R_DATA = its length sends the header and then th
       [[2, 0, 0, 0, 4096, 0, 4 << 3, 0], 4096, 'a write with R_DATA set'],
       [[1, 0, 0, 0, 4096, 65536 - 2048, 5 << 3, 0], 4096, 'the read\'s memory runs past the pool'],
     ]) {
-      got = Buffer.alloc(0);
+      sp.got = Buffer.alloc(0);
       arm(rec, 0xb2, data);
       await run([[entry, h + 1]]);
-      assert.is(got.length, 0, `nothing was sent: ${why}`);
+      assert.is(sp.got.length, 0, `nothing was sent: ${why}`);
       assert.is(replies[rec * 8 + 4], 1, `still armed (${why}): the caller replies itself`);
     }
     assert.is(results[24], 100, 'the EOF read was short');
     assert.is(results[40], -14, 'the read past the pool was refused (EFAULT)');
     // A caller-memory (EXT) read: the data comes from that buffer.
     const EXT = 0x400, ext = Buffer.alloc(4096, 0x55);
-    got = Buffer.alloc(0);
+    sp.got = Buffer.alloc(0);
     arm(rec, 0xc3, 4096);
     await run([[[1 | EXT, 0, 0, 0, 4096, 0, 6 << 3, 0], h + 1]], [ext]);
     assert.is(results[48], 4096);
-    assert.is(got.length, 16 + 4096);
-    assert.ok(got.subarray(16).equals(Buffer.from(content.subarray(0, 4096))), 'the EXT buffer\'s data');
+    assert.is(sp.got.length, 16 + 4096);
+    assert.ok(sp.got.subarray(16).equals(Buffer.from(content.subarray(0, 4096))), 'the EXT buffer\'s data');
     // An EXT read whose buffer is smaller than its length: refused, and nothing sent.
-    got = Buffer.alloc(0);
+    sp.got = Buffer.alloc(0);
     arm(rec, 0xd4, 4096);
     await run([[[1 | EXT, 0, 0, 0, 4096, 0, 7 << 3, 0], h + 1]], [Buffer.alloc(100)]);
     assert.is(results[56], -14);
-    assert.is(got.length, 0, 'nothing sent for a refused EXT read');
+    assert.is(sp.got.length, 0, 'nothing sent for a refused EXT read');
   } finally {
-    ctx.close(); require_fs().closeSync(fd); client.destroy(); served.destroy(); srv.close();
+    ctx.close(); require_fs().closeSync(fd); sp.close();
   }
 });
 
 (BACKENDS.includes('io_uring') ? test : test.skip)('native: a reply due at completion is sent at the wake-up, before JavaScript runs (io_uring)', async () => {
-  const addon = loadAddon(), net = await import('node:net');
-  const sockPath = join(scratch.dir, 'reply-wake.sock');
-  const srv = net.createServer();
-  await new Promise((r) => srv.listen(sockPath, r));
-  const client = net.connect(sockPath);
-  const [served] = await Promise.all([new Promise((r) => srv.once('connection', r)), new Promise((r) => client.once('connect', r))]);
-  let got = Buffer.alloc(0);
-  client.on('data', (d) => { got = Buffer.concat([got, d]); });
+  const addon = loadAddon(), sp = await socketPair('reply-wake.sock'), { served } = sp;
   // A FIFO: the read waits in the kernel until this test writes, so its completion arrives
   // through the eventfd, not inside the pump() that submitted it.
   const fifo = join(scratch.dir, 'reply-wake.fifo');
@@ -498,11 +493,11 @@ test('native: a read armed with R_DATA = its length sends the header and then th
     assert.is(results[8], 4096, 'the completion still reaches JavaScript, once');
     assert.equal(seen, [2, 16 + 4096], 'the reply was already sent when onReady ran (before the pump that reaped it)');
     await new Promise((r) => setTimeout(r, 50));
-    assert.is(got.length, 16 + 4096, 'header and data, once');
-    assert.equal([...got.subarray(0, 16)], new Array(16).fill(0xa7));
-    assert.ok(got.subarray(16).equals(Buffer.from(data)), 'the bytes the read brought in');
+    assert.is(sp.got.length, 16 + 4096, 'header and data, once');
+    assert.equal([...sp.got.subarray(0, 16)], new Array(16).fill(0xa7));
+    assert.ok(sp.got.subarray(16).equals(Buffer.from(data)), 'the bytes the read brought in');
   } finally {
-    ctx.close(); require_fs().closeSync(fd); client.destroy(); served.destroy(); srv.close();
+    ctx.close(); require_fs().closeSync(fd); sp.close();
   }
 });
 
@@ -511,18 +506,7 @@ test('a write still queued in JavaScript when its reply record is closed never s
   // JavaScript (here: not yet flushed; in a server: behind a full ring, for pool memory, or
   // parked), A goes away and closes its record, B opens one and gets the same index, arms its
   // own reply, and A's write, submitted later, sent B's reply on B's socket.
-  const net = await import('node:net');
-  const sockPath = join(scratch.dir, 'reuse.sock');
-  const srv = net.createServer();
-  await new Promise((r) => srv.listen(sockPath, r));
-  const pair = async () => {
-    const client = net.connect(sockPath);
-    const [served] = await Promise.all([new Promise((r) => srv.once('connection', r)), new Promise((r) => client.once('connect', r))]);
-    const c = { client, served, got: Buffer.alloc(0) };
-    client.on('data', (d) => { c.got = Buffer.concat([c.got, d]); });
-    return c;
-  };
-  const A = await pair(), B = await pair();
+  const A = await socketPair('reuse-a.sock'), B = await socketPair('reuse-b.sock');
   const engine = await Engine.start({ queueDepth: 1, bufferPoolBytes: 1 << 20 });
   const arm = (words, h, fill) => { const w = (h & 1023) * 8; new Uint8Array(words.buffer).fill(fill, w * 4, w * 4 + 16); words[w + 4] = 1; };
   try {
@@ -551,18 +535,12 @@ test('a write still queued in JavaScript when its reply record is closed never s
     await f.close();
   } finally {
     await engine.close();
-    for (const c of [A, B]) { c.client.destroy(); c.served.destroy(); }
-    srv.close();
+    A.close(); B.close();
   }
 });
 
 test('after a close() that gave up (the context left running), closing a reply record still closes its dup of the socket', async () => {
-  const net = await import('node:net');
-  const sockPath = join(scratch.dir, 'gaveup.sock');
-  const srv = net.createServer();
-  await new Promise((r) => srv.listen(sockPath, r));
-  const client = net.connect(sockPath);
-  const [served] = await Promise.all([new Promise((r) => srv.once('connection', r)), new Promise((r) => client.once('connect', r))]);
+  const sp = await socketPair('gaveup.sock'), { served } = sp;
   const fds = () => fsMod.readdirSync('/proc/self/fd').length;
   const engine = await Engine.start();
   try {
@@ -581,7 +559,7 @@ test('after a close() that gave up (the context left running), closing a reply r
     await w;
   } finally {
     await engine.close();
-    client.destroy(); served.destroy(); srv.close();
+    sp.close();
   }
 });
 
