@@ -452,11 +452,18 @@ class Context : public Napi::ObjectWrap<Context> {
         uint32_t n = sink.count();
         if (n == 0)
             return;
-        Napi::HandleScope scope(self->env_);
-        self->SendDue(self->env_, self->wake_compl_.data(), n);
+        /*
+         * Stash first: the completions are out of the kernel now and must reach onReady's
+         * pump() whatever happens to the sends.  A send that does not happen here (the
+         * HandleScope or the records' view failing) is not lost: the slot's arm is still set,
+         * so that pump()'s own SendDue() over the drained completions sends it, and if that
+         * fails too the connection finds the record ARMED and replies itself.
+         */
         for (uint32_t i = 0; i < n; i++)
             self->inline_->stash(self->wake_compl_[size_t(i) * COMPL_WORDS + C_TAG],
                                  self->wake_compl_[size_t(i) * COMPL_WORDS + C_RES]);
+        Napi::HandleScope scope(self->env_);
+        self->SendDue(self->env_, self->wake_compl_.data(), n);
     }
 
     Napi::Value SetFile(const Napi::CallbackInfo &info) {

@@ -155,8 +155,17 @@ void on_readable(uv_poll_t *h, int status, int events) {
     (void)r;
     std::shared_ptr<InlineLoop::Shared> sh = box->sh; /* alive across the call */
     sh->wakes++;
-    if (sh->alive && sh->before != nullptr)
-        sh->before(sh->before_arg);
+    /*
+     * A libuv callback must not throw: an exception out of the hook (a HandleScope that could
+     * not open, a stash that could not grow) would end the process.  What the hook reaped is
+     * stashed before anything in it can throw, so onReady's pump() still reports it.
+     */
+    if (sh->alive && sh->before != nullptr) {
+        try {
+            sh->before(sh->before_arg);
+        } catch (...) {
+        }
+    }
     sh->notify();
 }
 

@@ -7,12 +7,14 @@
 // the only request in flight on its connection, with nothing staged or queued on the socket, is
 // "armed": its 16-byte reply header is put in the connection's reply record (with, for a read,
 // R_DATA = its length), and the engine's context sends it itself, a read's data after it,
-// inside the pump() that reaps the request's completion, before any JavaScript runs
-// (native/reply.h); done() then only settles it. The context's send must never land inside a reply of ours, so before this
+// where the request's completion is reaped, before any JavaScript sees it: in a pump(), or in
+// the context's reap at the thread's wake-up just before onReady (native/reply.h,
+// Context::ReapAtWake); done() then only settles it. The context's send must never land inside a reply of ours, so before this
 // connection writes anything to the socket while a write is armed, it disarms it (disarm(),
 // called from writeOut(), the one place bytes are written): if the context has not sent yet,
-// the state word goes back to idle and the context will not send (pump() runs on this thread,
-// so it cannot send in between); if it has, what it sent is accounted for and the rest of its
+// the state word goes back to idle and the context will not send (it sends only in pump() or
+// at the wake-up before onReady, both on this thread and never while this code runs, so it
+// cannot send in between); if it has, what it sent is accounted for and the rest of its
 // reply is written first. Nothing is held back for the armed write, so a slow write never
 // delays the replies of the requests behind it. Whatever the context did not send (a failed or
 // short request, a full socket, part of the bytes) is written here as usual: the rest of a
@@ -489,8 +491,9 @@ export class Transmission {
    * nothing (it had not completed, or completed short or failed, or the socket was full), and
    * the state word goes back to idle so that it never will, and done() replies as usual; or some
    * bytes (of the header and a read's data), and the rest go out now, ahead of anything else,
-   * and done() only settles the request. pump() runs on
-   * this thread, so the context cannot send between the read of the state word and its reset.
+   * and done() only settles the request. The context sends only inside pump() or in its reap at
+   * the wake-up before onReady, both on this thread and never while JavaScript runs, so it
+   * cannot send between the read of the state word and its reset.
    */
   private disarm(): void {
     const req = this.armed!;
