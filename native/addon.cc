@@ -447,17 +447,25 @@ class Context : public Napi::ObjectWrap<Context> {
         auto *self = static_cast<Context *>(arg);
         if (!self->backend_ || !self->replies_ || !self->inline_ || self->replies_->pending() == 0)
             return;
+        /*
+         * Room in the stash for everything this reap can bring, before anything leaves the
+         * kernel: if it cannot be had (std::bad_alloc, thrown to on_readable, which drops it),
+         * nothing was reaped and onReady's pump() reaps as usual.  After this, stash() does not
+         * allocate, so no completion taken from the kernel can fail to reach that pump().
+         */
+        self->inline_->reserve_stash(self->compl_cap_);
         CompletionSink sink(self->wake_compl_.data(), self->compl_cap_);
         self->backend_->pump(nullptr, 0, sink, 0, nullptr);
         uint32_t n = sink.count();
         if (n == 0)
             return;
         /*
-         * Stash first: the completions are out of the kernel now and must reach onReady's
-         * pump() whatever happens to the sends.  A send that does not happen here (the
-         * HandleScope or the records' view failing) is not lost: the slot's arm is still set,
-         * so that pump()'s own SendDue() over the drained completions sends it, and if that
-         * fails too the connection finds the record ARMED and replies itself.
+         * Stash first, then send: the completions reach onReady's pump() whatever happens to
+         * the sends.  If the HandleScope cannot open, completed() never ran, the arms are still
+         * set, and that pump()'s own SendDue() over the drained completions sends the replies.
+         * If the reply records' view cannot be had, completed() clears the arm and sends
+         * nothing; the record stays ARMED, so the connection's disarm() finds nothing sent and
+         * done() writes the reply itself.  Either way no reply is lost or sent twice.
          */
         for (uint32_t i = 0; i < n; i++)
             self->inline_->stash(self->wake_compl_[size_t(i) * COMPL_WORDS + C_TAG],

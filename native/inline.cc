@@ -156,9 +156,10 @@ void on_readable(uv_poll_t *h, int status, int events) {
     std::shared_ptr<InlineLoop::Shared> sh = box->sh; /* alive across the call */
     sh->wakes++;
     /*
-     * A libuv callback must not throw: an exception out of the hook (a HandleScope that could
-     * not open, a stash that could not grow) would end the process.  What the hook reaped is
-     * stashed before anything in it can throw, so onReady's pump() still reports it.
+     * A libuv callback must not throw: an exception out of the hook would end the process.  The
+     * hook can throw only where dropping the exception loses nothing (ReapAtWake: the stash's
+     * room is reserved before anything is reaped, and a send that fails after the stash is made
+     * by onReady's pump() or by the connection), so it is dropped here.
      */
     if (sh->alive && sh->before != nullptr) {
         try {
@@ -270,6 +271,10 @@ void InlineLoop::drain(CompletionSink &out) {
 void InlineLoop::stash(int32_t tag, int32_t res) {
     shared_->pending.push_back(tag);
     shared_->pending.push_back(res);
+}
+
+void InlineLoop::reserve_stash(size_t n) {
+    shared_->pending.reserve(shared_->pending.size() + 2 * n);
 }
 
 void InlineLoop::set_before_ready(void (*fn)(void *), void *arg) {

@@ -65,6 +65,8 @@ class InlineLoop : public Offload {
 
     /* A completion reaped outside pump() (the context's reap at the wake-up): the next drain() reports it. */
     void stash(int32_t tag, int32_t res);
+    /* Room for `n` more stash() calls without allocating (throws std::bad_alloc if there is none). */
+    void reserve_stash(size_t n);
 
     /*
      * fn(arg) runs on every wake-up, after the eventfd is cleared and before onReady (nullptr:

@@ -501,6 +501,63 @@ test('native: a read armed with R_DATA = its length sends the header and then th
   }
 });
 
+(BACKENDS.includes('io_uring') ? test : test.skip)('native: two replies due at one wake-up, one a read into caller memory (EXT), are each sent once, on their own sockets, before JavaScript runs (io_uring)', async () => {
+  // The wake-up reap with more than one completion, and with an EXT buffer (helper-35's review
+  // of the reap at the wake-up: only one pool read had been tested). Both FIFOs are written in
+  // the same turn, so both reads have completed when the loop next polls the eventfd.
+  const addon = loadAddon(), A = await socketPair('wake2-a.sock'), B = await socketPair('wake2-b.sock');
+  const fifos = ['wake2-a.fifo', 'wake2-b.fifo'].map((n) => join(scratch.dir, n));
+  for (const f of fifos) assert.is(spawnSync('mkfifo', [f]).status, 0, 'mkfifo');
+  const fds = fifos.map((f) => require_fs().openSync(f, 'r+'));
+  const pool = new Uint8Array(new SharedArrayBuffer(1 << 16, { maxByteLength: 1 << 16 }));
+  const batch = new Int32Array(8 * 8), completions = new Int32Array(4 * 32);
+  const replies = new Int32Array(1024 * 8), replyArm = new Int32Array(8);
+  const bytes = new Uint8Array(replies.buffer);
+  let seen = null, wake = () => {};
+  const recs = [];
+  const ctx = new addon.Context({
+    backend: 'io_uring', depth: 8, pool, batch, completions, replies, replyArm, replySlots: 16,
+    onReady: () => { seen ??= recs.map((r) => [replies[r * 8 + 4], replies[r * 8 + 5]]); wake(); },
+  });
+  try {
+    ctx.setFile(0, fds[0]); ctx.setFile(1, fds[1]);
+    const hs = [A, B].map((c) => ctx.replyOpen(c.served._handle.fd));
+    hs.forEach((h, i) => {
+      const rec = h & 1023;
+      recs.push(rec);
+      bytes.fill(0xa1 + i, rec * 32, rec * 32 + 16);
+      replies[rec * 8 + 4] = 1; replies[rec * 8 + 5] = 0; replies[rec * 8 + 6] = 4096;
+    });
+    const EXT = 0x400, ext = Buffer.alloc(4096, 0x55);
+    batch.set([1, 0, 0, 0, 4096, 0, 1 << 3, 0], 0); replyArm[0] = hs[0] + 1;        // into the pool
+    batch.set([1 | EXT, 1, 0, 0, 4096, 0, 2 << 3, 0], 8); replyArm[1] = hs[1] + 1;  // into `ext`
+    assert.is(ctx.pump(2, 0, [undefined, ext], true), 0, 'both reads wait for their FIFOs');
+    const data = [pattern(4096, 17), pattern(4096, 29)];
+    require_fs().writeSync(fds[0], data[0]);
+    require_fs().writeSync(fds[1], data[1]);
+    const results = {};
+    let reported = 0;
+    for (let left = 2; left > 0;) {
+      await new Promise((r) => { wake = r; });
+      const n = ctx.pump(0, 0);
+      for (let i = 0; i < n; i++) { results[completions[i * 4]] = completions[i * 4 + 1]; left--; reported++; }
+    }
+    assert.equal(results, { 8: 4096, 16: 4096 }, 'both completions reach JavaScript');
+    assert.is(reported, 2, 'each once');
+    assert.equal(seen, [[2, 16 + 4096], [2, 16 + 4096]], 'both replies were sent when onReady first ran');
+    await new Promise((r) => setTimeout(r, 50));
+    assert.is(ctx.pump(0, 0), 0, 'nothing is reported again');
+    for (const [i, c] of [A, B].entries()) {
+      assert.is(c.got.length, 16 + 4096, `socket ${i}: header and data, once`);
+      assert.equal([...c.got.subarray(0, 16)], new Array(16).fill(0xa1 + i), `socket ${i}: its own header`);
+      assert.ok(c.got.subarray(16).equals(Buffer.from(data[i])), `socket ${i}: the bytes its read brought in`);
+    }
+    assert.ok(ext.equals(Buffer.from(data[1])), 'the EXT read landed in the caller\'s buffer');
+  } finally {
+    ctx.close(); for (const fd of fds) require_fs().closeSync(fd); A.close(); B.close();
+  }
+});
+
 test('a write still queued in JavaScript when its reply record is closed never sends the reply of the connection that reuses the record', async () => {
   // The bug (review of the first version): a write armed with connection A's record waits in
   // JavaScript (here: not yet flushed; in a server: behind a full ring, for pool memory, or

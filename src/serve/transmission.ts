@@ -492,8 +492,8 @@ export class Transmission {
    * the state word goes back to idle so that it never will, and done() replies as usual; or some
    * bytes (of the header and a read's data), and the rest go out now, ahead of anything else,
    * and done() only settles the request. The context sends only inside pump() or in its reap at
-   * the wake-up before onReady, both on this thread and never while JavaScript runs, so it
-   * cannot send between the read of the state word and its reset.
+   * the wake-up before onReady, both on this thread, and this makes no native call between the
+   * read of the state word and its reset, so it cannot send in between.
    */
   private disarm(): void {
     const req = this.armed!;
