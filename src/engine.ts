@@ -374,9 +374,10 @@ export class Engine implements LaneHost {
     this.closing = (async () => {
       // Opens in progress finish first (they see the engine closed and close their file); a
       // stuck worker never acknowledges an open, so the deadline bounds this wait too.
-      const opens = Promise.allSettled([...this.opening]);
-      let opened = false;
-      void opens.then(() => { opened = true; });
+      // (With none in progress there is nothing to wait for: with no time left, checking only
+      // the promise below would give up on an idle engine before that promise could report.)
+      let opened = this.opening.size === 0;
+      if (!opened) void Promise.allSettled([...this.opening]).then(() => { opened = true; });
       while (!opened && performance.now() < this.closeDeadline) await new Promise((r) => setTimeout(r, 1));
       // Requests still waiting for pool memory never started: they could wait forever (the
       // caller may hold the memory until close() resolves), so they are rejected.

@@ -12,6 +12,7 @@ export interface CloseOptions {
   /**
    * Milliseconds to wait for requests in flight. After that they reject with
    * ERR_RINGFENCE_CLOSE_TIMEOUT and the workers are terminated. Default: wait as long as it takes.
+   * With nothing in flight and no open() in progress, even 0 closes cleanly.
    */
   deadlineMs?: number;
 }

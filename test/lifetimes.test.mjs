@@ -341,6 +341,23 @@ test('close({ deadlineMs }) settles requests that never complete, and returns', 
   await rejects(engine.close({ deadline: 5 }), 'ERR_INVALID_ARG_VALUE');
 });
 
+test('close({ deadlineMs: 0 }) with nothing in flight closes cleanly: it does not give up, and every fd the engine opened is closed', async () => {
+  // The bug: with no time left, the wait for opens in progress ended before the promise of
+  // those opens (none, here) could report, so close() gave up on an idle engine: it pinned the
+  // files' descriptors and left the kernel I/O context open, for good.
+  for (const opts of [{}, { workers: 1 }]) {
+    const what = opts.workers ? 'worker mode' : 'default mode';
+    const before = readdirSync('/proc/self/fd').length;
+    const engine = await Engine.start(engineOptions(opts));
+    const f = await engine.open(join(scratch.dir, 'deadline0'), { create: true, truncate: true });
+    assert.is(await f.write(Buffer.alloc(4096, 3), 0), 4096);
+    await engine.close({ deadlineMs: 0 });
+    assert.is(engine.fdsPinned, false, `${what}: close() did not give up`);
+    await new Promise((r) => setTimeout(r, 50));
+    assert.is(readdirSync('/proc/self/fd').length, before, `${what}: every fd the engine opened is closed`);
+  }
+});
+
 test('close() then close({ deadlineMs }): the later deadline applies; an open stuck behind a hung worker does not hold close() forever', async () => {
   const engine = await Engine.start(engineOptions({ workers: 1, faults: '0:hang:1', watchdogMs: 0 }));
   const f = await engine.open(join(scratch.dir, 'deadline2'), { create: true, truncate: true });
