@@ -124,6 +124,19 @@ test('bench --nbd same-round ratios: a round either server missed is null, the m
   assert.ok(Number.isNaN(sameRoundRatios([NaN], [1]).median), 'no round: no median');
 });
 
+test('bench --nbd: processCpuSeconds reads a process\'s CPU time from /proc/PID/stat (user + system, all threads)', async () => {
+  const { processCpuSeconds } = await import('../dist/src/bench/nbd.js');
+  const c0 = processCpuSeconds(process.pid), t0 = performance.now();
+  let x = 0;
+  while (performance.now() - t0 < 400) x += Math.sqrt(x + 1);
+  const c1 = processCpuSeconds(process.pid), wall = (performance.now() - t0) / 1000;
+  assert.ok(x > 0);
+  // A busy loop of 0.4 s: this thread's CPU time grew by about that (other threads may add a little).
+  assert.ok(c1 - c0 >= 0.25 && c1 - c0 <= wall * 2 + 0.05, `CPU ${c0} -> ${c1} over ${wall.toFixed(3)} s of wall time`);
+  assert.ok(Number.isNaN(processCpuSeconds(undefined)), 'no pid: NaN');
+  assert.ok(Number.isNaN(processCpuSeconds(2 ** 30)), 'no such process: NaN');
+});
+
 test('bench --nbd refuses the flags it would ignore (its jobs are fixed), naming them, before any work', () => {
   const r = spawnSync(process.execPath, [cli, 'bench', '--nbd', '--dir', scratch.dir, '--rw', 'randread', '--qd', '1', '--no-direct'], { encoding: 'utf8', timeout: 30_000 });
   assert.is(r.status, 2, r.stderr);
@@ -171,6 +184,15 @@ const nbdPeers = have('fio') && have('qemu-nbd');
     const [p50, p90, p99, mean] = l.split('/').map((x) => Number(x.trim().split(/\s+/).pop()));
     assert.ok(p50 > 0 && p90 >= p50 && p99 >= p90 && mean > 0, `latencies in order: ${l}`);
   }
+  // Every measured job has the server's and fio's CPU share, and the report prints them.
+  for (const x of report.results) {
+    assert.ok(x.serverCpu > 0 && x.serverCpu < 2.5, `${x.server} ${x.job}: server CPU share ${x.serverCpu}`);
+    assert.ok(x.fioCpu > 0 && x.fioCpu < 2.5, `${x.server} ${x.job}: fio CPU share ${x.fioCpu}`);
+  }
+  const cpuAt = lines.findIndex((l) => l.startsWith('CPU in the same rounds'));
+  assert.ok(cpuAt > 0, `the CPU section:\n${text}`);
+  const cpuLines = lines.slice(cpuAt + 1).filter((l) => /^  \S.* us +\d+%$/.test(l));
+  assert.is(cpuLines.length, report.results.length, `a CPU line per job and server:\n${text}`);
   // The same-round lines print what the JSON holds.
   const rr = lines.slice(lines.findIndex((l) => l.startsWith('ringfence / peer in the same round')) + 1).filter((l) => / vs qemu-nbd io_uring /.test(l));
   assert.is(rr.length, 5, `a same-round line per job:\n${text}`);

@@ -5,8 +5,8 @@
 // jobs. The best round per server and job is kept (the machine may be shared), and so is, per
 // job, ringfence's ratio to each qemu-nbd peer round by round, whose median is the steadier figure.
 import { pinned } from './cpus.js';
-import { spawn, execFile, type ChildProcess } from 'node:child_process';
-import { closeSync, existsSync, fsyncSync, mkdtempSync, openSync, rmSync, statSync } from 'node:fs';
+import { spawn, execFile, execFileSync, type ChildProcess } from 'node:child_process';
+import { closeSync, existsSync, fsyncSync, mkdtempSync, openSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { join, resolve, dirname } from 'node:path';
 import { release } from 'node:os';
 import { fileURLToPath } from 'node:url';
@@ -78,8 +78,15 @@ export const NBD_WARMUP_JOBS: NbdJob[] = [
   { name: 'warm-up 4k randrw QD1', rw: 'randrw', bs: 4096, qd: 1 },
   { name: 'warm-up 4k randrw QD32', rw: 'randrw', bs: 4096, qd: 32 },
 ];
-/** One fio job against one server (its best round); latencies are fio's completion latency (clat), in us. */
-export interface NbdResult { server: string; job: string; iops: number; mibs: number; p50us: number; p90us: number; p99us: number; meanUs: number }
+/**
+ * One fio job against one server (its best round); latencies are fio's completion latency (clat), in us.
+ * `serverCpu`: the server process's CPU time (user + system, all its threads, from
+ * /proc/PID/stat) over the whole fio run (ramp included), as a share of one core of that run's
+ * wall time; `fioCpu`: fio's own (its usr_cpu + sys_cpu), the same way over its measured time.
+ * Both are NaN (null in JSON) where they could not be read. `serverCpu * 1e6 / iops` is the
+ * server's CPU time per request, us.
+ */
+export interface NbdResult { server: string; job: string; iops: number; mibs: number; p50us: number; p90us: number; p99us: number; meanUs: number; serverCpu: number; fioCpu: number }
 export interface NbdReport {
   date: string; kernel: string; node: string; file: string; options: NbdBenchOptions;
   results: NbdResult[]; skipped: { server: string; why: string }[];
@@ -105,6 +112,41 @@ export function sameRoundRatios(mine: number[], theirs: number[]): { ratios: (nu
   return { ratios, median: present.length > 0 ? median(present) : NaN };
 }
 
+/** Clock ticks per second of /proc/PID/stat's times (sysconf(_SC_CLK_TCK): 100 on Linux unless built otherwise). */
+let clockTicks = 0;
+function ticksPerSecond(): number {
+  if (clockTicks === 0) {
+    clockTicks = 100;
+    try { const t = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()); if (Number.isInteger(t) && t > 0) clockTicks = t; } catch { /* no getconf: Linux's USER_HZ */ }
+  }
+  return clockTicks;
+}
+
+/**
+ * Seconds of CPU process `pid` has used (user + system, every thread it has or had), or NaN
+ * when it cannot be read. Fields 14 and 15 of /proc/PID/stat, counted after the command name,
+ * which is in parentheses and may hold spaces.
+ */
+export function processCpuSeconds(pid: number | undefined): number {
+  if (pid === undefined) return NaN;
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    // f[0] is field 3 (state): utime is field 14, stime 15.
+    const ticks = Number(f[11]) + Number(f[12]);
+    return Number.isFinite(ticks) ? ticks / ticksPerSecond() : NaN;
+  } catch { return NaN; }
+}
+
+/** fioJob, with the server's CPU share over the run (see NbdResult). */
+async function measuredJob(job: NbdJob, uri: string, size: number, seconds: number, server: ChildProcess, rampS = NBD_RAMP_S): Promise<NbdResult & { error?: string }> {
+  const c0 = processCpuSeconds(server.pid), t0 = performance.now();
+  const r = await fioJob(job, uri, size, seconds, rampS);
+  const c1 = processCpuSeconds(server.pid), t1 = performance.now();
+  r.serverCpu = (c1 - c0) / ((t1 - t0) / 1000);
+  return r;
+}
+
 function fioJob(job: NbdJob, uri: string, size: number, seconds: number, rampS = NBD_RAMP_S): Promise<NbdResult & { error?: string }> {
   const args = ['--name=nbd', '--ioengine=nbd', `--uri=${uri}`, `--rw=${job.rw}`, `--bs=${job.bs}`, `--iodepth=${job.qd}`, `--size=${size}`,
     '--time_based', `--runtime=${fioTime(seconds)}`, `--ramp_time=${fioTime(rampS)}`, '--output-format=json'];
@@ -114,9 +156,9 @@ function fioJob(job: NbdJob, uri: string, size: number, seconds: number, rampS =
         const j = JSON.parse(stdout.slice(stdout.indexOf('{')));
         const d = job.rw === 'randwrite' ? j.jobs[0].write : j.jobs[0].read;
         const pct = d.clat_ns?.percentile ?? {};
-        res({ server: '', job: job.name, iops: d.iops, mibs: d.bw_bytes / 2 ** 20, p50us: (pct['50.000000'] ?? 0) / 1000, p90us: (pct['90.000000'] ?? 0) / 1000, p99us: (pct['99.000000'] ?? 0) / 1000, meanUs: (d.clat_ns?.mean ?? 0) / 1000, error: j.jobs[0].error ? `fio error ${j.jobs[0].error}` : undefined });
+        res({ server: '', job: job.name, iops: d.iops, mibs: d.bw_bytes / 2 ** 20, p50us: (pct['50.000000'] ?? 0) / 1000, p90us: (pct['90.000000'] ?? 0) / 1000, p99us: (pct['99.000000'] ?? 0) / 1000, meanUs: (d.clat_ns?.mean ?? 0) / 1000, serverCpu: NaN, fioCpu: (Number(j.jobs[0].usr_cpu) + Number(j.jobs[0].sys_cpu)) / 100, error: j.jobs[0].error ? `fio error ${j.jobs[0].error}` : undefined });
       } catch {
-        res({ server: '', job: job.name, iops: 0, mibs: 0, p50us: 0, p90us: 0, p99us: 0, meanUs: 0, error: `fio failed: ${String(err?.message ?? '')} ${stderr.slice(0, 300)}` });
+        res({ server: '', job: job.name, iops: 0, mibs: 0, p50us: 0, p90us: 0, p99us: 0, meanUs: 0, serverCpu: NaN, fioCpu: NaN, error: `fio failed: ${String(err?.message ?? '')} ${stderr.slice(0, 300)}` });
       }
     });
   });
@@ -184,7 +226,7 @@ export async function runNbdBench(o: NbdBenchOptions, progress: (s: string) => v
           for (const job of NBD_JOBS) {
             step++;
             progress(`\r[${step}/${total}] ${s.name.padEnd(18)} ${job.name.padEnd(18)} round ${round + 1}/${o.repeat}   `);
-            const r = await fioJob(job, uri, o.size, o.runtime);
+            const r = await measuredJob(job, uri, o.size, o.runtime, child);
             if (r.error !== undefined) {
               report.skipped.push({ server: s.name, why: `round ${round + 1}, ${job.name}: ${r.error}` });
               continue;
@@ -266,6 +308,20 @@ export function formatNbdReport(r: NbdReport): string {
       for (const n of names) {
         const x = r.results.find((y) => y.server === n && y.job === job.name);
         if (x !== undefined) out.push(`  ${job.name.padEnd(18)} ${n.padEnd(18)} ${[x.p50us, x.p90us, x.p99us, x.meanUs].map((v) => v.toFixed(0).padStart(5)).join(' / ')}`);
+      }
+    }
+  }
+  // CPU per request says whether a server is short of CPU (a share near 100%) or waiting, and
+  // what each request costs it: at QD1 on a shared core that cost adds to every round trip.
+  const cpu = (v: number | null | undefined): string => (typeof v === 'number' && Number.isFinite(v) ? `${(v * 100).toFixed(0)}%` : '-');
+  const withCpu = r.results.filter((x) => typeof x.serverCpu === 'number' && Number.isFinite(x.serverCpu));
+  if (withCpu.length > 0) {
+    out.push('');
+    out.push('CPU in the same rounds: the server (all its threads, % of one core), its CPU time per request (us), fio (% of one core)');
+    for (const job of NBD_JOBS) {
+      for (const n of names) {
+        const x = withCpu.find((y) => y.server === n && y.job === job.name);
+        if (x !== undefined) out.push(`  ${job.name.padEnd(18)} ${n.padEnd(18)} ${cpu(x.serverCpu).padStart(5)} ${(x.iops > 0 ? (x.serverCpu * 1e6 / x.iops).toFixed(1) : '-').padStart(7)} us ${cpu(x.fioCpu).padStart(5)}`);
       }
     }
   }
