@@ -31,6 +31,7 @@ import { availableParallelism, release } from 'node:os';
 import { join } from 'node:path';
 import { makeXfsVolume, tempVolume, dirVolume, isRoot, haveCommand, parseSize } from '../dist/src/volume.js';
 import { atExit } from '../dist/src/cleanup.js';
+import { clockTicks, statComm, statFields, STAT } from '../dist/src/procstat.js';
 import { prepareDataFile } from '../dist/src/bench/data.js';
 import { fioTime } from '../dist/src/bench/fio-time.js';
 import { Tracer, schedReport, tracefsUnavailable } from '../dist/src/bench/tracefs.js';
@@ -152,7 +153,7 @@ function threadNs(tid) {
 }
 
 const PF_KTHREAD = 0x00200000;
-const HZ = (() => { try { return Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' })) || 100; } catch { return 100; } })();
+const HZ = clockTicks();
 
 /** CPU ticks so far of every other process (a busy neighbour spoils a round) and of the kernel's threads (the loop device's workers among them). */
 function othersTicks() {
@@ -161,9 +162,9 @@ function othersTicks() {
     if (!/^\d+$/.test(d) || Number(d) === process.pid) continue;
     let st;
     try { st = readFileSync(`/proc/${d}/stat`, 'utf8'); } catch { continue; }
-    const f = st.slice(st.lastIndexOf(')') + 2).split(' '); // f[i] is field i + 3 of proc(5)
-    const ticks = Number(f[11]) + Number(f[12]);
-    (Number(f[6]) & PF_KTHREAD ? kernel : others).set(d, { ticks, comm: st.slice(st.indexOf('(') + 1, st.lastIndexOf(')')) });
+    const f = statFields(st);
+    const ticks = Number(f[STAT.utime]) + Number(f[STAT.stime]);
+    (Number(f[STAT.flags]) & PF_KTHREAD ? kernel : others).set(d, { ticks, comm: statComm(st) });
   }
   return { others, kernel };
 }

@@ -23,6 +23,7 @@ import {
 } from 'node:fs';
 import { constants as osc, hostname, tmpdir } from 'node:os';
 import { dirname, join, sep } from 'node:path';
+import { readStat, STAT } from './procstat.js';
 
 // ---- 1. exit and signals ------------------------------------------------------------------
 
@@ -223,10 +224,8 @@ export interface RunState extends RunOwner {
 }
 
 function procStart(pid: number): number | null {
-  try {
-    const s = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    return Number(s.slice(s.lastIndexOf(')') + 2).split(' ')[19]);
-  } catch { return null; }
+  const f = readStat(pid);
+  return f === null ? null : Number(f[STAT.starttime]);
 }
 
 function readOr(fn: () => string): string | null {

@@ -124,8 +124,8 @@ test('bench --nbd same-round ratios: a round either server missed is null, the m
   assert.ok(Number.isNaN(sameRoundRatios([NaN], [1]).median), 'no round: no median');
 });
 
-test('bench --nbd: processCpuSeconds reads a process\'s CPU time from /proc/PID/stat (user + system, all threads)', async () => {
-  const { processCpuSeconds } = await import('../dist/src/bench/nbd.js');
+test('procstat: processCpuSeconds reads a process\'s CPU time from /proc/PID/stat (user + system, all threads)', async () => {
+  const { processCpuSeconds } = await import('../dist/src/procstat.js');
   const c0 = processCpuSeconds(process.pid), t0 = performance.now();
   let x = 0;
   while (performance.now() - t0 < 400) x += Math.sqrt(x + 1);
@@ -135,6 +135,23 @@ test('bench --nbd: processCpuSeconds reads a process\'s CPU time from /proc/PID/
   assert.ok(c1 - c0 >= 0.25 && c1 - c0 <= wall * 2 + 0.05, `CPU ${c0} -> ${c1} over ${wall.toFixed(3)} s of wall time`);
   assert.ok(Number.isNaN(processCpuSeconds(undefined)), 'no pid: NaN');
   assert.ok(Number.isNaN(processCpuSeconds(2 ** 30)), 'no such process: NaN');
+});
+
+test('procstat: fields are counted after the last ")" of the command name, which may hold spaces and parentheses', async () => {
+  const { statFields, statComm, cpuSecondsOf, clockTicks, STAT } = await import('../dist/src/procstat.js');
+  // proc(5) fields 1..22 of a process named "a) b (c", then a newline as the kernel writes it.
+  const nums = Array.from({ length: 20 }, (_, i) => String(i + 3));
+  nums[0] = 'S';
+  const text = `4242 (a) b (c) ${nums.join(' ')}\n`;
+  const f = statFields(text);
+  assert.is(statComm(text), 'a) b (c');
+  assert.is(f[0], 'S', 'field 3: state');
+  assert.is(Number(f[STAT.utime]), 14);
+  assert.is(Number(f[STAT.stime]), 15);
+  assert.is(Number(f[STAT.starttime]), 22, 'the trailing newline is not part of the last field');
+  assert.is(cpuSecondsOf(f), (14 + 15) / clockTicks(), 'own time: utime + stime');
+  assert.is(cpuSecondsOf(f, true), (16 + 17) / clockTicks(), 'children: cutime + cstime');
+  assert.ok(Number.isNaN(cpuSecondsOf(['S'])), 'a short text: NaN, not 0');
 });
 
 test('bench --nbd refuses the flags it would ignore (its jobs are fixed), naming them, before any work', () => {

@@ -7,6 +7,7 @@ import { Engine } from '../engine.js';
 import type { File } from '../file.js';
 import { haveCommand } from '../volume.js';
 import { fioTime } from './fio-time.js';
+import { cpuSecondsOf, statFields } from '../procstat.js';
 
 export type Rw = 'read' | 'write' | 'randread' | 'randwrite' | 'randrw';
 export const RW_VALUES: readonly Rw[] = ['read', 'write', 'randread', 'randwrite', 'randrw'];
@@ -267,9 +268,7 @@ export function qemuImg(): BenchEngine {
         const out = await runChild('sh', ['-c', `qemu-img "$@" >/tmp/.rf-qemu-$$ 2>&1; rc=$?; cat /tmp/.rf-qemu-$$; rm -f /tmp/.rf-qemu-$$; echo; cat /proc/$$/stat; exit $rc`, 'sh', ...args]);
         const m = /Run completed in ([\d.]+) seconds/.exec(out);
         if (!m) throw new Error(`unexpected qemu-img output: ${out.slice(0, 200)}`);
-        const stat = out.trim().split('\n').pop()!.split(') ')[1].split(' ');
-        const ticks = Number(stat[13]) + Number(stat[14]);
-        return { secs: Number(m[1]), cpuUs: (ticks / 100) * 1e6 };
+        return { secs: Number(m[1]), cpuUs: cpuSecondsOf(statFields(out.trim().split('\n').pop()!), true) * 1e6 };
       };
       const probe = await once(8192);
       const count = Math.max(8192, Math.round((8192 / Math.max(probe.secs, 1e-3)) * job.seconds));

@@ -5,12 +5,13 @@
 // jobs. The best round per server and job is kept (the machine may be shared), and so is, per
 // job, ringfence's ratio to each qemu-nbd peer round by round, whose median is the steadier figure.
 import { pinned } from './cpus.js';
-import { spawn, execFile, execFileSync, type ChildProcess } from 'node:child_process';
-import { closeSync, existsSync, fsyncSync, mkdtempSync, openSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { spawn, execFile, type ChildProcess } from 'node:child_process';
+import { closeSync, existsSync, fsyncSync, mkdtempSync, openSync, rmSync, statSync } from 'node:fs';
 import { join, resolve, dirname } from 'node:path';
 import { release } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { haveCommand } from '../volume.js';
+import { processCpuSeconds } from '../procstat.js';
 import { prepareDataFile } from './data.js';
 import { fioTime } from './fio-time.js';
 
@@ -110,32 +111,6 @@ export function sameRoundRatios(mine: number[], theirs: number[]): { ratios: (nu
   const ratios = mine.map((x, i) => { const v = x / theirs[i]; return Number.isFinite(v) && v > 0 ? v : null; });
   const present = ratios.filter((v): v is number => v !== null);
   return { ratios, median: present.length > 0 ? median(present) : NaN };
-}
-
-/** Clock ticks per second of /proc/PID/stat's times (sysconf(_SC_CLK_TCK): 100 on Linux unless built otherwise). */
-let clockTicks = 0;
-function ticksPerSecond(): number {
-  if (clockTicks === 0) {
-    clockTicks = 100;
-    try { const t = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()); if (Number.isInteger(t) && t > 0) clockTicks = t; } catch { /* no getconf: Linux's USER_HZ */ }
-  }
-  return clockTicks;
-}
-
-/**
- * Seconds of CPU process `pid` has used (user + system, every thread it has or had), or NaN
- * when it cannot be read. Fields 14 and 15 of /proc/PID/stat, counted after the command name,
- * which is in parentheses and may hold spaces.
- */
-export function processCpuSeconds(pid: number | undefined): number {
-  if (pid === undefined) return NaN;
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    // f[0] is field 3 (state): utime is field 14, stime 15.
-    const ticks = Number(f[11]) + Number(f[12]);
-    return Number.isFinite(ticks) ? ticks / ticksPerSecond() : NaN;
-  } catch { return NaN; }
 }
 
 /** fioJob, with the server's CPU share over the run (see NbdResult). */
