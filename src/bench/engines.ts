@@ -264,8 +264,9 @@ export function qemuImg(): BenchEngine {
       const once = async (count: number): Promise<{ secs: number; cpuUs: number }> => {
         const args = ['bench', '-f', 'raw', '-t', job.direct ? 'none' : 'writeback', '-i', 'io_uring', '-c', String(count), '-d', String(job.qd),
           '-s', String(job.bs), '-S', String(job.bs), ...(job.rw === 'write' ? ['-w'] : []), job.path];
-        // The shell reports its children's CPU time (cutime + cstime, fields 16-17 of /proc/$$/stat).
-        const out = await runChild('sh', ['-c', `qemu-img "$@" >/tmp/.rf-qemu-$$ 2>&1; rc=$?; cat /tmp/.rf-qemu-$$; rm -f /tmp/.rf-qemu-$$; echo; cat /proc/$$/stat; exit $rc`, 'sh', ...args]);
+        // The shell reports its children's CPU time (cutime + cstime, fields 16-17 of /proc/$$/stat)
+        // on the last line, after qemu-img's own output (no temporary file: qemu-img has exited by then).
+        const out = await runChild('sh', ['-c', `qemu-img "$@" 2>&1; rc=$?; echo; cat /proc/$$/stat; exit $rc`, 'sh', ...args]);
         const m = /Run completed in ([\d.]+) seconds/.exec(out);
         if (!m) throw new Error(`unexpected qemu-img output: ${out.slice(0, 200)}`);
         return { secs: Number(m[1]), cpuUs: cpuSecondsOf(statFields(out.trim().split('\n').pop()!), true) * 1e6 };
