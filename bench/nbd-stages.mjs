@@ -11,6 +11,9 @@
 //   server replies     the server runs -> its reply write(2)/sendmsg(2)/sendto(2) starts (reap, settle, reply)
 //   client wakes       the reply's write starts -> fio runs
 //   client reads       fio runs -> its next request's send (reading the reply)
+// and, off the request's path, "server after its reply": the reply call's return -> the
+// server's next waiting call, the rest of the server's work for the request (ringfence's
+// JavaScript settling it), which the next request waits for when it is longer than fio's turnaround;
 // and, inside "device", the kick: issue -> the submitting io_uring_enter returns (the virtio
 // notify, a VM exit on this machine). src/bench/stages.ts parses the trace. "server submits" and
 // "server replies" are the server's own user-space work plus a few short system calls: that is
@@ -127,7 +130,7 @@ try {
         const st = stageReport(text, child.pid);
         st.iops = iops;
         round.push([s.name, st]);
-        log(`round ${r}/${repeat} ${s.name}: ${iops.toFixed(0)} IOPS (${seconds} s, traced ${windowS} s); ${st.requests} requests traced, p50 ${st.p50['whole request'].toFixed(0)} us, server submits ${st.p50['server submits'].toFixed(0)}, replies ${st.p50['server replies'].toFixed(0)}, same CPU ${(100 * st.sameCpu).toFixed(0)}%`);
+        log(`round ${r}/${repeat} ${s.name}: ${iops.toFixed(0)} IOPS (${seconds} s, traced ${windowS} s); ${st.requests} requests traced, p50 ${st.p50['whole request'].toFixed(0)} us, server submits ${st.p50['server submits'].toFixed(0)}, replies ${st.p50['server replies'].toFixed(0)}, same CPU ${(100 * st.sameCpu).toFixed(0)}%, reply on fio's CPU ${(100 * st.replySameCpu).toFixed(0)}%, after the reply ${st.afterReply.p50.toFixed(0)}`);
       } finally {
         tracer.restore();
         child.kill('SIGTERM');
@@ -152,9 +155,15 @@ for (const n of names) {
     iops: median(got[n].map((x) => x.iops)), requests: median(got[n].map((x) => x.requests)),
     // A round with no counted request has no share (NaN): left out.
     sameCpu: median(got[n].map((x) => x.sameCpu).filter((x) => Number.isFinite(x))),
+    replySameCpu: median(got[n].map((x) => x.replySameCpu).filter((x) => Number.isFinite(x))),
     p50: Object.fromEntries(keys.map((k) => [k, median(got[n].map((x) => x.p50[k]))])),
     // Means: the average of the rounds' means, so that the stages add up to the whole request.
     mean: Object.fromEntries(keys.map((k) => [k, average(got[n].map((x) => x.mean[k]))])),
+    // Off the request's path: the server's run from its reply's return to its next wait.
+    afterReply: {
+      p50: median(got[n].map((x) => x.afterReply.p50).filter((x) => Number.isFinite(x))),
+      mean: average(got[n].map((x) => x.afterReply.mean).filter((x) => Number.isFinite(x))),
+    },
   };
 }
 if (o.json) console.log(JSON.stringify(res, null, 2));
@@ -166,6 +175,8 @@ else {
   for (const k of keys) {
     console.log(`${k.padEnd(22)} ${f(a.p50[k]).padStart(13)} ${f(b.p50[k]).padStart(13)} ${f(a.mean[k]).padStart(14)} ${f(b.mean[k]).padStart(14)}   ${(a.mean[k] - b.mean[k] >= 0 ? '+' : '') + (a.mean[k] - b.mean[k]).toFixed(1)}`);
   }
+  console.log(`${'server after its reply'.padEnd(22)} ${f(a.afterReply.p50).padStart(13)} ${f(b.afterReply.p50).padStart(13)} ${f(a.afterReply.mean).padStart(14)} ${f(b.afterReply.mean).padStart(14)}   (off the request's path: the reply's return to the server's next wait)`);
   console.log(`requests the server took up on fio's CPU (median of the rounds): ringfence ${(100 * a.sameCpu).toFixed(0)}%, qemu-nbd ${(100 * b.sameCpu).toFixed(0)}%${o.cpus === undefined ? ' (placed by the scheduler)' : ` (pinned: --cpus ${o.cpus}, server:fio)`}`);
+  console.log(`replies fio woke for on the server's CPU (median of the rounds): ringfence ${(100 * a.replySameCpu).toFixed(0)}%, qemu-nbd ${(100 * b.replySameCpu).toFixed(0)}%`);
   console.log(`IOPS over each whole fio run (traced part included): ringfence ${a.iops.toFixed(0)}, qemu-nbd ${b.iops.toFixed(0)}, ${(a.iops / b.iops).toFixed(2)}x`);
 }

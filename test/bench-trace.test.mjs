@@ -66,6 +66,29 @@ test('the reply is the server\'s sendmsg, not its 8-byte eventfd write; other pi
   // Another pid as the server: no server event, so no cycle is complete.
   assert.is(stageReport(TRACE, 14238).requests, 0);
 });
+test('stageReport: the server\'s run after its reply, to its next wait, followed past the client\'s next send', () => {
+  // The excerpt has no wait of the server's between its reply and the next request: none measured.
+  assert.is(stageReport(TRACE, 14237).afterReply.requests, 0);
+  assert.ok(Number.isNaN(stageReport(TRACE, 14237).afterReply.p50));
+  const wait = (at) => `        qemu-nbd-14237   [001] .....  9509.${at}: sys_ppoll(ufds: 0x561e5b1e6100, nfds: 6, tsp: 0x7ffee44b18d0, sigmask: 0, sigsetsize: 8)\n`;
+  const after = (line, at) => TRACE.replace(line, (m) => m + '\n' + wait(at).trimEnd());
+  // Before the client's next send: the reply returned at .577725, the wait starts at .577733.
+  const early = after('             fio-14246   [000] .....  9509.577730: sys_recvfrom(fd: 6, ubuf: 0x56249810f794, size: 0x10, flags: 0, addr: 0, addr_len: 0)', '577733');
+  assert.is.not(early, TRACE);
+  let r = stageReport(early, 14237);
+  assert.is(r.afterReply.requests, 1);
+  near(r.afterReply.p50, 8, 'after the reply (p50)');
+  near(r.afterReply.mean, 8, 'after the reply (mean)');
+  // After the client's next send (.577741): still the first request's, 20 us.
+  const late = after('             fio-14246   [000] .....  9509.577741: sys_sendto(fd: 6, buff: 0x5624981117b0, len: 0x1c, flags: 0x4000, addr: 0, addr_len: 0)', '577745');
+  assert.is.not(late, TRACE);
+  r = stageReport(late, 14237);
+  assert.is(r.afterReply.requests, 1);
+  near(r.afterReply.p50, 20, 'after the reply, past the next send');
+  assert.is(r.requests, 1, 'the stages are unchanged');
+  near(r.p50['whole request'], 116, 'whole request');
+});
+
 test('a reply sent with sendto (ringfence\'s reply sent by the engine at completion) is the reply too', () => {
   const t = TRACE.replace('sys_sendmsg(fd: 0xb, msg: 0x7f7da3efec20, flags: 0)', 'sys_sendto(fd: 0x1b, buff: 0x7f7da3efec20, len: 0x10, flags: 0x4040, addr: 0, addr_len: 0)')
     .replace('sys_sendmsg -> 0x101c', 'sys_sendto -> 0x10');
@@ -82,6 +105,20 @@ test('stageReport: the share of requests the server took up on the client\'s own
   const same = TRACE.replace(/(qemu-nbd-14237 +)\[001\]/g, '$1[000]');
   assert.is(parseCycles(same, 14237)[0].serverCpu, 0);
   assert.is(stageReport(same, 14237).sameCpu, 1);
+});
+
+test('stageReport: the share of replies the client woke for on the server\'s CPU', () => {
+  // The reply goes out on CPU 1, fio wakes for it on CPU 0.
+  const [c] = parseCycles(TRACE, 14237);
+  assert.is(c.replyCpu, 1);
+  assert.is(c.fioCpu, 0);
+  assert.is(stageReport(TRACE, 14237).replySameCpu, 0);
+  // Only the reply moved to fio's CPU: the request was still taken up on CPU 1.
+  const moved = TRACE.replace('qemu-nbd-14237   [001] .....  9509.577718: sys_sendmsg(', 'qemu-nbd-14237   [000] .....  9509.577718: sys_sendmsg(');
+  assert.is.not(moved, TRACE);
+  const r = stageReport(moved, 14237);
+  assert.is(r.replySameCpu, 1);
+  assert.is(r.sameCpu, 0);
 });
 
 const SCHED = `# tracer: nop

@@ -15,6 +15,12 @@
 //   fioRuns   the client runs again
 // A cycle in which any of them is missing (a trace window's edges, a request that was not
 // QD1-shaped) is not counted.
+//
+// Off the request's path, and reported on its own: how long the server keeps running after its
+// reply (the reply call's return to the server's next waiting call): the rest of its work for the
+// request (ringfence's JavaScript settling it). When that is longer than the client's turnaround, the next request waits for it (it
+// shows in the next cycle's "server wakes").  It may end after the client's next send: it is
+// followed into the next cycle.
 
 import { dist, isLostLine, parseLine } from './tracefs.js';
 
@@ -36,8 +42,12 @@ export const STAGES: readonly { name: string; from: keyof Cycle; to: keyof Cycle
 export interface Cycle {
   start: number; sent?: number; srvRuns?: number; issue?: number; kickEnd?: number; complete?: number;
   srvRuns2?: number; reply?: number; fioRuns?: number; end?: number;
+  /** The server's reply call returns; the server next waits (its waiting call starts). */
+  replyEnd?: number; srvWaits?: number;
   /** The CPU the client sent the request on, and the one the server first ran on for it. */
   clientCpu: number; serverCpu?: number;
+  /** The CPU the server sent the reply on, and the one the client ran on when it woke for it. */
+  replyCpu?: number; fioCpu?: number;
 }
 
 export interface StageReport {
@@ -54,6 +64,17 @@ export interface StageReport {
    * exit); the scheduler decides where each thread runs (bench/nbd-stages.mjs --cpus pins them).
    */
   sameCpu: number;
+  /**
+   * The share of the counted requests whose client woke for the reply on the CPU the server sent
+   * it from: there it runs once the server sleeps or is preempted; elsewhere the server's send
+   * must wake another CPU.
+   */
+  replySameCpu: number;
+  /**
+   * The server's run after its reply (replyEnd to srvWaits), microseconds: median and mean over
+   * the counted requests that have both (NaN: none), and how many those are.
+   */
+  afterReply: { p50: number; mean: number; requests: number };
 }
 
 /** A system call that waits for events, and returns when the thread has something to do. */
@@ -77,12 +98,19 @@ function blockKey(rest: string): string | null {
 export function parseCycles(text: string, serverPid: number, clientComm = 'fio'): Cycle[] {
   const cycles: Cycle[] = [];
   let c: Cycle | null = null, client = -1, issued: string | null = null;
+  /** The cycle whose server run after the reply is being followed (it may outlive the cycle). */
+  let tail: Cycle | null = null;
+  let replyCall = '';
   for (const line of text.split('\n')) {
-    if (isLostLine(line)) { c = null; continue; } // no cycle may span events the buffer dropped
+    if (isLostLine(line)) { c = null; tail = null; continue; } // no cycle may span events the buffer dropped
     const e = parseLine(line);
     if (e === null) continue;
     const { comm, pid, cpu, us: t, name, rest } = e;
     const enter = rest.startsWith('(');
+    if (tail !== null && pid === serverPid) {
+      if (tail.replyEnd === undefined) { if (!enter && name === replyCall) tail.replyEnd = t; }
+      else if (enter && WAITS.has(name)) { tail.srvWaits = t; tail = null; }
+    }
     if (comm === clientComm && name === 'sys_sendto' && enter && rest.includes('len: 0x1c,') && (client < 0 || pid === client)) {
       client = pid;
       if (c !== null) { c.end = t; cycles.push(c); }
@@ -114,11 +142,12 @@ export function parseCycles(text: string, serverPid: number, clientComm = 'fio')
       const write = name === 'sys_write' && !rest.includes('count: 8)');
       if (server && enter && (write || name === 'sys_sendmsg' || name === 'sys_writev' || name === 'sys_sendto')) {
         c.srvRuns2 ??= c.complete; // it was running when the completion came
-        c.reply = t;
+        c.reply = t; c.replyCpu = cpu;
+        tail = c; replyCall = name;
       }
       continue;
     }
-    if (c.fioRuns === undefined && fromClient) c.fioRuns = t;
+    if (c.fioRuns === undefined && fromClient) { c.fioRuns = t; c.fioCpu = cpu; }
   }
   return cycles;
 }
@@ -131,12 +160,16 @@ export function stageReport(text: string, serverPid: number, clientComm = 'fio')
     return a === undefined || b === undefined ? NaN : b - a;
   };
   const ok = cycles.filter((x) => STAGES.every((s) => { const v = span(x, s); return Number.isFinite(v) && v >= 0; }));
-  const report: StageReport = { traced: cycles.length, requests: ok.length, p50: {}, mean: {},
-    sameCpu: ok.length === 0 ? NaN : ok.filter((x) => x.serverCpu === x.clientCpu).length / ok.length };
+  const report: StageReport = { traced: cycles.length, requests: ok.length, p50: {}, mean: {}, afterReply: { p50: NaN, mean: NaN, requests: 0 },
+    sameCpu: ok.length === 0 ? NaN : ok.filter((x) => x.serverCpu === x.clientCpu).length / ok.length,
+    replySameCpu: ok.length === 0 ? NaN : ok.filter((x) => x.fioCpu === x.replyCpu).length / ok.length };
   for (const s of STAGES) {
     const d = dist(ok.map((x) => span(x, s)));
     report.p50[s.name] = d.p50;
     report.mean[s.name] = d.mean;
   }
+  const after = ok.filter((x) => x.replyEnd !== undefined && x.srvWaits !== undefined).map((x) => x.srvWaits! - x.replyEnd!);
+  const d = dist(after);
+  report.afterReply = { p50: d.p50, mean: d.mean, requests: after.length };
   return report;
 }
