@@ -12,8 +12,9 @@
 //   client wakes       the reply's write starts -> fio runs
 //   client reads       fio runs -> its next request's send (reading the reply)
 // and, off the request's path, "server after its reply": the reply call's return -> the
-// server's next waiting call, the rest of the server's work for the request (ringfence's
-// JavaScript settling it), which the next request waits for when it is longer than fio's turnaround;
+// server's next waiting call (the rest of the server's work for the request, ringfence's
+// JavaScript settling it, plus fio's run if fio preempted it), and the share of replies fio
+// woke for on the server's own CPU;
 // and, inside "device", the kick: issue -> the submitting io_uring_enter returns (the virtio
 // notify, a VM exit on this machine). src/bench/stages.ts parses the trace. "server submits" and
 // "server replies" are the server's own user-space work plus a few short system calls: that is

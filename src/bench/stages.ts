@@ -17,10 +17,11 @@
 // QD1-shaped) is not counted.
 //
 // Off the request's path, and reported on its own: how long the server keeps running after its
-// reply (the reply call's return to the server's next waiting call): the rest of its work for the
-// request (ringfence's JavaScript settling it). When that is longer than the client's turnaround, the next request waits for it (it
-// shows in the next cycle's "server wakes").  It may end after the client's next send: it is
-// followed into the next cycle.
+// reply (the reply call's return to the server's next waiting call): the rest of its work for
+// the request (ringfence's JavaScript settling it), and the client's run if the client, woken
+// on the server's CPU, preempted it. When the server's own part is longer than the client's
+// turnaround, the next request waits for it (in the next cycle's "server wakes"). It may end
+// after the client's next send: it is followed into the next cycle.
 
 import { dist, isLostLine, parseLine } from './tracefs.js';
 
