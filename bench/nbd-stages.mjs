@@ -14,7 +14,10 @@
 // and, off the request's path, "server after its reply": the reply call's return -> the
 // server's next waiting call (the rest of the server's work for the request, ringfence's
 // JavaScript settling it, plus fio's run if fio preempted it), and the share of replies fio
-// woke for on the server's own CPU;
+// woke for on the server's own CPU; with --sched (the scheduler's wake-up and switch events
+// recorded too, which costs more tracing, in both servers), how the client got a CPU after the
+// reply: the reply -> its wake-up, the wake-up -> its switch-in, and what its CPU ran until
+// then (the server, preempted or asleep, the idle task, or another task);
 // and, inside "device", the kick: issue -> the submitting io_uring_enter returns (the virtio
 // notify, a VM exit on this machine). src/bench/stages.ts parses the trace. "server submits" and
 // "server replies" are the server's own user-space work plus a few short system calls: that is
@@ -30,7 +33,7 @@
 // both servers, to measure one placement rather than the scheduler's (e.g. --cpus 0:0, 1:0).
 //
 // Needs root (tracefs at /sys/kernel/tracing), fio and qemu-nbd; build first (npm run build):
-//   node bench/nbd-stages.mjs [--rw randread|randwrite] [--repeat N] [--window S] [--size 256M] [--dir DIR] [--cpus S:C] [--json]
+//   node bench/nbd-stages.mjs [--rw randread|randwrite] [--repeat N] [--window S] [--size 256M] [--dir DIR] [--cpus S:C] [--sched] [--json]
 import { parseArgs } from 'node:util';
 import { execFile } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
@@ -40,7 +43,7 @@ import { prepareDataFile } from '../dist/src/bench/data.js';
 import { fioTime } from '../dist/src/bench/fio-time.js';
 import { parseCpus, pinned } from '../dist/src/bench/cpus.js';
 import { NBD_SERVERS, waitForSocket } from '../dist/src/bench/nbd.js';
-import { stageReport } from '../dist/src/bench/stages.js';
+import { CLIENT_CPU_FROM, stageReport } from '../dist/src/bench/stages.js';
 import { Tracer, tracefsUnavailable } from '../dist/src/bench/tracefs.js';
 import { haveCommand, parseSize } from '../dist/src/volume.js';
 import { atExit, onStopSignal } from '../dist/src/cleanup.js';
@@ -48,7 +51,7 @@ import { atExit, onStopSignal } from '../dist/src/cleanup.js';
 const { values: o } = parseArgs({ options: {
   repeat: { type: 'string', default: '3' }, window: { type: 'string', default: '0.3' }, size: { type: 'string', default: '256M' },
   dir: { type: 'string', default: '/var/tmp' }, json: { type: 'boolean', default: false }, rw: { type: 'string', default: 'randread' },
-  cpus: { type: 'string' },
+  cpus: { type: 'string' }, sched: { type: 'boolean', default: false },
 } });
 const repeat = Number(o.repeat), windowS = Number(o.window), size = parseSize(o.size);
 const fail = (m) => { process.stderr.write(`nbd-stages: ${m}\n`); process.exit(2); };
@@ -71,7 +74,7 @@ const average = (a) => a.reduce((x, y) => x + y, 0) / a.length;
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 const EVENTS = [
-  'block/block_rq_issue', 'block/block_rq_complete',
+  'block/block_rq_issue', 'block/block_rq_complete', ...(o.sched ? ['sched/sched_wakeup', 'sched/sched_switch'] : []),
   ...['io_uring_enter', 'epoll_pwait', 'epoll_wait', 'ppoll', 'poll', 'read', 'write', 'writev', 'recvfrom', 'recvmsg', 'sendto', 'sendmsg']
     .flatMap((s) => [`syscalls/sys_enter_${s}`, `syscalls/sys_exit_${s}`]),
 ];
@@ -131,7 +134,7 @@ try {
         const st = stageReport(text, child.pid);
         st.iops = iops;
         round.push([s.name, st]);
-        log(`round ${r}/${repeat} ${s.name}: ${iops.toFixed(0)} IOPS (${seconds} s, traced ${windowS} s); ${st.requests} requests traced, p50 ${st.p50['whole request'].toFixed(0)} us, server submits ${st.p50['server submits'].toFixed(0)}, replies ${st.p50['server replies'].toFixed(0)}, same CPU ${(100 * st.sameCpu).toFixed(0)}%, reply on fio's CPU ${(100 * st.replySameCpu).toFixed(0)}%, after the reply ${st.afterReply.p50.toFixed(0)}`);
+        log(`round ${r}/${repeat} ${s.name}: ${iops.toFixed(0)} IOPS (${seconds} s, traced ${windowS} s); ${st.requests} requests traced, p50 ${st.p50['whole request'].toFixed(0)} us, server submits ${st.p50['server submits'].toFixed(0)}, replies ${st.p50['server replies'].toFixed(0)}, same CPU ${(100 * st.sameCpu).toFixed(0)}%, reply on fio's CPU ${(100 * st.replySameCpu).toFixed(0)}%, after the reply ${st.afterReply.p50.toFixed(0)}${o.sched ? `; fio's CPU after the reply: ${Object.entries(st.clientWake.from).map(([k, v]) => `${k} ${(100 * v).toFixed(0)}%`).join(', ')}` : ''}`);
       } finally {
         tracer.restore();
         child.kill('SIGTERM');
@@ -150,7 +153,7 @@ try {
 const names = SERVERS.map((s) => s.name);
 if (names.some((n) => got[n].length === 0)) { log('no complete round: nothing to report'); process.exit(stopping ? 130 : 1); }
 const keys = Object.keys(got[names[0]][0].p50);
-const res = { rw: o.rw, repeat, window: windowS, size, cpus: o.cpus ?? null, servers: {} };
+const res = { rw: o.rw, repeat, window: windowS, size, cpus: o.cpus ?? null, sched: o.sched, servers: {} };
 for (const n of names) {
   res.servers[n] = {
     iops: median(got[n].map((x) => x.iops)), requests: median(got[n].map((x) => x.requests)),
@@ -165,6 +168,14 @@ for (const n of names) {
       p50: median(got[n].map((x) => x.afterReply.p50).filter((x) => Number.isFinite(x))),
       mean: average(got[n].map((x) => x.afterReply.mean).filter((x) => Number.isFinite(x))),
     },
+    // How fio got a CPU after the reply (rounds with no such request are left out).
+    clientWake: ((w) => ({
+      requests: median(got[n].map((x) => x.clientWake.requests)),
+      wokenP50: median(w.map((x) => x.wokenP50)), switchedInP50: median(w.map((x) => x.switchedInP50)),
+      from: Object.fromEntries(CLIENT_CPU_FROM.map((k) => [k, median(w.map((x) => x.from[k]))])),
+      byFrom: Object.fromEntries(CLIENT_CPU_FROM.map((k) => [k, Object.fromEntries(['clientWakes', 'afterReply'].map((f) =>
+        [f, median(w.map((x) => x.byFrom[k][f]).filter((x) => Number.isFinite(x)))]))])),
+    }))(got[n].map((x) => x.clientWake).filter((x) => x.requests > 0)),
   };
 }
 if (o.json) console.log(JSON.stringify(res, null, 2));
@@ -179,5 +190,15 @@ else {
   console.log(`${'server after its reply'.padEnd(22)} ${f(a.afterReply.p50).padStart(13)} ${f(b.afterReply.p50).padStart(13)} ${f(a.afterReply.mean).padStart(14)} ${f(b.afterReply.mean).padStart(14)}   (off the request's path: the reply's return to the server's next wait)`);
   console.log(`requests the server took up on fio's CPU (median of the rounds): ringfence ${(100 * a.sameCpu).toFixed(0)}%, qemu-nbd ${(100 * b.sameCpu).toFixed(0)}%${o.cpus === undefined ? ' (placed by the scheduler)' : ` (pinned: --cpus ${o.cpus}, server:fio)`}`);
   console.log(`replies fio woke for on the server's CPU (median of the rounds): ringfence ${(100 * a.replySameCpu).toFixed(0)}%, qemu-nbd ${(100 * b.replySameCpu).toFixed(0)}%`);
+  const pct = (x) => (Number.isFinite(x) ? `${(100 * x).toFixed(0)}%` : '-');
+  if (o.sched) {
+    console.log(`after the reply, fio (median of the rounds): woken ${a.clientWake.wokenP50.toFixed(0)} / ${b.clientWake.wokenP50.toFixed(0)} us after the reply's start, switched in ${a.clientWake.switchedInP50.toFixed(0)} / ${b.clientWake.switchedInP50.toFixed(0)} us after its wake-up (ringfence / qemu-nbd, p50)`);
+    console.log(`  what fio's CPU ran until then    share of the requests    client wakes p50    server after its reply p50   (ringfence / qemu-nbd)`);
+    const us = (x) => (Number.isFinite(x) ? x.toFixed(0) : '-');
+    for (const k of CLIENT_CPU_FROM) {
+      const [x, y] = [a.clientWake, b.clientWake];
+      console.log(`  ${k.padEnd(32)} ${`${pct(x.from[k])} / ${pct(y.from[k])}`.padStart(20)} ${`${us(x.byFrom[k].clientWakes)} / ${us(y.byFrom[k].clientWakes)}`.padStart(19)} ${`${us(x.byFrom[k].afterReply)} / ${us(y.byFrom[k].afterReply)}`.padStart(29)}`);
+    }
+  }
   console.log(`IOPS over each whole fio run (traced part included): ringfence ${a.iops.toFixed(0)}, qemu-nbd ${b.iops.toFixed(0)}, ${(a.iops / b.iops).toFixed(2)}x`);
 }

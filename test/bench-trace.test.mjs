@@ -121,6 +121,44 @@ test('stageReport: the share of replies the client woke for on the server\'s CPU
   assert.is(r.sameCpu, 0);
 });
 
+test('stageReport: how the client got a CPU after the reply, from the scheduler\'s events', () => {
+  // The excerpt has fio's wake-up (.577727, on CPU 0 by the idle task) but not its switch-in: not counted.
+  let r = stageReport(TRACE, 14237);
+  assert.is(r.requests, 1);
+  assert.is(r.clientWake.requests, 0);
+  assert.ok(Number.isNaN(r.clientWake.wokenP50));
+  const WOKEN = '          <idle>-0       [000] dNh2.  9509.577727: sched_wakeup: comm=fio pid=14246 prio=120 target_cpu=000';
+  const sw = (cpu, prev, pid, state, at) => `${prev.padStart(16)}-${pid}   [00${cpu}] d..2.  9509.${at}: sched_switch: prev_comm=${prev} prev_pid=${pid} prev_prio=120 prev_state=${state} ==> next_comm=fio next_pid=14246 next_prio=120`;
+  // Woken on the idle CPU 0, switched in there 1 us later.
+  const idle = TRACE.replace(WOKEN, WOKEN + '\n' + sw(0, 'swapper/0', 0, 'R', '577728'));
+  assert.is.not(idle, TRACE);
+  r = stageReport(idle, 14237);
+  assert.is(r.clientWake.requests, 1);
+  near(r.clientWake.wokenP50, 9, 'woken after the reply\'s start (.577718)');
+  near(r.clientWake.switchedInP50, 1, 'switched in after the wake-up');
+  assert.equal(r.clientWake.from, { 'preempted the server': 0, 'the server slept': 0, idle: 1, 'another task': 0 });
+  near(r.clientWake.byFrom.idle.clientWakes, 11, 'client wakes (the reply at .577718 to fio\'s poll return at .577729)');
+  assert.ok(Number.isNaN(r.clientWake.byFrom.idle.afterReply), 'no wait of the server\'s after the reply in the excerpt');
+  assert.ok(Number.isNaN(r.clientWake.byFrom['the server slept'].clientWakes));
+  // Woken by the server's send on its own CPU 1: it preempts the server (left runnable), or runs
+  // once the server sleeps.
+  const onServer = (state, prevPid = 14237) => TRACE.replace(WOKEN, '')
+    .replace('qemu-nbd-14237   [001] .....  9509.577725: sys_sendmsg -> 0x101c', (m) =>
+      `        qemu-nbd-14237   [001] d..2.  9509.577720: sched_wakeup: comm=fio pid=14246 prio=120 target_cpu=001\n${m}\n${sw(1, 'qemu-nbd', prevPid, state, '577726')}`);
+  assert.is.not(onServer('R+'), TRACE);
+  r = stageReport(onServer('R+'), 14237);
+  near(r.clientWake.wokenP50, 2, 'woken inside the sendmsg');
+  near(r.clientWake.switchedInP50, 6, 'switched in when the sendmsg returned');
+  assert.is(r.clientWake.from['preempted the server'], 1);
+  assert.is(stageReport(onServer('S'), 14237).clientWake.from['the server slept'], 1);
+  // Another thread of the server's process, or any other task, before it.
+  assert.is(stageReport(onServer('R', 14240), 14237).clientWake.from['another task'], 1);
+  // A wake-up and a switch-in of another task are not the client's.
+  const other = idle.replace('comm=fio pid=14246 prio', 'comm=fio pid=14247 prio');
+  assert.is(stageReport(other, 14237).clientWake.requests, 0);
+  assert.is(stageReport(idle.replace('next_pid=14246', 'next_pid=14247'), 14237).clientWake.requests, 0);
+});
+
 const SCHED = `# tracer: nop
           <idle>-0       [001] dNh2.  100.000010: sched_wakeup: comm=node pid=500 prio=120 target_cpu=001
           <idle>-0       [001] d..2.  100.000015: sched_switch: prev_comm=swapper/1 prev_pid=0 prev_prio=120 prev_state=R ==> next_comm=node next_pid=500 next_prio=120

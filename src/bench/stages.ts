@@ -22,11 +22,17 @@
 // on the server's CPU, preempted it. When the server's own part is longer than the client's
 // turnaround, the next request waits for it (in the next cycle's "server wakes"). It may end
 // after the client's next send: it is followed into the next cycle.
+//
+// With the scheduler's sched_wakeup and sched_switch events in the trace, "client wakes" is
+// looked into too: the reply's start -> the client's wake-up (on a remote CPU, the wake-up is
+// traced when that CPU takes the interrupt), the wake-up -> the client switched in, and what the
+// client's CPU ran until then: the server, which it preempted (the server left runnable) or
+// which slept, the idle task (the client was woken on a CPU with nothing to run) or another task.
 
 import { dist, isLostLine, parseLine } from './tracefs.js';
 
 /** The stages, in the order of a request, each as the difference of two boundaries. */
-export const STAGES: readonly { name: string; from: keyof Cycle; to: keyof Cycle }[] = [
+export const STAGES: readonly { name: string; from: Boundary; to: Boundary }[] = [
   { name: 'client sends', from: 'start', to: 'sent' },
   { name: 'server wakes', from: 'sent', to: 'srvRuns' },
   { name: 'server submits', from: 'srvRuns', to: 'issue' },
@@ -49,7 +55,16 @@ export interface Cycle {
   clientCpu: number; serverCpu?: number;
   /** The CPU the server sent the reply on, and the one the client ran on when it woke for it. */
   replyCpu?: number; fioCpu?: number;
+  /** After the reply (scheduler events): the client's wake-up, its switch-in, and what it took the CPU from. */
+  fioWoken?: number; fioIn?: number; fioFrom?: ClientCpuFrom;
 }
+
+/** The fields of a Cycle that are times or CPUs (the stages' boundaries are among them). */
+type Boundary = { [K in keyof Cycle]-?: Exclude<Cycle[K], undefined> extends number ? K : never }[keyof Cycle];
+
+/** What ran on the client's CPU just before it ran for the reply. */
+export type ClientCpuFrom = 'preempted the server' | 'the server slept' | 'idle' | 'another task';
+export const CLIENT_CPU_FROM: readonly ClientCpuFrom[] = ['preempted the server', 'the server slept', 'idle', 'another task'];
 
 export interface StageReport {
   /** Cycles seen, and those with every boundary (the ones counted). */
@@ -76,10 +91,23 @@ export interface StageReport {
    * the counted requests that have both (NaN: none), and how many those are.
    */
   afterReply: { p50: number; mean: number; requests: number };
+  /**
+   * From the scheduler's events (requests: the counted ones that have the client's wake-up and
+   * switch-in after the reply; 0 when the trace has no scheduler events): the median of the
+   * reply's start -> the client's wake-up and of the wake-up -> its switch-in, microseconds, and
+   * the share (0 to 1) of those requests by what the client's CPU ran until it switched in.
+   */
+  clientWake: {
+    requests: number; wokenP50: number; switchedInP50: number; from: Record<ClientCpuFrom, number>;
+    /** Per class: the p50 of "client wakes" (the reply's start -> the client runs) and of the server's run after its reply (NaN: none). */
+    byFrom: Record<ClientCpuFrom, { clientWakes: number; afterReply: number }>;
+  };
 }
 
 /** A system call that waits for events, and returns when the thread has something to do. */
 const WAITS = new Set(['sys_epoll_pwait', 'sys_epoll_wait', 'sys_ppoll', 'sys_poll', 'sys_select', 'sys_pselect6']);
+
+const SWITCH = /prev_pid=(\d+) prev_prio=\S+ prev_state=(\S+) ==> next_comm=.+ next_pid=(\d+) next_prio/;
 
 /** "254,0 RS 4096 () 80474472 + 8 ..." -> "254,0 80474472": the device and the sector. */
 function blockKey(rest: string): string | null {
@@ -148,7 +176,17 @@ export function parseCycles(text: string, serverPid: number, clientComm = 'fio')
       }
       continue;
     }
-    if (c.fioRuns === undefined && fromClient) { c.fioRuns = t; c.fioCpu = cpu; }
+    if (c.fioRuns !== undefined) continue;
+    if (fromClient) { c.fioRuns = t; c.fioCpu = cpu; continue; }
+    if (name === 'sched_wakeup' && c.fioWoken === undefined && rest.includes(` pid=${client} `)) c.fioWoken = t;
+    else if (name === 'sched_switch' && c.fioWoken !== undefined && c.fioIn === undefined) {
+      const m = SWITCH.exec(rest);
+      if (m !== null && Number(m[3]) === client) {
+        const prev = Number(m[1]);
+        c.fioIn = t;
+        c.fioFrom = prev === serverPid ? (m[2].startsWith('R') ? 'preempted the server' : 'the server slept') : prev === 0 ? 'idle' : 'another task';
+      }
+    }
   }
   return cycles;
 }
@@ -162,6 +200,7 @@ export function stageReport(text: string, serverPid: number, clientComm = 'fio')
   };
   const ok = cycles.filter((x) => STAGES.every((s) => { const v = span(x, s); return Number.isFinite(v) && v >= 0; }));
   const report: StageReport = { traced: cycles.length, requests: ok.length, p50: {}, mean: {}, afterReply: { p50: NaN, mean: NaN, requests: 0 },
+    clientWake: { requests: 0, wokenP50: NaN, switchedInP50: NaN, from: {} as Record<ClientCpuFrom, number>, byFrom: {} as StageReport['clientWake']['byFrom'] },
     sameCpu: ok.length === 0 ? NaN : ok.filter((x) => x.serverCpu === x.clientCpu).length / ok.length,
     replySameCpu: ok.length === 0 ? NaN : ok.filter((x) => x.fioCpu === x.replyCpu).length / ok.length };
   for (const s of STAGES) {
@@ -172,5 +211,15 @@ export function stageReport(text: string, serverPid: number, clientComm = 'fio')
   const after = ok.filter((x) => x.replyEnd !== undefined && x.srvWaits !== undefined).map((x) => x.srvWaits! - x.replyEnd!);
   const d = dist(after);
   report.afterReply = { p50: d.p50, mean: d.mean, requests: after.length };
+  const woke = ok.filter((x) => x.fioWoken !== undefined && x.fioIn !== undefined);
+  const from = Object.fromEntries(CLIENT_CPU_FROM.map((k) => [k, woke.length === 0 ? NaN : woke.filter((x) => x.fioFrom === k).length / woke.length]));
+  const byFrom = Object.fromEntries(CLIENT_CPU_FROM.map((k) => {
+    const v = woke.filter((x) => x.fioFrom === k);
+    return [k, { clientWakes: dist(v.map((x) => x.fioRuns! - x.reply!)).p50, afterReply: dist(v.filter((x) => x.srvWaits !== undefined).map((x) => x.srvWaits! - x.replyEnd!)).p50 }];
+  }));
+  report.clientWake = {
+    requests: woke.length, from: from as Record<ClientCpuFrom, number>, byFrom: byFrom as StageReport['clientWake']['byFrom'],
+    wokenP50: dist(woke.map((x) => x.fioWoken! - x.reply!)).p50, switchedInP50: dist(woke.map((x) => x.fioIn! - x.fioWoken!)).p50,
+  };
   return report;
 }
