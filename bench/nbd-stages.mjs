@@ -129,12 +129,13 @@ try {
         tracer.start();
         await sleep(windowS * 1000);
         tracer.stop();
-        const text = tracer.take();
+        // fio finishes before the trace is read: reading it takes a CPU for a while.
         const iops = await job;
+        const text = tracer.take();
         const st = stageReport(text, child.pid);
         st.iops = iops;
         round.push([s.name, st]);
-        log(`round ${r}/${repeat} ${s.name}: ${iops.toFixed(0)} IOPS (${seconds} s, traced ${windowS} s); ${st.requests} requests traced, p50 ${st.p50['whole request'].toFixed(0)} us, server submits ${st.p50['server submits'].toFixed(0)}, replies ${st.p50['server replies'].toFixed(0)}, same CPU ${(100 * st.sameCpu).toFixed(0)}%, reply on fio's CPU ${(100 * st.replySameCpu).toFixed(0)}%, after the reply ${st.afterReply.p50.toFixed(0)}${o.sched ? `; fio's CPU after the reply: ${Object.entries(st.clientWake.from).map(([k, v]) => `${k} ${(100 * v).toFixed(0)}%`).join(', ')}` : ''}`);
+        log(`round ${r}/${repeat} ${s.name}: ${iops.toFixed(0)} IOPS (${seconds} s, traced ${windowS} s); ${st.requests} requests traced, p50 ${st.p50['whole request'].toFixed(0)} us, server submits ${st.p50['server submits'].toFixed(0)}, replies ${st.p50['server replies'].toFixed(0)}, same CPU ${(100 * st.sameCpu).toFixed(0)}%, reply on fio's CPU ${(100 * st.replySameCpu).toFixed(0)}%, after the reply ${st.afterReply.p50.toFixed(0)}${o.sched ? `; fio's CPU after the reply (${st.clientWake.requests} requests): ${Object.entries(st.clientWake.from).map(([k, v]) => `${k} ${Number.isFinite(v) ? (100 * v).toFixed(0) : '-'}%`).join(', ')}` : ''}`);
       } finally {
         tracer.restore();
         child.kill('SIGTERM');
@@ -169,13 +170,20 @@ for (const n of names) {
       mean: average(got[n].map((x) => x.afterReply.mean).filter((x) => Number.isFinite(x))),
     },
     // How fio got a CPU after the reply (rounds with no such request are left out).
-    clientWake: ((w) => ({
-      requests: median(got[n].map((x) => x.clientWake.requests)),
-      wokenP50: median(w.map((x) => x.wokenP50)), switchedInP50: median(w.map((x) => x.switchedInP50)),
-      from: Object.fromEntries(CLIENT_CPU_FROM.map((k) => [k, median(w.map((x) => x.from[k]))])),
-      byFrom: Object.fromEntries(CLIENT_CPU_FROM.map((k) => [k, Object.fromEntries(['clientWakes', 'afterReply'].map((f) =>
-        [f, median(w.map((x) => x.byFrom[k][f]).filter((x) => Number.isFinite(x)))]))])),
-    }))(got[n].map((x) => x.clientWake).filter((x) => x.requests > 0)),
+    // How fio got a CPU after the reply (with --sched): the shares pooled over the rounds' requests
+    // (so that they add up), the p50s the median of the rounds that had such requests.
+    ...(o.sched ? { clientWake: ((w) => {
+      const total = w.reduce((a, x) => a + x.requests, 0);
+      const count = (k) => w.reduce((a, x) => a + x.from[k] * x.requests, 0);
+      const med = (v) => median(v.filter((x) => Number.isFinite(x)));
+      return {
+        requests: total, wokenP50: med(w.map((x) => x.wokenP50)), switchedInP50: med(w.map((x) => x.switchedInP50)),
+        from: Object.fromEntries(CLIENT_CPU_FROM.map((k) => [k, total === 0 ? NaN : count(k) / total])),
+        count: Object.fromEntries(CLIENT_CPU_FROM.map((k) => [k, Math.round(count(k))])),
+        byFrom: Object.fromEntries(CLIENT_CPU_FROM.map((k) => [k, Object.fromEntries(['clientWakes', 'afterReply'].map((f) =>
+          [f, med(w.filter((x) => x.from[k] > 0).map((x) => x.byFrom[k][f]))]))])),
+      };
+    })(got[n].map((x) => x.clientWake).filter((x) => x.requests > 0)) } : {}),
   };
 }
 if (o.json) console.log(JSON.stringify(res, null, 2));
@@ -192,12 +200,13 @@ else {
   console.log(`replies fio woke for on the server's CPU (median of the rounds): ringfence ${(100 * a.replySameCpu).toFixed(0)}%, qemu-nbd ${(100 * b.replySameCpu).toFixed(0)}%`);
   const pct = (x) => (Number.isFinite(x) ? `${(100 * x).toFixed(0)}%` : '-');
   if (o.sched) {
-    console.log(`after the reply, fio (median of the rounds): woken ${a.clientWake.wokenP50.toFixed(0)} / ${b.clientWake.wokenP50.toFixed(0)} us after the reply's start, switched in ${a.clientWake.switchedInP50.toFixed(0)} / ${b.clientWake.switchedInP50.toFixed(0)} us after its wake-up (ringfence / qemu-nbd, p50)`);
-    console.log(`  what fio's CPU ran until then    share of the requests    client wakes p50    server after its reply p50   (ringfence / qemu-nbd)`);
     const us = (x) => (Number.isFinite(x) ? x.toFixed(0) : '-');
+    const [x, y] = [a.clientWake, b.clientWake];
+    if (x.requests === 0 || y.requests === 0) log('--sched: no request with fio\'s wake-up after the reply was traced for a server (does this kernel have sched/sched_wakeup and sched/sched_switch?)');
+    console.log(`after the reply, fio (p50, median of the rounds; ringfence / qemu-nbd): woken ${us(x.wokenP50)} / ${us(y.wokenP50)} us after the reply's start, switched in ${us(x.switchedInP50)} / ${us(y.switchedInP50)} us after its wake-up; ${x.requests} / ${y.requests} requests over the rounds`);
+    console.log(`  what fio's CPU ran until fio ran    requests (share, over the rounds)    client wakes p50    server after its reply p50   (ringfence / qemu-nbd)`);
     for (const k of CLIENT_CPU_FROM) {
-      const [x, y] = [a.clientWake, b.clientWake];
-      console.log(`  ${k.padEnd(32)} ${`${pct(x.from[k])} / ${pct(y.from[k])}`.padStart(20)} ${`${us(x.byFrom[k].clientWakes)} / ${us(y.byFrom[k].clientWakes)}`.padStart(19)} ${`${us(x.byFrom[k].afterReply)} / ${us(y.byFrom[k].afterReply)}`.padStart(29)}`);
+      console.log(`  ${k.padEnd(35)} ${`${x.count[k]} (${pct(x.from[k])}) / ${y.count[k]} (${pct(y.from[k])})`.padStart(33)} ${`${us(x.byFrom[k].clientWakes)} / ${us(y.byFrom[k].clientWakes)}`.padStart(19)} ${`${us(x.byFrom[k].afterReply)} / ${us(y.byFrom[k].afterReply)}`.padStart(29)}`);
     }
   }
   console.log(`IOPS over each whole fio run (traced part included): ringfence ${a.iops.toFixed(0)}, qemu-nbd ${b.iops.toFixed(0)}, ${(a.iops / b.iops).toFixed(2)}x`);

@@ -122,11 +122,19 @@ test('stageReport: the share of replies the client woke for on the server\'s CPU
 });
 
 test('stageReport: how the client got a CPU after the reply, from the scheduler\'s events', () => {
-  // The excerpt has fio's wake-up (.577727, on CPU 0 by the idle task) but not its switch-in: not counted.
+  // The excerpt has fio's wake-up (.577727) but no switch-in before fio's next event: as if it was
+  // woken before it had gone to sleep.
   let r = stageReport(TRACE, 14237);
   assert.is(r.requests, 1);
-  assert.is(r.clientWake.requests, 0);
-  assert.ok(Number.isNaN(r.clientWake.wokenP50));
+  assert.is(r.clientWake.requests, 1);
+  assert.is(r.clientWake.from['fio had not left its CPU'], 1);
+  near(r.clientWake.wokenP50, 9, 'woken after the reply\'s start');
+  assert.ok(Number.isNaN(r.clientWake.switchedInP50), 'no switch-in');
+  // No wake-up of fio's traced after the reply (no scheduler events): not counted.
+  const none = TRACE.replace('          <idle>-0       [000] dNh2.  9509.577727: sched_wakeup: comm=fio pid=14246 prio=120 target_cpu=000\n', '');
+  assert.is.not(none, TRACE);
+  assert.is(stageReport(none, 14237).clientWake.requests, 0);
+  assert.ok(Number.isNaN(stageReport(none, 14237).clientWake.wokenP50));
   const WOKEN = '          <idle>-0       [000] dNh2.  9509.577727: sched_wakeup: comm=fio pid=14246 prio=120 target_cpu=000';
   const sw = (cpu, prev, pid, state, at) => `${prev.padStart(16)}-${pid}   [00${cpu}] d..2.  9509.${at}: sched_switch: prev_comm=${prev} prev_pid=${pid} prev_prio=120 prev_state=${state} ==> next_comm=fio next_pid=14246 next_prio=120`;
   // Woken on the idle CPU 0, switched in there 1 us later.
@@ -136,7 +144,7 @@ test('stageReport: how the client got a CPU after the reply, from the scheduler\
   assert.is(r.clientWake.requests, 1);
   near(r.clientWake.wokenP50, 9, 'woken after the reply\'s start (.577718)');
   near(r.clientWake.switchedInP50, 1, 'switched in after the wake-up');
-  assert.equal(r.clientWake.from, { 'preempted the server': 0, 'the server slept': 0, idle: 1, 'another task': 0 });
+  assert.equal(r.clientWake.from, { 'preempted the server': 0, 'the server slept': 0, idle: 1, 'another task': 0, 'fio had not left its CPU': 0 });
   near(r.clientWake.byFrom.idle.clientWakes, 11, 'client wakes (the reply at .577718 to fio\'s poll return at .577729)');
   assert.ok(Number.isNaN(r.clientWake.byFrom.idle.afterReply), 'no wait of the server\'s after the reply in the excerpt');
   assert.ok(Number.isNaN(r.clientWake.byFrom['the server slept'].clientWakes));
@@ -153,10 +161,27 @@ test('stageReport: how the client got a CPU after the reply, from the scheduler\
   assert.is(stageReport(onServer('S'), 14237).clientWake.from['the server slept'], 1);
   // Another thread of the server's process, or any other task, before it.
   assert.is(stageReport(onServer('R', 14240), 14237).clientWake.from['another task'], 1);
+  // The first wake-up after the reply counts, and a switch-in only after it.
+  const twice = idle.replace(WOKEN, WOKEN + '\n' + WOKEN.replace('577727', '577728'));
+  assert.is.not(twice, idle);
+  near(stageReport(twice, 14237).clientWake.wokenP50, 9, 'the first wake-up');
+  const early = TRACE.replace(WOKEN, sw(0, 'swapper/0', 0, 'R', '577726') + '\n' + WOKEN);
+  assert.is.not(early, TRACE);
+  r = stageReport(early, 14237);
+  assert.is(r.clientWake.requests, 1);
+  assert.is(r.clientWake.from['fio had not left its CPU'], 1, 'a switch-in before the wake-up is not the one');
+  // The client's own scheduler lines after the reply (preempted, before its poll returns) are
+  // not it running for the reply: the stages stay as they are.
+  const self = idle.replace('             fio-14246   [000] .....  9509.577729: sys_poll -> 0x1', (m) =>
+    `             fio-14246   [000] d..2.  9509.577728: sched_switch: prev_comm=fio prev_pid=14246 prev_prio=120 prev_state=R+ ==> next_comm=kworker/0:1 next_pid=7 next_prio=120\n${m}`);
+  assert.is.not(self, idle);
+  r = stageReport(self, 14237);
+  near(r.p50['client wakes'], 11, 'client wakes (to fio\'s poll return)');
+  assert.is(r.clientWake.from.idle, 1);
   // A wake-up and a switch-in of another task are not the client's.
   const other = idle.replace('comm=fio pid=14246 prio', 'comm=fio pid=14247 prio');
   assert.is(stageReport(other, 14237).clientWake.requests, 0);
-  assert.is(stageReport(idle.replace('next_pid=14246', 'next_pid=14247'), 14237).clientWake.requests, 0);
+  assert.is(stageReport(idle.replace('next_pid=14246', 'next_pid=14247'), 14237).clientWake.from['fio had not left its CPU'], 1);
 });
 
 const SCHED = `# tracer: nop

@@ -27,7 +27,8 @@
 // looked into too: the reply's start -> the client's wake-up (on a remote CPU, the wake-up is
 // traced when that CPU takes the interrupt), the wake-up -> the client switched in, and what the
 // client's CPU ran until then: the server, which it preempted (the server left runnable) or
-// which slept, the idle task (the client was woken on a CPU with nothing to run) or another task.
+// which slept, the idle task (the client was woken on a CPU with nothing to run) or another task;
+// or the client was woken before it had gone to sleep (no switch-in).
 
 import { dist, isLostLine, parseLine } from './tracefs.js';
 
@@ -59,12 +60,12 @@ export interface Cycle {
   fioWoken?: number; fioIn?: number; fioFrom?: ClientCpuFrom;
 }
 
-/** The fields of a Cycle that are times or CPUs (the stages' boundaries are among them). */
-type Boundary = { [K in keyof Cycle]-?: Exclude<Cycle[K], undefined> extends number ? K : never }[keyof Cycle];
+/** The fields of a Cycle that are times (the stages' boundaries are among them). */
+type Boundary = Exclude<{ [K in keyof Cycle]-?: Exclude<Cycle[K], undefined> extends number ? K : never }[keyof Cycle], `${string}Cpu`>;
 
 /** What ran on the client's CPU just before it ran for the reply. */
-export type ClientCpuFrom = 'preempted the server' | 'the server slept' | 'idle' | 'another task';
-export const CLIENT_CPU_FROM: readonly ClientCpuFrom[] = ['preempted the server', 'the server slept', 'idle', 'another task'];
+export type ClientCpuFrom = 'preempted the server' | 'the server slept' | 'idle' | 'another task' | 'fio had not left its CPU';
+export const CLIENT_CPU_FROM: readonly ClientCpuFrom[] = ['preempted the server', 'the server slept', 'idle', 'another task', 'fio had not left its CPU'];
 
 export interface StageReport {
   /** Cycles seen, and those with every boundary (the ones counted). */
@@ -92,10 +93,11 @@ export interface StageReport {
    */
   afterReply: { p50: number; mean: number; requests: number };
   /**
-   * From the scheduler's events (requests: the counted ones that have the client's wake-up and
-   * switch-in after the reply; 0 when the trace has no scheduler events): the median of the
-   * reply's start -> the client's wake-up and of the wake-up -> its switch-in, microseconds, and
-   * the share (0 to 1) of those requests by what the client's CPU ran until it switched in.
+   * From the scheduler's events (requests: the counted ones with the client's wake-up after the
+   * reply, and either its switch-in or, woken before it slept, its next event; 0 when the trace
+   * has no scheduler events): the median of the reply's start -> the client's wake-up and of the
+   * wake-up -> its switch-in, microseconds, and the share (0 to 1) of those requests by what the
+   * client's CPU ran until it switched in ("fio had not left its CPU": woken before it slept).
    */
   clientWake: {
     requests: number; wokenP50: number; switchedInP50: number; from: Record<ClientCpuFrom, number>;
@@ -107,6 +109,7 @@ export interface StageReport {
 /** A system call that waits for events, and returns when the thread has something to do. */
 const WAITS = new Set(['sys_epoll_pwait', 'sys_epoll_wait', 'sys_ppoll', 'sys_poll', 'sys_select', 'sys_pselect6']);
 
+const WAKEUP = /^comm=.+ pid=(\d+) prio=/;
 const SWITCH = /prev_pid=(\d+) prev_prio=\S+ prev_state=(\S+) ==> next_comm=.+ next_pid=(\d+) next_prio/;
 
 /** "254,0 RS 4096 () 80474472 + 8 ..." -> "254,0 80474472": the device and the sector. */
@@ -177,15 +180,22 @@ export function parseCycles(text: string, serverPid: number, clientComm = 'fio')
       continue;
     }
     if (c.fioRuns !== undefined) continue;
-    if (fromClient) { c.fioRuns = t; c.fioCpu = cpu; continue; }
-    if (name === 'sched_wakeup' && c.fioWoken === undefined && rest.includes(` pid=${client} `)) c.fioWoken = t;
-    else if (name === 'sched_switch' && c.fioWoken !== undefined && c.fioIn === undefined) {
+    // The client's own scheduler lines (it is preempted, or wakes itself) are not it running again.
+    if (name === 'sched_wakeup') {
+      const m = WAKEUP.exec(rest);
+      if (m !== null && Number(m[1]) === client) c.fioWoken ??= t;
+    } else if (name === 'sched_switch') {
+      if (c.fioWoken === undefined || c.fioIn !== undefined) continue;
       const m = SWITCH.exec(rest);
       if (m !== null && Number(m[3]) === client) {
         const prev = Number(m[1]);
         c.fioIn = t;
         c.fioFrom = prev === serverPid ? (m[2].startsWith('R') ? 'preempted the server' : 'the server slept') : prev === 0 ? 'idle' : 'another task';
       }
+    } else if (fromClient) {
+      c.fioRuns = t; c.fioCpu = cpu;
+      // Woken while it was still on its CPU (it had not gone to sleep yet): no switch-in.
+      if (c.fioWoken !== undefined && c.fioIn === undefined) c.fioFrom = 'fio had not left its CPU';
     }
   }
   return cycles;
@@ -211,7 +221,8 @@ export function stageReport(text: string, serverPid: number, clientComm = 'fio')
   const after = ok.filter((x) => x.replyEnd !== undefined && x.srvWaits !== undefined).map((x) => x.srvWaits! - x.replyEnd!);
   const d = dist(after);
   report.afterReply = { p50: d.p50, mean: d.mean, requests: after.length };
-  const woke = ok.filter((x) => x.fioWoken !== undefined && x.fioIn !== undefined);
+  const woke = ok.filter((x) => x.fioFrom !== undefined);
+  const switched = woke.filter((x) => x.fioIn !== undefined);
   const from = Object.fromEntries(CLIENT_CPU_FROM.map((k) => [k, woke.length === 0 ? NaN : woke.filter((x) => x.fioFrom === k).length / woke.length]));
   const byFrom = Object.fromEntries(CLIENT_CPU_FROM.map((k) => {
     const v = woke.filter((x) => x.fioFrom === k);
@@ -219,7 +230,7 @@ export function stageReport(text: string, serverPid: number, clientComm = 'fio')
   }));
   report.clientWake = {
     requests: woke.length, from: from as Record<ClientCpuFrom, number>, byFrom: byFrom as StageReport['clientWake']['byFrom'],
-    wokenP50: dist(woke.map((x) => x.fioWoken! - x.reply!)).p50, switchedInP50: dist(woke.map((x) => x.fioIn! - x.fioWoken!)).p50,
+    wokenP50: dist(woke.map((x) => x.fioWoken! - x.reply!)).p50, switchedInP50: dist(switched.map((x) => x.fioIn! - x.fioWoken!)).p50,
   };
   return report;
 }
