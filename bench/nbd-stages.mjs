@@ -169,7 +169,6 @@ for (const n of names) {
       p50: median(got[n].map((x) => x.afterReply.p50).filter((x) => Number.isFinite(x))),
       mean: average(got[n].map((x) => x.afterReply.mean).filter((x) => Number.isFinite(x))),
     },
-    // How fio got a CPU after the reply (rounds with no such request are left out).
     // How fio got a CPU after the reply (with --sched): the shares pooled over the rounds' requests
     // (so that they add up), the p50s the median of the rounds that had such requests.
     ...(o.sched ? { clientWake: ((w) => {

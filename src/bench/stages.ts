@@ -218,7 +218,8 @@ export function stageReport(text: string, serverPid: number, clientComm = 'fio')
     report.p50[s.name] = d.p50;
     report.mean[s.name] = d.mean;
   }
-  const after = ok.filter((x) => x.replyEnd !== undefined && x.srvWaits !== undefined).map((x) => x.srvWaits! - x.replyEnd!);
+  const afterReply = (v: Cycle[]): number[] => v.filter((x) => x.replyEnd !== undefined && x.srvWaits !== undefined).map((x) => x.srvWaits! - x.replyEnd!);
+  const after = afterReply(ok);
   const d = dist(after);
   report.afterReply = { p50: d.p50, mean: d.mean, requests: after.length };
   const woke = ok.filter((x) => x.fioFrom !== undefined);
@@ -226,7 +227,7 @@ export function stageReport(text: string, serverPid: number, clientComm = 'fio')
   const from = Object.fromEntries(CLIENT_CPU_FROM.map((k) => [k, woke.length === 0 ? NaN : woke.filter((x) => x.fioFrom === k).length / woke.length]));
   const byFrom = Object.fromEntries(CLIENT_CPU_FROM.map((k) => {
     const v = woke.filter((x) => x.fioFrom === k);
-    return [k, { clientWakes: dist(v.map((x) => x.fioRuns! - x.reply!)).p50, afterReply: dist(v.filter((x) => x.srvWaits !== undefined).map((x) => x.srvWaits! - x.replyEnd!)).p50 }];
+    return [k, { clientWakes: dist(v.map((x) => x.fioRuns! - x.reply!)).p50, afterReply: dist(afterReply(v)).p50 }];
   }));
   report.clientWake = {
     requests: woke.length, from: from as Record<ClientCpuFrom, number>, byFrom: byFrom as StageReport['clientWake']['byFrom'],
