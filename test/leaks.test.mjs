@@ -55,6 +55,23 @@ async function loopRingsPerThread() {
   return loopRings;
 }
 
+/**
+ * The resources once the engines closed just before have let go of theirs: a closed engine's
+ * worker threads leave the process a little after close() resolves, so a baseline read at once
+ * can count one that is on its way out, and a later reading then shows one thread fewer than the
+ * engine under test really added. Reads until 5 readings 50 ms apart agree (at most 10 s).
+ */
+async function quietBaseline() {
+  let last = JSON.stringify(resources()), same = 0;
+  for (let i = 0; i < 200 && same < 4; i++) {
+    await new Promise((r) => setTimeout(r, 50));
+    const now = JSON.stringify(resources());
+    same = now === last ? same + 1 : 0;
+    last = now;
+  }
+  return JSON.parse(last);
+}
+
 /** Resources settle asynchronously (thread exit): poll for up to 3 s until equal. */
 async function settled(base, label, ignore = []) {
   let now;
@@ -126,7 +143,7 @@ for (const backend of BACKENDS) {
     // Measured before the baseline: its sync engine, inline, runs its write on libuv's
     // threadpool, whose threads (process-wide, started on first use) then stay for good.
     await loopRingsPerThread();
-    const base = resources();
+    const base = await quietBaseline();
     for (let i = 0; i < 10; i++) {
       const engine = await Engine.start(engineOptions({ backend, workers: 2, queueDepth: 8, bufferPoolBytes: 1 << 20 }));
       const f = await engine.open(join(scratch.dir, `e${backend}`), { create: true });
@@ -157,7 +174,7 @@ for (const backend of BACKENDS) {
 
 test('engines that fail to start leak nothing either', async () => {
   await (await Engine.start(engineOptions({ workers: 1 }))).close();
-  const base = resources();
+  const base = await quietBaseline();
   for (let i = 0; i < 5; i++) {
     await Engine.start(engineOptions({ workers: 1, queueDepth: 0 })).catch(() => {});
     await Engine.start(engineOptions({ workers: 1, faults: 'nonsense' })).catch(() => {});

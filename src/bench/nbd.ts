@@ -150,7 +150,8 @@ export async function waitForSocket(sock: string, child: ChildProcess, ms: numbe
   throw new Error(`no socket ${sock} after ${ms} ms`);
 }
 
-async function stop(child: ChildProcess): Promise<void> {
+/** Stops a server: SIGTERM, then SIGKILL after 15 s; resolves once it has exited. */
+export async function stop(child: ChildProcess): Promise<void> {
   if (child.exitCode !== null || child.signalCode !== null) return;
   const exited = new Promise<void>((r) => child.once('exit', () => r()));
   child.kill('SIGTERM');
