@@ -23,8 +23,13 @@
 // whether the machine has idle CPU, narrows down where; it does not prove it (a request can
 // also wait while no CPU is busy).
 //
+// --trace (root: tracefs) also records 0.3 s of the block layer's issue and completion events
+// after each window (so that tracing does not touch the counted window) and gives the share of
+// that time the device held 0, 1-4, 5-15, 16-24 and 25+ requests, and the stretches it held
+// none (src/bench/inflight.ts): a mean in flight cannot tell a steady queue from waves.
+//
 // Needs fio and qemu-nbd; build first (npm run build). --dir must be on a block device.
-//   node bench/nbd-queues.mjs [--rw randread|randwrite] [--qd 32] [--repeat 3] [--ramp 1] [--window 2] [--size 256M] [--dir DIR] [--servers 'ringfence,qemu-nbd io_uring'] [--json]
+//   node bench/nbd-queues.mjs [--rw randread|randwrite] [--qd 32] [--repeat 3] [--ramp 1] [--window 2] [--size 256M] [--dir DIR] [--servers 'ringfence,qemu-nbd io_uring'] [--trace] [--json]
 import { parseArgs } from 'node:util';
 import { execFile } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
@@ -34,7 +39,9 @@ import { fileURLToPath } from 'node:url';
 import { prepareDataFile } from '../dist/src/bench/data.js';
 import { fioTime } from '../dist/src/bench/fio-time.js';
 import { diskCountersFor, diskWindow } from '../dist/src/bench/diskstats.js';
+import { INFLIGHT_BUCKETS, inflightReport } from '../dist/src/bench/inflight.js';
 import { NBD_SERVERS, stop, waitForSocket } from '../dist/src/bench/nbd.js';
+import { Tracer, tracefsUnavailable } from '../dist/src/bench/tracefs.js';
 import { clockTicks, processCpuSeconds } from '../dist/src/procstat.js';
 import { haveCommand, parseSize } from '../dist/src/volume.js';
 import { atExit, onStopSignal } from '../dist/src/cleanup.js';
@@ -43,7 +50,7 @@ const { values: o } = parseArgs({ options: {
   rw: { type: 'string', default: 'randread' }, qd: { type: 'string', default: '32' }, repeat: { type: 'string', default: '3' },
   ramp: { type: 'string', default: '1' }, window: { type: 'string', default: '2' }, size: { type: 'string', default: '256M' },
   dir: { type: 'string', default: '/var/tmp' }, servers: { type: 'string', default: 'ringfence,qemu-nbd io_uring' },
-  json: { type: 'boolean', default: false },
+  json: { type: 'boolean', default: false }, trace: { type: 'boolean', default: false },
 } });
 const fail = (m) => { process.stderr.write(`nbd-queues: ${m}\n`); process.exit(2); };
 const qd = Number(o.qd), repeat = Number(o.repeat), rampS = Number(o.ramp), windowS = Number(o.window);
@@ -61,6 +68,9 @@ for (const c of ['fio', ...new Set(servers.map((n) => NBD_SERVERS.find((s) => s.
   if (!haveCommand(c)) fail(`${c} is not installed: run scripts/setup.sh (or apt-get install fio qemu-utils nbdkit)`);
 }
 if (!existsSync(o.dir)) fail(`--dir ${o.dir} does not exist`);
+if (o.trace) { const why = tracefsUnavailable(); if (why !== null) fail(`--trace ${why}`); }
+const TRACE_S = 0.3;
+const tracer = o.trace ? new Tracer(['block/block_rq_issue', 'block/block_rq_complete']) : null;
 const cli = join(dirname(fileURLToPath(import.meta.url)), '..', 'dist', 'src', 'cli.js');
 if (!existsSync(cli)) fail(`${cli} is missing: build first (npm run build)`);
 
@@ -94,7 +104,9 @@ function fio(target, out, seconds) {
  * before it), and fio runs 0.5 s past the window, so the window lies inside fio's measured time.
  */
 async function measure(target, tmp, pid, disk) {
-  const job = fio(target, join(tmp, 'fio.json'), windowS + 0.5);
+  // Before fio starts: enabling the events patches kernel code (src/bench/tracefs.ts).
+  tracer?.prepare();
+  const job = fio(target, join(tmp, 'fio.json'), windowS + 0.5 + (tracer ? TRACE_S + 0.2 : 0));
   let failed = false;
   job.catch(() => { failed = true; }); // awaited below; until then a failure only ends the waits
   const base = disk.read(), moved = (c) => c.reads + c.writes > base.reads + base.writes;
@@ -105,12 +117,21 @@ async function measure(target, tmp, pid, disk) {
   const d0 = disk.read(), t0 = performance.now(), m0 = machineTicks(), c0 = processCpuSeconds(pid);
   await sleep(windowS * 1000);
   const d1 = disk.read(), t1 = performance.now(), m1 = machineTicks(), c1 = processCpuSeconds(pid);
+  let q = null;
+  if (tracer) {
+    tracer.start();
+    await sleep(TRACE_S * 1000);
+    tracer.stop();
+  }
   const f = await job;
+  // Read once fio has finished: reading the trace takes a CPU for a while.
+  if (tracer) { q = inflightReport(tracer.take(), `${disk.major},${disk.minor}`); tracer.restore(); }
   const w = diskWindow(d0, d1, t1 - t0);
   return {
     iops: f.iops, fioCpu: f.fioCpu, device: w.iops, deviceUs: w.latencyUs, atDevice: w.inFlight, elsewhere: qd - w.inFlight, busy: w.busy,
     deviceOverFio: w.iops / f.iops, flushes: w.flushes,
     serverCpu: (c1 - c0) / ((t1 - t0) / 1000), idle: (m1.idle - m0.idle) / (m1.total - m0.total),
+    ...(q ? { traced: q.completed, ...Object.fromEntries(INFLIGHT_BUCKETS.map((b) => [`in${b}`, q.share[b]])), tracedMean: q.mean, gapsPerMs: q.gaps / (q.spanUs / 1000), gapUs: q.gapMeanUs } : {}),
   };
 }
 
@@ -124,7 +145,7 @@ const got = Object.fromEntries(names.map((n) => [n, []]));
 let stopping = false, live = null;
 onStopSignal((sig) => { stopping = true; log(`${sig}: stopping after this job (a second one exits at once)`); });
 // At any exit (a second signal included) the server running, if any, is killed and the data removed.
-atExit(() => { if (live !== null && live.exitCode === null && live.signalCode === null) live.kill('SIGKILL'); rmSync(tmp, { recursive: true, force: true }); });
+atExit(() => { tracer?.restore(); if (live !== null && live.exitCode === null && live.signalCode === null) live.kill('SIGKILL'); rmSync(tmp, { recursive: true, force: true }); });
 clockTicks(); // its getconf runs now, not inside a window
 try {
   log(`preparing ${size >> 20} MiB data file ${file}`);
@@ -153,16 +174,19 @@ try {
       round.push([n, st]);
       const pct = (x) => (Number.isFinite(x) ? `${(100 * x).toFixed(0)}%` : '-');
       log(`round ${r}/${repeat} ${n}: fio ${st.iops.toFixed(0)} IOPS; device ${st.device.toFixed(0)} IOPS (${st.deviceOverFio.toFixed(2)} of fio's), ${st.deviceUs.toFixed(0)} us, ${st.atDevice.toFixed(1)} at the device, busy ${pct(st.busy)}, ${st.flushes} flushes; CPU (of one core): server ${pct(st.serverCpu)}, fio ${pct(st.fioCpu)}; machine idle ${pct(st.idle)}`);
+      if (tracer) log(`  traced ${st.traced} requests: in flight ${INFLIGHT_BUCKETS.map((b) => `${b} ${pct(st[`in${b}`])}`).join(', ')} of the time (mean ${st.tracedMean.toFixed(1)}); ${st.gapsPerMs.toFixed(2)} empty stretches per ms, ${Number.isFinite(st.gapUs) ? st.gapUs.toFixed(0) : '-'} us each`);
       if (Math.abs(st.deviceOverFio - 1) > 0.05) log(`  the device did ${st.deviceOverFio.toFixed(2)} times fio's IOPS: another program used the disk in this window, or fio's IOPS (over its whole run) moved`);
     }
     if (!stopping && round.length === names.length) for (const [n, st] of round) got[n].push(st);
   }
 } finally {
+  tracer?.restore();
   rmSync(tmp, { recursive: true, force: true });
 }
 
 if (got[names[0]].length === 0) { log('no complete round: nothing to report'); process.exit(stopping ? 130 : 1); }
-const KEYS = ['iops', 'device', 'deviceOverFio', 'deviceUs', 'atDevice', 'elsewhere', 'busy', 'flushes', 'serverCpu', 'fioCpu', 'idle'];
+const KEYS = ['iops', 'device', 'deviceOverFio', 'deviceUs', 'atDevice', 'elsewhere', 'busy', 'flushes', 'serverCpu', 'fioCpu', 'idle',
+  ...(o.trace ? ['traced', ...INFLIGHT_BUCKETS.map((b) => `in${b}`), 'tracedMean', 'gapsPerMs', 'gapUs'] : [])];
 const res = { rw: o.rw, qd, repeat, ramp: rampS, window: windowS, size, device: disk.name, rounds: got[names[0]].length, servers: {} };
 for (const n of names) res.servers[n] = Object.fromEntries(KEYS.map((k) => [k, median(got[n].map((x) => x[k]))]));
 // ringfence's fio IOPS over each other server's, round by round, and their median.
@@ -184,6 +208,14 @@ else {
     const s = res.servers[n];
     const row = [n, num(s.iops), num(s.device), num(s.deviceOverFio, 2), num(s.deviceUs), num(s.atDevice, 1), num(s.elsewhere, 1), pct(s.busy), n === 'fio direct' ? '-' : pct(s.serverCpu), pct(s.fioCpu), pct(s.idle)];
     console.log(row.map((c, i) => (i === 0 ? c.padEnd(w[i]) : c.padStart(w[i]))).join(' '));
+  }
+  if (o.trace) {
+    console.log(`traced ${TRACE_S} s after each window (block_rq_issue/complete): share of the time with N requests at the device, and the stretches with none (at least 20 us), medians`);
+    console.log(['', ...INFLIGHT_BUCKETS.map((b) => `N=${b}`), 'mean', 'empty/ms', 'empty us'].map((c, i) => (i === 0 ? c.padEnd(18) : c.padStart(9))).join(' '));
+    for (const n of names) {
+      const s = res.servers[n];
+      console.log([n, ...INFLIGHT_BUCKETS.map((b) => pct(s[`in${b}`])), num(s.tracedMean, 1), num(s.gapsPerMs, 2), num(s.gapUs)].map((c, i) => (i === 0 ? c.padEnd(18) : c.padStart(9))).join(' '));
+    }
   }
   for (const [n, r] of Object.entries(res.ratios ?? {})) {
     console.log(`ringfence / ${n}, fio IOPS, same round: ${r.rounds.map((x) => x.toFixed(2)).join(', ')}; median ${r.median.toFixed(2)}x`);

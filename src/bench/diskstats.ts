@@ -73,7 +73,7 @@ export function diskWindow(a: DiskCounters, b: DiskCounters, wallMs: number): { 
  * A reader for the device `path` is on: each call returns its counters now. Throws, saying why,
  * when the path's device has no line in /proc/diskstats.
  */
-export function diskCountersFor(path: string): { name: string; read(): DiskCounters } {
+export function diskCountersFor(path: string): { name: string; major: number; minor: number; read(): DiskCounters } {
   const dev = statSync(path, { bigint: true }).dev;
   const { major, minor } = deviceNumbers(Number(dev));
   const first = parseDiskstats(readFileSync('/proc/diskstats', 'utf8'), major, minor);
@@ -81,7 +81,7 @@ export function diskCountersFor(path: string): { name: string; read(): DiskCount
     throw new Error(`${path} is on device ${major}:${minor}, which has no line in /proc/diskstats (tmpfs, overlayfs or a network filesystem?): give a directory on a block device (bench/nbd-queues.mjs: --dir)`);
   }
   return {
-    name: first.name,
+    name: first.name, major, minor,
     read: () => {
       const c = parseDiskstats(readFileSync('/proc/diskstats', 'utf8'), major, minor);
       if (c === null) throw new Error(`device ${major}:${minor} (${first.name}) left /proc/diskstats`);
