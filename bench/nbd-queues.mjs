@@ -23,10 +23,13 @@
 // whether the machine has idle CPU, narrows down where; it does not prove it (a request can
 // also wait while no CPU is busy).
 //
-// --trace (root: tracefs) also records 0.3 s of the block layer's issue and completion events
-// after each window (so that tracing does not touch the counted window) and gives the share of
-// that time the device held 0, 1-4, 5-15, 16-24 and 25+ requests, and the stretches it held
-// none (src/bench/inflight.ts): a mean in flight cannot tell a steady queue from waves.
+// --trace (root: tracefs) also records 0.3 s of the block layer's issue, requeue and completion
+// events after each window and gives the share of that time the device held 0, 1-4, 5-15,
+// 16-24 and 25+ reads and writes, and the stretches it held none (src/bench/inflight.ts): a
+// mean in flight cannot tell a steady queue from waves. Recording is off during the counted
+// window (the events are enabled before fio starts, which patches kernel code), but fio's IOPS
+// cover the whole run, traced part included. For a file on a partition the trace counts the
+// whole disk's I/O.
 //
 // Needs fio and qemu-nbd; build first (npm run build). --dir must be on a block device.
 //   node bench/nbd-queues.mjs [--rw randread|randwrite] [--qd 32] [--repeat 3] [--ramp 1] [--window 2] [--size 256M] [--dir DIR] [--servers 'ringfence,qemu-nbd io_uring'] [--trace] [--json]
@@ -70,7 +73,7 @@ for (const c of ['fio', ...new Set(servers.map((n) => NBD_SERVERS.find((s) => s.
 if (!existsSync(o.dir)) fail(`--dir ${o.dir} does not exist`);
 if (o.trace) { const why = tracefsUnavailable(); if (why !== null) fail(`--trace ${why}`); }
 const TRACE_S = 0.3;
-const tracer = o.trace ? new Tracer(['block/block_rq_issue', 'block/block_rq_complete']) : null;
+const tracer = o.trace ? new Tracer(['block/block_rq_issue', 'block/block_rq_requeue', 'block/block_rq_complete']) : null;
 const cli = join(dirname(fileURLToPath(import.meta.url)), '..', 'dist', 'src', 'cli.js');
 if (!existsSync(cli)) fail(`${cli} is missing: build first (npm run build)`);
 
@@ -107,8 +110,8 @@ async function measure(target, tmp, pid, disk) {
   // Before fio starts: enabling the events patches kernel code (src/bench/tracefs.ts).
   tracer?.prepare();
   const job = fio(target, join(tmp, 'fio.json'), windowS + 0.5 + (tracer ? TRACE_S + 0.2 : 0));
-  let failed = false;
-  job.catch(() => { failed = true; }); // awaited below; until then a failure only ends the waits
+  let failed = false, ended = false;
+  job.then(() => { ended = true; }, () => { failed = ended = true; }); // awaited below; until then a failure only ends the waits
   const base = disk.read(), moved = (c) => c.reads + c.writes > base.reads + base.writes;
   for (const t = Date.now(); !failed && !moved(disk.read()); await sleep(10)) {
     if (Date.now() - t > 20000) throw new Error('fio did no I/O on the device within 20 s');
@@ -122,16 +125,21 @@ async function measure(target, tmp, pid, disk) {
     tracer.start();
     await sleep(TRACE_S * 1000);
     tracer.stop();
+    if (ended) log('  fio ended before the trace did: its tail is in the trace (give a longer --window or --ramp?)');
   }
   const f = await job;
   // Read once fio has finished: reading the trace takes a CPU for a while.
-  if (tracer) { q = inflightReport(tracer.take(), `${disk.major},${disk.minor}`); tracer.restore(); }
+  if (tracer) {
+    q = inflightReport(tracer.take(), disk.disk);
+    tracer.restore();
+    if (q.lost > 0) { log(`  the trace lost ${q.lost} events: its figures for this job are left out`); q = null; }
+  }
   const w = diskWindow(d0, d1, t1 - t0);
   return {
     iops: f.iops, fioCpu: f.fioCpu, device: w.iops, deviceUs: w.latencyUs, atDevice: w.inFlight, elsewhere: qd - w.inFlight, busy: w.busy,
     deviceOverFio: w.iops / f.iops, flushes: w.flushes,
     serverCpu: (c1 - c0) / ((t1 - t0) / 1000), idle: (m1.idle - m0.idle) / (m1.total - m0.total),
-    ...(q ? { traced: q.completed, ...Object.fromEntries(INFLIGHT_BUCKETS.map((b) => [`in${b}`, q.share[b]])), tracedMean: q.mean, gapsPerMs: q.gaps / (q.spanUs / 1000), gapUs: q.gapMeanUs } : {}),
+    ...(tracer ? q === null ? { traced: NaN } : { traced: q.completed, ...Object.fromEntries(INFLIGHT_BUCKETS.map((b) => [`in${b}`, q.share[b]])), tracedMean: q.mean, gapsPerMs: q.gaps / (q.spanUs / 1000), gapUs: q.gapMeanUs } : {}),
   };
 }
 
@@ -174,7 +182,7 @@ try {
       round.push([n, st]);
       const pct = (x) => (Number.isFinite(x) ? `${(100 * x).toFixed(0)}%` : '-');
       log(`round ${r}/${repeat} ${n}: fio ${st.iops.toFixed(0)} IOPS; device ${st.device.toFixed(0)} IOPS (${st.deviceOverFio.toFixed(2)} of fio's), ${st.deviceUs.toFixed(0)} us, ${st.atDevice.toFixed(1)} at the device, busy ${pct(st.busy)}, ${st.flushes} flushes; CPU (of one core): server ${pct(st.serverCpu)}, fio ${pct(st.fioCpu)}; machine idle ${pct(st.idle)}`);
-      if (tracer) log(`  traced ${st.traced} requests: in flight ${INFLIGHT_BUCKETS.map((b) => `${b} ${pct(st[`in${b}`])}`).join(', ')} of the time (mean ${st.tracedMean.toFixed(1)}); ${st.gapsPerMs.toFixed(2)} empty stretches per ms, ${Number.isFinite(st.gapUs) ? st.gapUs.toFixed(0) : '-'} us each`);
+      if (tracer && Number.isFinite(st.traced)) log(`  traced ${st.traced} requests: in flight ${INFLIGHT_BUCKETS.map((b) => `${b} ${pct(st[`in${b}`])}`).join(', ')} of the time (mean ${st.tracedMean.toFixed(1)}); ${st.gapsPerMs.toFixed(2)} empty stretches per ms, ${Number.isFinite(st.gapUs) ? st.gapUs.toFixed(0) : '-'} us each`);
       if (Math.abs(st.deviceOverFio - 1) > 0.05) log(`  the device did ${st.deviceOverFio.toFixed(2)} times fio's IOPS: another program used the disk in this window, or fio's IOPS (over its whole run) moved`);
     }
     if (!stopping && round.length === names.length) for (const [n, st] of round) got[n].push(st);
@@ -210,7 +218,7 @@ else {
     console.log(row.map((c, i) => (i === 0 ? c.padEnd(w[i]) : c.padStart(w[i]))).join(' '));
   }
   if (o.trace) {
-    console.log(`traced ${TRACE_S} s after each window (block_rq_issue/complete): share of the time with N requests at the device, and the stretches with none (at least 20 us), medians`);
+    console.log(`traced ${TRACE_S} s after each window (block_rq_issue, requeue, complete): share of the time with N reads and writes at the device, and the stretches with none (at least 20 us); medians of the rounds, so a row need not add up to 100%`);
     console.log(['', ...INFLIGHT_BUCKETS.map((b) => `N=${b}`), 'mean', 'empty/ms', 'empty us'].map((c, i) => (i === 0 ? c.padEnd(18) : c.padStart(9))).join(' '));
     for (const n of names) {
       const s = res.servers[n];

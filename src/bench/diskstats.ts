@@ -4,7 +4,7 @@
 // arrival in the block layer to its completion, and so how many were in flight there on
 // average. Reading them costs two reads of one proc file per window, nothing in between (no
 // tracing, no sampling), so it does not move the run it measures.
-import { readFileSync, statSync } from 'node:fs';
+import { existsSync, readFileSync, realpathSync, statSync } from 'node:fs';
 
 /** One line of /proc/diskstats, the fields this module uses (ms fields are milliseconds). */
 export interface DiskCounters {
@@ -70,10 +70,22 @@ export function diskWindow(a: DiskCounters, b: DiskCounters, wallMs: number): { 
 }
 
 /**
+ * "MAJOR,MINOR" of the whole disk that device major:minor is or is a partition of (from
+ * /sys/dev/block), as the block layer's trace events name it.
+ */
+export function wholeDisk(major: number, minor: number): string {
+  const sys = `/sys/dev/block/${major}:${minor}`;
+  try {
+    if (existsSync(`${sys}/partition`)) return readFileSync(`${realpathSync(sys)}/../dev`, 'utf8').trim().replace(':', ',');
+  } catch { /* no sysfs: the device itself */ }
+  return `${major},${minor}`;
+}
+
+/**
  * A reader for the device `path` is on: each call returns its counters now. Throws, saying why,
  * when the path's device has no line in /proc/diskstats.
  */
-export function diskCountersFor(path: string): { name: string; major: number; minor: number; read(): DiskCounters } {
+export function diskCountersFor(path: string): { name: string; major: number; minor: number; disk: string; read(): DiskCounters } {
   const dev = statSync(path, { bigint: true }).dev;
   const { major, minor } = deviceNumbers(Number(dev));
   const first = parseDiskstats(readFileSync('/proc/diskstats', 'utf8'), major, minor);
@@ -81,7 +93,7 @@ export function diskCountersFor(path: string): { name: string; major: number; mi
     throw new Error(`${path} is on device ${major}:${minor}, which has no line in /proc/diskstats (tmpfs, overlayfs or a network filesystem?): give a directory on a block device (bench/nbd-queues.mjs: --dir)`);
   }
   return {
-    name: first.name, major, minor,
+    name: first.name, major, minor, disk: wholeDisk(major, minor),
     read: () => {
       const c = parseDiskstats(readFileSync('/proc/diskstats', 'utf8'), major, minor);
       if (c === null) throw new Error(`device ${major}:${minor} (${first.name}) left /proc/diskstats`);
