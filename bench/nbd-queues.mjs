@@ -80,6 +80,7 @@ if (!existsSync(cli)) fail(`${cli} is missing: build first (npm run build)`);
 const log = (s) => process.stderr.write(`[${new Date().toISOString().slice(11, 19)}] ${s}\n`);
 const median = (a) => { const v = a.filter((x) => Number.isFinite(x)).sort((x, y) => x - y), h = v.length >> 1; return v.length === 0 ? NaN : v.length % 2 ? v[h] : (v[h - 1] + v[h]) / 2; };
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+const pct = (x) => (Number.isFinite(x) ? `${(100 * x).toFixed(0)}%` : '-');
 
 /** Idle and total jiffies of the whole machine (the "cpu" line of /proc/stat; iowait counts as idle). */
 function machineTicks() {
@@ -180,7 +181,6 @@ try {
         }
       }
       round.push([n, st]);
-      const pct = (x) => (Number.isFinite(x) ? `${(100 * x).toFixed(0)}%` : '-');
       log(`round ${r}/${repeat} ${n}: fio ${st.iops.toFixed(0)} IOPS; device ${st.device.toFixed(0)} IOPS (${st.deviceOverFio.toFixed(2)} of fio's), ${st.deviceUs.toFixed(0)} us, ${st.atDevice.toFixed(1)} at the device, busy ${pct(st.busy)}, ${st.flushes} flushes; CPU (of one core): server ${pct(st.serverCpu)}, fio ${pct(st.fioCpu)}; machine idle ${pct(st.idle)}`);
       if (tracer && Number.isFinite(st.traced)) log(`  traced ${st.traced} requests: in flight ${INFLIGHT_BUCKETS.map((b) => `${b} ${pct(st[`in${b}`])}`).join(', ')} of the time (mean ${st.tracedMean.toFixed(1)}); ${st.gapsPerMs.toFixed(2)} empty stretches per ms, ${Number.isFinite(st.gapUs) ? st.gapUs.toFixed(0) : '-'} us each`);
       if (Math.abs(st.deviceOverFio - 1) > 0.05) log(`  the device did ${st.deviceOverFio.toFixed(2)} times fio's IOPS: another program used the disk in this window, or fio's IOPS (over its whole run) moved`);
@@ -206,7 +206,6 @@ if (servers.includes('ringfence')) {
 }
 if (o.json) console.log(JSON.stringify(res, null, 2));
 else {
-  const pct = (x) => (Number.isFinite(x) ? `${(100 * x).toFixed(0)}%` : '-');
   const num = (x, d = 0) => (Number.isFinite(x) ? x.toFixed(d) : '-');
   console.log(`4 KiB random ${o.rw === 'randread' ? 'reads' : 'writes'} at QD${qd} on ${disk.name}, medians of ${res.rounds} interleaved rounds (${windowS} s windows after ${rampS} s); device figures from /proc/diskstats; "elsewhere" = ${qd} - "at the device"; CPU: server and fio % of one core, idle % of all ${availableParallelism()}`);
   const cols = ['', 'fio IOPS', 'device IOPS', 'device/fio', 'device us', 'at the device', 'elsewhere', 'busy', 'server CPU', 'fio CPU', 'machine idle'];
